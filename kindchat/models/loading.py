@@ -1,0 +1,51 @@
+"""Loading causal LMs and reward models from a local directory (embedded tiny or a real KULLM)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from kindchat.models.tokenizer import load_tokenizer
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(device: torch.device) -> torch.dtype:
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_causal_lm(
+    path: Path, device: str | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Model (eval mode, on `device`) and tokenizer from a save_pretrained directory."""
+    dev = pick_device(device)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=pick_dtype(dev)).to(dev)
+    model.eval()
+    return model, load_tokenizer(path)
+
+
+def load_reward_model(
+    path: Path, device: str | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A sequence-classification model with one output (the reward) and its tokenizer."""
+    dev = pick_device(device)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(path), num_labels=1, dtype=pick_dtype(dev)
+    ).to(dev)
+    model.eval()
+    tokenizer = load_tokenizer(path)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer

@@ -1,0 +1,86 @@
+"""Model shapes and training budgets of the embedded models (`micro` for tests, `tiny` for the demo).
+
+A real KULLM / Polyglot-Ko checkpoint is not a preset: pass its local directory wherever a model
+is asked for, and the same loader takes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import GPTNeoXConfig
+
+
+@dataclass(frozen=True)
+class StageBudget:
+    """How much one training stage may do."""
+
+    max_steps: int = -1  # -1: run `epochs` full epochs
+    epochs: float = 1.0
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    max_records: int | None = None  # cap on the records read (micro runs use a slice)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A GPT-NeoX shape plus what bootstrap spends on each stage."""
+
+    name: str
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    seq_len: int  # training length and max_position_embeddings
+    base: StageBudget = field(default_factory=StageBudget)
+    sft: StageBudget = field(default_factory=StageBudget)
+
+    def model_config(self, tokenizer_vocab: int, eos_id: int, pad_id: int) -> GPTNeoXConfig:
+        return GPTNeoXConfig(
+            vocab_size=tokenizer_vocab,
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_heads,
+            intermediate_size=4 * self.hidden_size,
+            max_position_embeddings=self.seq_len,
+            rotary_pct=0.25,
+            use_parallel_residual=True,
+            tie_word_embeddings=False,
+            bos_token_id=eos_id,
+            eos_token_id=eos_id,
+            pad_token_id=pad_id,
+        )
+
+
+PRESETS: dict[str, Preset] = {
+    # Seconds to train: every test and `bootstrap --preset micro` (< 1 min on 2 cores).
+    "micro": Preset(
+        name="micro",
+        vocab_size=1024,
+        hidden_size=64,
+        num_layers=2,
+        num_heads=2,
+        seq_len=256,
+        base=StageBudget(max_steps=120, batch_size=16, learning_rate=3e-3, max_records=600),
+        sft=StageBudget(max_steps=60, batch_size=16, learning_rate=2e-3, max_records=400),
+    ),
+    # The demo default: 7.3M parameters (8k vocab, hidden 256, 4 layers). ~3.5k tok/s here:
+    # base LM ~4.5 min on 0.75M tokens of seed text, SFT one epoch ~3 min.
+    "tiny": Preset(
+        name="tiny",
+        vocab_size=8000,
+        hidden_size=256,
+        num_layers=4,
+        num_heads=4,
+        seq_len=256,
+        base=StageBudget(max_steps=360, batch_size=8, learning_rate=1.5e-3),
+        sft=StageBudget(epochs=1.0, batch_size=8, learning_rate=5e-4),
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}") from None

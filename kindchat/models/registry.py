@@ -1,0 +1,262 @@
+"""Model registry under `$KINDCHAT_HOME/models`: versions, manifests with checksums, aliases.
+
+Layout::
+
+    models/
+      aliases.json            {"aliases": {"sft": "sft-…"}, "history": {"sft": ["sft-…", …]}}
+      .staging/<version>/     a version being written (never listed)
+      <version>/              save_pretrained output + manifest.json
+
+A version is written under `.staging/`, its manifest (with the sha256 of every file) last, and
+then renamed into place in one step: a half-written version is never listed. `aliases.json` is
+replaced atomically (write + rename) under a file lock, keeping each alias's history so a
+promotion can be rolled back.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+logger = logging.getLogger(__name__)
+
+ModelKind = Literal["base", "sft", "rm", "policy"]
+MANIFEST = "manifest.json"
+ALIASES = "aliases.json"
+STAGING = ".staging"
+
+
+class RegistryError(Exception):
+    """A version or alias is missing, incomplete or corrupt."""
+
+
+class UnknownModelError(RegistryError):
+    """A reference names no alias, version or model directory."""
+
+
+class Manifest(BaseModel):
+    version: str
+    kind: ModelKind
+    parents: list[str] = Field(default_factory=list)
+    data_fingerprint: str = ""
+    config: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    created: str
+    files: dict[str, str] = Field(default_factory=dict, description="relative path -> sha256")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON next to `path`, flush it to disk, then rename over `path` in one step."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        json.dump(data, handle, ensure_ascii=False, indent=2)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+class Registry:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    # ---- versions -------------------------------------------------------------------------
+    def new_version_id(self, kind: ModelKind) -> str:
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        return f"{kind}-{stamp}-{secrets.token_hex(3)}"
+
+    def save(
+        self,
+        kind: ModelKind,
+        write: Callable[[Path], None],
+        *,
+        parents: list[str] | None = None,
+        config: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
+        data_fingerprint: str = "",
+    ) -> Manifest:
+        """Write a new version with `write(dir)` (e.g. `save_pretrained`) and publish it.
+
+        If `write` raises, or the process dies, nothing is published.
+        """
+        version = self.new_version_id(kind)
+        staging = self.root / STAGING / version
+        staging.mkdir(parents=True)
+        try:
+            write(staging)
+            files = {
+                str(p.relative_to(staging)): sha256_file(p)
+                for p in sorted(staging.rglob("*"))
+                if p.is_file() and p.name != MANIFEST
+            }
+            manifest = Manifest(
+                version=version,
+                kind=kind,
+                parents=list(parents or []),
+                data_fingerprint=data_fingerprint,
+                config=config or {},
+                metrics=metrics or {},
+                created=datetime.now(UTC).isoformat(timespec="seconds"),
+                files=files,
+            )
+            write_json_atomic(staging / MANIFEST, manifest.model_dump())
+            os.replace(staging, self.root / version)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        logger.info("registered %s version %s", kind, version)
+        return manifest
+
+    def versions(self, kind: ModelKind | None = None) -> list[Manifest]:
+        """Complete versions, oldest first; staging and foreign directories are skipped."""
+        out = []
+        for path in self.root.iterdir():
+            if path.name.startswith(".") or not (path / MANIFEST).is_file():
+                continue
+            manifest = self._read_manifest(path)
+            if kind is None or manifest.kind == kind:
+                out.append(manifest)
+        return sorted(out, key=lambda m: (m.created, m.version))
+
+    def manifest(self, version: str) -> Manifest:
+        path = self.root / version
+        if version.startswith(".") or "/" in version or not (path / MANIFEST).is_file():
+            raise UnknownModelError(f"no complete model version {version!r} in {self.root}")
+        return self._read_manifest(path)
+
+    def path(self, version: str) -> Path:
+        self.manifest(version)
+        return self.root / version
+
+    def update_metrics(self, version: str, metrics: dict[str, Any]) -> Manifest:
+        """Merge `metrics` into a version's manifest (the manifest is not among the checksums)."""
+        manifest = self.manifest(version)
+        updated = manifest.model_copy(update={"metrics": {**manifest.metrics, **metrics}})
+        write_json_atomic(self.root / version / MANIFEST, updated.model_dump())
+        return updated
+
+    def verify(self, version: str) -> Path:
+        """Check every file against the manifest's sha256; return the version's directory."""
+        manifest = self.manifest(version)
+        root = self.root / version
+        for rel, expected in manifest.files.items():
+            path = root / rel
+            if not path.is_file():
+                raise RegistryError(
+                    f"model {version}: file {rel} is missing; the version is damaged"
+                )
+            if sha256_file(path) != expected:
+                raise RegistryError(
+                    f"model {version}: checksum mismatch in {rel} (the file was changed after "
+                    "saving); retrain or restore this version"
+                )
+        return root
+
+    def prune_staging(self) -> int:
+        """Remove leftovers of interrupted saves; return how many were removed."""
+        staging = self.root / STAGING
+        if not staging.is_dir():
+            return 0
+        removed = 0
+        for path in staging.iterdir():
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+        return removed
+
+    def _read_manifest(self, path: Path) -> Manifest:
+        try:
+            return Manifest.model_validate_json((path / MANIFEST).read_text(encoding="utf-8"))
+        except ValueError as err:
+            raise RegistryError(f"{path / MANIFEST} is not a valid manifest: {err}") from None
+
+    # ---- aliases --------------------------------------------------------------------------
+    @contextmanager
+    def _aliases_locked(self) -> Iterator[dict[str, Any]]:
+        with (self.root / ".aliases.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                state = self._read_aliases()
+                yield state
+                write_json_atomic(self.root / ALIASES, state)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _read_aliases(self) -> dict[str, Any]:
+        path = self.root / ALIASES
+        if not path.is_file():
+            return {"aliases": {}, "history": {}}
+        state = json.loads(path.read_text(encoding="utf-8"))
+        state.setdefault("aliases", {})
+        state.setdefault("history", {})
+        return state
+
+    def aliases(self) -> dict[str, str]:
+        return dict(self._read_aliases()["aliases"])
+
+    def set_alias(self, alias: str, version: str) -> str | None:
+        """Point `alias` at `version` atomically; return the version it pointed at before."""
+        self.manifest(version)
+        with self._aliases_locked() as state:
+            previous = state["aliases"].get(alias)
+            if previous != version:
+                if previous is not None:
+                    state["history"].setdefault(alias, []).append(previous)
+                state["aliases"][alias] = version
+        logger.info("alias %s -> %s (was %s)", alias, version, previous)
+        return previous
+
+    def rollback_alias(self, alias: str) -> str:
+        """Point `alias` back at its previous version; return that version."""
+        with self._aliases_locked() as state:
+            history = state["history"].get(alias) or []
+            if not history:
+                raise RegistryError(f"alias {alias!r} has no earlier version to roll back to")
+            version = history.pop()
+            state["aliases"][alias] = version
+        logger.info("alias %s rolled back to %s", alias, version)
+        return version
+
+    def resolve(self, ref: str) -> Path:
+        """The directory of an alias, a version id, or a local model directory."""
+        aliases = self.aliases()
+        if ref in aliases:
+            return self.verify(aliases[ref])
+        if (self.root / ref / MANIFEST).is_file() and not ref.startswith("."):
+            return self.verify(ref)
+        path = Path(ref).expanduser()
+        if path.is_dir() and (path / "config.json").is_file():
+            return path
+        known = ", ".join(sorted(aliases)) or "none yet (run `kindchat bootstrap`)"
+        raise UnknownModelError(
+            f"unknown model {ref!r}: not an alias (known: {known}), a version id "
+            "(see `kindchat models list`), or a directory with config.json"
+        )
+
+    def version_of(self, ref: str) -> str | None:
+        """The version id an alias or version id refers to (None for a plain directory)."""
+        aliases = self.aliases()
+        if ref in aliases:
+            return aliases[ref]
+        if (self.root / ref / MANIFEST).is_file():
+            return ref
+        return None

@@ -1,0 +1,130 @@
+"""What every training stage shares: run directories, HF trainer arguments, LoRA, logging."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, is_dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from kindchat.logs import STEPS_LOGGER
+
+logger = logging.getLogger(__name__)
+steps_logger = logging.getLogger(STEPS_LOGGER)
+
+# Modules of GPT-NeoX (KULLM / Polyglot-Ko) that LoRA adapts.
+NEOX_LORA_TARGETS = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
+
+
+@dataclass
+class LoraOptions:
+    """Optional LoRA (peft) on a stage's trainable model; merged before the version is saved."""
+
+    enabled: bool = False
+    r: int = 8  # rank of the update matrices
+    alpha: int = 16  # scaling numerator (update scaled by alpha / r)
+    dropout: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"lora r must be >= 1, got {self.r}")
+
+    def peft_config(self, task_type: str) -> Any:
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=NEOX_LORA_TARGETS,
+            task_type=task_type,
+        )
+
+
+def new_run_dir(runs_dir: Path, stage: str) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
+    path = runs_dir / f"{stage}-{stamp}"
+    path.mkdir(parents=True, exist_ok=False)
+    return path
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    """A stage config as JSON-ready data for the manifest."""
+    data = asdict(config) if is_dataclass(config) else dict(config)
+    return json.loads(json.dumps(data, default=str))
+
+
+def ensure_distributed_env() -> None:
+    """DeepSpeed wants a process group even for one process: set single-process defaults."""
+    for key, value in (
+        ("RANK", "0"),
+        ("LOCAL_RANK", "0"),
+        ("WORLD_SIZE", "1"),
+        ("MASTER_ADDR", "127.0.0.1"),
+        ("MASTER_PORT", os.environ.get("MASTER_PORT", "29511")),
+    ):
+        os.environ.setdefault(key, value)
+
+
+def trainer_arguments(
+    run_dir: Path,
+    *,
+    batch_size: int,
+    learning_rate: float,
+    epochs: float,
+    max_steps: int,
+    seed: int,
+    deepspeed: Path | None = None,
+    warmup_ratio: float = 0.05,
+    logging_steps: int = 10,
+) -> dict[str, Any]:
+    """Keyword arguments shared by every HF/TRL trainer config kindchat builds."""
+    if deepspeed is not None:
+        if not Path(deepspeed).is_file():
+            raise FileNotFoundError(f"DeepSpeed config {deepspeed} does not exist")
+        ensure_distributed_env()
+    return {
+        "output_dir": str(run_dir),
+        "per_device_train_batch_size": batch_size,
+        "per_device_eval_batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "num_train_epochs": epochs,
+        "max_steps": max_steps,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": warmup_ratio,
+        "weight_decay": 0.0,
+        "logging_steps": logging_steps,
+        "save_strategy": "no",
+        "report_to": [],
+        "seed": seed,
+        "use_cpu": not torch.cuda.is_available(),
+        "dataloader_num_workers": 0,
+        "deepspeed": str(deepspeed) if deepspeed is not None else None,
+        "disable_tqdm": False,
+    }
+
+
+class LogToFile(TrainerCallback):
+    """Mirror the trainer's log lines into kindchat's logger (and so into the log file)."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any
+    ) -> None:
+        if logs:
+            steps_logger.info("%s step %d: %s", self.stage, state.global_step, json.dumps(logs))
+
+
+def check_finite(value: float, what: str) -> float:
+    if not math.isfinite(value):
+        raise FloatingPointError(f"{what} is {value}; training diverged, nothing was saved")
+    return value

@@ -1,0 +1,101 @@
+"""Training sets built from the seed: stable held-out splits, eval-prompt exclusion, fingerprints."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from datasets import Dataset
+from pydantic import BaseModel
+
+from kindchat.models.template import kullm_prompt
+from kindchat.seed import (
+    SftRecord,
+    corpus_texts,
+    eval_prompt_keys,
+    normalize_prompt,
+    read_sft,
+    stable_fraction,
+)
+
+T = TypeVar("T")
+
+
+def split_heldout(
+    items: Sequence[T], key: Callable[[T], str], fraction: float
+) -> tuple[list[T], list[T]]:
+    """(train, held-out): an item is held out iff the hash of its key falls below `fraction`.
+
+    The split depends on each item's key alone, so it is the same on every machine and run and
+    does not shift when other items are added.
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"held-out fraction must lie in [0, 1), got {fraction}")
+    train, heldout = [], []
+    for item in items:
+        (heldout if stable_fraction(key(item)) < fraction else train).append(item)
+    return train, heldout
+
+
+def fingerprint(items: Iterable[BaseModel | str]) -> str:
+    """sha256 of the items' canonical JSON: which data a model saw, in 16 hex digits."""
+    digest = hashlib.sha256()
+    for item in items:
+        text = item if isinstance(item, str) else item.model_dump_json()
+        digest.update(json.dumps(text, ensure_ascii=False).encode("utf-8"))
+    return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class SftSplit:
+    train: list[SftRecord]
+    heldout: list[SftRecord]
+    excluded_eval: int  # records dropped because their prompt is an evaluation prompt
+
+
+def sft_key(record: SftRecord) -> str:
+    return f"{record.subset}:{record.id}"
+
+
+def load_sft_split(
+    data_dir: Path,
+    heldout_fraction: float = 0.05,
+    exclude_eval_prompts: bool = True,
+    max_records: int | None = None,
+) -> SftSplit:
+    """The seed SFT data minus evaluation prompts, split 95/5 by id hash."""
+    records = read_sft(data_dir)
+    excluded = 0
+    if exclude_eval_prompts:
+        keys = eval_prompt_keys(data_dir)
+        kept = [r for r in records if normalize_prompt(r.prompt) not in keys]
+        excluded = len(records) - len(kept)
+        records = kept
+    train, heldout = split_heldout(records, sft_key, heldout_fraction)
+    if max_records is not None:
+        train = train[:: max(1, len(train) // max_records)][:max_records]
+        heldout = heldout[: max(8, max_records // 20)]
+    return SftSplit(train, heldout, excluded)
+
+
+def base_corpus(data_dir: Path, split: SftSplit, exclude_eval_prompts: bool = True) -> list[str]:
+    """Seed text for the base LM: no evaluation prompt, and nothing of the held-out SFT records."""
+    excluded = {normalize_prompt(r.prompt) for r in split.heldout}
+    if exclude_eval_prompts:
+        excluded |= eval_prompt_keys(data_dir)
+    heldout_outputs = {r.output for r in split.heldout}
+    return [t for t in corpus_texts(data_dir, frozenset(excluded)) if t not in heldout_outputs]
+
+
+def prompt_completion_dataset(records: Sequence[SftRecord]) -> Dataset:
+    """TRL's prompt/completion format in the KULLM template (TRL appends the EOS)."""
+    return Dataset.from_dict(
+        {
+            "prompt": [kullm_prompt(r.prompt) for r in records],
+            "completion": [r.output for r in records],
+        }
+    )

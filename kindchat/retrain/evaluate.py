@@ -1,0 +1,63 @@
+"""Held-out perplexity of a causal LM on answers in the KULLM template."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from kindchat.models.template import kullm_prompt
+from kindchat.seed import SftRecord
+
+
+@torch.no_grad()
+def response_perplexity(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    records: Sequence[SftRecord],
+    max_length: int,
+    batch_size: int = 8,
+) -> float:
+    """exp(mean NLL) over the answer tokens (EOS included) of `records`, prompt tokens masked."""
+    if not records:
+        raise ValueError("no records to evaluate perplexity on")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total_nll, total_tokens = 0.0, 0
+    for start in range(0, len(records), batch_size):
+        rows = []
+        for rec in records[start : start + batch_size]:
+            prompt = tokenizer(kullm_prompt(rec.prompt), add_special_tokens=False)["input_ids"]
+            answer = tokenizer(rec.output, add_special_tokens=False)["input_ids"]
+            answer = answer + [tokenizer.eos_token_id]
+            ids = (prompt + answer)[:max_length]
+            labels = ([-100] * len(prompt) + answer)[:max_length]
+            if any(label != -100 for label in labels[1:]):
+                rows.append((ids, labels))
+        if not rows:
+            continue
+        width = max(len(ids) for ids, _ in rows)
+        input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+        label_t = torch.full((len(rows), width), -100, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (ids, labels) in enumerate(rows):
+            input_ids[i, : len(ids)] = torch.tensor(ids)
+            label_t[i, : len(labels)] = torch.tensor(labels)
+            attention[i, : len(ids)] = 1
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
+        shift_logits = logits[:, :-1].float()
+        shift_labels = label_t[:, 1:].to(device)
+        nll = torch.nn.functional.cross_entropy(
+            shift_logits.reshape(-1, shift_logits.size(-1)),
+            shift_labels.reshape(-1),
+            ignore_index=-100,
+            reduction="sum",
+        )
+        total_nll += nll.item()
+        total_tokens += int((shift_labels != -100).sum())
+    if was_training:
+        model.train()
+    return math.exp(total_nll / max(1, total_tokens))

@@ -1,0 +1,101 @@
+"""Causal-LM training with TRL's SFTTrainer: the base LM (plain text, packed) and SFT (KULLM
+template, loss on the answer tokens by default).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from trl import SFTConfig, SFTTrainer
+
+from kindchat.retrain.common import (
+    LogToFile,
+    LoraOptions,
+    check_finite,
+    trainer_arguments,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SftConfig:
+    """Hyper-parameters of one SFT (or base-LM) run."""
+
+    epochs: float = 1.0  # passes over the training set (ignored when max_steps > 0)
+    max_steps: int = -1  # optimiser steps; -1 runs `epochs` epochs
+    batch_size: int = 8  # sequences per optimiser step
+    learning_rate: float = 5e-4  # peak LR of the cosine schedule
+    max_length: int = 256  # tokens per sequence (prompt + answer, or a packed block)
+    completion_only_loss: bool = True  # loss on answer tokens only (SFT); False trains on all
+    heldout_fraction: float = 0.05  # share of records held out by id hash for perplexity
+    exclude_eval_prompts: bool = True  # keep rm/*_test.json prompts out of training
+    max_records: int | None = None  # use a slice of the data (micro runs)
+    lora: LoraOptions = field(default_factory=LoraOptions)
+    deepspeed: Path | None = None  # a DeepSpeed JSON config passed to the HF trainer
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs <= 0 and self.max_steps <= 0:
+            raise ValueError("set epochs > 0 or max_steps > 0")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0 < self.learning_rate < 1:
+            raise ValueError(f"learning_rate must lie in (0, 1), got {self.learning_rate}")
+        if self.max_length < 16:
+            raise ValueError(f"max_length must be >= 16, got {self.max_length}")
+
+
+def train_causal_lm(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    dataset: Dataset,
+    config: SftConfig,
+    run_dir: Path,
+    stage: str,
+    packing: bool = False,
+) -> tuple[PreTrainedModel, dict[str, Any]]:
+    """Train `model` on `dataset` (`text` or `prompt`/`completion` columns) with SFTTrainer.
+
+    Returns the trained model (LoRA merged in, if used) and the train metrics.
+    """
+    args = SFTConfig(
+        **trainer_arguments(
+            run_dir,
+            batch_size=config.batch_size,
+            learning_rate=config.learning_rate,
+            epochs=config.epochs,
+            max_steps=config.max_steps,
+            seed=config.seed,
+            deepspeed=config.deepspeed,
+        ),
+        max_length=config.max_length,
+        packing=packing,
+        packing_strategy="wrapped",
+        completion_only_loss=config.completion_only_loss if not packing else None,
+        dataset_num_proc=None,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=config.lora.peft_config("CAUSAL_LM") if config.lora.enabled else None,
+        callbacks=[LogToFile(stage)],
+    )
+    result = trainer.train()
+    check_finite(result.training_loss, f"{stage} training loss")
+    trained = trainer.model
+    if config.lora.enabled:
+        trained = trained.merge_and_unload()
+    trained = trained.to(torch.float32) if trained.device.type == "cpu" else trained
+    trained.eval()
+    metrics = {"train_loss": result.training_loss, "train_steps": result.global_step}
+    logger.info("%s finished: %s", stage, metrics)
+    return trained, metrics
