@@ -66,7 +66,39 @@ def max_prompt_tokens(model: PreTrainedModel, max_new_tokens: int) -> int:
     return max(1, context_length(model) - max_new_tokens)
 
 
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists → left-padded ids and attention mask, both [B, T]."""
+    width = max(len(ids) for ids in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, ids in enumerate(rows):
+        if ids:
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            attention[row, width - len(ids) :] = 1
+    return input_ids, attention
+
+
 @torch.no_grad()
+def generate_tokens(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    params: SamplingParams,
+) -> torch.Tensor:
+    """Sample responses for a left-padded batch: [B, R] ids, pad after each row's first EOS."""
+    output = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        **params.generate_kwargs(tokenizer),
+    )
+    response = output[:, input_ids.size(1) :]
+    after_eos = (response == tokenizer.eos_token_id).long().cumsum(dim=1) - (
+        response == tokenizer.eos_token_id
+    ).long()
+    return response.masked_fill(after_eos > 0, tokenizer.pad_token_id)
+
+
 def generate_batch(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -78,27 +110,15 @@ def generate_batch(
         return []
     limit = max_prompt_tokens(model, params.max_new_tokens)
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"][-limit:] for p in prompts]
-    width = max(len(ids) for ids in encoded)
-    pad = tokenizer.pad_token_id
-    input_ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-    attention = torch.zeros((len(encoded), width), dtype=torch.long)
-    for row, ids in enumerate(encoded):
-        input_ids[row, width - len(ids) :] = torch.tensor(ids)
-        attention[row, width - len(ids) :] = 1
+    input_ids, attention = left_pad(encoded, tokenizer.pad_token_id)
     device = next(model.parameters()).device
-    output = model.generate(
-        input_ids=input_ids.to(device),
-        attention_mask=attention.to(device),
-        **params.generate_kwargs(tokenizer),
-    )
+    responses = generate_tokens(
+        model, tokenizer, input_ids.to(device), attention.to(device), params
+    ).tolist()
     results = []
-    for row, ids in enumerate(encoded):
-        response = output[row, width:].tolist()
+    for ids, response in zip(encoded, responses, strict=True):
+        response = [t for t in response if t != tokenizer.pad_token_id]
         finished = tokenizer.eos_token_id in response
-        if finished:
-            response = response[: response.index(tokenizer.eos_token_id) + 1]
-        else:
-            response = [t for t in response if t != pad]
         text = tokenizer.decode(response, skip_special_tokens=True).strip()
         results.append(Generation(ids, response, text, finished))
     return results

@@ -138,11 +138,15 @@ class Registry:
                 out.append(manifest)
         return sorted(out, key=lambda m: (m.created, m.version))
 
+    def is_version(self, ref: str) -> bool:
+        """Whether `ref` is the id of a complete version (a plain name, never a path)."""
+        plain = bool(ref) and not ref.startswith(".") and "/" not in ref and "\\" not in ref
+        return plain and (self.root / ref / MANIFEST).is_file()
+
     def manifest(self, version: str) -> Manifest:
-        path = self.root / version
-        if version.startswith(".") or "/" in version or not (path / MANIFEST).is_file():
+        if not self.is_version(version):
             raise UnknownModelError(f"no complete model version {version!r} in {self.root}")
-        return self._read_manifest(path)
+        return self._read_manifest(self.root / version)
 
     def path(self, version: str) -> Path:
         self.manifest(version)
@@ -241,7 +245,7 @@ class Registry:
         aliases = self.aliases()
         if ref in aliases:
             return self.verify(aliases[ref])
-        if (self.root / ref / MANIFEST).is_file() and not ref.startswith("."):
+        if self.is_version(ref):
             return self.verify(ref)
         path = Path(ref).expanduser()
         if path.is_dir() and (path / "config.json").is_file():
@@ -257,6 +261,4 @@ class Registry:
         aliases = self.aliases()
         if ref in aliases:
             return aliases[ref]
-        if (self.root / ref / MANIFEST).is_file():
-            return ref
-        return None
+        return ref if self.is_version(ref) else None

@@ -1,10 +1,13 @@
-"""Registered training stages: tokenizer + base LM, and SFT. Each returns its manifest."""
+"""Registered training stages: tokenizer + base LM, SFT, reward models, PPO. Each returns its manifest."""
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from pathlib import Path
 
+import torch
 from datasets import Dataset
 from transformers import GPTNeoXForCausalLM
 
@@ -12,7 +15,7 @@ from kindchat.config import Settings
 from kindchat.models.loading import load_causal_lm
 from kindchat.models.presets import Preset
 from kindchat.models.registry import Manifest, Registry
-from kindchat.models.tokenizer import train_tokenizer
+from kindchat.models.tokenizer import load_tokenizer, train_tokenizer
 from kindchat.retrain.common import config_dict, new_run_dir
 from kindchat.retrain.data import (
     base_corpus,
@@ -21,7 +24,27 @@ from kindchat.retrain.data import (
     prompt_completion_dataset,
 )
 from kindchat.retrain.evaluate import response_perplexity
+from kindchat.retrain.ppo import (
+    LOG_FILE,
+    PpoConfig,
+    PpoTrainer,
+    build_rlhf_models,
+    read_log,
+    summarize,
+)
+from kindchat.retrain.reward import RmConfig, reward_model_from_lm, train_reward_model
+from kindchat.retrain.rm_eval import accuracy_metrics, evaluate_reward_model
 from kindchat.retrain.sft import SftConfig, train_causal_lm
+from kindchat.seed import (
+    GevalRecord,
+    RmPair,
+    eval_prompt_keys,
+    normalize_prompt,
+    read_geval,
+    read_ppo_prompts,
+    read_rm,
+    read_rm_file,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -113,4 +136,147 @@ def train_sft(settings: Settings, registry: Registry, base_ref: str, config: Sft
         config={"stage": config_dict(config), "base": str(base_ref)},
         metrics=metrics,
         data_fingerprint=fingerprint(split.train),
+    )
+
+
+def rm_training_pairs(settings: Settings, config: RmConfig, gold: bool = False) -> list[RmPair]:
+    """Seed RM train pairs (+ extra pair files), evaluation prompts left out, deduplicated.
+
+    The gold RM (the judge of policy evaluation) also sees every complete G-Eval pair of the seed
+    whose sums differ, the raw material the seed's RM data was filtered from.
+    """
+    pairs = read_rm(settings.data_dir, "train")
+    for path in config.extra_data:
+        pairs.extend(read_rm_file(path))
+    if gold:
+        pairs.extend(geval_pairs(read_geval(settings.data_dir)))
+    if config.exclude_eval_prompts:
+        keys = eval_prompt_keys(settings.data_dir)
+        pairs = [p for p in pairs if normalize_prompt(p.prompt) not in keys]
+    seen: set[tuple[str, str, str]] = set()
+    unique = []
+    for p in pairs:
+        key = (normalize_prompt(p.prompt), p.chosen.strip(), p.rejected.strip())
+        if key not in seen and p.chosen.strip() != p.rejected.strip():
+            seen.add(key)
+            unique.append(p)
+    if config.max_records is not None:
+        unique = unique[:: max(1, len(unique) // config.max_records)][: config.max_records]
+    return unique
+
+
+def geval_pairs(records: list[GevalRecord]) -> list[RmPair]:
+    """G-Eval rows as pairs: the answer with the higher score sum is chosen; ties are dropped."""
+    out = []
+    for g in records:
+        if not g.complete or g.sum1 == g.sum2:
+            continue
+        first_wins = g.sum1 > g.sum2
+        out.append(
+            RmPair(
+                id=f"geval:{g.id}",
+                prompt=g.prompt,
+                chosen=g.response1 if first_wins else g.response2,
+                rejected=g.response2 if first_wins else g.response1,
+                subset=g.subset,
+            )
+        )
+    return out
+
+
+def train_rm(
+    settings: Settings, registry: Registry, init_ref: str, config: RmConfig, gold: bool = False
+) -> Manifest:
+    """Train a reward model from an LM (or an earlier RM), evaluate it, register it as `rm`."""
+    init_dir = registry.resolve(init_ref)
+    tokenizer = load_tokenizer(init_dir)
+    model = reward_model_from_lm(init_dir, tokenizer.pad_token_id)
+    pairs = rm_training_pairs(settings, config, gold=gold)
+    logger.info("%s: %d training pairs", "gold rm" if gold else "rm", len(pairs))
+    run_dir = new_run_dir(settings.runs_dir, "gold-rm" if gold else "rm")
+    model, metrics = train_reward_model(model, tokenizer, pairs, config, run_dir)
+    results = evaluate_reward_model(
+        model, tokenizer, read_rm(settings.data_dir, "test"), config.max_length
+    )
+    metrics.update(accuracy_metrics(results), train_pairs=len(pairs), gold=gold)
+    logger.info("rm accuracy on held-out pairs: %.3f", metrics["accuracy"])
+    parent = registry.version_of(init_ref)
+
+    def write(path: Path) -> None:
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+
+    return registry.save(
+        "rm",
+        write,
+        parents=[parent] if parent else [],
+        config={"stage": config_dict(config), "init": init_ref, "gold": gold},
+        metrics=metrics,
+        data_fingerprint=fingerprint(pairs),
+    )
+
+
+def ppo_prompts(settings: Settings, config: PpoConfig, extra: list[str] | None = None) -> list[str]:
+    """Seed step-3 prompts (+ live prompts), evaluation prompts left out, deduplicated."""
+    prompts = [p.prompt for p in read_ppo_prompts(settings.data_dir)] + list(extra or [])
+    keys = eval_prompt_keys(settings.data_dir) if config.exclude_eval_prompts else frozenset()
+    seen: set[str] = set()
+    out = []
+    for prompt in prompts:
+        key = normalize_prompt(prompt)
+        if key and key not in keys and key not in seen:
+            seen.add(key)
+            out.append(prompt)
+    if config.max_prompts is not None:
+        out = out[: config.max_prompts]
+    return out
+
+
+def train_ppo(
+    settings: Settings,
+    registry: Registry,
+    sft_ref: str,
+    rm_ref: str,
+    config: PpoConfig,
+    resume: Path | None = None,
+    extra_prompts: list[str] | None = None,
+) -> Manifest:
+    """PPO of the SFT model against the RM (DeepSpeed-Chat step 3); register a `policy`.
+
+    With `resume`, the run in that directory continues from its last checkpoint with its own
+    config (the `config` argument is then ignored).
+    """
+    if resume is not None:
+        saved = resume / "config.json"
+        if not saved.is_file():
+            raise FileNotFoundError(f"{resume} is not a PPO run directory (no config.json)")
+        config = PpoConfig.from_json(json.loads(saved.read_text(encoding="utf-8")))
+    torch.manual_seed(config.seed)
+    sft_dir, rm_dir = registry.resolve(sft_ref), registry.resolve(rm_ref)
+    prompts = ppo_prompts(settings, config, extra_prompts)
+    logger.info("ppo: %d prompts, %d steps of %d", len(prompts), config.steps, config.batch_size)
+    models = build_rlhf_models(sft_dir, rm_dir, config)
+    run_dir = resume or new_run_dir(settings.runs_dir, "ppo")
+    trainer = PpoTrainer(models, prompts, config, run_dir)
+    if resume is not None:
+        trainer.load_checkpoint()
+    trainer.train()
+    metrics = summarize(read_log(run_dir))
+    metrics["run_dir"] = str(run_dir)
+    actor = trainer.final_actor()
+    tokenizer = models.tokenizer
+    parents = [v for v in (registry.version_of(sft_ref), registry.version_of(rm_ref)) if v]
+
+    def write(path: Path) -> None:
+        actor.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        shutil.copy(run_dir / LOG_FILE, path / LOG_FILE)
+
+    return registry.save(
+        "policy",
+        write,
+        parents=parents,
+        config={"stage": config_dict(config), "algorithm": "ppo", "sft": sft_ref, "rm": rm_ref},
+        metrics=metrics,
+        data_fingerprint=fingerprint(prompts),
     )

@@ -1,0 +1,550 @@
+"""PPO as in DeepSpeed-Chat step 3: actor, frozen reference, critic, frozen reward model.
+
+One step = one rollout batch:
+  1. sample answers to a batch of prompts with the actor (KULLM template, left padding);
+  2. score them: actor and reference log-probs, critic values, RM score at the last token;
+  3. per-token rewards −β·KL plus the clipped RM score on the last token; GAE;
+  4. `ppo_epochs` passes of mini-batches: clipped policy loss on the actor, clipped value loss
+     on the critic, each with gradient clipping (or a DeepSpeed engine doing the same);
+  5. metrics to `ppo_log.jsonl`; every `checkpoint_every` steps a checkpoint to resume from.
+The math lives in `ppo_math.py`; models are built apart from training (`build_rlhf_models`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from kindchat.models.generation import SamplingParams, generate_tokens, left_pad
+from kindchat.models.loading import load_causal_lm, load_reward_model
+from kindchat.models.template import kullm_prompt
+from kindchat.retrain.common import LoraOptions, ensure_distributed_env
+from kindchat.retrain.ppo_math import (
+    clipped_policy_loss,
+    clipped_value_loss,
+    entropy_from_logits,
+    gae,
+    kl_penalized_rewards,
+    logprobs_from_logits,
+    masked_mean,
+    masked_whiten,
+)
+from kindchat.retrain.reward import position_ids_for, score_sequences, token_values
+
+logger = logging.getLogger(__name__)
+LOG_FILE = "ppo_log.jsonl"
+CHECKPOINT = "checkpoint"
+
+
+@dataclass
+class PpoConfig:
+    """Hyper-parameters of a PPO run (defaults: DeepSpeed-Chat step 3 / the VAIV seed)."""
+
+    steps: int = 100  # rollout batches (PPO iterations)
+    batch_size: int = 8  # prompts per rollout batch
+    mini_batch_size: int = 8  # rollouts per optimiser step (divides batch_size)
+    ppo_epochs: int = 1  # passes over each rollout batch
+    max_prompt_tokens: int = 128  # prompt budget (template included); longer prompts cut left
+    max_new_tokens: int = 64  # answer budget
+    temperature: float = 1.0  # rollout sampling temperature
+    top_p: float = 1.0  # rollout nucleus sampling
+    actor_lr: float = 1e-5  # actor learning rate (Adam)
+    critic_lr: float = 5e-5  # critic learning rate (Adam)
+    kl_coef: float = 0.1  # β of the per-token KL penalty to the reference
+    reward_clip: float = 5.0  # RM score clipped to ±reward_clip
+    gamma: float = 1.0  # GAE discount γ
+    lam: float = 0.95  # GAE λ
+    policy_clip: float = 0.2  # PPO ratio clip ε (actor)
+    value_clip: float = 0.2  # value clip ε (critic)
+    max_grad_norm: float = 1.0  # gradient clipping of actor and critic
+    whiten_advantages: bool = True  # normalise advantages per batch (TRL; DS-Chat does not)
+    ema_decay: float | None = None  # keep an EMA of the actor (e.g. 0.992) and save it
+    checkpoint_every: int = 25  # steps between checkpoints; 0: none
+    max_prompts: int | None = None  # use a slice of the prompts
+    exclude_eval_prompts: bool = True  # keep rm/*_test.json prompts out of rollouts
+    actor_lora: LoraOptions = field(default_factory=LoraOptions)
+    critic_lora: LoraOptions = field(default_factory=LoraOptions)
+    deepspeed: Path | None = None  # a DeepSpeed JSON config: actor and critic become engines
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (
+                1 <= self.mini_batch_size <= self.batch_size
+                and self.batch_size % self.mini_batch_size == 0,
+                f"mini_batch_size ({self.mini_batch_size}) must divide batch_size ({self.batch_size})",
+            ),
+            (self.ppo_epochs >= 1, f"ppo_epochs must be >= 1, got {self.ppo_epochs}"),
+            (self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
+            (self.kl_coef >= 0, f"kl_coef must be >= 0, got {self.kl_coef}"),
+            (self.reward_clip > 0, f"reward_clip must be > 0, got {self.reward_clip}"),
+            (0 <= self.gamma <= 1, f"gamma must lie in [0, 1], got {self.gamma}"),
+            (0 <= self.lam <= 1, f"lam must lie in [0, 1], got {self.lam}"),
+            (self.policy_clip > 0, f"policy_clip must be > 0, got {self.policy_clip}"),
+            (self.value_clip > 0, f"value_clip must be > 0, got {self.value_clip}"),
+            (self.actor_lr > 0 and self.critic_lr > 0, "learning rates must be > 0"),
+            (
+                self.ema_decay is None or 0 < self.ema_decay < 1,
+                f"ema_decay must lie in (0, 1), got {self.ema_decay}",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PpoConfig:
+        names = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        for key in ("actor_lora", "critic_lora"):
+            if isinstance(kwargs.get(key), dict):
+                kwargs[key] = LoraOptions(**kwargs[key])
+        if kwargs.get("deepspeed"):
+            kwargs["deepspeed"] = Path(kwargs["deepspeed"])
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One scored rollout batch. B rollouts, P prompt tokens (left-padded), R response tokens."""
+
+    sequences: torch.Tensor  # [B, P+R] prompt and response ids
+    attention_mask: torch.Tensor  # [B, P+R] 1 on real tokens
+    response_mask: torch.Tensor  # [B, R] 1 on response tokens up to and including EOS
+    prompt_length: int  # P
+    old_logprobs: torch.Tensor  # [B, R] log π_old(a_t | s_t) of the sampling actor
+    ref_logprobs: torch.Tensor  # [B, R] log π_ref(a_t | s_t)
+    old_values: torch.Tensor  # [B, R] critic V(s_t) at sampling time
+    scores: torch.Tensor  # [B] reward-model score of the whole answer (unclipped)
+    rewards: torch.Tensor  # [B, R] KL-penalised per-token rewards
+    advantages: torch.Tensor  # [B, R] GAE advantages (whitened if configured)
+    returns: torch.Tensor  # [B, R] value targets
+    entropy: torch.Tensor  # [B, R] entropy of the actor at each response position
+
+    def take(self, index: torch.Tensor) -> Rollout:
+        """The rollouts at `index` (a mini-batch)."""
+        values = {
+            f.name: getattr(self, f.name)[index]
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
+        return Rollout(prompt_length=self.prompt_length, **values)
+
+
+class Trainable:
+    """A trained model and its optimiser: plain PyTorch, or a DeepSpeed engine from a config."""
+
+    def __init__(
+        self, model: PreTrainedModel, lr: float, max_grad_norm: float, ds_config: dict | None
+    ) -> None:
+        self.max_grad_norm = max_grad_norm
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
+        self.engine: Any = None
+        if ds_config is not None:
+            import deepspeed
+
+            ensure_distributed_env()
+            self.engine, self.optimizer, _, _ = deepspeed.initialize(
+                model=model, optimizer=optimizer, model_parameters=params, config=ds_config
+            )
+            self.module: PreTrainedModel = self.engine.module
+        else:
+            self.module, self.optimizer = model, optimizer
+
+    def step(self, loss: torch.Tensor) -> None:
+        if self.engine is not None:  # clipping and zeroing are in the engine's config
+            self.engine.backward(loss)
+            self.engine.step()
+            return
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def save_state(self, path: Path) -> None:
+        if self.engine is not None:
+            self.engine.save_checkpoint(str(path), tag="latest")
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+            torch.save(
+                {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict()},
+                path / "state.pt",
+            )
+
+    def load_state(self, path: Path) -> None:
+        if self.engine is not None:
+            self.engine.load_checkpoint(str(path), tag="latest")
+        else:
+            state = torch.load(path / "state.pt", weights_only=True)
+            self.module.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+
+
+@dataclass
+class RlhfModels:
+    """The four models of step 3 (DeepSpeed-Chat's `DeepSpeedRLHFEngine`)."""
+
+    actor: Trainable
+    critic: Trainable
+    reference: PreTrainedModel
+    reward: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    ema: PreTrainedModel | None = None
+
+
+def deepspeed_config(path: Path, config: PpoConfig, lr: float) -> dict[str, Any]:
+    """Read a DeepSpeed JSON and fill what PPO decides: batch sizes and gradient clipping."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    data.update(
+        train_micro_batch_size_per_gpu=config.mini_batch_size,
+        train_batch_size=config.mini_batch_size * int(os.environ.get("WORLD_SIZE", "1")),
+        gradient_accumulation_steps=1,
+        gradient_clipping=config.max_grad_norm,
+        zero_allow_untested_optimizer=True,
+    )
+    data.pop("optimizer", None)  # kindchat passes its own AdamW (one per model, own LR)
+    data.pop("scheduler", None)
+    return data
+
+
+def build_rlhf_models(sft_dir: Path, rm_dir: Path, config: PpoConfig) -> RlhfModels:
+    """Actor and reference from the SFT model, critic and reward from the RM."""
+    actor, tokenizer = load_causal_lm(sft_dir)
+    reference, _ = load_causal_lm(sft_dir)
+    critic, _ = load_reward_model(rm_dir)
+    reward, _ = load_reward_model(rm_dir)
+    for frozen in (reference, reward):
+        frozen.requires_grad_(False)
+    if config.actor_lora.enabled:
+        from peft import get_peft_model
+
+        actor = get_peft_model(actor, config.actor_lora.peft_config("CAUSAL_LM"))
+    if config.critic_lora.enabled:
+        from peft import get_peft_model
+
+        critic = get_peft_model(critic, config.critic_lora.peft_config("SEQ_CLS"))
+    actor.train()
+    critic.train()
+    ds = {
+        name: deepspeed_config(config.deepspeed, config, lr) if config.deepspeed else None
+        for name, lr in (("actor", config.actor_lr), ("critic", config.critic_lr))
+    }
+    ema = copy.deepcopy(actor).requires_grad_(False) if config.ema_decay else None
+    return RlhfModels(
+        actor=Trainable(actor, config.actor_lr, config.max_grad_norm, ds["actor"]),
+        critic=Trainable(critic, config.critic_lr, config.max_grad_norm, ds["critic"]),
+        reference=reference,
+        reward=reward,
+        tokenizer=tokenizer,
+        ema=ema,
+    )
+
+
+def _response_logits(
+    model: PreTrainedModel,
+    sequences: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_length: int,
+) -> torch.Tensor:
+    """[B, R, V] logits that predict each response token (positions P−1 … P+R−2)."""
+    logits = model(
+        input_ids=sequences,
+        attention_mask=attention_mask,
+        position_ids=position_ids_for(attention_mask),
+    ).logits
+    return logits[:, prompt_length - 1 : -1]
+
+
+def _response_values(
+    critic: PreTrainedModel,
+    sequences: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_length: int,
+) -> torch.Tensor:
+    """[B, R] V(s_t): the critic at the position that generated each response token."""
+    return token_values(critic, sequences, attention_mask)[:, prompt_length - 1 : -1]
+
+
+class PpoTrainer:
+    """Runs PPO steps over a prompt list and logs each step to `run_dir/ppo_log.jsonl`."""
+
+    def __init__(
+        self, models: RlhfModels, prompts: list[str], config: PpoConfig, run_dir: Path
+    ) -> None:
+        if not prompts:
+            raise ValueError("PPO needs at least one prompt")
+        self.models = models
+        self.config = config
+        self.run_dir = run_dir
+        self.step_index = 0
+        order = list(prompts)
+        random.Random(config.seed).shuffle(order)
+        self.prompts = order
+        self.sampling = SamplingParams(
+            max_new_tokens=config.max_new_tokens,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            top_k=0,
+            do_sample=True,
+        )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(
+            json.dumps(asdict(config), default=str, indent=2), encoding="utf-8"
+        )
+
+    # ---- rollouts ---------------------------------------------------------------------------
+    def next_prompts(self) -> list[str]:
+        start = (self.step_index * self.config.batch_size) % len(self.prompts)
+        batch = [
+            self.prompts[(start + i) % len(self.prompts)] for i in range(self.config.batch_size)
+        ]
+        return [kullm_prompt(p) for p in batch]
+
+    @torch.no_grad()
+    def make_rollout(self, prompts: list[str]) -> Rollout:
+        m, c = self.models, self.config
+        tok = m.tokenizer
+        encoded = [
+            tok(p, add_special_tokens=False)["input_ids"][-c.max_prompt_tokens :] for p in prompts
+        ]
+        prompt_ids, prompt_mask = left_pad(encoded, tok.pad_token_id)
+        actor = m.actor.module
+        actor.eval()
+        responses = generate_tokens(actor, tok, prompt_ids, prompt_mask, self.sampling)
+        actor.train()
+        response_mask = (responses != tok.pad_token_id).float()
+        sequences = torch.cat([prompt_ids, responses], dim=1)
+        attention = torch.cat([prompt_mask, response_mask.long()], dim=1)
+        p = prompt_ids.size(1)
+        logits = _response_logits(actor, sequences, attention, p)
+        old_logprobs = logprobs_from_logits(logits, responses)
+        entropy = entropy_from_logits(logits)
+        ref_logprobs = logprobs_from_logits(
+            _response_logits(m.reference, sequences, attention, p), responses
+        )
+        old_values = _response_values(m.critic.module, sequences, attention, p) * response_mask
+        scores = score_sequences(m.reward, sequences, attention)
+        rewards = kl_penalized_rewards(
+            scores, old_logprobs, ref_logprobs, response_mask, c.kl_coef, c.reward_clip
+        )
+        advantages, returns = gae(rewards, old_values, response_mask, c.gamma, c.lam)
+        if c.whiten_advantages:
+            advantages = masked_whiten(advantages, response_mask)
+        return Rollout(
+            sequences=sequences,
+            attention_mask=attention,
+            response_mask=response_mask,
+            prompt_length=p,
+            old_logprobs=old_logprobs,
+            ref_logprobs=ref_logprobs,
+            old_values=old_values,
+            scores=scores,
+            rewards=rewards,
+            advantages=advantages,
+            returns=returns,
+            entropy=entropy,
+        )
+
+    # ---- optimisation -----------------------------------------------------------------------
+    def minibatches(self, size: int) -> Iterator[torch.Tensor]:
+        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + self.step_index)
+        for _ in range(self.config.ppo_epochs):
+            order = torch.randperm(size, generator=generator)
+            for start in range(0, size, self.config.mini_batch_size):
+                yield order[start : start + self.config.mini_batch_size]
+
+    def train_minibatch(self, mb: Rollout) -> dict[str, float]:
+        m, c = self.models, self.config
+        responses = mb.sequences[:, mb.prompt_length :]
+        logits = _response_logits(m.actor.module, mb.sequences, mb.attention_mask, mb.prompt_length)
+        logprobs = logprobs_from_logits(logits, responses)
+        policy_loss, clip_fraction = clipped_policy_loss(
+            logprobs, mb.old_logprobs, mb.advantages, mb.response_mask, c.policy_clip
+        )
+        self._check("policy loss", policy_loss)
+        m.actor.step(policy_loss)
+        values = _response_values(
+            m.critic.module, mb.sequences, mb.attention_mask, mb.prompt_length
+        )
+        value_loss = clipped_value_loss(
+            values, mb.old_values, mb.returns, mb.response_mask, c.value_clip
+        )
+        self._check("value loss", value_loss)
+        m.critic.step(value_loss)
+        return {
+            "policy_loss": policy_loss.item(),
+            "value_loss": value_loss.item(),
+            "clip_fraction": clip_fraction.item(),
+        }
+
+    def _check(self, what: str, value: torch.Tensor) -> None:
+        if not torch.isfinite(value).all():
+            raise FloatingPointError(
+                f"PPO {what} is not finite at step {self.step_index + 1}; stopping without "
+                "saving (lower the learning rates or check the reward model)"
+            )
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        ema, decay = self.models.ema, self.config.ema_decay
+        if ema is None or decay is None:
+            return
+        for target, source in zip(
+            ema.parameters(), self.models.actor.module.parameters(), strict=True
+        ):
+            target.lerp_(source.detach(), 1.0 - decay)
+
+    def step(self) -> dict[str, float]:
+        """One PPO iteration; returns its metrics (also appended to the JSONL log)."""
+        started = time.perf_counter()
+        rollout = self.make_rollout(self.next_prompts())
+        self._check("reward", rollout.scores)
+        losses: list[dict[str, float]] = [
+            self.train_minibatch(rollout.take(index))
+            for index in self.minibatches(rollout.scores.size(0))
+        ]
+        self.update_ema()
+        self.step_index += 1
+        mask = rollout.response_mask
+        kl_per_sequence = ((rollout.old_logprobs - rollout.ref_logprobs) * mask).sum(dim=1)
+        seconds = time.perf_counter() - started
+        metrics = {
+            "step": self.step_index,
+            "reward_mean": rollout.scores.mean().item(),
+            "reward_clipped_mean": rollout.scores.clamp(
+                -self.config.reward_clip, self.config.reward_clip
+            )
+            .mean()
+            .item(),
+            "kl": kl_per_sequence.mean().item(),
+            "policy_loss": sum(x["policy_loss"] for x in losses) / len(losses),
+            "value_loss": sum(x["value_loss"] for x in losses) / len(losses),
+            "clip_fraction": sum(x["clip_fraction"] for x in losses) / len(losses),
+            "response_length": mask.sum(dim=1).mean().item(),
+            "entropy": masked_mean(rollout.entropy, mask).item(),
+            "value_mean": masked_mean(rollout.old_values, mask).item(),
+            "return_mean": masked_mean(rollout.returns, mask).item(),
+            "seconds": seconds,
+            "samples_per_s": rollout.scores.size(0) / seconds,
+        }
+        bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+        if bad:
+            raise FloatingPointError(f"PPO metrics {bad} are not finite at step {self.step_index}")
+        with (self.run_dir / LOG_FILE).open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(metrics) + "\n")
+        return metrics
+
+    def train(self, progress: bool = True) -> list[dict[str, float]]:
+        """Run the remaining steps, checkpointing every `checkpoint_every` steps."""
+        history = []
+        bar = tqdm(
+            total=self.config.steps, initial=self.step_index, desc="ppo", disable=not progress
+        )
+        while self.step_index < self.config.steps:
+            metrics = self.step()
+            history.append(metrics)
+            bar.update(1)
+            bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics['kl']:.3f}")
+            logger.debug("ppo step %d: %s", self.step_index, metrics)
+            every = self.config.checkpoint_every
+            if every and self.step_index % every == 0 and self.step_index < self.config.steps:
+                self.save_checkpoint()
+        bar.close()
+        return history
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        """Write actor, critic, optimisers, EMA and RNG state; replace the previous one."""
+        final = self.run_dir / CHECKPOINT
+        tmp = self.run_dir / f".{CHECKPOINT}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.models.actor.save_state(tmp / "actor")
+        self.models.critic.save_state(tmp / "critic")
+        extra: dict[str, Any] = {"step": self.step_index, "torch_rng": torch.get_rng_state()}
+        if self.models.ema is not None:
+            extra["ema"] = self.models.ema.state_dict()
+        torch.save(extra, tmp / "trainer.pt")
+        old = self.run_dir / f".{CHECKPOINT}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+        logger.info("ppo checkpoint at step %d in %s", self.step_index, final)
+        return final
+
+    def load_checkpoint(self) -> int:
+        """Restore the latest checkpoint; drop log lines written after it. Returns its step."""
+        path = self.run_dir / CHECKPOINT
+        if not (path / "trainer.pt").is_file():
+            raise FileNotFoundError(f"no PPO checkpoint in {self.run_dir} to resume from")
+        self.models.actor.load_state(path / "actor")
+        self.models.critic.load_state(path / "critic")
+        extra = torch.load(path / "trainer.pt", weights_only=True)
+        self.step_index = int(extra["step"])
+        torch.set_rng_state(extra["torch_rng"])
+        if self.models.ema is not None and "ema" in extra:
+            self.models.ema.load_state_dict(extra["ema"])
+        log = self.run_dir / LOG_FILE
+        if log.is_file():
+            kept = [
+                line
+                for line in log.read_text(encoding="utf-8").splitlines()
+                if line and json.loads(line)["step"] <= self.step_index
+            ]
+            log.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+        logger.info("resumed PPO from step %d", self.step_index)
+        return self.step_index
+
+    def final_actor(self) -> PreTrainedModel:
+        """The model to register: the EMA if kept, else the actor; LoRA merged; eval mode."""
+        model = self.models.ema if self.models.ema is not None else self.models.actor.module
+        if hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()
+        model.eval()
+        return model
+
+
+def read_log(run_dir: Path) -> list[dict[str, float]]:
+    path = run_dir / LOG_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def summarize(history: list[dict[str, float]], window: int = 5) -> dict[str, float]:
+    """Reward and KL at the start and end of a run (means over `window` steps)."""
+    if not history:
+        return {}
+    head, tail = history[:window], history[-window:]
+
+    def mean(rows: list[dict[str, float]], key: str) -> float:
+        return sum(r[key] for r in rows) / len(rows)
+
+    return {
+        "reward_start": mean(head, "reward_mean"),
+        "reward_end": mean(tail, "reward_mean"),
+        "kl_end": mean(tail, "kl"),
+        "kl_max": max(r["kl"] for r in history),
+        "reward_mean": mean(tail, "reward_mean"),
+        "kl": mean(tail, "kl"),
+        "steps": history[-1]["step"],
+        "samples_per_s": sum(r["samples_per_s"] for r in history) / len(history),
+    }
