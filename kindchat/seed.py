@@ -49,6 +49,16 @@ def stable_fraction(key: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+def fingerprint(items: Iterable[BaseModel | dict[str, Any] | str]) -> str:
+    """sha256 of the items' canonical JSON, 16 hex digits: which data a model was trained on."""
+    digest = hashlib.sha256()
+    for item in items:
+        data = item.model_dump() if isinstance(item, BaseModel) else item
+        digest.update(json.dumps(data, ensure_ascii=False, sort_keys=True).encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()[:16]
+
+
 class _Record(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", str_strip_whitespace=False)
 

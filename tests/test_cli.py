@@ -15,7 +15,9 @@ HANGUL = re.compile(r"[가-힣]")
 
 
 def run(settings: Settings, *args: str):  # noqa: ANN201
-    return runner.invoke(app, ["--home", str(settings.home), "--data-dir", str(settings.data_dir), *args])
+    return runner.invoke(
+        app, ["--home", str(settings.home), "--data-dir", str(settings.data_dir), *args]
+    )
 
 
 def test_generate_prints_korean(micro_settings: Settings) -> None:
@@ -50,7 +52,18 @@ def test_user_errors_exit_2_without_traceback(micro_settings: Settings) -> None:
 
 
 def test_bad_data_dir_is_a_clear_error(settings: Settings, tmp_path) -> None:  # noqa: ANN001
-    result = runner.invoke(app, ["--home", str(settings.home), "--data-dir", str(tmp_path),
-                                 "train", "sft", "--max-steps", "1"])
+    result = runner.invoke(
+        app,
+        [
+            "--home",
+            str(settings.home),
+            "--data-dir",
+            str(tmp_path),
+            "train",
+            "sft",
+            "--max-steps",
+            "1",
+        ],
+    )
     assert result.exit_code == 2
     assert "file not found" in result.output or "unknown model" in result.output

@@ -36,7 +36,9 @@ class TestRealSeed:
         assert {r.subset for r in sft} == {"conversation", "hatespeech", "evol"}
         assert len(read_rm(data_dir, "train")) == 1037 + 487 + 960
         test = read_rm(data_dir, "test")
-        assert [sum(p.subset == s for p in test) for s in ("conversation", "hatespeech", "translation")] == [40, 20, 40]
+        assert [
+            sum(p.subset == s for p in test) for s in ("conversation", "hatespeech", "translation")
+        ] == [40, 20, 40]
         assert len(read_ppo_prompts(data_dir)) == 3608
         assert len(read_geval(data_dir)) == 1310 + 609
 
@@ -61,25 +63,43 @@ class TestRealSeed:
 
 class TestGoodFiles:
     def test_sft_jsonl(self, tmp_path: Path) -> None:
-        rows = [{"id": 7, "instruction": "안녕?", "output": "안녕하세요!"},
-                {"id": "x", "instruction": "번역", "input": "hello", "output": "안녕"}]
-        path = write(tmp_path / "sft" / "evol.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n\n")
+        rows = [
+            {"id": 7, "instruction": "안녕?", "output": "안녕하세요!"},
+            {"id": "x", "instruction": "번역", "input": "hello", "output": "안녕"},
+        ]
+        path = write(
+            tmp_path / "sft" / "evol.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n\n"
+        )
         records = read_sft_file(path)
         assert [r.id for r in records] == ["7", "x"]
         assert records[1].prompt == "번역\n\nhello"
         assert records[0].subset == "evol"
 
     def test_rm_strips_eos(self, tmp_path: Path) -> None:
-        raw = [{"prompt": "p", "chosen": f"좋아요{EOS_TEXT}", "rejected": f"싫어{EOS_TEXT}{EOS_TEXT}"}]
+        raw = [
+            {"prompt": "p", "chosen": f"좋아요{EOS_TEXT}", "rejected": f"싫어{EOS_TEXT}{EOS_TEXT}"}
+        ]
         pair = read_rm_file(write(tmp_path / "hatespeech_train.json", json.dumps(raw)))[0]
         assert (pair.chosen, pair.rejected, pair.subset) == ("좋아요", "싫어", "hatespeech")
 
     def test_geval_and_ppo(self, tmp_path: Path) -> None:
-        raw = [{"id": "a", "prompt": "p", "response1": "r1", "scores1": [5, 5, 4, 4, 5, 5],
-                "sum1": 28, "response2": "r2", "scores2": [1, 1, 1, 1, 1, 1], "sum2": 6}]
+        raw = [
+            {
+                "id": "a",
+                "prompt": "p",
+                "response1": "r1",
+                "scores1": [5, 5, 4, 4, 5, 5],
+                "sum1": 28,
+                "response2": "r2",
+                "scores2": [1, 1, 1, 1, 1, 1],
+                "sum2": 6,
+            }
+        ]
         g = read_geval_file(write(tmp_path / "conversation_scores.json", json.dumps(raw)))[0]
         assert g.complete and g.sum1 == 28
-        ppo = read_ppo_prompts_file(write(tmp_path / "p.json", json.dumps([{"id": "1", "prompt": "q"}])))
+        ppo = read_ppo_prompts_file(
+            write(tmp_path / "p.json", json.dumps([{"id": "1", "prompt": "q"}]))
+        )
         assert ppo[0].prompt == "q"
 
 
@@ -87,11 +107,13 @@ class TestMalformed:
     @pytest.mark.parametrize(
         ("content", "expected"),
         [
-            ('{"id": 1, "instruction": "a", "output": "b"}\n{"id": 2, "instruction": "a"}\n',
-             "row 2: output: Field required"),
+            (
+                '{"id": 1, "instruction": "a", "output": "b"}\n{"id": 2, "instruction": "a"}\n',
+                "row 2: output: Field required",
+            ),
             ('{"id": 1, "instruction": "a", "output": "b"}\nnot json\n', "row 2: invalid JSON"),
             ('{"id": 1, "instruction": "", "output": "b"}\n', "row 1: instruction"),
-            ('[1, 2]\n', "row 1: expected a JSON object"),
+            ("[1, 2]\n", "row 1: expected a JSON object"),
         ],
     )
     def test_sft_rows(self, tmp_path: Path, content: str, expected: str) -> None:
@@ -114,9 +136,19 @@ class TestMalformed:
             read_rm_file(write(tmp_path / "x_train.json", json.dumps(raw)))
 
     def test_geval_score_out_of_range_and_bad_sum(self, tmp_path: Path) -> None:
-        base = {"id": "a", "prompt": "p", "response1": "r", "response2": "s",
-                "scores1": [5, 5], "sum1": 10, "scores2": [1, 1], "sum2": 2}
-        path = write(tmp_path / "c_scores.json", json.dumps([base, {**base, "scores1": [5, 9], "sum1": 14}]))
+        base = {
+            "id": "a",
+            "prompt": "p",
+            "response1": "r",
+            "response2": "s",
+            "scores1": [5, 5],
+            "sum1": 10,
+            "scores2": [1, 1],
+            "sum2": 2,
+        }
+        path = write(
+            tmp_path / "c_scores.json", json.dumps([base, {**base, "scores1": [5, 9], "sum1": 14}])
+        )
         with pytest.raises(SeedDataError, match=r"row 2: scores1: .*must lie in 1..5"):
             read_geval_file(path)
         path = write(tmp_path / "c_scores.json", json.dumps([{**base, "sum2": 3}]))

@@ -20,6 +20,19 @@ class StageBudget:
     batch_size: int = 8
     learning_rate: float = 1e-3
     max_records: int | None = None  # cap on the records read (micro runs use a slice)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PpoBudget:
+    """What bootstrap spends on PPO."""
+
+    steps: int = 40
+    batch_size: int = 16
+    mini_batch_size: int = 8
+    max_new_tokens: int = 48
+    actor_lr: float = 1e-5
+    critic_lr: float = 5e-5
 
 
 @dataclass(frozen=True)
@@ -34,6 +47,9 @@ class Preset:
     seq_len: int  # training length and max_position_embeddings
     base: StageBudget = field(default_factory=StageBudget)
     sft: StageBudget = field(default_factory=StageBudget)
+    rm: StageBudget = field(default_factory=StageBudget)
+    gold_rm: StageBudget = field(default_factory=StageBudget)  # the judge: other seed, more data
+    ppo: PpoBudget = field(default_factory=PpoBudget)
 
     def model_config(self, tokenizer_vocab: int, eos_id: int, pad_id: int) -> GPTNeoXConfig:
         return GPTNeoXConfig(
@@ -63,9 +79,23 @@ PRESETS: dict[str, Preset] = {
         seq_len=256,
         base=StageBudget(max_steps=120, batch_size=16, learning_rate=3e-3, max_records=600),
         sft=StageBudget(max_steps=60, batch_size=16, learning_rate=2e-3, max_records=400),
+        rm=StageBudget(max_steps=30, batch_size=8, learning_rate=1e-3, max_records=240),
+        gold_rm=StageBudget(
+            max_steps=40, batch_size=8, learning_rate=1e-3, max_records=320, seed=1
+        ),
+        ppo=PpoBudget(
+            steps=3,
+            batch_size=8,
+            mini_batch_size=4,
+            max_new_tokens=16,
+            actor_lr=1e-4,
+            critic_lr=1e-4,
+        ),
     ),
-    # The demo default: 7.3M parameters (8k vocab, hidden 256, 4 layers). ~3.5k tok/s here:
-    # base LM ~4.5 min on 0.75M tokens of seed text, SFT one epoch ~3 min.
+    # The demo default: 7.3M parameters (8k vocab, hidden 256, 4 layers), ~2.7k tok/s on 2 cores.
+    # Budgets for bootstrap in ~20 min: base LM 480 steps (~1M tokens, ~0.7 epoch of the seed
+    # text, ~6 min), SFT one epoch (~3.5 min), RM and gold RM 150 steps each (~1,200 pairs),
+    # PPO 40 steps of 16 rollouts, then the policy evaluation on the 100 test prompts.
     "tiny": Preset(
         name="tiny",
         vocab_size=8000,
@@ -73,8 +103,18 @@ PRESETS: dict[str, Preset] = {
         num_layers=4,
         num_heads=4,
         seq_len=256,
-        base=StageBudget(max_steps=360, batch_size=8, learning_rate=1.5e-3),
+        base=StageBudget(max_steps=480, batch_size=8, learning_rate=2e-3),
         sft=StageBudget(epochs=1.0, batch_size=8, learning_rate=5e-4),
+        rm=StageBudget(max_steps=150, batch_size=8, learning_rate=3e-4),
+        gold_rm=StageBudget(max_steps=150, batch_size=8, learning_rate=3e-4, seed=1),
+        ppo=PpoBudget(
+            steps=40,
+            batch_size=16,
+            mini_batch_size=8,
+            max_new_tokens=48,
+            actor_lr=2e-5,
+            critic_lr=5e-5,
+        ),
     ),
 }
 

@@ -83,9 +83,12 @@ def trainer_arguments(
     seed: int,
     deepspeed: Path | None = None,
     warmup_ratio: float = 0.05,
-    logging_steps: int = 10,
 ) -> dict[str, Any]:
-    """Keyword arguments shared by every HF/TRL trainer config kindchat builds."""
+    """Keyword arguments shared by every HF/TRL trainer config kindchat builds.
+
+    Logs every 10 steps, or about 10 times in a short run, so loss curves exist for both.
+    """
+    logging_steps = max(1, min(10, max_steps // 10)) if max_steps > 0 else 10
     if deepspeed is not None:
         if not Path(deepspeed).is_file():
             raise FileNotFoundError(f"DeepSpeed config {deepspeed} does not exist")
@@ -105,6 +108,9 @@ def trainer_arguments(
         "report_to": [],
         "seed": seed,
         "use_cpu": not torch.cuda.is_available(),
+        # transformers 5 turns bf16 autocast on by default, CPU included; keep fp32 on CPU.
+        "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        "fp16": False,
         "dataloader_num_workers": 0,
         "deepspeed": str(deepspeed) if deepspeed is not None else None,
         "disable_tqdm": False,
@@ -122,6 +128,12 @@ class LogToFile(TrainerCallback):
     ) -> None:
         if logs:
             steps_logger.info("%s step %d: %s", self.stage, state.global_step, json.dumps(logs))
+
+
+def loss_curve(log_history: list[dict[str, Any]]) -> dict[str, float]:
+    """First and last logged training loss of an HF trainer run (empty if none was logged)."""
+    losses = [row["loss"] for row in log_history if "loss" in row]
+    return {"loss_first": losses[0], "loss_last": losses[-1]} if losses else {}
 
 
 def check_finite(value: float, what: str) -> float:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from datasets import Dataset
-from pydantic import BaseModel
 
 from kindchat.models.template import kullm_prompt
 from kindchat.seed import (
@@ -39,15 +36,6 @@ def split_heldout(
     for item in items:
         (heldout if stable_fraction(key(item)) < fraction else train).append(item)
     return train, heldout
-
-
-def fingerprint(items: Iterable[BaseModel | str]) -> str:
-    """sha256 of the items' canonical JSON: which data a model saw, in 16 hex digits."""
-    digest = hashlib.sha256()
-    for item in items:
-        text = item if isinstance(item, str) else item.model_dump_json()
-        digest.update(json.dumps(text, ensure_ascii=False).encode("utf-8"))
-    return digest.hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,13 @@ from transformers import (
 from trl import RewardConfig, RewardTrainer
 
 from kindchat.models.template import kullm_prompt
-from kindchat.retrain.common import LogToFile, LoraOptions, check_finite, trainer_arguments
+from kindchat.retrain.common import (
+    LogToFile,
+    LoraOptions,
+    check_finite,
+    loss_curve,
+    trainer_arguments,
+)
 from kindchat.seed import RmPair
 
 logger = logging.getLogger(__name__)
@@ -197,4 +203,5 @@ def train_reward_model(
     if config.lora.enabled:
         trained = trained.merge_and_unload()
     trained.eval()
-    return trained, {"train_loss": result.training_loss, "train_steps": result.global_step}
+    metrics = {"train_loss": result.training_loss, "train_steps": result.global_step}
+    return trained, {**metrics, **loss_curve(trainer.state.log_history)}

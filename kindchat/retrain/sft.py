@@ -18,6 +18,7 @@ from kindchat.retrain.common import (
     LogToFile,
     LoraOptions,
     check_finite,
+    loss_curve,
     trainer_arguments,
 )
 
@@ -96,6 +97,10 @@ def train_causal_lm(
         trained = trained.merge_and_unload()
     trained = trained.to(torch.float32) if trained.device.type == "cpu" else trained
     trained.eval()
-    metrics = {"train_loss": result.training_loss, "train_steps": result.global_step}
+    metrics: dict[str, Any] = {
+        "train_loss": result.training_loss,
+        "train_steps": result.global_step,
+    }
+    metrics.update(loss_curve(trainer.state.log_history))
     logger.info("%s finished: %s", stage, metrics)
     return trained, metrics

@@ -1,4 +1,7 @@
-"""Registered training stages: tokenizer + base LM, SFT, reward models, PPO. Each returns its manifest."""
+"""Registered stages: tokenizer + base LM, SFT, reward models, PPO, DPO, and their evaluations.
+
+Each training stage registers a version and returns its manifest.
+"""
 
 from __future__ import annotations
 
@@ -12,18 +15,24 @@ from datasets import Dataset
 from transformers import GPTNeoXForCausalLM
 
 from kindchat.config import Settings
-from kindchat.models.loading import load_causal_lm
+from kindchat.models.loading import load_causal_lm, load_reward_model
 from kindchat.models.presets import Preset
 from kindchat.models.registry import Manifest, Registry
 from kindchat.models.tokenizer import load_tokenizer, train_tokenizer
 from kindchat.retrain.common import config_dict, new_run_dir
 from kindchat.retrain.data import (
     base_corpus,
-    fingerprint,
     load_sft_split,
     prompt_completion_dataset,
 )
+from kindchat.retrain.dpo import DpoConfig, train_dpo_model
 from kindchat.retrain.evaluate import response_perplexity
+from kindchat.retrain.policy_eval import (
+    PolicyEvalConfig,
+    PolicySetResult,
+    eval_metrics,
+    evaluate_policies,
+)
 from kindchat.retrain.ppo import (
     LOG_FILE,
     PpoConfig,
@@ -33,12 +42,13 @@ from kindchat.retrain.ppo import (
     summarize,
 )
 from kindchat.retrain.reward import RmConfig, reward_model_from_lm, train_reward_model
-from kindchat.retrain.rm_eval import accuracy_metrics, evaluate_reward_model
+from kindchat.retrain.rm_eval import RmSetResult, accuracy_metrics, evaluate_reward_model
 from kindchat.retrain.sft import SftConfig, train_causal_lm
 from kindchat.seed import (
     GevalRecord,
     RmPair,
     eval_prompt_keys,
+    fingerprint,
     normalize_prompt,
     read_geval,
     read_ppo_prompts,
@@ -240,11 +250,12 @@ def train_ppo(
     config: PpoConfig,
     resume: Path | None = None,
     extra_prompts: list[str] | None = None,
+    run_dir: Path | None = None,
 ) -> Manifest:
     """PPO of the SFT model against the RM (DeepSpeed-Chat step 3); register a `policy`.
 
     With `resume`, the run in that directory continues from its last checkpoint with its own
-    config (the `config` argument is then ignored).
+    config (the `config` argument is then ignored). `run_dir` names a new run's directory.
     """
     if resume is not None:
         saved = resume / "config.json"
@@ -256,7 +267,7 @@ def train_ppo(
     prompts = ppo_prompts(settings, config, extra_prompts)
     logger.info("ppo: %d prompts, %d steps of %d", len(prompts), config.steps, config.batch_size)
     models = build_rlhf_models(sft_dir, rm_dir, config)
-    run_dir = resume or new_run_dir(settings.runs_dir, "ppo")
+    run_dir = resume or run_dir or new_run_dir(settings.runs_dir, "ppo")
     trainer = PpoTrainer(models, prompts, config, run_dir)
     if resume is not None:
         trainer.load_checkpoint()
@@ -280,3 +291,75 @@ def train_ppo(
         metrics=metrics,
         data_fingerprint=fingerprint(prompts),
     )
+
+
+def train_dpo(settings: Settings, registry: Registry, sft_ref: str, config: DpoConfig) -> Manifest:
+    """DPO of the SFT model (also the frozen reference) on the RM's pairs; register a `policy`."""
+    sft_dir = registry.resolve(sft_ref)
+    model, tokenizer = load_causal_lm(sft_dir)
+    reference, _ = load_causal_lm(sft_dir)
+    model.train()
+    rm_like = RmConfig(
+        exclude_eval_prompts=config.exclude_eval_prompts,
+        max_records=config.max_records,
+        extra_data=config.extra_data,
+    )
+    pairs = rm_training_pairs(settings, rm_like)
+    logger.info("dpo: %d pairs", len(pairs))
+    run_dir = new_run_dir(settings.runs_dir, "dpo")
+    model, metrics = train_dpo_model(model, reference, tokenizer, pairs, config, run_dir)
+    parent = registry.version_of(sft_ref)
+
+    def write(path: Path) -> None:
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+
+    return registry.save(
+        "policy",
+        write,
+        parents=[parent] if parent else [],
+        config={"stage": config_dict(config), "algorithm": "dpo", "sft": sft_ref},
+        metrics=metrics,
+        data_fingerprint=fingerprint(pairs),
+    )
+
+
+def eval_rm(
+    settings: Settings, registry: Registry, rm_ref: str, max_length: int
+) -> list[RmSetResult]:
+    """Pairwise accuracy on `rm/*_test.json`; stored in the version's manifest when registered."""
+    model, tokenizer = load_reward_model(registry.resolve(rm_ref))
+    results = evaluate_reward_model(
+        model, tokenizer, read_rm(settings.data_dir, "test"), max_length
+    )
+    version = registry.version_of(rm_ref)
+    if version:
+        registry.update_metrics(version, accuracy_metrics(results))
+    return results
+
+
+def eval_policy(
+    settings: Settings,
+    registry: Registry,
+    policy_ref: str,
+    baseline_ref: str,
+    judge_ref: str,
+    config: PolicyEvalConfig,
+    sft_ref: str = "sft",
+) -> list[PolicySetResult]:
+    """Win rate of a policy over a baseline on the unseen `rm/*_test.json` prompts, gold-judged."""
+    pairs = read_rm(settings.data_dir, "test")
+    results = evaluate_policies(
+        registry.resolve(policy_ref),
+        registry.resolve(baseline_ref),
+        registry.resolve(judge_ref),
+        registry.resolve(sft_ref),
+        pairs,
+        config,
+    )
+    version = registry.version_of(policy_ref)
+    if version:
+        baseline = registry.version_of(baseline_ref) or baseline_ref
+        judge = registry.version_of(judge_ref) or judge_ref
+        registry.update_metrics(version, eval_metrics(results, baseline, judge))
+    return results
