@@ -1,0 +1,272 @@
+"""Rebuild reward-model data from feedback: `kindchat feedback export --out DIR`.
+
+Pairs come from the store (:func:`kindchat.feedback.store.iter_pairs`: battles, 👍/👎 answers to
+the same context, 👎 answers and their 👍 regenerations), then the seed's RM train data. The
+filters run in this order, each drop counted under its reason:
+
+1. `eval_prompt` — the prompt is one of the seed's evaluation prompts (`rm/*_test.json`);
+2. `short_answer` — chosen or rejected has fewer than `min_answer_chars` visible characters;
+3. `near_identical` — ROUGE-L(chosen, rejected) ≥ `max_similarity`;
+4. `duplicate` — the same (context, prompt, chosen, rejected) was kept already (the first wins:
+   feedback before seed, newer feedback sources in `iter_pairs` order);
+5. `contradictory` — a pair and its reverse both survive: both go.
+
+Feedback-side drops (ties, both-bad, unpaired ratings…) are reported with them. The kept pairs
+are split by prompt hash (`kindchat.seed.stable_fraction`), so a prompt stays on its side run
+after run. Output: `train.json` and `test.json` in the seed RM format (`id`, `prompt`, `chosen`,
+`rejected`, `source`, plus `context` — earlier turns as OpenAI-style messages — when the prompt
+is not the first turn) and `manifest.json` (counts by source, drops by reason, fingerprint,
+thresholds). Files are written to temporary names and renamed, the manifest last.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session
+
+from kindchat.feedback.errors import InvalidValueError
+from kindchat.feedback.files import write_json_atomic
+from kindchat.feedback.models import utcnow
+from kindchat.feedback.store import iter_pairs
+from kindchat.feedback.textsim import Tokenizer, rouge_l
+from kindchat.seed import (
+    RM_SUBSETS,
+    eval_prompt_keys,
+    normalize_prompt,
+    read_rm,
+    stable_fraction,
+)
+from kindchat.seed import fingerprint as seed_fingerprint
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Thresholds of the reward-data export (every one recorded in the manifest)."""
+
+    test_fraction: float = 0.05  # share of prompts held out in test.json (by prompt hash)
+    min_answer_chars: int = 5  # drop pairs with a shorter chosen/rejected (visible characters)
+    max_similarity: float = 0.9  # drop pairs whose answers reach this ROUGE-L F1
+    similarity_tokens: Tokenizer = "char"  # ROUGE-L over characters or whitespace words
+    include_seed: bool = True  # merge the seed's rm/*_train.json pairs
+    seed_subsets: tuple[str, ...] = RM_SUBSETS  # which seed subsets to merge
+    exclude_eval_prompts: bool = True  # drop pairs whose prompt is a seed evaluation prompt
+    drop_contradictions: bool = True  # drop a pair when its reverse is kept too
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.test_fraction < 1:
+            raise InvalidValueError(
+                f"test_fraction must lie in [0, 1), got {self.test_fraction}",
+                field="test_fraction",
+            )
+        if self.min_answer_chars < 0:
+            raise InvalidValueError(
+                f"min_answer_chars must be ≥ 0, got {self.min_answer_chars}",
+                field="min_answer_chars",
+            )
+        if not 0 < self.max_similarity <= 1:
+            raise InvalidValueError(
+                f"max_similarity must lie in (0, 1] (1 drops only identical pairs), "
+                f"got {self.max_similarity}",
+                field="max_similarity",
+            )
+        if self.similarity_tokens not in ("char", "word"):
+            raise InvalidValueError(
+                f"similarity_tokens must be 'char' or 'word', got {self.similarity_tokens!r}",
+                field="similarity_tokens",
+            )
+        unknown = sorted(set(self.seed_subsets) - set(RM_SUBSETS))
+        if unknown:
+            raise InvalidValueError(
+                f"unknown seed subset(s) {unknown}; choose from {list(RM_SUBSETS)}",
+                field="seed_subsets",
+            )
+
+
+@dataclass(frozen=True)
+class RewardRow:
+    """One output pair in the seed RM format (+ `source`, + `context` when multi-turn)."""
+
+    id: str
+    prompt: str
+    chosen: str
+    rejected: str
+    source: str
+    context: list[dict[str, str]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "id": self.id,
+            "prompt": self.prompt,
+            "chosen": self.chosen,
+            "rejected": self.rejected,
+            "source": self.source,
+        }
+        if self.context:
+            row["context"] = self.context
+        return row
+
+    def key(self, *, reverse: bool = False) -> str:
+        first, second = (self.rejected, self.chosen) if reverse else (self.chosen, self.rejected)
+        parts = [(m["role"], normalize_prompt(m["content"])) for m in self.context]
+        return json.dumps(
+            [
+                parts,
+                normalize_prompt(self.prompt),
+                normalize_prompt(first),
+                normalize_prompt(second),
+            ],
+            ensure_ascii=False,
+        )
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    out_dir: Path
+    train: int
+    test: int
+    counts: dict[str, dict[str, int]]  # source -> {"train": n, "test": n}
+    dropped: dict[str, int]  # reason -> n
+    fingerprint: str
+
+
+def visible_length(text: str) -> int:
+    """Characters that show: no whitespace, no zero-width characters."""
+    return len("".join(text.translate(_INVISIBLE).split()))
+
+
+def feedback_rows(
+    session: Session, since: datetime | None, dropped: Counter[str]
+) -> Iterator[RewardRow]:
+    for pair in iter_pairs(session=session, since=since, dropped=dropped):
+        yield RewardRow(
+            id=pair.id,
+            prompt=pair.prompt,
+            chosen=pair.chosen,
+            rejected=pair.rejected,
+            source=pair.source,
+            context=pair.context,
+        )
+
+
+def seed_rows(data_dir: Path, subsets: Iterable[str]) -> Iterator[RewardRow]:
+    for pair in read_rm(data_dir, "train", subsets):
+        yield RewardRow(
+            id=f"seed/{pair.subset}/{pair.id}",
+            prompt=pair.prompt,
+            chosen=pair.chosen,
+            rejected=pair.rejected,
+            source="seed",
+        )
+
+
+def filter_rows(
+    rows: Iterable[RewardRow],
+    config: ExportConfig,
+    eval_prompts: frozenset[str],
+    dropped: Counter[str],
+) -> list[RewardRow]:
+    """Apply the export filters in the documented order; count each drop in `dropped`."""
+    kept: dict[str, RewardRow] = {}
+    for row in rows:
+        if normalize_prompt(row.prompt) in eval_prompts:
+            dropped["eval_prompt"] += 1
+        elif (
+            min(visible_length(row.chosen), visible_length(row.rejected)) < config.min_answer_chars
+        ):
+            dropped["short_answer"] += 1
+        elif rouge_l(row.chosen, row.rejected, config.similarity_tokens) >= config.max_similarity:
+            dropped["near_identical"] += 1
+        elif row.key() in kept:
+            dropped["duplicate"] += 1
+        else:
+            kept[row.key()] = row
+    if not config.drop_contradictions:
+        return list(kept.values())
+    out = []
+    for row in kept.values():
+        if row.key(reverse=True) in kept:
+            dropped["contradictory"] += 1
+        else:
+            out.append(row)
+    return out
+
+
+def split_rows(
+    rows: Iterable[RewardRow], test_fraction: float
+) -> tuple[list[RewardRow], list[RewardRow]]:
+    """(train, test): a row is held out iff the hash of its normalised prompt < test_fraction."""
+    train: list[RewardRow] = []
+    test: list[RewardRow] = []
+    for row in rows:
+        (test if stable_fraction(normalize_prompt(row.prompt)) < test_fraction else train).append(
+            row
+        )
+    return train, test
+
+
+def export_reward_data(
+    *,
+    session: Session,
+    data_dir: Path,
+    out_dir: Path,
+    config: ExportConfig | None = None,
+    since: datetime | None = None,
+) -> ExportReport:
+    """Write `train.json`, `test.json` and `manifest.json` to `out_dir`; return the counts."""
+    config = config or ExportConfig()
+    dropped: Counter[str] = Counter()
+    candidates: list[RewardRow] = list(feedback_rows(session, since, dropped))
+    from_feedback = len(candidates)
+    if config.include_seed:
+        candidates.extend(seed_rows(data_dir, config.seed_subsets))
+    eval_prompts = eval_prompt_keys(data_dir) if config.exclude_eval_prompts else frozenset()
+    kept = filter_rows(candidates, config, eval_prompts, dropped)
+    train, test = split_rows(kept, config.test_fraction)
+
+    counts: dict[str, dict[str, int]] = {}
+    for split, rows in (("train", train), ("test", test)):
+        for row in rows:
+            counts.setdefault(row.source, {"train": 0, "test": 0})[split] += 1
+    train_json = [row.to_json() for row in train]
+    test_json = [row.to_json() for row in test]
+    fingerprint = seed_fingerprint([*train_json, {"split": "test"}, *test_json])
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "created_at": utcnow().isoformat(),
+        "since": since.isoformat() if since else None,
+        "candidates": {"feedback": from_feedback, "seed": len(candidates) - from_feedback},
+        "counts": dict(sorted(counts.items())),
+        "totals": {"train": len(train), "test": len(test)},
+        "dropped": dict(sorted(dropped.items())),
+        "fingerprint": fingerprint,
+        "thresholds": {
+            k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()
+        },
+        "files": ["train.json", "test.json"],
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_dir / "train.json", train_json)
+    write_json_atomic(out_dir / "test.json", test_json)
+    write_json_atomic(out_dir / "manifest.json", manifest)
+    logger.info(
+        "exported %d train / %d test pairs to %s (dropped %s, fingerprint %s)",
+        len(train),
+        len(test),
+        out_dir,
+        dict(dropped),
+        fingerprint,
+    )
+    return ExportReport(out_dir, len(train), len(test), counts, dict(dropped), fingerprint)

@@ -1,0 +1,290 @@
+"""The feedback schema: SQLModel families `XBase` → `XCreate` / `X(table=True)` / `XPublic`.
+
+Tables: `conversations`, `messages`, `ratings`, `battles`, `retrain_runs`. Every schema change
+goes through an Alembic revision in `kindchat/feedback/migrations/versions/`.
+
+Times are stored as naive UTC (`timestamp without time zone` on PostgreSQL) and read back as
+timezone-aware UTC datetimes; a naive datetime passed in is taken to be UTC.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Any, Literal
+
+from sqlalchemy import JSON, DateTime, Dialect, Text, UniqueConstraint
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+Role = Literal["system", "user", "assistant"]
+Winner = Literal["a", "b", "tie", "both_bad"]
+RunStatus = Literal["queued", "running", "succeeded", "failed", "refused", "skipped"]
+ROLES: tuple[str, ...] = ("system", "user", "assistant")
+WINNERS: tuple[str, ...] = ("a", "b", "tie", "both_bad")
+RUN_STATUSES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "refused", "skipped")
+TERMINAL_RUN_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "refused", "skipped"})
+RATING_VALUES: tuple[int, ...] = (1, -1)
+
+ID_LENGTH = 64  # uuid4 hex (32) or an OpenAI-style "chatcmpl-…" id
+NAME_LENGTH = 128  # session ids, model aliases and versions, stages, reasons
+
+
+class _Clock:
+    """UTC now, strictly increasing within the process (orders messages created back to back)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last = datetime.min.replace(tzinfo=timezone.utc)
+
+    def __call__(self) -> datetime:
+        with self._lock:
+            now = datetime.now(timezone.utc)
+            if now <= self._last:
+                now = self._last + timedelta(microseconds=1)
+            self._last = now
+            return now
+
+
+utcnow = _Clock()
+
+
+def new_id() -> str:
+    """A fresh random id (uuid4, 32 hex digits)."""
+    return uuid.uuid4().hex
+
+
+def as_utc(value: datetime) -> datetime:
+    """`value` as an aware UTC datetime (a naive one is taken to be UTC already)."""
+    return (
+        value.replace(tzinfo=timezone.utc)
+        if value.tzinfo is None
+        else value.astimezone(timezone.utc)
+    )
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Naive UTC in the database, aware UTC in Python, on SQLite and PostgreSQL alike."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else as_utc(value).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=timezone.utc)
+
+
+def _time(*, index: bool = False, nullable: bool = False) -> Any:
+    if nullable:
+        return Field(default=None, sa_type=UtcDateTime, index=index, nullable=True)
+    return Field(default_factory=utcnow, sa_type=UtcDateTime, index=index, nullable=False)
+
+
+# --- conversations --------------------------------------------------------------------------
+
+
+class ConversationBase(SQLModel):
+    session_id: str | None = Field(
+        default=None, max_length=NAME_LENGTH, index=True, description="Browser/API session."
+    )
+    title: str | None = Field(default=None, max_length=200)
+
+
+class ConversationCreate(ConversationBase):
+    pass
+
+
+class Conversation(ConversationBase, table=True):
+    __tablename__ = "conversations"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=ID_LENGTH)
+    created_at: datetime = _time(index=True)
+
+
+class ConversationPublic(ConversationBase):
+    id: str
+    created_at: datetime
+
+
+# --- messages -------------------------------------------------------------------------------
+
+
+class MessageBase(SQLModel):
+    conversation_id: str = Field(foreign_key="conversations.id", index=True, max_length=ID_LENGTH)
+    role: str = Field(max_length=16, description="system, user or assistant.")
+    content: str = Field(sa_type=Text)
+    model_alias: str | None = Field(default=None, max_length=NAME_LENGTH)
+    model_version: str | None = Field(default=None, max_length=NAME_LENGTH, index=True)
+    params: dict[str, Any] | None = Field(
+        default=None, sa_type=JSON, description="Generation parameters (temperature, top_p, …)."
+    )
+    latency_ms: int | None = Field(default=None, ge=0)
+    prompt_tokens: int | None = Field(default=None, ge=0)
+    completion_tokens: int | None = Field(default=None, ge=0)
+    parent_id: str | None = Field(
+        default=None,
+        foreign_key="messages.id",
+        index=True,
+        max_length=ID_LENGTH,
+        description="The answer this one regenerates (same conversation, same context).",
+    )
+    session_id: str | None = Field(default=None, max_length=NAME_LENGTH, index=True)
+
+
+class MessageCreate(MessageBase):
+    id: str | None = Field(default=None, max_length=ID_LENGTH)
+    role: Role
+
+
+class Message(MessageBase, table=True):
+    __tablename__ = "messages"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=ID_LENGTH)
+    created_at: datetime = _time(index=True)
+
+
+class MessagePublic(MessageBase):
+    id: str
+    created_at: datetime
+
+
+# --- ratings --------------------------------------------------------------------------------
+
+
+class RatingBase(SQLModel):
+    message_id: str = Field(foreign_key="messages.id", index=True, max_length=ID_LENGTH)
+    value: int = Field(description="+1 (thumbs up) or -1 (thumbs down).")
+    reason: str | None = Field(default=None, max_length=NAME_LENGTH)
+    comment: str | None = Field(default=None, sa_type=Text)
+
+
+class RatingCreate(RatingBase):
+    value: Literal[1, -1]
+
+
+class Rating(RatingBase, table=True):
+    __tablename__ = "ratings"
+    __table_args__ = (
+        UniqueConstraint("message_id", "session_id", name="uq_ratings_message_session"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    session_id: str = Field(max_length=NAME_LENGTH)
+    created_at: datetime = _time()
+    updated_at: datetime = _time(index=True)
+
+
+class RatingPublic(RatingBase):
+    id: int
+    session_id: str
+    created_at: datetime
+    updated_at: datetime
+
+
+# --- arena battles --------------------------------------------------------------------------
+
+
+class BattleBase(SQLModel):
+    session_id: str = Field(max_length=NAME_LENGTH, index=True)
+    context: list[dict[str, str]] = Field(
+        sa_type=JSON, description="OpenAI-style messages both answers reply to (ends with user)."
+    )
+    prompt: str = Field(sa_type=Text, description="The last user message of `context`.")
+    message_a_id: str = Field(foreign_key="messages.id", max_length=ID_LENGTH)
+    message_b_id: str = Field(foreign_key="messages.id", max_length=ID_LENGTH)
+    model_a: str | None = Field(default=None, max_length=NAME_LENGTH)
+    version_a: str | None = Field(default=None, max_length=NAME_LENGTH)
+    model_b: str | None = Field(default=None, max_length=NAME_LENGTH)
+    version_b: str | None = Field(default=None, max_length=NAME_LENGTH)
+    winner: str | None = Field(default=None, max_length=16, description="a, b, tie or both_bad.")
+
+
+class BattleCreate(SQLModel):
+    context: list[dict[str, str]]
+    message_a_id: str
+    message_b_id: str
+
+
+class Battle(BattleBase, table=True):
+    __tablename__ = "battles"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=ID_LENGTH)
+    created_at: datetime = _time()
+    voted_at: datetime | None = _time(index=True, nullable=True)
+
+
+class BattlePublic(BattleBase):
+    id: str
+    created_at: datetime
+    voted_at: datetime | None
+
+
+class VoteCreate(SQLModel):
+    winner: Winner
+
+
+# --- retrain runs ---------------------------------------------------------------------------
+
+
+class RetrainRunBase(SQLModel):
+    status: str = Field(default="queued", max_length=16, index=True)
+    stage: str | None = Field(default=None, max_length=NAME_LENGTH)
+    metrics: dict[str, Any] | None = Field(default=None, sa_type=JSON)
+    error: str | None = Field(default=None, sa_type=Text)
+    produced_versions: list[str] | None = Field(default=None, sa_type=JSON)
+    promoted: bool = False
+
+
+class RetrainRun(RetrainRunBase, table=True):
+    __tablename__ = "retrain_runs"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=ID_LENGTH)
+    created_at: datetime = _time(index=True)
+    started_at: datetime | None = _time(nullable=True)
+    finished_at: datetime | None = _time(nullable=True)
+
+
+class RetrainRunPublic(RetrainRunBase):
+    id: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+# --- statistics (not tables) ----------------------------------------------------------------
+
+
+class VersionDayCount(SQLModel):
+    model_version: str | None
+    day: str  # YYYY-MM-DD (UTC)
+    messages: int
+
+
+class ThumbsStat(SQLModel):
+    model_version: str | None
+    up: int
+    down: int
+    ratio: float | None  # up / (up + down); None without ratings
+
+
+class VoteTally(SQLModel):
+    model_version: str | None
+    battles: int  # voted battles this version took part in
+    wins: int
+    losses: int
+    ties: int
+    both_bad: int
+
+
+class FeedbackStats(SQLModel):
+    conversations: int
+    messages: int
+    ratings: int
+    battles: int
+    voted_battles: int
+    messages_per_version_day: list[VersionDayCount]
+    thumbs: list[ThumbsStat]
+    votes: list[VoteTally]

@@ -1,0 +1,916 @@
+"""The feedback store API used by serve, ui and retrain.
+
+Conventions (every function):
+
+* keyword-only arguments; `session` is the SQLModel/SQLAlchemy `Session` (one per thread or
+  request); `session_id` is the *user's* browser/API session, an opaque string;
+* each write function commits its own transaction — one call, one stored fact — and returns a
+  `…Public` model that stays valid after the session closes;
+* bad input raises a typed error from :mod:`kindchat.feedback.errors`, never a bare exception:
+  :class:`NotFoundError` (404) for unknown ids, :class:`InvalidValueError` (422) for bad values,
+  :class:`ForbiddenError` (403) and :class:`ConflictError` (409) for actions the state forbids;
+* only portable SQL (SQLite and PostgreSQL by URL alone); races are settled by the database
+  (a unique constraint for ratings, a conditional UPDATE for votes), not by reading first.
+
+Typical serve flow::
+
+    conv = create_conversation(session=s, session_id=sid)
+    user = record_message(session=s, conversation_id=conv.id, role="user", content=text)
+    answer = record_message(session=s, conversation_id=conv.id, role="assistant",
+                            content=reply, model_alias="rlhf", model_version="v0007",
+                            params={"temperature": 0.7}, latency_ms=840,
+                            prompt_tokens=31, completion_tokens=57, session_id=sid)
+    rate(session=s, message_id=answer.id, session_id=sid, value=-1, reason="unfriendly")
+    again = record_message(..., role="assistant", parent_id=answer.id, ...)  # regeneration
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import case, func, update
+from sqlalchemy import select as sa_select
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, SQLModel, col, select
+
+from kindchat.feedback.errors import (
+    ConflictError,
+    ForbiddenError,
+    InvalidValueError,
+    NotFoundError,
+)
+from kindchat.feedback.models import (
+    ID_LENGTH,
+    NAME_LENGTH,
+    RATING_VALUES,
+    ROLES,
+    RUN_STATUSES,
+    TERMINAL_RUN_STATUSES,
+    WINNERS,
+    Battle,
+    BattlePublic,
+    Conversation,
+    ConversationPublic,
+    FeedbackStats,
+    Message,
+    MessagePublic,
+    Rating,
+    RatingPublic,
+    RetrainRun,
+    RetrainRunPublic,
+    ThumbsStat,
+    VersionDayCount,
+    VoteTally,
+    as_utc,
+    new_id,
+    utcnow,
+)
+from kindchat.seed import normalize_prompt
+
+logger = logging.getLogger(__name__)
+
+MAX_CONTENT_CHARS = 200_000
+MAX_LIST_LIMIT = 10_000
+P = TypeVar("P", bound=SQLModel)
+
+
+class _Unset(enum.Enum):
+    UNSET = "UNSET"
+
+
+UNSET = _Unset.UNSET  # "leave this field as it is" in update_run
+
+
+# --- checks ---------------------------------------------------------------------------------
+
+
+def _check_str(
+    value: Any, field: str, *, max_len: int = NAME_LENGTH, allow_empty: bool = False
+) -> str:
+    if not isinstance(value, str):
+        raise InvalidValueError(
+            f"{field} must be a string, got {type(value).__name__}", field=field
+        )
+    if not allow_empty and not value.strip():
+        raise InvalidValueError(f"{field} must not be empty", field=field)
+    if len(value) > max_len:
+        raise InvalidValueError(
+            f"{field} has {len(value)} characters, over the limit of {max_len}; shorten it",
+            field=field,
+        )
+    return value
+
+
+def _check_optional_str(value: Any, field: str, *, max_len: int = NAME_LENGTH) -> str | None:
+    return None if value is None else _check_str(value, field, max_len=max_len)
+
+
+def _check_count(value: Any, field: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidValueError(f"{field} must be a whole number ≥ 0, got {value!r}", field=field)
+    return value
+
+
+def _check_json(value: Any, field: str) -> Any:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise InvalidValueError(f"{field} must be JSON-serialisable: {err}", field=field) from None
+    return value
+
+
+def _check_limit(limit: int, offset: int) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST_LIMIT:
+        raise InvalidValueError(
+            f"limit must lie in 1..{MAX_LIST_LIMIT}, got {limit!r}", field="limit"
+        )
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise InvalidValueError(f"offset must be ≥ 0, got {offset!r}", field="offset")
+
+
+def _check_since(since: datetime | None) -> datetime | None:
+    if since is None:
+        return None
+    if not isinstance(since, datetime):
+        raise InvalidValueError(f"since must be a datetime, got {since!r}", field="since")
+    return as_utc(since)
+
+
+def check_context(context: Any, field: str = "context") -> list[dict[str, str]]:
+    """Validate OpenAI-style messages that end with a user message; return plain dicts."""
+    if not isinstance(context, Sequence) or isinstance(context, str) or not context:
+        raise InvalidValueError(f"{field} must be a non-empty list of messages", field=field)
+    out: list[dict[str, str]] = []
+    for index, message in enumerate(context):
+        where = f"{field}[{index}]"
+        if not isinstance(message, Mapping):
+            raise InvalidValueError(f"{where} must be an object with role and content", field=where)
+        role = message.get("role")
+        if role not in ROLES:
+            raise InvalidValueError(
+                f"{where}.role must be one of {list(ROLES)}, got {role!r}", field=f"{where}.role"
+            )
+        content = _check_str(
+            message.get("content"), f"{where}.content", max_len=MAX_CONTENT_CHARS, allow_empty=True
+        )
+        out.append({"role": str(role), "content": content})
+    if out[-1]["role"] != "user" or not out[-1]["content"].strip():
+        raise InvalidValueError(f"{field} must end with a non-empty user message", field=field)
+    return out
+
+
+def _get(session: Session, model: type[Any], id_: Any, kind: str, field: str) -> Any:
+    if not isinstance(id_, str | int) or isinstance(id_, bool) or id_ == "":
+        raise InvalidValueError(f"{field} must be a non-empty id, got {id_!r}", field=field)
+    row = session.get(model, id_)
+    if row is None:
+        raise NotFoundError(kind, str(id_), field=field)
+    return row
+
+
+def _public(model: type[P], row: SQLModel) -> P:
+    return model.model_validate(row, from_attributes=True)
+
+
+# --- conversations and messages -------------------------------------------------------------
+
+
+def create_conversation(
+    *, session: Session, session_id: str | None = None, title: str | None = None
+) -> ConversationPublic:
+    """Start a conversation (messages are added with :func:`record_message`)."""
+    row = Conversation(
+        session_id=_check_optional_str(session_id, "session_id"),
+        title=_check_optional_str(title, "title", max_len=200),
+    )
+    public = _public(ConversationPublic, row)
+    session.add(row)
+    session.commit()
+    return public
+
+
+def get_conversation(*, session: Session, conversation_id: str) -> ConversationPublic:
+    """The conversation, or :class:`NotFoundError`."""
+    row = _get(session, Conversation, conversation_id, "conversation", "conversation_id")
+    return _public(ConversationPublic, row)
+
+
+def record_message(
+    *,
+    session: Session,
+    conversation_id: str,
+    role: str,
+    content: str,
+    session_id: str | None = None,
+    model_alias: str | None = None,
+    model_version: str | None = None,
+    params: dict[str, Any] | None = None,
+    latency_ms: int | None = None,
+    prompt_tokens: int | None = None,
+    completion_tokens: int | None = None,
+    parent_id: str | None = None,
+    message_id: str | None = None,
+) -> MessagePublic:
+    """Append a message to a conversation and return it (its `id` can be the completion id).
+
+    `parent_id` marks an assistant message as a *regeneration* of an earlier assistant message:
+    it answers the same context. The parent may sit in this conversation (then the thread
+    continues from the regeneration) or in another one (e.g. serve stores each stateless request
+    as its own conversation, history included; the context is then this conversation's own
+    messages). `message_id` lets the caller choose
+    the id (e.g. an OpenAI-style `chatcmpl-…`); a new uuid4 hex is made otherwise.
+
+    Raises NotFoundError (conversation or parent unknown), InvalidValueError (bad role, empty
+    user message, negative counts, parent or message not an assistant message, …),
+    ConflictError (`message_id` taken).
+    """
+    if role not in ROLES:
+        raise InvalidValueError(f"role must be one of {list(ROLES)}, got {role!r}", field="role")
+    _check_str(content, "content", max_len=MAX_CONTENT_CHARS, allow_empty=role == "assistant")
+    if message_id is not None:
+        _check_str(message_id, "message_id", max_len=ID_LENGTH)
+    if params is not None and not isinstance(params, dict):
+        raise InvalidValueError("params must be an object (dict) or null", field="params")
+    _get(session, Conversation, conversation_id, "conversation", "conversation_id")
+    if parent_id is not None:
+        parent = _get(session, Message, parent_id, "message", "parent_id")
+        if role != "assistant" or parent.role != "assistant":
+            raise InvalidValueError(
+                "parent_id marks a regeneration: both messages must be assistant messages",
+                field="parent_id",
+            )
+    row = Message(
+        conversation_id=conversation_id,
+        role=role,
+        content=content,
+        session_id=_check_optional_str(session_id, "session_id"),
+        model_alias=_check_optional_str(model_alias, "model_alias"),
+        model_version=_check_optional_str(model_version, "model_version"),
+        params=_check_json(params, "params"),
+        latency_ms=_check_count(latency_ms, "latency_ms"),
+        prompt_tokens=_check_count(prompt_tokens, "prompt_tokens"),
+        completion_tokens=_check_count(completion_tokens, "completion_tokens"),
+        parent_id=parent_id,
+    )
+    if message_id is not None:
+        row.id = message_id
+    public = _public(MessagePublic, row)
+    session.add(row)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        if message_id is not None and session.get(Message, message_id) is not None:
+            raise ConflictError(
+                f"a message with id {message_id!r} exists already", field="message_id"
+            ) from None
+        raise
+    return public
+
+
+def get_message(*, session: Session, message_id: str) -> MessagePublic:
+    """The message, or :class:`NotFoundError`."""
+    return _public(MessagePublic, _get(session, Message, message_id, "message", "message_id"))
+
+
+def list_messages(
+    *,
+    session: Session,
+    conversation_id: str | None = None,
+    model_version: str | None = None,
+    since: datetime | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[MessagePublic]:
+    """Messages oldest first, optionally of one conversation / model version / since a time."""
+    _check_limit(limit, offset)
+    since = _check_since(since)
+    query = select(Message)
+    if conversation_id is not None:
+        query = query.where(Message.conversation_id == conversation_id)
+    if model_version is not None:
+        query = query.where(Message.model_version == model_version)
+    if since is not None:
+        query = query.where(col(Message.created_at) >= since)
+    query = query.order_by(col(Message.created_at), col(Message.id)).offset(offset).limit(limit)
+    return [_public(MessagePublic, row) for row in session.exec(query)]
+
+
+def thread_contexts(messages: Sequence[Message | MessagePublic]) -> dict[str, list[dict[str, str]]]:
+    """For each message of ONE conversation, the messages it follows (OpenAI-style dicts).
+
+    Messages are taken in creation order. An assistant message that replaces another answers
+    the same context and takes its place in the thread from then on (later messages of the old
+    branch are left behind): explicitly, a regeneration (`parent_id` set); implicitly, an
+    assistant message recorded right after another assistant message (an alternative answer,
+    e.g. the second side of a battle).
+    """
+    ordered = sorted(messages, key=lambda m: (m.created_at, m.id))
+    thread: list[Message | MessagePublic] = []
+    contexts: dict[str, list[dict[str, str]]] = {}
+    for message in ordered:
+        slot: int | None = None
+        if message.parent_id is not None:
+            slot = next((i for i, m in enumerate(thread) if m.id == message.parent_id), None)
+        elif message.role == "assistant" and thread and thread[-1].role == "assistant":
+            slot = len(thread) - 1
+        if slot is not None:
+            thread = thread[:slot]
+        contexts[message.id] = [{"role": m.role, "content": m.content} for m in thread]
+        thread.append(message)
+    return contexts
+
+
+def message_context(*, session: Session, message_id: str) -> list[dict[str, str]]:
+    """The messages (OpenAI-style dicts) that `message_id` replied to, oldest first."""
+    target = _get(session, Message, message_id, "message", "message_id")
+    rows = session.exec(
+        select(Message).where(
+            Message.conversation_id == target.conversation_id,
+            col(Message.created_at) <= target.created_at,
+        )
+    ).all()
+    return thread_contexts(rows)[target.id]
+
+
+# --- ratings --------------------------------------------------------------------------------
+
+
+def rate(
+    *,
+    session: Session,
+    message_id: str,
+    session_id: str,
+    value: int,
+    reason: str | None = None,
+    comment: str | None = None,
+) -> RatingPublic:
+    """Record 👍 (`value=1`) or 👎 (`value=-1`) on an assistant message for one user session.
+
+    One rating per (message, session): rating again replaces value, reason and comment (the
+    `created_at` of the first vote is kept, `updated_at` moves).
+
+    Raises NotFoundError (unknown message), InvalidValueError (value not ±1, not an assistant
+    message, empty session id, reason over 128 characters).
+    """
+    if isinstance(value, bool) or value not in RATING_VALUES:
+        raise InvalidValueError(f"value must be 1 (👍) or -1 (👎), got {value!r}", field="value")
+    _check_str(session_id, "session_id")
+    reason = _check_optional_str(reason, "reason")
+    if comment is not None:
+        _check_str(comment, "comment", max_len=MAX_CONTENT_CHARS, allow_empty=True)
+    message = _get(session, Message, message_id, "message", "message_id")
+    if message.role != "assistant":
+        raise InvalidValueError(
+            f"only assistant messages can be rated; {message_id!r} is a {message.role} message",
+            field="message_id",
+        )
+    for attempt in range(2):
+        now = utcnow()
+        row = session.exec(
+            select(Rating).where(Rating.message_id == message_id, Rating.session_id == session_id)
+        ).first()
+        if row is None:
+            row = Rating(message_id=message_id, session_id=session_id, value=value, created_at=now)
+        row.value, row.reason, row.comment, row.updated_at = value, reason, comment, now
+        session.add(row)
+        try:
+            session.flush()  # assigns the id of a new rating
+            public = _public(RatingPublic, row)
+            session.commit()
+            return public
+        except IntegrityError:  # another writer inserted the same (message, session) first
+            session.rollback()
+            if attempt:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def list_ratings(
+    *,
+    session: Session,
+    message_id: str | None = None,
+    session_id: str | None = None,
+    since: datetime | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[RatingPublic]:
+    """Ratings by last change, oldest first; filters combine with AND."""
+    _check_limit(limit, offset)
+    since = _check_since(since)
+    query = select(Rating)
+    if message_id is not None:
+        query = query.where(Rating.message_id == message_id)
+    if session_id is not None:
+        query = query.where(Rating.session_id == session_id)
+    if since is not None:
+        query = query.where(col(Rating.updated_at) >= since)
+    query = query.order_by(col(Rating.updated_at), col(Rating.id)).offset(offset).limit(limit)
+    return [_public(RatingPublic, row) for row in session.exec(query)]
+
+
+# --- arena battles --------------------------------------------------------------------------
+
+
+def create_battle(
+    *,
+    session: Session,
+    session_id: str,
+    context: Sequence[Mapping[str, str]],
+    message_a_id: str,
+    message_b_id: str,
+) -> BattlePublic:
+    """Open a side-by-side battle of two stored assistant answers to the same `context`.
+
+    `context` is the OpenAI-style message list both answered (ending with the user message);
+    the models (alias and version) are copied from the two messages. Only `session_id` may vote.
+
+    Raises NotFoundError (unknown message), InvalidValueError (bad context, same message twice,
+    a message that is not an assistant answer).
+    """
+    _check_str(session_id, "session_id")
+    clean = check_context(context)
+    if message_a_id == message_b_id:
+        raise InvalidValueError(
+            "message_a_id and message_b_id must be two different messages", field="message_b_id"
+        )
+    a = _get(session, Message, message_a_id, "message", "message_a_id")
+    b = _get(session, Message, message_b_id, "message", "message_b_id")
+    for message, name in ((a, "message_a_id"), (b, "message_b_id")):
+        if message.role != "assistant":
+            raise InvalidValueError(f"{name} must name an assistant message", field=name)
+    row = Battle(
+        session_id=session_id,
+        context=clean,
+        prompt=clean[-1]["content"],
+        message_a_id=a.id,
+        message_b_id=b.id,
+        model_a=a.model_alias,
+        version_a=a.model_version,
+        model_b=b.model_alias,
+        version_b=b.model_version,
+    )
+    public = _public(BattlePublic, row)
+    session.add(row)
+    session.commit()
+    return public
+
+
+def get_battle(*, session: Session, battle_id: str) -> BattlePublic:
+    """The battle, or :class:`NotFoundError`."""
+    return _public(BattlePublic, _get(session, Battle, battle_id, "battle", "battle_id"))
+
+
+def vote(*, session: Session, battle_id: str, session_id: str, winner: str) -> BattlePublic:
+    """Record the verdict of a battle: `a`, `b`, `tie` or `both_bad`. Once per battle.
+
+    Raises NotFoundError (unknown battle), InvalidValueError (bad winner), ForbiddenError (the
+    battle belongs to another session), ConflictError (already voted).
+    """
+    if winner not in WINNERS:
+        raise InvalidValueError(
+            f"winner must be one of {list(WINNERS)}, got {winner!r}", field="winner"
+        )
+    _check_str(session_id, "session_id")
+    battle = _get(session, Battle, battle_id, "battle", "battle_id")
+    if battle.session_id != session_id:
+        raise ForbiddenError("this battle belongs to another session; vote on your own battles")
+    changed = session.execute(
+        update(Battle)
+        .where(col(Battle.id) == battle_id, col(Battle.winner).is_(None))
+        .values(winner=winner, voted_at=utcnow())
+    )
+    session.commit()
+    if getattr(changed, "rowcount", 0) != 1:
+        raise ConflictError(f"battle {battle_id!r} has been voted on already", field="battle_id")
+    session.refresh(battle)
+    return _public(BattlePublic, battle)
+
+
+def list_battles(
+    *,
+    session: Session,
+    session_id: str | None = None,
+    voted: bool | None = None,
+    since: datetime | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[BattlePublic]:
+    """Battles oldest first; `voted` True/False keeps only (un)voted ones; `since` by creation."""
+    _check_limit(limit, offset)
+    since = _check_since(since)
+    query = select(Battle)
+    if session_id is not None:
+        query = query.where(Battle.session_id == session_id)
+    if voted is not None:
+        query = query.where(
+            col(Battle.winner).isnot(None) if voted else col(Battle.winner).is_(None)
+        )
+    if since is not None:
+        query = query.where(col(Battle.created_at) >= since)
+    query = query.order_by(col(Battle.created_at), col(Battle.id)).offset(offset).limit(limit)
+    return [_public(BattlePublic, row) for row in session.exec(query)]
+
+
+# --- statistics -----------------------------------------------------------------------------
+
+
+def _count(session: Session, model: type[Any], *where: Any) -> int:
+    return int(session.exec(select(func.count()).select_from(model).where(*where)).one())
+
+
+def feedback_stats(*, session: Session, since: datetime | None = None) -> FeedbackStats:
+    """Totals; assistant messages per model version and UTC day; 👍 ratio and arena tallies per
+    model version (a battle counts for the version of each side; alias when the version is
+    unknown). `since` limits everything to rows created (ratings: changed, battles: voted) since.
+    """
+    since = _check_since(since)
+    msg_since = [col(Message.created_at) >= since] if since else []
+    rating_since = [col(Rating.updated_at) >= since] if since else []
+    battle_since = [col(Battle.created_at) >= since] if since else []
+    voted_since = [col(Battle.voted_at) >= since] if since else []
+    conv_since = [col(Conversation.created_at) >= since] if since else []
+
+    day = func.date(Message.created_at)
+    per_day = session.exec(
+        select(Message.model_version, day, func.count())
+        .where(Message.role == "assistant", *msg_since)
+        .group_by(Message.model_version, day)
+        .order_by(day, col(Message.model_version))
+    ).all()
+
+    up = func.sum(case((col(Rating.value) > 0, 1), else_=0))
+    down = func.sum(case((col(Rating.value) < 0, 1), else_=0))
+    thumbs_rows = session.exec(
+        select(Message.model_version, up, down)
+        .select_from(Rating)
+        .join(Message, col(Message.id) == col(Rating.message_id))
+        .where(*rating_since)
+        .group_by(Message.model_version)
+        .order_by(col(Message.model_version))
+    ).all()
+    thumbs = [
+        ThumbsStat(
+            model_version=version,
+            up=int(u or 0),
+            down=int(d or 0),
+            ratio=(int(u or 0) / (int(u or 0) + int(d or 0))) if (u or d) else None,
+        )
+        for version, u, d in thumbs_rows
+    ]
+
+    sides = (
+        col(Battle.version_a),
+        col(Battle.model_a),
+        col(Battle.version_b),
+        col(Battle.model_b),
+        col(Battle.winner),
+    )
+    battle_rows = session.execute(
+        sa_select(*sides, func.count())
+        .where(col(Battle.winner).isnot(None), *voted_since)
+        .group_by(*sides)
+    ).all()
+    tallies: dict[str | None, Counter[str]] = defaultdict(Counter)
+    for version_a, model_a, version_b, model_b, winner, n in battle_rows:
+        for me, side in ((version_a or model_a, "a"), (version_b or model_b, "b")):
+            tally = tallies[me]
+            tally["battles"] += n
+            if winner in ("a", "b"):
+                tally["wins" if winner == side else "losses"] += n
+            else:
+                tally["ties" if winner == "tie" else "both_bad"] += n
+    votes = [
+        VoteTally(
+            model_version=version,
+            battles=t["battles"],
+            wins=t["wins"],
+            losses=t["losses"],
+            ties=t["ties"],
+            both_bad=t["both_bad"],
+        )
+        for version, t in sorted(tallies.items(), key=lambda kv: str(kv[0]))
+    ]
+    return FeedbackStats(
+        conversations=_count(session, Conversation, *conv_since),
+        messages=_count(session, Message, *msg_since),
+        ratings=_count(session, Rating, *rating_since),
+        battles=_count(session, Battle, *battle_since),
+        voted_battles=_count(session, Battle, col(Battle.winner).isnot(None), *voted_since),
+        messages_per_version_day=[
+            VersionDayCount(model_version=v, day=str(d), messages=int(n)) for v, d, n in per_day
+        ],
+        thumbs=thumbs,
+        votes=votes,
+    )
+
+
+# --- preference pairs -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FeedbackPair:
+    """One preference learned from users: `chosen` beat `rejected` as a reply to the context.
+
+    `prompt` is the last user message; `context` the messages before it (empty: single turn).
+    `source` is `battle`, `rating` (👍 vs 👎 answers to the same context) or `regeneration`
+    (a 👎 answer and its 👍 regeneration).
+    """
+
+    id: str
+    source: str
+    prompt: str
+    context: list[dict[str, str]]
+    chosen: str
+    rejected: str
+    chosen_model: str | None
+    rejected_model: str | None
+    at: datetime  # when the evidence was last given (vote or latest rating)
+
+
+def _split_prompt(context: list[dict[str, str]]) -> tuple[str, list[dict[str, str]]] | None:
+    if not context or context[-1]["role"] != "user" or not context[-1]["content"].strip():
+        return None
+    return context[-1]["content"], context[:-1]
+
+
+def _battle_pairs(
+    session: Session, since: datetime | None, dropped: Counter[str]
+) -> Iterator[FeedbackPair]:
+    query = select(Battle).order_by(col(Battle.created_at), col(Battle.id))
+    if since is not None:
+        query = query.where((col(Battle.voted_at) >= since) | (col(Battle.created_at) >= since))
+    battles = session.exec(query).all()
+    in_battles = col(Message.id).in_(select(Battle.message_a_id)) | col(Message.id).in_(
+        select(Battle.message_b_id)
+    )
+    messages = {m.id: m for m in session.exec(select(Message).where(in_battles))}
+    for battle in battles:
+        if battle.winner is None:
+            dropped["battle_unvoted"] += 1
+            continue
+        if since is not None and (battle.voted_at is None or battle.voted_at < since):
+            continue
+        if battle.winner in ("tie", "both_bad"):
+            dropped[f"battle_{battle.winner}"] += 1
+            continue
+        a, b = messages[battle.message_a_id], messages[battle.message_b_id]
+        chosen, rejected = (a, b) if battle.winner == "a" else (b, a)
+        prompt, prior = battle.prompt, list(battle.context[:-1])
+        yield FeedbackPair(
+            id=f"battle:{battle.id}",
+            source="battle",
+            prompt=prompt,
+            context=prior,
+            chosen=chosen.content,
+            rejected=rejected.content,
+            chosen_model=chosen.model_version or chosen.model_alias,
+            rejected_model=rejected.model_version or rejected.model_alias,
+            at=battle.voted_at or battle.created_at,
+        )
+
+
+def _is_regeneration_of(message: Message, ancestor_id: str, by_id: Mapping[str, Message]) -> bool:
+    seen: set[str] = set()
+    current: Message | None = message
+    while current is not None and current.parent_id is not None and current.id not in seen:
+        if current.parent_id == ancestor_id:
+            return True
+        seen.add(current.id)
+        current = by_id.get(current.parent_id)
+    return False
+
+
+def _rating_pairs(
+    session: Session, since: datetime | None, dropped: Counter[str]
+) -> Iterator[FeedbackPair]:
+    net: dict[str, int] = defaultdict(int)
+    last: dict[str, datetime] = {}
+    for message_id, value, updated_at in session.exec(
+        select(Rating.message_id, Rating.value, Rating.updated_at)
+    ):
+        net[message_id] += value
+        last[message_id] = max(updated_at, last.get(message_id, updated_at))
+    if not net:
+        return
+    rated_conversations = (
+        select(Message.conversation_id)
+        .join(Rating, col(Rating.message_id) == col(Message.id))
+        .distinct()
+    )
+    by_conversation: dict[str, list[Message]] = defaultdict(list)
+    for message in session.exec(
+        select(Message)
+        .where(col(Message.conversation_id).in_(rated_conversations))
+        .order_by(col(Message.created_at), col(Message.id))
+    ):
+        by_conversation[message.conversation_id].append(message)
+    by_id: dict[str, Message] = {}
+    groups: dict[str, tuple[str, list[dict[str, str]], list[Message], list[Message]]] = {}
+    for messages in by_conversation.values():
+        contexts = thread_contexts(messages)
+        for message in messages:
+            by_id[message.id] = message
+            if message.id not in net:
+                continue
+            if net[message.id] == 0:
+                dropped["rating_mixed"] += 1
+                continue
+            split = _split_prompt(contexts[message.id])
+            if split is None:
+                dropped["rating_no_prompt"] += 1
+                continue
+            prompt, prior = split
+            key = json.dumps(
+                [(m["role"], normalize_prompt(m["content"])) for m in contexts[message.id]],
+                ensure_ascii=False,
+            )
+            group = groups.setdefault(key, (prompt, prior, [], []))
+            (group[2] if net[message.id] > 0 else group[3]).append(message)
+    for prompt, prior, ups, downs in groups.values():
+        if not ups or not downs:
+            dropped["rating_unpaired"] += len(ups) + len(downs)
+            continue
+        for down in sorted(downs, key=lambda m: (m.created_at, m.id)):
+            for up in sorted(ups, key=lambda m: (m.created_at, m.id)):
+                at = max(last[up.id], last[down.id])
+                if since is not None and at < since:
+                    continue
+                regenerated = _is_regeneration_of(up, down.id, by_id)
+                yield FeedbackPair(
+                    id=f"rating:{up.id}>{down.id}",
+                    source="regeneration" if regenerated else "rating",
+                    prompt=prompt,
+                    context=[dict(m) for m in prior],
+                    chosen=up.content,
+                    rejected=down.content,
+                    chosen_model=up.model_version or up.model_alias,
+                    rejected_model=down.model_version or down.model_alias,
+                    at=at,
+                )
+
+
+def iter_pairs(
+    *, session: Session, since: datetime | None = None, dropped: Counter[str] | None = None
+) -> Iterator[FeedbackPair]:
+    """Preference pairs from the feedback, battles first, then ratings.
+
+    * a battle voted `a`/`b` gives (winner, loser); `tie`, `both_bad` and unvoted battles give
+      none and are counted in `dropped` as `battle_tie`, `battle_both_bad`, `battle_unvoted`;
+    * ratings: each rated assistant message is 👍 or 👎 by the sum of its votes (a zero sum is
+      `rating_mixed`); within one context (same prior messages, whitespace-insensitive, across
+      conversations) every 👍 answer is paired with every 👎 answer — `regeneration` when the
+      👍 one regenerates the 👎 one, else `rating`; rated answers without an opposite are
+      `rating_unpaired`.
+
+    `since` keeps pairs whose evidence (vote, or the later of the two ratings) is that recent.
+    """
+    since = _check_since(since)
+    counter = dropped if dropped is not None else Counter()
+    yield from _battle_pairs(session, since, counter)
+    yield from _rating_pairs(session, since, counter)
+
+
+# --- retrain runs ---------------------------------------------------------------------------
+
+
+def _check_status(status: Any) -> str:
+    if status not in RUN_STATUSES:
+        raise InvalidValueError(
+            f"status must be one of {list(RUN_STATUSES)}, got {status!r}", field="status"
+        )
+    return str(status)
+
+
+def create_run(
+    *, session: Session, status: str = "queued", stage: str | None = None
+) -> RetrainRunPublic:
+    """Record a retrain run (issue 8's `run_retrain_cycle` creates one per cycle)."""
+    row = RetrainRun(status=_check_status(status), stage=_check_optional_str(stage, "stage"))
+    now = utcnow()
+    if row.status != "queued":
+        row.started_at = now
+    if row.status in TERMINAL_RUN_STATUSES:
+        row.finished_at = now
+    public = _public(RetrainRunPublic, row)
+    session.add(row)
+    session.commit()
+    return public
+
+
+def update_run(
+    *,
+    session: Session,
+    run_id: str,
+    status: str | _Unset = UNSET,
+    stage: str | None | _Unset = UNSET,
+    metrics: dict[str, Any] | None | _Unset = UNSET,
+    error: str | None | _Unset = UNSET,
+    produced_versions: list[str] | None | _Unset = UNSET,
+    promoted: bool | _Unset = UNSET,
+) -> RetrainRunPublic:
+    """Change the given fields of a run (omitted ones stay). `metrics` replaces the old dict.
+
+    Moving to `running` stamps `started_at`; to a final status (succeeded, failed, refused,
+    skipped) stamps `finished_at`. A finished run cannot change status again (ConflictError).
+    """
+    row = _get(session, RetrainRun, run_id, "retrain run", "run_id")
+    now = utcnow()
+    if not isinstance(status, _Unset):
+        status = _check_status(status)
+        if row.status in TERMINAL_RUN_STATUSES and status != row.status:
+            raise ConflictError(
+                f"run {run_id!r} finished as {row.status!r}; it cannot become {status!r}",
+                field="status",
+            )
+        if status != "queued" and row.started_at is None:
+            row.started_at = now
+        if status in TERMINAL_RUN_STATUSES and row.finished_at is None:
+            row.finished_at = now
+        row.status = status
+    if not isinstance(stage, _Unset):
+        row.stage = _check_optional_str(stage, "stage")
+    if not isinstance(metrics, _Unset):
+        if metrics is not None and not isinstance(metrics, dict):
+            raise InvalidValueError("metrics must be an object (dict) or null", field="metrics")
+        row.metrics = _check_json(metrics, "metrics")
+    if not isinstance(error, _Unset):
+        if error is not None:
+            _check_str(error, "error", max_len=MAX_CONTENT_CHARS, allow_empty=True)
+        row.error = error
+    if not isinstance(produced_versions, _Unset):
+        if produced_versions is not None and (
+            not isinstance(produced_versions, list)
+            or not all(isinstance(v, str) and v for v in produced_versions)
+        ):
+            raise InvalidValueError(
+                "produced_versions must be a list of version ids", field="produced_versions"
+            )
+        row.produced_versions = None if produced_versions is None else list(produced_versions)
+    if not isinstance(promoted, _Unset):
+        if not isinstance(promoted, bool):
+            raise InvalidValueError(
+                f"promoted must be true or false, got {promoted!r}", field="promoted"
+            )
+        row.promoted = promoted
+    session.add(row)
+    public = _public(RetrainRunPublic, row)
+    session.commit()
+    return public
+
+
+def get_run(*, session: Session, run_id: str) -> RetrainRunPublic:
+    """The run, or :class:`NotFoundError`."""
+    return _public(RetrainRunPublic, _get(session, RetrainRun, run_id, "retrain run", "run_id"))
+
+
+def list_runs(
+    *, session: Session, status: str | None = None, limit: int = 50, offset: int = 0
+) -> list[RetrainRunPublic]:
+    """Runs, newest first, optionally of one status."""
+    _check_limit(limit, offset)
+    query = select(RetrainRun)
+    if status is not None:
+        query = query.where(RetrainRun.status == _check_status(status))
+    query = (
+        query.order_by(col(RetrainRun.created_at).desc(), col(RetrainRun.id))
+        .offset(offset)
+        .limit(limit)
+    )
+    return [_public(RetrainRunPublic, row) for row in session.exec(query)]
+
+
+__all__ = [
+    "UNSET",
+    "FeedbackPair",
+    "check_context",
+    "create_battle",
+    "create_conversation",
+    "create_run",
+    "feedback_stats",
+    "get_battle",
+    "get_conversation",
+    "get_message",
+    "get_run",
+    "iter_pairs",
+    "list_battles",
+    "list_messages",
+    "list_ratings",
+    "list_runs",
+    "message_context",
+    "new_id",
+    "rate",
+    "record_message",
+    "thread_contexts",
+    "update_run",
+    "vote",
+]

@@ -1,0 +1,331 @@
+"""The store API on a real SQLite file: happy paths, typed errors, stats, contexts, runs."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from functools import partial
+from typing import Any
+
+import pytest
+from sqlmodel import Session
+
+from kindchat.feedback import store
+from kindchat.feedback.errors import (
+    ConflictError,
+    FeedbackError,
+    ForbiddenError,
+    InvalidValueError,
+    NotFoundError,
+)
+from kindchat.feedback.models import MessagePublic
+
+
+def _exchange(
+    db: Session, prompt: str = "안녕?", answer: str = "안녕하세요! 반가워요.", version: str = "v1"
+) -> tuple[str, MessagePublic]:
+    conv = store.create_conversation(session=db, session_id="s1")
+    store.record_message(session=db, conversation_id=conv.id, role="user", content=prompt)
+    reply = store.record_message(
+        session=db,
+        conversation_id=conv.id,
+        role="assistant",
+        content=answer,
+        model_alias="rlhf",
+        model_version=version,
+        params={"temperature": 0.7},
+        latency_ms=120,
+        prompt_tokens=5,
+        completion_tokens=9,
+        session_id="s1",
+    )
+    return conv.id, reply
+
+
+def test_record_and_read_back_a_message(db: Session) -> None:
+    conv_id, reply = _exchange(db)
+    got = store.get_message(session=db, message_id=reply.id)
+    assert got == reply
+    assert got.params == {"temperature": 0.7} and got.latency_ms == 120
+    assert got.created_at.tzinfo is not None
+    listed = store.list_messages(session=db, conversation_id=conv_id)
+    assert [m.role for m in listed] == ["user", "assistant"]
+    assert store.list_messages(session=db, model_version="v1") == [reply]
+
+
+def test_caller_chosen_message_id_is_kept_and_unique(db: Session) -> None:
+    conv = store.create_conversation(session=db)
+    kept = store.record_message(
+        session=db, conversation_id=conv.id, role="user", content="hi", message_id="chatcmpl-1"
+    )
+    assert kept.id == "chatcmpl-1"
+    with pytest.raises(ConflictError):
+        store.record_message(
+            session=db, conversation_id=conv.id, role="user", content="x", message_id="chatcmpl-1"
+        )
+
+
+def test_second_rating_by_the_same_session_updates_it(db: Session) -> None:
+    _, reply = _exchange(db)
+    first = store.rate(session=db, message_id=reply.id, session_id="u1", value=1)
+    second = store.rate(
+        session=db, message_id=reply.id, session_id="u1", value=-1, reason="rude", comment="음…"
+    )
+    store.rate(session=db, message_id=reply.id, session_id="u2", value=1)
+    assert second.id == first.id and second.created_at == first.created_at
+    assert (second.value, second.reason, second.comment) == (-1, "rude", "음…")
+    assert second.updated_at > first.updated_at
+    ratings = store.list_ratings(session=db, message_id=reply.id)
+    assert sorted((r.session_id, r.value) for r in ratings) == [("u1", -1), ("u2", 1)]
+
+
+def test_battle_vote_once_by_its_own_session(db: Session) -> None:
+    conv_id, a = _exchange(db, version="v1")
+    b = store.record_message(
+        session=db, conversation_id=conv_id, role="assistant", content="반가워요!",
+        model_alias="sft", model_version="v0",
+    )  # fmt: skip
+    battle = store.create_battle(
+        session=db,
+        session_id="s1",
+        context=[{"role": "user", "content": "안녕?"}],
+        message_a_id=a.id,
+        message_b_id=b.id,
+    )
+    assert (battle.model_a, battle.version_a, battle.model_b, battle.version_b) == (
+        "rlhf", "v1", "sft", "v0",
+    )  # fmt: skip
+    assert battle.winner is None and battle.prompt == "안녕?"
+    with pytest.raises(ForbiddenError):
+        store.vote(session=db, battle_id=battle.id, session_id="someone-else", winner="a")
+    voted = store.vote(session=db, battle_id=battle.id, session_id="s1", winner="b")
+    assert voted.winner == "b" and voted.voted_at is not None
+    with pytest.raises(ConflictError):
+        store.vote(session=db, battle_id=battle.id, session_id="s1", winner="a")
+    assert store.get_battle(session=db, battle_id=battle.id).winner == "b"
+    assert store.list_battles(session=db, voted=False) == []
+
+
+def _bad_calls(db: Session, conv_id: str, user_id: str, reply_id: str) -> list[Any]:
+    ctx = [{"role": "user", "content": "안녕?"}]
+    ends_with_answer = [*ctx, {"role": "assistant", "content": "x"}]
+    msg = partial(store.record_message, session=db, conversation_id=conv_id)
+    rate = partial(store.rate, session=db, session_id="u")
+    battle = partial(store.create_battle, session=db, session_id="s", message_a_id=reply_id)
+    return [
+        (NotFoundError, lambda: store.get_message(session=db, message_id="nope")),
+        (NotFoundError, lambda: store.get_conversation(session=db, conversation_id="nope")),
+        (NotFoundError, lambda: msg(conversation_id="nope", role="user", content="x")),
+        (NotFoundError, lambda: rate(message_id="nope", value=1)),
+        (NotFoundError, lambda: battle(context=ctx, message_b_id="nope")),
+        (
+            NotFoundError,
+            lambda: store.vote(session=db, battle_id="nope", session_id="s", winner="a"),
+        ),
+        (NotFoundError, lambda: store.get_run(session=db, run_id="nope")),
+        (NotFoundError, lambda: store.update_run(session=db, run_id="nope", status="running")),
+        (NotFoundError, lambda: msg(role="assistant", content="x", parent_id="nope")),
+        (InvalidValueError, lambda: msg(role="robot", content="x")),
+        (InvalidValueError, lambda: msg(role="user", content="  ")),
+        (InvalidValueError, lambda: msg(role="user", content=None)),
+        (InvalidValueError, lambda: msg(role="assistant", content="x", latency_ms=-1)),
+        (InvalidValueError, lambda: msg(role="assistant", content="x", params={"x": object()})),
+        (InvalidValueError, lambda: msg(role="assistant", content="x", params=[1])),
+        (InvalidValueError, lambda: msg(role="user", content="x", parent_id=reply_id)),
+        (InvalidValueError, lambda: msg(role="assistant", content="x", parent_id=user_id)),
+        (InvalidValueError, lambda: msg(role="assistant", content="x", model_version="v" * 300)),
+        (InvalidValueError, lambda: rate(message_id=reply_id, value=0)),
+        (InvalidValueError, lambda: rate(message_id=reply_id, value=True)),
+        (InvalidValueError, lambda: rate(message_id=reply_id, value=1, session_id="")),
+        (InvalidValueError, lambda: rate(message_id=user_id, value=1)),
+        (InvalidValueError, lambda: rate(message_id="", value=1)),
+        (InvalidValueError, lambda: battle(context=[], message_b_id=user_id)),
+        (
+            InvalidValueError,
+            lambda: battle(context=[{"role": "assistant", "content": "x"}], message_b_id=user_id),
+        ),
+        (InvalidValueError, lambda: battle(context=ends_with_answer, message_b_id=user_id)),
+        (InvalidValueError, lambda: battle(context=ctx, message_b_id=reply_id)),
+        (InvalidValueError, lambda: battle(context=ctx, message_b_id=user_id)),
+        (
+            InvalidValueError,
+            lambda: store.vote(session=db, battle_id="any", session_id="s", winner="c"),
+        ),
+        (InvalidValueError, lambda: store.create_run(session=db, status="done")),
+        (InvalidValueError, lambda: store.list_messages(session=db, limit=0)),
+        (InvalidValueError, lambda: store.list_ratings(session=db, offset=-1)),
+        (InvalidValueError, lambda: store.list_battles(session=db, since="yesterday")),
+        (InvalidValueError, lambda: store.list_runs(session=db, status="weird")),
+    ]
+
+
+def test_every_bad_input_raises_its_typed_error(db: Session) -> None:
+    conv_id, reply = _exchange(db)
+    user_id = store.list_messages(session=db, conversation_id=conv_id)[0].id
+    expected_status = {
+        NotFoundError: 404,
+        InvalidValueError: 422,
+        ForbiddenError: 403,
+        ConflictError: 409,
+    }
+    calls = _bad_calls(db, conv_id, user_id, reply.id)
+    for index, (error, call) in enumerate(calls):
+        with pytest.raises(error) as caught:
+            call()
+        assert isinstance(caught.value, FeedbackError), index
+        assert caught.value.status_code == expected_status[error], index
+        assert str(caught.value), index
+    # nothing half-stored by the failed calls
+    assert len(store.list_messages(session=db)) == 2
+    assert store.list_ratings(session=db) == []
+
+
+def test_regeneration_answers_the_parents_context(db: Session) -> None:
+    conv = store.create_conversation(session=db)
+    add = lambda role, content, **kw: store.record_message(  # noqa: E731
+        session=db, conversation_id=conv.id, role=role, content=content, **kw
+    )
+    add("user", "첫 질문")
+    a1 = add("assistant", "첫 답")
+    add("user", "둘째 질문")
+    a2 = add("assistant", "둘째 답")
+    r2 = add("assistant", "둘째 답 다시", parent_id=a2.id)
+    add("user", "셋째 질문")
+    a3 = add("assistant", "셋째 답")
+    expected_r2 = [
+        {"role": "user", "content": "첫 질문"},
+        {"role": "assistant", "content": "첫 답"},
+        {"role": "user", "content": "둘째 질문"},
+    ]
+    assert store.message_context(session=db, message_id=a2.id) == expected_r2
+    assert store.message_context(session=db, message_id=r2.id) == expected_r2
+    # the thread continues from the regeneration, not from the replaced answer
+    assert store.message_context(session=db, message_id=a3.id) == [
+        *expected_r2,
+        {"role": "assistant", "content": "둘째 답 다시"},
+        {"role": "user", "content": "셋째 질문"},
+    ]
+    assert a1.id != a2.id
+
+
+def test_stats_count_per_version_and_day_thumbs_and_votes(db: Session) -> None:
+    conv_id, a = _exchange(db, version="v1")
+    b = store.record_message(
+        session=db,
+        conversation_id=conv_id,
+        role="assistant",
+        content="또 다른 답",
+        model_version="v2",
+    )
+    c = store.record_message(
+        session=db,
+        conversation_id=conv_id,
+        role="assistant",
+        content="세 번째 답",
+        model_version="v2",
+    )
+    store.rate(session=db, message_id=a.id, session_id="u1", value=1)
+    store.rate(session=db, message_id=a.id, session_id="u2", value=1)
+    store.rate(session=db, message_id=b.id, session_id="u1", value=-1)
+    store.rate(session=db, message_id=c.id, session_id="u1", value=1)
+    ctx = [{"role": "user", "content": "안녕?"}]
+    for winner in ("a", "a", "tie", "both_bad"):
+        battle = store.create_battle(
+            session=db, session_id="s1", context=ctx, message_a_id=a.id, message_b_id=b.id
+        )
+        store.vote(session=db, battle_id=battle.id, session_id="s1", winner=winner)
+    store.create_battle(
+        session=db, session_id="s1", context=ctx, message_a_id=a.id, message_b_id=b.id
+    )
+
+    stats = store.feedback_stats(session=db)
+    today = datetime.now(timezone.utc).date().isoformat()
+    assert (stats.conversations, stats.messages, stats.ratings) == (1, 4, 4)
+    assert (stats.battles, stats.voted_battles) == (5, 4)
+    per_day = {(r.model_version, r.day): r.messages for r in stats.messages_per_version_day}
+    assert per_day == {("v1", today): 1, ("v2", today): 2}
+    thumbs = {t.model_version: (t.up, t.down, t.ratio) for t in stats.thumbs}
+    assert thumbs == {"v1": (2, 0, 1.0), "v2": (1, 1, 0.5)}
+    votes = {
+        v.model_version: (v.battles, v.wins, v.losses, v.ties, v.both_bad) for v in stats.votes
+    }
+    assert votes == {"v1": (4, 2, 0, 1, 1), "v2": (4, 0, 2, 1, 1)}
+    later = store.feedback_stats(session=db, since=datetime.now(timezone.utc) + timedelta(hours=1))
+    assert (later.messages, later.ratings, later.voted_battles, later.thumbs) == (0, 0, 0, [])
+
+
+def test_iter_pairs_since_keeps_only_recent_evidence(db: Session) -> None:
+    conv_id, a = _exchange(db)
+    b = store.record_message(
+        session=db, conversation_id=conv_id, role="assistant", content="다시 쓴 답", parent_id=a.id
+    )
+    store.rate(session=db, message_id=a.id, session_id="u", value=-1)
+    store.rate(session=db, message_id=b.id, session_id="u", value=1)
+    cut = datetime.now(timezone.utc)
+    assert [p.source for p in store.iter_pairs(session=db)] == ["regeneration"]
+    assert list(store.iter_pairs(session=db, since=cut)) == []
+    store.rate(session=db, message_id=b.id, session_id="u2", value=1)  # fresh evidence
+    dropped: Counter[str] = Counter()
+    pairs = list(store.iter_pairs(session=db, since=cut, dropped=dropped))
+    assert [(p.chosen, p.rejected) for p in pairs] == [("다시 쓴 답", "안녕하세요! 반가워요.")]
+
+
+def test_retrain_runs_lifecycle(db: Session) -> None:
+    run = store.create_run(session=db)
+    assert (run.status, run.started_at, run.finished_at, run.promoted) == (
+        "queued",
+        None,
+        None,
+        False,
+    )
+    running = store.update_run(session=db, run_id=run.id, status="running", stage="export")
+    assert running.started_at is not None and running.stage == "export"
+    done = store.update_run(
+        session=db,
+        run_id=run.id,
+        status="succeeded",
+        stage="ppo",
+        metrics={"win_rate": 0.61},
+        produced_versions=["v0008"],
+        promoted=True,
+    )
+    assert done.finished_at is not None and done.metrics == {"win_rate": 0.61}
+    assert store.update_run(session=db, run_id=run.id, error="note").stage == "ppo"
+    with pytest.raises(ConflictError):
+        store.update_run(session=db, run_id=run.id, status="running")
+    with pytest.raises(InvalidValueError):
+        store.update_run(session=db, run_id=run.id, promoted="yes")  # type: ignore[arg-type]
+    with pytest.raises(InvalidValueError):
+        store.update_run(session=db, run_id=run.id, produced_versions="v1")  # type: ignore[arg-type]
+    skipped = store.create_run(session=db, status="skipped", stage="export")
+    assert skipped.finished_at is not None
+    assert [r.id for r in store.list_runs(session=db)] == [skipped.id, run.id]
+    assert [r.id for r in store.list_runs(session=db, status="succeeded")] == [run.id]
+
+
+def test_regeneration_across_stateless_requests_pairs_with_its_parent(db: Session) -> None:
+    """serve stores each request as a conversation with its history; a regeneration names the
+    answer of an earlier request as its parent."""
+    first = store.create_conversation(session=db)
+    store.record_message(session=db, conversation_id=first.id, role="user", content="안녕?")
+    bad = store.record_message(
+        session=db, conversation_id=first.id, role="assistant", content="뭐요."
+    )
+    second = store.create_conversation(session=db)
+    store.record_message(session=db, conversation_id=second.id, role="user", content="안녕?")
+    good = store.record_message(
+        session=db,
+        conversation_id=second.id,
+        role="assistant",
+        content="안녕하세요!",
+        parent_id=bad.id,
+    )
+    store.rate(session=db, message_id=bad.id, session_id="u", value=-1)
+    store.rate(session=db, message_id=good.id, session_id="u", value=1)
+    assert store.message_context(session=db, message_id=good.id) == [
+        {"role": "user", "content": "안녕?"}
+    ]
+    pairs = list(store.iter_pairs(session=db))
+    assert [(p.source, p.chosen, p.rejected) for p in pairs] == [
+        ("regeneration", "안녕하세요!", "뭐요.")
+    ]
