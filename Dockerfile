@@ -3,9 +3,17 @@
 #   docker build -t kindchat .
 #   docker run --gpus all -p 8000:8000 -v /srv/kindchat:/var/lib/kindchat \
 #     -e KINDCHAT_BACKEND=deepspeed kindchat
+#   # or a TGI server as the generator (KULLM template applied by kindchat):
+#   docker run -p 8000:8000 -v /srv/kindchat:/var/lib/kindchat kindchat \
+#     serve --backend tgi --tgi-url http://tgi:80
 #
-# Models come from the volume (a registry written by `kindchat bootstrap` / `kindchat train …`,
-# or a real KULLM / Polyglot-Ko directory passed with --model); nothing is fetched from a hub.
+# KINDCHAT_BACKEND: hf (transformers, continuous batching), deepspeed (init_inference, fused
+# kernels injected on the GPU) or tgi. The served registry aliases are KINDCHAT_SERVE_ALIASES
+# (default ["rlhf","sft"], API names kindchat-rlhf / kindchat-sft); when the nightly job moves an
+# alias the server hot-swaps without a restart. Batch and queue: KINDCHAT_MAX_BATCH_SIZE,
+# KINDCHAT_MAX_QUEUE (full queue -> 429 + Retry-After).
+# Models come from the volume (a registry written by `kindchat bootstrap` / `kindchat train …`);
+# nothing is fetched from a hub.
 # The devel image carries nvcc, which DeepSpeed needs to JIT-build its inference kernels.
 FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-devel
 
@@ -16,7 +24,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     KINDCHAT_DATA_DIR=/data/vaiv \
     KINDCHAT_HOST=0.0.0.0 \
     KINDCHAT_PORT=8000 \
-    KINDCHAT_BACKEND=hf
+    KINDCHAT_BACKEND=hf \
+    KINDCHAT_MAX_BATCH_SIZE=32 \
+    KINDCHAT_MAX_QUEUE=256
 
 WORKDIR /opt/kindchat
 COPY pyproject.toml README.md ./

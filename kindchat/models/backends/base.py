@@ -1,0 +1,188 @@
+"""The one interface every generation backend speaks, and the typed errors they raise.
+
+A backend turns OpenAI-style messages and :class:`SamplingParams` into an async stream of
+:class:`TextDelta`: text pieces as they are generated, with the token counts so far, the last one
+carrying the finish reason. The KULLM template is applied on our side by every backend
+(:meth:`GenerationBackend.render_prompt`), so a local model and a TGI server see the same prompt.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from kindchat.models.generation import SamplingParams
+from kindchat.models.template import Message, build_prompt
+
+logger = logging.getLogger(__name__)
+
+FinishReason = Literal["stop", "length"]
+BackendName = Literal["hf", "deepspeed", "tgi"]
+
+
+class BackendError(Exception):
+    """Generation failed for a reason that is not the caller's input."""
+
+
+class QueueFullError(BackendError):
+    """The engine's waiting queue is full; the caller should retry after `retry_after` seconds."""
+
+    def __init__(self, queued: int, limit: int, retry_after: int = 1) -> None:
+        super().__init__(
+            f"the server is busy: {queued} requests are already waiting (limit {limit}); "
+            f"retry in {retry_after} s"
+        )
+        self.retry_after = retry_after
+
+
+class BackendUnavailableError(BackendError):
+    """The backend cannot serve now (stopped, unloaded, or a remote server unreachable)."""
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class InputTooLongError(ValueError):
+    """The prompt does not fit the model's context (or the configured token limit)."""
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """A piece of generated text; `finish_reason` is set on the last delta of a stream only."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: FinishReason | None = None
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """Per-request extras beside the sampling parameters."""
+
+    seed: int | None = None
+    min_tokens: int = 0  # EOS suppressed before this many tokens (local backends)
+    max_input_tokens: int | None = None  # our own cap, below the model's context
+    stop: tuple[str, ...] = field(default_factory=tuple)
+
+
+class GenerationBackend(abc.ABC):
+    """Messages + sampling parameters -> async stream of :class:`TextDelta`."""
+
+    name: BackendName
+
+    @property
+    @abc.abstractmethod
+    def context_length(self) -> int:
+        """Prompt + completion tokens the model can attend to."""
+
+    @abc.abstractmethod
+    def count_tokens(self, text: str) -> int:
+        """Tokens `text` takes in the model's tokenizer."""
+
+    @abc.abstractmethod
+    def stream(
+        self,
+        messages: Sequence[Message],
+        params: SamplingParams,
+        options: GenerationOptions | None = None,
+    ) -> AsyncIterator[TextDelta]:
+        """Generate an answer to `messages`, yielding text as it grows.
+
+        Leaving the iteration early (or cancelling the task consuming it) stops generation.
+        """
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Prepare for serving (start worker threads, check a remote server)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Stop generating and free the model."""
+
+    def stats(self) -> dict[str, int]:
+        """Queue depth and running sequences, for metrics (zero for remote backends)."""
+        return {"queued": 0, "running": 0}
+
+    def cap_params(self, params: SamplingParams) -> SamplingParams:
+        """`max_new_tokens` capped at half the context, so a prompt always has room beside it."""
+        cap = max(1, self.context_length // 2)
+        if params.max_new_tokens <= cap:
+            return params
+        return replace(params, max_new_tokens=cap)
+
+    def render_prompt(
+        self, messages: Sequence[Message], params: SamplingParams, max_input_tokens: int | None
+    ) -> tuple[str, int]:
+        """The KULLM prompt (oldest turns dropped to fit) and its token count.
+
+        Raises :class:`InputTooLongError` when even the last user message does not fit.
+        """
+        from kindchat.models.template import PromptTooLongError
+
+        budget = max(1, self.context_length - params.max_new_tokens)
+        if max_input_tokens is not None:
+            budget = min(budget, max_input_tokens)
+        try:
+            prompt = build_prompt(messages, self.count_tokens, budget)
+        except PromptTooLongError as err:
+            raise InputTooLongError(
+                f"the input needs {err.needed} tokens, over the limit of {err.budget} "
+                f"(context {self.context_length} minus max_tokens {params.max_new_tokens}"
+                + (f", max_input_tokens {max_input_tokens}" if max_input_tokens else "")
+                + "); shorten the last message or lower max_tokens"
+            ) from None
+        return prompt, self.count_tokens(prompt)
+
+
+class IncrementalDecoder:
+    """Turn a growing list of token ids into text deltas without splitting UTF-8 characters.
+
+    Byte-level BPE splits a Korean syllable over several tokens; a delta is held back while the
+    decoded text ends in the replacement character.
+    """
+
+    def __init__(self, decode: Callable[[list[int]], str]) -> None:
+        self._decode = decode
+        self._ids: list[int] = []
+        self._emitted = 0
+
+    def push(self, token_id: int | None, final: bool = False) -> str:
+        if token_id is not None:
+            self._ids.append(token_id)
+        text = self._decode(self._ids)
+        if not final and text.endswith("\ufffd"):
+            return ""
+        delta = text[self._emitted :]
+        self._emitted = len(text)
+        return delta
+
+
+class StopMatcher:
+    """Cut generated text at the first of the `stop` strings (OpenAI's `stop`)."""
+
+    def __init__(self, stop: Sequence[str]) -> None:
+        self._stop = [s for s in stop if s]
+        self._text = ""
+        self._sent = 0
+        self.stopped = False
+
+    def feed(self, delta: str, final: bool = False) -> str:
+        """Text safe to send now; sets `stopped` once a stop string appears."""
+        if not self._stop:
+            return delta
+        self._text += delta
+        cut = min((i for s in self._stop if (i := self._text.find(s)) >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            out = self._text[self._sent : cut]
+            self._sent = cut
+            return out
+        # Hold back a tail that could still grow into a stop string.
+        hold = 0 if final else max(len(s) for s in self._stop) - 1
+        upto = max(self._sent, len(self._text) - hold)
+        out = self._text[self._sent : upto]
+        self._sent = upto
+        return out

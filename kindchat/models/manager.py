@@ -1,0 +1,352 @@
+"""Which model answers which name, and hot swap when a registry alias moves.
+
+The manager serves the aliases in `settings.serve_aliases` (e.g. `rlhf`, `sft`) under the names
+`kindchat-<alias>`, and every loaded version under its version id. When `aliases.json` changes
+(polled by :meth:`ModelManager.watch`) or an admin asks (:meth:`ModelManager.reload`):
+
+1. each version an alias now points at is loaded *beside* the ones serving (a version that fails
+   to load is reported, and its alias keeps the old version);
+2. the alias table is replaced in one assignment, so new requests go to the new versions;
+3. versions no alias needs any more are retired: requests holding a :class:`Lease` on them
+   finish, and the last one to leave frees the model.
+
+If the first served alias (the default, `rlhf`) does not exist yet, its name answers with the
+next served alias that does (`kindchat-rlhf` -> `sft` before the first RLHF promotion); the
+response's `model` field and `/v1/models` say which version really answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kindchat.config import Settings
+from kindchat.models.backends.base import BackendUnavailableError, GenerationBackend
+from kindchat.models.registry import ALIASES, Registry, UnknownModelError
+
+logger = logging.getLogger(__name__)
+
+NAME_PREFIX = "kindchat-"
+Loader = Callable[[str, Path], GenerationBackend]
+
+
+@dataclass
+class LoadedModel:
+    version: str
+    backend: GenerationBackend
+    loaded_at: float = field(default_factory=time.time)
+    active: int = 0
+    retired: bool = False
+
+
+@dataclass(frozen=True)
+class ModelName:
+    """A name `/v1/models` lists and what it resolves to now."""
+
+    name: str
+    version: str
+    alias: str | None
+    note: str | None = None
+
+
+@dataclass
+class ReloadReport:
+    aliases: dict[str, str]
+    loaded: list[str] = field(default_factory=list)
+    retired: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # alias -> "version: error"
+    reason: str = ""
+
+
+class Lease:
+    """One request's hold on a loaded model; release it when the answer is done (or dropped)."""
+
+    def __init__(self, manager: ModelManager, model: LoadedModel, name: ModelName) -> None:
+        self._manager = manager
+        self.model = model
+        self.name = name
+        self._released = False
+
+    @property
+    def backend(self) -> GenerationBackend:
+        return self.model.backend
+
+    @property
+    def version(self) -> str:
+        return self.model.version
+
+    async def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        await self._manager._release(self.model)
+
+
+def default_loader(settings: Settings) -> Loader:
+    """Load a version with the configured local backend (`hf` or `deepspeed`)."""
+
+    def load(version: str, path: Path) -> GenerationBackend:
+        common: dict[str, Any] = {
+            "device": settings.device,
+            "max_batch_size": settings.max_batch_size,
+            "max_queue": settings.max_queue,
+            "label": version,
+        }
+        if settings.backend == "deepspeed":
+            from kindchat.models.backends.deepspeed import DeepSpeedBackend
+
+            return DeepSpeedBackend.load(path, **common)
+        from kindchat.models.backends.hf import HFBackend
+
+        return HFBackend.load(path, **common)
+
+    return load
+
+
+class ModelManager:
+    """Loaded versions, the alias table, leases, and hot swap."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        loader: Loader | None = None,
+        remote: GenerationBackend | None = None,
+    ) -> None:
+        """`remote` (a TGI backend) serves every alias instead of loading registry versions."""
+        if not settings.serve_aliases:
+            raise ValueError("serve_aliases is empty; name at least one alias, e.g. ['sft']")
+        self.settings = settings
+        self.registry = Registry(settings.models_dir)
+        self._loader = loader or default_loader(settings)
+        self._remote = remote
+        self._loaded: dict[str, LoadedModel] = {}
+        self._aliases: dict[str, str] = {}
+        self._lock = asyncio.Lock()
+        self._closing: set[asyncio.Task[None]] = set()
+        self._stamp: tuple[int, int, int] | None = None
+        self.failures: dict[str, str] = {}
+        self.load_failures_total = 0
+        self.swaps_total = 0
+        self.last_report: ReloadReport | None = None
+
+    @property
+    def backend_name(self) -> str:
+        return self._remote.name if self._remote is not None else self.settings.backend
+
+    # ---- lifecycle --------------------------------------------------------------------------
+    async def start(self) -> ReloadReport:
+        """Load what the served aliases point at; fail if nothing can be served."""
+        if self._remote is not None:
+            await self._remote.start()
+            version = f"tgi:{getattr(self._remote, 'model_id', 'tgi')}"
+            self._loaded[version] = LoadedModel(version, self._remote)
+            self._aliases = {alias: version for alias in self.settings.serve_aliases}
+            report = ReloadReport(dict(self._aliases), loaded=[version], reason="start")
+        else:
+            report = await self.reload("start")
+        if not self._aliases:
+            known = ", ".join(sorted(self.registry.aliases())) or "none"
+            detail = "; ".join(f"{a}: {e}" for a, e in report.failed.items())
+            raise UnknownModelError(
+                f"none of the served aliases {self.settings.serve_aliases} can be served "
+                f"(registry aliases: {known}{'; ' + detail if detail else ''}); "
+                "run `kindchat bootstrap` or set KINDCHAT_SERVE_ALIASES"
+            )
+        return report
+
+    async def close(self) -> None:
+        async with self._lock:
+            models = list(self._loaded.values())
+            self._loaded.clear()
+            self._aliases = {}
+        for model in models:
+            await model.backend.close()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    async def watch(self) -> None:
+        """Poll `aliases.json` and reload when it changes (run as a task; cancel to stop)."""
+        interval = self.settings.alias_poll_s
+        if interval <= 0 or self._remote is not None:
+            return
+        self._stamp = self._aliases_stamp()
+        while True:
+            await asyncio.sleep(interval)
+            stamp = self._aliases_stamp()
+            if stamp == self._stamp:
+                continue
+            self._stamp = stamp
+            try:
+                await self.reload("aliases.json changed")
+            except Exception:  # keep watching; the old models keep serving
+                logger.exception("reload after an alias change failed")
+
+    def _aliases_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.registry.root / ALIASES)
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    # ---- hot swap ---------------------------------------------------------------------------
+    async def reload(self, reason: str = "admin") -> ReloadReport:
+        """Load new alias targets beside the old ones, switch, and retire what is unused."""
+        if self._remote is not None:
+            return ReloadReport(dict(self._aliases), reason=f"{reason}: remote backend, no-op")
+        async with self._lock:
+            registry_aliases = await asyncio.to_thread(self.registry.aliases)
+            report = ReloadReport({}, reason=reason)
+            new_table: dict[str, str] = {}
+            for alias in self.settings.serve_aliases:
+                wanted = registry_aliases.get(alias)
+                current = self._aliases.get(alias)
+                if wanted is None:
+                    if current is not None:  # alias removed: keep serving what we have
+                        new_table[alias] = current
+                    continue
+                if wanted not in self._loaded:
+                    error = await self._load(wanted)
+                    if error is not None:
+                        report.failed[alias] = f"{wanted}: {error}"
+                        if current is not None:
+                            new_table[alias] = current
+                        continue
+                    report.loaded.append(wanted)
+                new_table[alias] = wanted
+            changed = new_table != self._aliases
+            self._aliases = new_table  # new requests use the new table from here on
+            report.aliases = dict(new_table)
+            report.retired = self._retire_unused()
+            self.failures = dict(report.failed)
+            if changed and reason != "start":
+                self.swaps_total += 1
+            self.last_report = report
+        log = logger.error if report.failed else logger.info
+        log(
+            "models (%s): aliases %s, loaded %s, retired %s, failed %s",
+            reason,
+            report.aliases,
+            report.loaded,
+            report.retired,
+            report.failed or "none",
+        )
+        return report
+
+    async def _load(self, version: str) -> str | None:
+        """Load and start `version`; the error text if it fails (the caller keeps the old one)."""
+        try:
+            path = await asyncio.to_thread(self.registry.resolve, version)
+            backend = await asyncio.to_thread(self._loader, version, path)
+            await backend.start()
+        except Exception as err:
+            self.load_failures_total += 1
+            logger.exception(
+                "could not load model version %s; the old version keeps serving", version
+            )
+            return f"{type(err).__name__}: {err}"
+        self._loaded[version] = LoadedModel(version, backend)
+        return None
+
+    def _retire_unused(self) -> list[str]:
+        needed = set(self._aliases.values())
+        retired = []
+        for version, model in list(self._loaded.items()):
+            if version in needed:
+                continue
+            del self._loaded[version]
+            model.retired = True
+            retired.append(version)
+            if model.active == 0:
+                self._close_later(model)
+            else:
+                logger.info("%s retired; %d requests still finishing", version, model.active)
+        return retired
+
+    def _close_later(self, model: LoadedModel) -> None:
+        task = asyncio.get_running_loop().create_task(self._close(model))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _close(self, model: LoadedModel) -> None:
+        try:
+            await model.backend.close()
+            logger.info("freed model version %s", model.version)
+        except Exception:
+            logger.exception("closing model version %s failed", model.version)
+
+    async def _release(self, model: LoadedModel) -> None:
+        model.active -= 1
+        if model.retired and model.active == 0:
+            await self._close(model)
+
+    # ---- lookup -----------------------------------------------------------------------------
+    def names(self) -> list[ModelName]:
+        """Served names: `kindchat-<alias>` (with fallbacks) and each loaded version id."""
+        out = []
+        for alias in self.settings.serve_aliases:
+            try:
+                out.append(self.resolve(NAME_PREFIX + alias))
+            except UnknownModelError:
+                continue
+        out.extend(ModelName(v, v, None) for v in sorted(self._loaded))
+        return out
+
+    def resolve(self, name: str) -> ModelName:
+        """What `name` (`kindchat-<alias>`, a bare served alias, or a version id) answers with."""
+        table = self._aliases
+        alias = name.removeprefix(NAME_PREFIX)
+        if alias in self.settings.serve_aliases:
+            if alias in table:
+                return ModelName(name, table[alias], alias)
+            if alias == self.settings.serve_aliases[0]:
+                for other in self.settings.serve_aliases[1:]:
+                    if other in table:
+                        note = f"alias {alias!r} does not exist yet; answering with {other!r}"
+                        return ModelName(name, table[other], other, note)
+        if name in self._loaded:
+            return ModelName(name, name, None)
+        served = ", ".join(n.name for n in self.names()) or "none"
+        raise UnknownModelError(f"model {name!r} is not served here; choose one of: {served}")
+
+    def acquire(self, name: str) -> Lease:
+        """Hold the model `name` resolves to until :meth:`Lease.release` (hot swap waits)."""
+        resolved = self.resolve(name)
+        model = self._loaded.get(resolved.version)
+        if model is None:  # retired between resolve and here: resolve again
+            resolved = self.resolve(name)
+            model = self._loaded.get(resolved.version)
+        if model is None:
+            raise BackendUnavailableError(f"model {name!r} is being swapped; retry", retry_after=1)
+        model.active += 1
+        return Lease(self, model, resolved)
+
+    def default_name(self) -> str:
+        return NAME_PREFIX + self.settings.serve_aliases[0]
+
+    # ---- introspection ----------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend_name,
+            "aliases": dict(self._aliases),
+            "loaded": {
+                v: {"active": m.active, **m.backend.stats()} for v, m in self._loaded.items()
+            },
+            "failures": dict(self.failures),
+            "load_failures_total": self.load_failures_total,
+            "swaps_total": self.swaps_total,
+        }
+
+    def queue_stats(self) -> dict[str, int]:
+        queued = running = 0
+        for model in self._loaded.values():
+            stats = model.backend.stats()
+            queued += stats.get("queued", 0)
+            running += stats.get("running", 0)
+        return {"queued": queued, "running": running}

@@ -1,0 +1,66 @@
+"""`kindchat serve`: the API server (the lead wires `register(app)` into kindchat/cli.py)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+from kindchat.config import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `serve` to the `kindchat` command line."""
+    from kindchat.cli import friendly
+
+    @app.command()
+    @friendly
+    def serve(
+        ctx: typer.Context,
+        host: Annotated[str | None, typer.Option(help="Listen address (KINDCHAT_HOST).")] = None,
+        port: Annotated[int | None, typer.Option(help="Port (KINDCHAT_PORT).")] = None,
+        backend: Annotated[
+            str | None, typer.Option(help="hf, deepspeed or tgi (KINDCHAT_BACKEND).")
+        ] = None,
+        tgi_url: Annotated[
+            str | None, typer.Option(help="TGI server URL for --backend tgi.")
+        ] = None,
+        model_alias: Annotated[
+            list[str] | None,
+            typer.Option(help="Alias to serve as kindchat-<alias>; repeat; first is default."),
+        ] = None,
+        max_batch_size: Annotated[int | None, typer.Option(help="Sequences per batch.")] = None,
+        max_queue: Annotated[int | None, typer.Option(help="Waiting requests, then 429.")] = None,
+        device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 …")] = None,
+    ) -> None:
+        """Serve the OpenAI-compatible chat API, feedback and arena over HTTP."""
+        import uvicorn
+
+        from kindchat.serve.app import create_app
+
+        base: Settings = ctx.obj
+        overrides = {
+            "host": host,
+            "port": port,
+            "backend": backend,
+            "tgi_url": tgi_url,
+            "serve_aliases": model_alias or None,
+            "max_batch_size": max_batch_size,
+            "max_queue": max_queue,
+            "device": device,
+        }
+        settings = base.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+        settings = Settings.model_validate(settings.model_dump())  # re-check the overrides
+        logger.info(
+            "kindchat serve on http://%s:%d (%s)", settings.host, settings.port, settings.backend
+        )
+        uvicorn.run(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level.lower(),
+            timeout_graceful_shutdown=30,
+        )

@@ -1,0 +1,1 @@
+"""One router per resource: chat, models, feedback, arena, health (+ metrics, admin)."""

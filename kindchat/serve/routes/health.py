@@ -1,0 +1,33 @@
+"""`GET /healthz` and `GET /metrics` (Prometheus text format)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from kindchat.serve.deps import ManagerDep, MetricsDep
+from kindchat.serve.protocol import Health
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz(manager: ManagerDep) -> Health:
+    """`degraded` when a model version failed to load (the previous one is still serving)."""
+    status = manager.status()
+    queue = manager.queue_stats()
+    return Health(
+        status="degraded" if status["failures"] else "ok",
+        backend=status["backend"],
+        aliases=status["aliases"],
+        loaded=sorted(status["loaded"]),
+        queued=queue["queued"],
+        running=queue["running"],
+        failures=status["failures"],
+    )
+
+
+@router.get("/metrics")
+def metrics(metrics: MetricsDep) -> Response:
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,294 @@
+"""Answering: input checks, sampling parameters, generation through a lease, and storage.
+
+Used by the chat and arena routes alike. An :class:`Answer` is opened (input checked, model
+leased, first token awaited so that busy/too-long errors still become a proper 4xx/5xx), then
+iterated (text deltas, stop strings, metrics) and finally stored through the feedback store:
+the completion id is the stored message id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from kindchat.config import Settings
+from kindchat.feedback import store
+from kindchat.feedback.db import session_scope
+from kindchat.models.backends.base import GenerationOptions, StopMatcher, TextDelta
+from kindchat.models.generation import SamplingParams
+from kindchat.models.manager import Lease, ModelManager
+from kindchat.serve.errors import InvalidRequestError, PayloadTooLargeError
+from kindchat.serve.metrics import Metrics
+from kindchat.serve.protocol import ChatMessage, FinishReason, Usage, completion_id
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TEMPERATURE = 0.7
+DEFAULT_TOP_P = 0.95
+DEFAULT_REPETITION_PENALTY = 1.1
+
+
+@dataclass(frozen=True)
+class AnswerRequest:
+    """What one answer needs, whichever route asked for it."""
+
+    model: str
+    messages: list[dict[str, str]]
+    params: SamplingParams
+    options: GenerationOptions
+    session_id: str | None = None
+    regenerate: str | None = None
+
+
+@dataclass
+class Answer:
+    """One answer being generated; iterate :meth:`deltas`, then read the totals."""
+
+    id: str
+    request: AnswerRequest
+    lease: Lease
+    stream: AsyncIterator[TextDelta]
+    first: TextDelta
+    started: float
+    text: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: FinishReason | None = None
+    conversation_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def version(self) -> str:
+        return self.lease.version
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            total_tokens=self.prompt_tokens + self.completion_tokens,
+        )
+
+
+class ChatService:
+    def __init__(
+        self, settings: Settings, manager: ModelManager, db: Engine, metrics: Metrics
+    ) -> None:
+        self.settings = settings
+        self.manager = manager
+        self.db = db
+        self.metrics = metrics
+
+    # ---- checks -----------------------------------------------------------------------------
+    def check_messages(self, messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
+        """Plain dicts for the template; empty/whitespace or over-long input -> 4xx."""
+        total = 0
+        for index, message in enumerate(messages):
+            if message.role != "assistant" and not message.content.strip():
+                raise InvalidRequestError(
+                    f"messages[{index}].content is empty or whitespace; write something to answer",
+                    param=f"messages.{index}.content",
+                    code="empty_message",
+                )
+            total += len(message.content)
+        if messages[-1].role != "user":
+            raise InvalidRequestError(
+                "the last message must come from the user",
+                param="messages",
+                code="invalid_messages",
+            )
+        if total > self.settings.max_input_chars:
+            raise PayloadTooLargeError(
+                f"the messages hold {total} characters, over the limit of "
+                f"{self.settings.max_input_chars}; shorten the conversation",
+                param="messages",
+            )
+        return [{"role": m.role, "content": m.content} for m in messages]
+
+    def sampling(
+        self,
+        *,
+        max_tokens: int | None,
+        temperature: float | None,
+        top_p: float | None,
+        top_k: int | None = None,
+        repetition_penalty: float | None = None,
+    ) -> SamplingParams:
+        limit = self.settings.max_tokens_limit
+        if max_tokens is not None and max_tokens > limit:
+            raise InvalidRequestError(
+                f"max_tokens is {max_tokens}, over this server's limit of {limit}",
+                param="max_tokens",
+                code="invalid_value",
+            )
+        temp = DEFAULT_TEMPERATURE if temperature is None else temperature
+        return SamplingParams(
+            max_new_tokens=max_tokens or self.settings.default_max_tokens,
+            temperature=temp,
+            top_p=DEFAULT_TOP_P if top_p is None else top_p,
+            top_k=top_k or 0,
+            repetition_penalty=repetition_penalty or DEFAULT_REPETITION_PENALTY,
+            do_sample=temp > 0,
+        )
+
+    # ---- generation -------------------------------------------------------------------------
+    async def open(self, request: AnswerRequest) -> Answer:
+        """Lease the model and await the first delta (so errors surface before any byte)."""
+        conversation_id = None
+        if request.regenerate is not None:
+            parent = await asyncio.to_thread(self._get_message, request.regenerate)
+            conversation_id = parent.conversation_id
+        started = time.perf_counter()
+        lease = self.manager.acquire(request.model)
+        try:
+            stream = lease.backend.stream(
+                request.messages,
+                request.params,
+                replace(request.options, max_input_tokens=self.settings.max_input_tokens),
+            )
+            try:
+                first = await anext(stream)
+            except BaseException:
+                await _aclose(stream)
+                raise
+        except BaseException:
+            await lease.release()
+            raise
+        self.metrics.ttft.labels(lease.version).observe(time.perf_counter() - started)
+        answer = Answer(completion_id(), request, lease, stream, first, started)
+        answer.conversation_id = conversation_id
+        if lease.name.note:
+            logger.info("%s: %s", request.model, lease.name.note)
+        return answer
+
+    async def deltas(self, answer: Answer) -> AsyncGenerator[str, None]:
+        """The answer's text pieces; totals are set on `answer` when it ends. Always releases."""
+        stop = StopMatcher(answer.request.options.stop)
+        try:
+            delta: TextDelta | None = answer.first
+            while delta is not None:
+                answer.prompt_tokens = delta.prompt_tokens
+                answer.completion_tokens = delta.completion_tokens
+                final = delta.finish_reason is not None
+                piece = stop.feed(delta.text, final=final)
+                if piece:
+                    answer.text += piece
+                    yield piece
+                if stop.stopped:
+                    answer.finish_reason = "stop"
+                    break
+                if final:
+                    answer.finish_reason = delta.finish_reason
+                    break
+                delta = await anext(answer.stream, None)
+        finally:
+            await _aclose(answer.stream)
+            await answer.lease.release()
+            self.metrics.tokens.labels(answer.version).inc(answer.completion_tokens)
+            self.metrics.prompt_tokens.labels(answer.version).inc(answer.prompt_tokens)
+
+    async def generate(self, request: AnswerRequest) -> Answer:
+        """Open and generate to the end (not stored yet)."""
+        answer = await self.open(request)
+        async with contextlib.aclosing(self.deltas(answer)) as pieces:
+            async for _ in pieces:
+                pass
+        return answer
+
+    async def complete(self, request: AnswerRequest) -> Answer:
+        """Generate to the end and store; the finished answer."""
+        answer = await self.generate(request)
+        await self.store(answer)
+        return answer
+
+    async def abandon(self, answer: Answer) -> None:
+        """Stop generating and release the model if nobody iterated the answer to its end."""
+        await _aclose(answer.stream)
+        await answer.lease.release()
+
+    # ---- storage ----------------------------------------------------------------------------
+    async def store(self, answer: Answer) -> None:
+        """Record the context (new conversations) and the answer, with `answer.id` as its id."""
+        await asyncio.to_thread(self._store, answer)
+
+    def _store(self, answer: Answer) -> None:
+        with session_scope(self.db) as session:
+            if answer.conversation_id is None:
+                answer.conversation_id = self._record_context(session, answer.request)
+            self._record_answer(session, answer, answer.conversation_id)
+
+    async def store_battle(self, session_id: str, a: Answer, b: Answer) -> str:
+        """Store both answers to one context and open a battle between them; its id."""
+        return await asyncio.to_thread(self._store_battle, session_id, a, b)
+
+    def _store_battle(self, session_id: str, a: Answer, b: Answer) -> str:
+        with session_scope(self.db) as session:
+            conversation_id = self._record_context(session, a.request)
+            for answer in (a, b):
+                self._record_answer(session, answer, conversation_id)
+            battle = store.create_battle(
+                session=session,
+                session_id=session_id,
+                context=a.request.messages,
+                message_a_id=a.id,
+                message_b_id=b.id,
+            )
+            return battle.id
+
+    @staticmethod
+    def _record_context(session: Session, request: AnswerRequest) -> str:
+        conversation = store.create_conversation(session=session, session_id=request.session_id)
+        for message in request.messages:
+            store.record_message(
+                session=session,
+                conversation_id=conversation.id,
+                role=message["role"],
+                content=message["content"],
+                session_id=request.session_id,
+            )
+        return conversation.id
+
+    def _record_answer(self, session: Session, answer: Answer, conversation_id: str) -> None:
+        request, params = answer.request, answer.request.params
+        store.record_message(
+            session=session,
+            conversation_id=conversation_id,
+            role="assistant",
+            content=answer.text,
+            session_id=request.session_id,
+            model_alias=answer.lease.name.alias,
+            model_version=answer.version,
+            params={
+                "max_tokens": params.max_new_tokens,
+                "temperature": params.temperature,
+                "top_p": params.top_p,
+                "top_k": params.top_k,
+                "repetition_penalty": params.repetition_penalty,
+                "seed": request.options.seed,
+                "finish_reason": answer.finish_reason,
+                "backend": self.manager.backend_name,
+            },
+            latency_ms=int((time.perf_counter() - answer.started) * 1000),
+            prompt_tokens=answer.prompt_tokens,
+            completion_tokens=answer.completion_tokens,
+            parent_id=request.regenerate,
+            message_id=answer.id,
+        )
+
+    def _get_message(self, message_id: str) -> Any:
+        with session_scope(self.db) as session:
+            return store.get_message(session=session, message_id=message_id)
+
+
+async def _aclose(stream: AsyncIterator[TextDelta]) -> None:
+    close = getattr(stream, "aclose", None)
+    if close is not None:
+        await close()

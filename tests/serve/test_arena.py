@@ -1,0 +1,56 @@
+"""Arena: two anonymous answers from two model versions, a vote that reveals them, a leaderboard."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from kindchat.config import Settings
+from kindchat.models.registry import Registry
+
+
+def test_battle_vote_reveal_and_leaderboard(
+    micro_copy: Settings, serve: Any, new_version: Any
+) -> None:
+    registry = Registry(micro_copy.models_dir)
+    rlhf = new_version(micro_copy)
+    registry.set_alias("rlhf", rlhf)
+    sft = registry.version_of("sft")
+    with serve() as api:
+        sides: set[tuple[str, str]] = set()
+        for round_ in range(4):
+            battle = httpx.post(
+                f"{api.url}/v1/arena/battles",
+                json={"prompt": "안녕하세요", "session_id": "alice", "max_tokens": 8},
+                timeout=60,
+            )
+            assert battle.status_code == 200, battle.text
+            body = battle.json()
+            assert body["a"]["message_id"] != body["b"]["message_id"]
+            assert "model" not in str(body)  # anonymous until the vote
+            foreign = httpx.post(
+                f"{api.url}/v1/arena/battles/{body['id']}/vote",
+                json={"winner": "a", "session_id": "mallory"},
+            )
+            assert foreign.status_code == 403
+            vote = httpx.post(
+                f"{api.url}/v1/arena/battles/{body['id']}/vote",
+                json={"winner": "a" if round_ < 3 else "tie", "session_id": "alice"},
+            )
+            assert vote.status_code == 200, vote.text
+            revealed = vote.json()
+            assert {revealed["version_a"], revealed["version_b"]} == {rlhf, sft}
+            sides.add((revealed["model_a"], revealed["model_b"]))
+            again = httpx.post(
+                f"{api.url}/v1/arena/battles/{body['id']}/vote",
+                json={"winner": "b", "session_id": "alice"},
+            )
+            assert again.status_code == 409
+        board = httpx.get(f"{api.url}/v1/leaderboard").json()
+        assert board["method"] == "tallies"
+        rows = {row["model"]: row for row in board["rows"]}
+        assert rows[rlhf]["battles"] == rows[sft]["battles"] == 4
+        assert rows[rlhf]["wins"] + rows[sft]["wins"] == 3
+        assert rows[rlhf]["ties"] == rows[sft]["ties"] == 1
+        assert httpx.get(f"{api.url}/v1/leaderboard?method=elo").status_code == 400
