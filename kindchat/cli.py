@@ -28,8 +28,10 @@ app = typer.Typer(
 )
 train_app = typer.Typer(help="Train one stage and register the result.", no_args_is_help=True)
 models_app = typer.Typer(help="Inspect and manage registered model versions.", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate reward models and policies.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 app.add_typer(models_app, name="models")
+app.add_typer(eval_app, name="eval")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -90,18 +92,19 @@ def _registry(settings: Settings) -> Any:
 def bootstrap(
     ctx: typer.Context,
     preset: Annotated[str, typer.Option(help="micro (tests, <1 min) or tiny (demo).")] = "tiny",
-    if_missing: Annotated[bool, typer.Option(help="Do nothing if an `sft` alias exists.")] = False,
+    if_missing: Annotated[bool, typer.Option(help="Do nothing if an `rlhf` alias exists.")] = False,
+    until: Annotated[str, typer.Option(help="Last stage: base|sft|rm|gold-rm|ppo|eval.")] = "eval",
 ) -> None:
-    """Train the embedded models from the seed data: tokenizer, base LM, SFT."""
+    """Train the embedded models from the seed data: tokenizer, base LM, SFT, RM, gold RM, PPO."""
     from kindchat.models.presets import get_preset
     from kindchat.retrain.bootstrap import run_bootstrap
 
     settings: Settings = ctx.obj
     chosen = get_preset(preset)
-    if if_missing and "sft" in _registry(settings).aliases():
-        console.print("models already bootstrapped (alias `sft` exists); nothing to do")
+    if if_missing and "rlhf" in _registry(settings).aliases():
+        console.print("models already bootstrapped (alias `rlhf` exists); nothing to do")
         return
-    report = run_bootstrap(settings, chosen)
+    report = run_bootstrap(settings, chosen, until=until)
     table = Table(title=f"bootstrap ({report.preset}) in {report.total_seconds:.0f} s")
     for column in ("stage", "version", "seconds"):
         table.add_column(column)
@@ -156,6 +159,239 @@ def train_sft_command(
         f"registered {manifest.version}: held-out perplexity "
         f"{manifest.metrics['heldout_ppl_before']:.2f} -> {manifest.metrics['heldout_ppl']:.2f}"
     )
+
+
+@train_app.command("rm")
+@friendly
+def train_rm_command(
+    ctx: typer.Context,
+    init: Annotated[
+        str, typer.Option(help="LM (or RM) to start from: alias, version, dir.")
+    ] = "base",
+    epochs: float = 1.0,
+    max_steps: Annotated[int, typer.Option(help="Optimiser steps; -1 runs --epochs.")] = -1,
+    batch_size: int = 8,
+    learning_rate: float = 1e-4,
+    max_length: int = 256,
+    max_records: Annotated[int | None, typer.Option(help="Train on a slice.")] = None,
+    extra_data: Annotated[list[Path] | None, typer.Option(help="More pair files (export).")] = None,
+    gold: Annotated[
+        bool, typer.Option(help="Also learn from all G-Eval pairs (the judge).")
+    ] = False,
+    lora: bool = False,
+    deepspeed: Annotated[Path | None, typer.Option(help="DeepSpeed JSON config.")] = None,
+    seed: int = 0,
+    alias: Annotated[str | None, typer.Option(help="Point this alias at the new version.")] = None,
+) -> None:
+    """Pairwise reward model (TRL RewardTrainer) on the seed RM data; evaluated and registered."""
+    from kindchat.retrain.common import LoraOptions
+    from kindchat.retrain.reward import RmConfig
+    from kindchat.retrain.stages import train_rm
+
+    settings: Settings = ctx.obj
+    config = RmConfig(
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        max_length=max_length,
+        max_records=max_records,
+        extra_data=list(extra_data or []),
+        lora=LoraOptions(enabled=lora),
+        deepspeed=deepspeed,
+        seed=seed,
+    )
+    registry = _registry(settings)
+    manifest = train_rm(settings, registry, init, config, gold=gold)
+    if alias:
+        registry.set_alias(alias, manifest.version)
+    console.print(f"registered {manifest.version}: accuracy {manifest.metrics['accuracy']:.3f}")
+
+
+@train_app.command("ppo")
+@friendly
+def train_ppo_command(
+    ctx: typer.Context,
+    sft: Annotated[str, typer.Option(help="Actor and reference init.")] = "sft",
+    rm: Annotated[str, typer.Option(help="Reward model (and critic init).")] = "rm",
+    steps: int = 40,
+    batch_size: int = 16,
+    mini_batch_size: int = 8,
+    ppo_epochs: int = 1,
+    max_new_tokens: int = 48,
+    actor_lr: float = 2e-5,
+    critic_lr: float = 5e-5,
+    kl_coef: float = 0.1,
+    reward_clip: float = 5.0,
+    ema: Annotated[
+        float | None, typer.Option(help="Keep an EMA of the actor (e.g. 0.992).")
+    ] = None,
+    lora: Annotated[bool, typer.Option(help="LoRA on actor and critic.")] = False,
+    deepspeed: Annotated[Path | None, typer.Option(help="DeepSpeed (ZeRO) JSON config.")] = None,
+    checkpoint_every: int = 25,
+    resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory.")] = None,
+    seed: int = 0,
+    alias: Annotated[str | None, typer.Option(help="Point this alias at the new policy.")] = None,
+) -> None:
+    """PPO as in DeepSpeed-Chat step 3; logs each step to ppo_log.jsonl; registers a policy."""
+    from kindchat.retrain.common import LoraOptions
+    from kindchat.retrain.ppo import PpoConfig
+    from kindchat.retrain.stages import train_ppo
+
+    settings: Settings = ctx.obj
+    config = PpoConfig(
+        steps=steps,
+        batch_size=batch_size,
+        mini_batch_size=mini_batch_size,
+        ppo_epochs=ppo_epochs,
+        max_new_tokens=max_new_tokens,
+        actor_lr=actor_lr,
+        critic_lr=critic_lr,
+        kl_coef=kl_coef,
+        reward_clip=reward_clip,
+        ema_decay=ema,
+        actor_lora=LoraOptions(enabled=lora),
+        critic_lora=LoraOptions(enabled=lora),
+        deepspeed=deepspeed,
+        checkpoint_every=checkpoint_every,
+        seed=seed,
+    )
+    registry = _registry(settings)
+    manifest = train_ppo(settings, registry, sft, rm, config, resume=resume)
+    if alias:
+        registry.set_alias(alias, manifest.version)
+    m = manifest.metrics
+    console.print(
+        f"registered {manifest.version}: reward {m['reward_start']:.3f} -> "
+        f"{m['reward_end']:.3f}, KL {m['kl_end']:.3f} (run {m['run_dir']})"
+    )
+
+
+@train_app.command("dpo")
+@friendly
+def train_dpo_command(
+    ctx: typer.Context,
+    sft: Annotated[str, typer.Option(help="Policy init and frozen reference.")] = "sft",
+    epochs: float = 1.0,
+    max_steps: int = -1,
+    batch_size: int = 8,
+    learning_rate: float = 5e-5,
+    beta: float = 0.1,
+    max_length: int = 256,
+    max_records: int | None = None,
+    extra_data: Annotated[list[Path] | None, typer.Option(help="More pair files (export).")] = None,
+    lora: bool = False,
+    deepspeed: Annotated[Path | None, typer.Option(help="DeepSpeed JSON config.")] = None,
+    alias: Annotated[str | None, typer.Option(help="Point this alias at the new policy.")] = None,
+) -> None:
+    """DPO (TRL DPOTrainer) from the same pairwise data: the RM-free alternative to PPO."""
+    from kindchat.retrain.common import LoraOptions
+    from kindchat.retrain.dpo import DpoConfig
+    from kindchat.retrain.stages import train_dpo
+
+    settings: Settings = ctx.obj
+    config = DpoConfig(
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        beta=beta,
+        max_length=max_length,
+        max_records=max_records,
+        extra_data=list(extra_data or []),
+        lora=LoraOptions(enabled=lora),
+        deepspeed=deepspeed,
+    )
+    registry = _registry(settings)
+    manifest = train_dpo(settings, registry, sft, config)
+    if alias:
+        registry.set_alias(alias, manifest.version)
+    console.print(f"registered {manifest.version}: train loss {manifest.metrics['train_loss']:.3f}")
+
+
+@eval_app.command("rm")
+@friendly
+def eval_rm_command(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Option(help="Reward model: alias, version or directory.")] = "rm",
+    max_length: int = 256,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Pairwise accuracy on the seed's held-out rm/*_test.json, per set, beside the seed's RM."""
+    from kindchat.retrain.rm_eval import SEED_RM_ACCURACY
+    from kindchat.retrain.stages import eval_rm
+
+    settings: Settings = ctx.obj
+    results = eval_rm(settings, _registry(settings), model, max_length)
+    if as_json:
+        console.print_json(json.dumps({r.name: r.as_dict() for r in results}))
+        return
+    table = Table(title=f"reward model {model}: pairwise accuracy on rm/*_test.json")
+    for column in ("set", "n", "accuracy", "95% interval", "seed RM-1.3b", "chosen", "rejected"):
+        table.add_column(column)
+    for r in results:
+        seed_acc = SEED_RM_ACCURACY.get(r.name)
+        table.add_row(
+            r.name,
+            str(r.accuracy.n),
+            f"{r.accuracy.value:.3f}",
+            f"[{r.accuracy.low:.2f}, {r.accuracy.high:.2f}]",
+            f"{seed_acc:.3f}" if seed_acc is not None else "",
+            f"{r.chosen_mean:.3f}",
+            f"{r.rejected_mean:.3f}",
+        )
+    console.print(table)
+
+
+@eval_app.command("policy")
+@friendly
+def eval_policy_command(
+    ctx: typer.Context,
+    policy: Annotated[str, typer.Option(help="Policy A.")] = "rlhf",
+    baseline: Annotated[str, typer.Option(help="Policy B.")] = "sft",
+    judge: Annotated[str, typer.Option(help="Gold RM that PPO did not optimise.")] = "gold-rm",
+    sft: Annotated[str, typer.Option(help="Reference for the KL estimate.")] = "sft",
+    max_new_tokens: int = 64,
+    temperature: float = 0.7,
+    seed: int = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Win rate of A over B on the unseen rm/*_test.json prompts, judged by the gold RM."""
+    from kindchat.retrain.policy_eval import PolicyEvalConfig
+    from kindchat.retrain.stages import eval_policy
+
+    settings: Settings = ctx.obj
+    config = PolicyEvalConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    results = eval_policy(settings, _registry(settings), policy, baseline, judge, config, sft)
+    if as_json:
+        console.print_json(json.dumps({r.name: r.as_dict() for r in results}))
+        return
+    table = Table(title=f"{policy} vs {baseline}, judged by {judge}")
+    for column in (
+        "set",
+        "n",
+        "win rate",
+        "95% interval",
+        "reward A",
+        "reward B",
+        "KL(A||SFT)",
+        "empty A/B",
+        "repetitive A/B",
+    ):
+        table.add_column(column)
+    for r in results:
+        table.add_row(
+            r.name,
+            str(r.win_rate.n),
+            f"{r.win_rate.value:.3f}",
+            f"[{r.win_rate.low:.2f}, {r.win_rate.high:.2f}]",
+            f"{r.reward_a:.3f}",
+            f"{r.reward_b:.3f}",
+            f"{r.kl_a_sft:.2f}",
+            f"{r.empty_a:.2f}/{r.empty_b:.2f}",
+            f"{r.repetitive_a:.2f}/{r.repetitive_b:.2f}",
+        )
+    console.print(table)
 
 
 def default_chat_model(settings: Settings) -> str:
@@ -260,6 +496,16 @@ def format_metrics(metrics: dict[str, Any]) -> str:
             parts.append(f"{key}={value:.3g}")
     return " ".join(parts)
 
+
+def _register_subcommands() -> None:
+    from kindchat.feedback.cli import register as register_feedback
+    from kindchat.serve.cli import register as register_serve
+
+    register_feedback(app)
+    register_serve(app)
+
+
+_register_subcommands()
 
 if __name__ == "__main__":
     app()

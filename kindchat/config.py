@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # `../shared/data/vaiv` beside the checkout: kindchat/config.py -> kindchat -> checkout -> parent.
@@ -26,6 +26,52 @@ class Settings(BaseSettings):
         DEFAULT_DATA_DIR, description="Seed data (sft/, rm/, geval_scores/, ppo/)."
     )
     log_level: str = Field("INFO", description="Log level of the console and the log file.")
+
+    # Feedback store and judge (kindchat.feedback).
+    db_url: str | None = Field(
+        None, description="Feedback database URL; default SQLite at $KINDCHAT_HOME/kindchat.db."
+    )
+    judge_base_url: str | None = Field(
+        None, description="OpenAI-compatible judge/generator endpoint; default: OpenAI's."
+    )
+    judge_model: str = Field("gpt-4", description="Model name sent to the judge endpoint.")
+    judge_api_key: SecretStr | None = Field(
+        None, description="Judge endpoint key; default $OPENAI_API_KEY (local servers need none)."
+    )
+    judge_concurrency: int = Field(4, ge=1, le=64, description="Judge requests in flight.")
+    judge_timeout_s: float = Field(60.0, gt=0, description="Seconds per judge request.")
+    judge_max_retries: int = Field(4, ge=0, description="Retries on timeouts, 429 and 5xx.")
+
+    # Serving (kindchat.serve, kindchat.models.backends / engine / manager).
+    host: str = Field("127.0.0.1", description="Address `kindchat serve` listens on.")
+    port: int = Field(8000, ge=0, le=65535, description="Port of `kindchat serve` (0: any free).")
+    backend: str = Field(
+        "hf",
+        pattern="^(hf|deepspeed|tgi)$",
+        description="Generation backend: hf (transformers), deepspeed, or tgi (a server).",
+    )
+    tgi_url: str | None = Field(None, description="TGI server URL for backend=tgi.")
+    device: str | None = Field(None, description="Torch device for local backends (auto if unset).")
+    torch_threads: int | None = Field(
+        None, ge=1, description="CPU threads for torch in `serve` (unset: torch's default)."
+    )
+    serve_aliases: list[str] = Field(
+        default_factory=lambda: ["rlhf", "sft"],
+        description="Registry aliases served as `kindchat-<alias>`; the first is the default.",
+    )
+    max_batch_size: int = Field(16, ge=1, le=1024, description="Sequences generated together.")
+    max_queue: int = Field(64, ge=0, description="Requests waiting beyond the batch; then 429.")
+    max_input_chars: int = Field(8000, ge=1, description="Characters over all messages, at most.")
+    max_input_tokens: int = Field(1536, ge=1, description="Prompt tokens after the template.")
+    default_max_tokens: int = Field(128, ge=1, description="max_tokens when a request sets none.")
+    max_tokens_limit: int = Field(1024, ge=1, description="Largest max_tokens a request may ask.")
+    alias_poll_s: float = Field(
+        2.0, ge=0, description="Seconds between aliases.json checks (0: off)."
+    )
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token for /v1/admin/*; admin routes are off when unset."
+    )
+    retry_after_s: int = Field(2, ge=1, description="Retry-After sent with 429/503.")
 
     @cached_property
     def models_dir(self) -> Path:
