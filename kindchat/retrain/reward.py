@@ -51,6 +51,7 @@ class RmConfig:
     extra_data: list[Path] = field(default_factory=list)  # more pair files (feedback export)
     lora: LoraOptions = field(default_factory=LoraOptions)
     deepspeed: Path | None = None
+    gradient_checkpointing: bool = False  # recompute activations: less memory, more compute
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -184,6 +185,7 @@ def train_reward_model(
             max_steps=config.max_steps,
             seed=config.seed,
             deepspeed=config.deepspeed,
+            gradient_checkpointing=config.gradient_checkpointing,
         ),
         max_length=config.max_length,
         center_rewards_coefficient=config.center_rewards_coefficient,

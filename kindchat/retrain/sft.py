@@ -40,6 +40,7 @@ class SftConfig:
     max_records: int | None = None  # use a slice of the data (micro runs)
     lora: LoraOptions = field(default_factory=LoraOptions)
     deepspeed: Path | None = None  # a DeepSpeed JSON config passed to the HF trainer
+    gradient_checkpointing: bool = False  # recompute activations: less memory, more compute
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -75,6 +76,7 @@ def train_causal_lm(
             max_steps=config.max_steps,
             seed=config.seed,
             deepspeed=config.deepspeed,
+            gradient_checkpointing=config.gradient_checkpointing,
         ),
         max_length=config.max_length,
         packing=packing,
