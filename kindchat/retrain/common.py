@@ -48,6 +48,18 @@ class LoraOptions:
         )
 
 
+def check_trainer_fields(config: Any, min_length: int = 16) -> None:
+    """The checks every trainer-based stage config shares (SFT, RM, DPO)."""
+    if config.epochs <= 0 and config.max_steps <= 0:
+        raise ValueError("set epochs > 0 or max_steps > 0")
+    if config.batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {config.batch_size}")
+    if not 0 < config.learning_rate < 1:
+        raise ValueError(f"learning_rate must lie in (0, 1), got {config.learning_rate}")
+    if config.max_length < min_length:
+        raise ValueError(f"max_length must be >= {min_length}, got {config.max_length}")
+
+
 def new_run_dir(runs_dir: Path, stage: str) -> Path:
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
     path = runs_dir / f"{stage}-{stamp}"

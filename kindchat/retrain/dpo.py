@@ -17,6 +17,7 @@ from kindchat.retrain.common import (
     LogToFile,
     LoraOptions,
     check_finite,
+    check_trainer_fields,
     loss_curve,
     trainer_arguments,
 )
@@ -44,14 +45,9 @@ class DpoConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.epochs <= 0 and self.max_steps <= 0:
-            raise ValueError("set epochs > 0 or max_steps > 0")
+        check_trainer_fields(self, min_length=32)
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
-        if not 0 < self.learning_rate < 1:
-            raise ValueError(f"learning_rate must lie in (0, 1), got {self.learning_rate}")
-        if self.max_length < 32:
-            raise ValueError(f"max_length must be >= 32, got {self.max_length}")
 
 
 def preference_dataset(pairs: Sequence[RmPair]) -> Dataset:

@@ -18,6 +18,7 @@ from kindchat.retrain.common import (
     LogToFile,
     LoraOptions,
     check_finite,
+    check_trainer_fields,
     loss_curve,
     trainer_arguments,
 )
@@ -44,14 +45,7 @@ class SftConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.epochs <= 0 and self.max_steps <= 0:
-            raise ValueError("set epochs > 0 or max_steps > 0")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not 0 < self.learning_rate < 1:
-            raise ValueError(f"learning_rate must lie in (0, 1), got {self.learning_rate}")
-        if self.max_length < 16:
-            raise ValueError(f"max_length must be >= 16, got {self.max_length}")
+        check_trainer_fields(self, min_length=16)
 
 
 def train_causal_lm(

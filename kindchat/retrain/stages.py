@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers import GPTNeoXForCausalLM
+from transformers import GPTNeoXForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from kindchat.config import Settings
 from kindchat.models.loading import load_causal_lm, load_reward_model
@@ -59,6 +60,16 @@ from kindchat.seed import (
 logger = logging.getLogger(__name__)
 
 
+def writer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> Callable[[Path], None]:
+    """What `Registry.save` runs to write a version: weights and tokenizer side by side."""
+
+    def write(path: Path) -> None:
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+
+    return write
+
+
 def train_base(settings: Settings, registry: Registry, preset: Preset) -> Manifest:
     """Train the BPE tokenizer and a GPT-NeoX base LM from scratch on the seed text."""
     budget = preset.base
@@ -93,13 +104,9 @@ def train_base(settings: Settings, registry: Registry, preset: Preset) -> Manife
     metrics["heldout_ppl"] = response_perplexity(model, tokenizer, split.heldout, preset.seq_len)
     metrics["parameters"] = n_params
 
-    def write(path: Path) -> None:
-        model.save_pretrained(path)
-        tokenizer.save_pretrained(path)
-
     return registry.save(
         "base",
-        write,
+        writer(model, tokenizer),
         config={"preset": preset.name, "stage": config_dict(config)},
         metrics=metrics,
         data_fingerprint=fingerprint(texts),
@@ -135,13 +142,9 @@ def train_sft(settings: Settings, registry: Registry, base_ref: str, config: Sft
     logger.info("sft: held-out perplexity %.2f -> %.2f", ppl_before, ppl_after)
     parent = registry.version_of(base_ref)
 
-    def write(path: Path) -> None:
-        model.save_pretrained(path)
-        tokenizer.save_pretrained(path)
-
     return registry.save(
         "sft",
-        write,
+        writer(model, tokenizer),
         parents=[parent] if parent else [],
         config={"stage": config_dict(config), "base": str(base_ref)},
         metrics=metrics,
@@ -212,13 +215,9 @@ def train_rm(
     logger.info("rm accuracy on held-out pairs: %.3f", metrics["accuracy"])
     parent = registry.version_of(init_ref)
 
-    def write(path: Path) -> None:
-        model.save_pretrained(path)
-        tokenizer.save_pretrained(path)
-
     return registry.save(
         "rm",
-        write,
+        writer(model, tokenizer),
         parents=[parent] if parent else [],
         config={"stage": config_dict(config), "init": init_ref, "gold": gold},
         metrics=metrics,
@@ -279,8 +278,7 @@ def train_ppo(
     parents = [v for v in (registry.version_of(sft_ref), registry.version_of(rm_ref)) if v]
 
     def write(path: Path) -> None:
-        actor.save_pretrained(path)
-        tokenizer.save_pretrained(path)
+        writer(actor, tokenizer)(path)
         shutil.copy(run_dir / LOG_FILE, path / LOG_FILE)
 
     return registry.save(
@@ -310,13 +308,9 @@ def train_dpo(settings: Settings, registry: Registry, sft_ref: str, config: DpoC
     model, metrics = train_dpo_model(model, reference, tokenizer, pairs, config, run_dir)
     parent = registry.version_of(sft_ref)
 
-    def write(path: Path) -> None:
-        model.save_pretrained(path)
-        tokenizer.save_pretrained(path)
-
     return registry.save(
         "policy",
-        write,
+        writer(model, tokenizer),
         parents=[parent] if parent else [],
         config={"stage": config_dict(config), "algorithm": "dpo", "sft": sft_ref},
         metrics=metrics,
