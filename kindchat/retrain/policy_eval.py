@@ -68,9 +68,17 @@ def sample_answers(
 
 @torch.no_grad()
 def sequence_logprobs(
-    model: PreTrainedModel, pad_id: int, generations: Sequence[Generation], batch_size: int = 16
+    model: PreTrainedModel,
+    pad_id: int,
+    generations: Sequence[Generation],
+    temperature: float = 1.0,
+    batch_size: int = 16,
 ) -> list[float]:
-    """Σ_t log p(answer token t | prompt, earlier tokens) under `model`, per generation."""
+    """Σ_t log p_T(answer token t | prompt, earlier tokens) under `model`, per generation.
+
+    p_T is the model's distribution at the sampling `temperature`, so that for answers sampled
+    from A the mean of log p_T,A − log p_T,SFT estimates KL(A_T ‖ SFT_T) ≥ 0 (top-p ignored).
+    """
     totals: list[float] = []
     for start in range(0, len(generations), batch_size):
         chunk = generations[start : start + batch_size]
@@ -84,7 +92,7 @@ def sequence_logprobs(
         attention = torch.cat([prompt_mask, mask.long()], dim=1)
         logits = model(
             input_ids=sequences, attention_mask=attention, position_ids=position_ids_for(attention)
-        ).logits[:, prompt_ids.size(1) - 1 : -1]
+        ).logits[:, prompt_ids.size(1) - 1 : -1] / max(temperature, 1e-6)
         totals.extend((logprobs_from_logits(logits, response) * mask).sum(dim=1).tolist())
     return totals
 
@@ -129,13 +137,13 @@ def evaluate_policies(
     prompts = [p.prompt for p in pairs]
     policy, tokenizer = load_causal_lm(policy_dir)
     answers_a = sample_answers(policy, tokenizer, prompts, config, "policy A")
-    logp_a = sequence_logprobs(policy, tokenizer.pad_token_id, answers_a)
+    logp_a = sequence_logprobs(policy, tokenizer.pad_token_id, answers_a, config.temperature)
     del policy
     baseline, _ = load_causal_lm(baseline_dir)
     answers_b = sample_answers(baseline, tokenizer, prompts, config, "policy B")
     del baseline
     sft, _ = load_causal_lm(sft_dir)
-    logp_sft = sequence_logprobs(sft, tokenizer.pad_token_id, answers_a)
+    logp_sft = sequence_logprobs(sft, tokenizer.pad_token_id, answers_a, config.temperature)
     del sft
     judge, judge_tokenizer = load_reward_model(judge_dir)
     reward_a = score_texts(
