@@ -1,0 +1,203 @@
+"""`kindchat retrain run|status`, `kindchat models promote|rollback`, `kindchat simulate`.
+
+Wired by `kindchat/cli.py` with `register(app)`; settings come from the `main` callback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from kindchat.config import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def _retrain_config(settings: Settings, **options: Any) -> Any:
+    from kindchat.retrain.cycle import RetrainConfig
+
+    return RetrainConfig.from_settings(
+        settings, **{k: v for k, v in options.items() if v is not None}
+    )
+
+
+def _runs_table(runs: list[Any]) -> Table:
+    table = Table(title="retrain runs (newest first)")
+    for column in ("run", "status", "stage", "started", "promoted", "versions", "why / error"):
+        table.add_column(column)
+    for run in runs:
+        table.add_row(
+            run.id[:12],
+            run.status,
+            run.stage or "",
+            run.started_at.isoformat(timespec="seconds") if run.started_at else "",
+            "yes" if run.promoted else "",
+            ", ".join(run.produced_versions or []),
+            (run.error or "")[:160],
+        )
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    """Add `retrain`, `simulate`, and `models promote|rollback` to the kindchat CLI."""
+    from kindchat.cli import console, friendly
+    from kindchat.retrain.errors import RetrainError
+
+    # The `models` group of the app being built (also right under `python -m kindchat.cli`).
+    models_app = next(
+        g.typer_instance
+        for g in app.registered_groups
+        if g.name == "models" and g.typer_instance is not None
+    )
+
+    retrain_app = typer.Typer(help="The nightly loop: retrain cycles and their records.")
+    app.add_typer(retrain_app, name="retrain", no_args_is_help=True)
+
+    def fail(err: RetrainError) -> typer.Exit:
+        console.print(f"[bold red]error:[/] {err}", highlight=False)
+        return typer.Exit(2)
+
+    @retrain_app.command("run")
+    @friendly
+    def run_command(
+        ctx: typer.Context,
+        force: Annotated[bool, typer.Option(help="Run even with too little new feedback.")] = False,
+        preset: Annotated[
+            str | None, typer.Option(help="Budgets (KINDCHAT_RETRAIN_PRESET).")
+        ] = None,
+        algorithm: Annotated[str | None, typer.Option(help="ppo or dpo.")] = None,
+        min_new_pairs: Annotated[int | None, typer.Option(help="Skip below this.")] = None,
+        child: Annotated[
+            bool, typer.Option(help="Train in a niced child process (as the scheduler does).")
+        ] = False,
+    ) -> None:
+        """Run one retrain cycle now (the same lock as the scheduler: never two at once)."""
+        from kindchat.retrain.admin import trigger_retrain
+        from kindchat.retrain.cycle import run_retrain_cycle
+
+        settings: Settings = ctx.obj
+        config = _retrain_config(
+            settings,
+            preset=preset,
+            algorithm=algorithm,
+            min_new_pairs=0 if force else min_new_pairs,
+        )
+        try:
+            if child:
+                run = trigger_retrain(settings, config=config, wait=True)
+            else:
+                run = run_retrain_cycle(settings, config)
+        except RetrainError as err:
+            raise fail(err) from None
+        console.print(_runs_table([run]))
+        gate = (run.metrics or {}).get("policy_gate", {})
+        if "win_rate" in gate:
+            console.print(
+                f"win rate over {gate['baseline']}: {gate['win_rate']:.3f} "
+                f"[{gate['win_rate_low']:.3f}, {gate['win_rate_high']:.3f}], "
+                f"KL to SFT {gate['kl_a_sft']:.2f}"
+            )
+        if run.status == "failed":
+            raise typer.Exit(1)
+
+    @retrain_app.command("status")
+    @friendly
+    def status_command(
+        ctx: typer.Context,
+        limit: Annotated[int, typer.Option(help="Runs to show.")] = 10,
+        as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    ) -> None:
+        """Recent retrain runs, whether one is running, and the next scheduled time."""
+        from kindchat.feedback.db import init_db
+        from kindchat.retrain.admin import retrain_runs, retrain_state
+        from kindchat.retrain.scheduler import stored_next_run_time
+
+        settings: Settings = ctx.obj
+        engine = init_db(settings)
+        runs = retrain_runs(settings, engine=engine, limit=limit)
+        state = retrain_state(settings)
+        next_run = stored_next_run_time(settings, engine)
+        if as_json:
+            data = {
+                **state,
+                "next_run": next_run.isoformat() if next_run else None,
+                "runs": [json.loads(r.model_dump_json()) for r in runs],
+            }
+            console.print_json(json.dumps(data, ensure_ascii=False))
+            return
+        console.print(_runs_table(runs))
+        console.print(f"running now: {state['running'] or 'no'}")
+        console.print(
+            f"next scheduled run: {next_run.isoformat() if next_run else 'not scheduled'}"
+        )
+        console.print(f"aliases: {state['aliases']}")
+
+    @models_app.command("promote")
+    @friendly
+    def promote_command(
+        ctx: typer.Context,
+        version: Annotated[str, typer.Argument(help="A registered version id.")],
+        alias: Annotated[str, typer.Option(help="The alias to point at it.")] = "rlhf",
+    ) -> None:
+        """Point an alias at a version (atomic; running servers hot-swap)."""
+        from kindchat.retrain.admin import promote
+
+        try:
+            change = promote(ctx.obj, version, alias)
+        except RetrainError as err:
+            raise fail(err) from None
+        console.print(f"{change.alias}: {change.previous} -> {change.version}")
+
+    @models_app.command("rollback")
+    @friendly
+    def rollback_command(
+        ctx: typer.Context,
+        alias: Annotated[str, typer.Option(help="The alias to move back.")] = "rlhf",
+    ) -> None:
+        """Point an alias back at its previous version."""
+        from kindchat.retrain.admin import rollback
+
+        try:
+            change = rollback(ctx.obj, alias)
+        except RetrainError as err:
+            raise fail(err) from None
+        console.print(f"{change.alias}: {change.previous} -> {change.version}")
+
+    @app.command("simulate")
+    @friendly
+    def simulate_command(
+        ctx: typer.Context,
+        votes: Annotated[int, typer.Option(help="Arena battles to vote on.")] = 500,
+        url: Annotated[
+            str | None, typer.Option(help="A running server on this home (default: start one).")
+        ] = None,
+        noise: Annotated[float, typer.Option(help="Chance of a random vote.")] = 0.1,
+        scale: Annotated[float, typer.Option(help="Bradley–Terry scale (0: always better).")] = 0.5,
+        concurrency: Annotated[int, typer.Option(help="Battles in flight.")] = 4,
+        max_tokens: Annotated[int, typer.Option(help="Answer budget per side.")] = 48,
+        preset: Annotated[str | None, typer.Option(help="Retrain budgets.")] = None,
+        algorithm: Annotated[str | None, typer.Option(help="ppo or dpo.")] = None,
+        seed: int = 0,
+    ) -> None:
+        """Simulated users vote in the arena (gold RM + noise), then one retrain cycle runs."""
+        from kindchat.retrain.simulate import SimulateConfig, simulate
+
+        settings: Settings = ctx.obj
+        config = SimulateConfig(
+            votes=votes,
+            concurrency=concurrency,
+            noise=noise,
+            scale=scale,
+            max_tokens=max_tokens,
+            seed=seed,
+        )
+        retrain = _retrain_config(settings, preset=preset, algorithm=algorithm, min_new_pairs=0)
+        try:
+            report = simulate(settings, config, retrain, url=url)
+        except RetrainError as err:
+            raise fail(err) from None
+        console.print(report.summary(), highlight=False)

@@ -1,0 +1,180 @@
+"""The retrain cycle: gates on hand-made figures, skip, the lock, and a refusal on micro models."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+
+import pytest
+
+from kindchat.config import Settings
+from kindchat.feedback import store
+from kindchat.feedback.db import init_db, session_scope
+from kindchat.models.registry import Registry
+from kindchat.retrain.admin import trigger_retrain
+from kindchat.retrain.cycle import (
+    RetrainConfig,
+    cycle_lock,
+    lock_holder,
+    lock_path,
+    policy_gate,
+    rm_gate,
+    run_retrain_cycle,
+)
+from kindchat.retrain.errors import RetrainBusyError
+from kindchat.retrain.policy_eval import PolicySetResult
+from kindchat.stats import Estimate
+
+# Micro budgets: a handful of RM and PPO steps, short answers in the policy gate.
+MICRO = {"preset": "micro", "rm_max_steps": 5, "ppo_steps": 2, "eval_max_new_tokens": 8}
+
+
+def result(win: float, low: float, high: float, kl: float = 1.0, empty=(0.0, 0.0), rep=(0.0, 0.0)):  # noqa: ANN001, ANN201
+    return PolicySetResult(
+        name="overall",
+        win_rate=Estimate(win, low, high, 100),
+        reward_a=0.0,
+        reward_b=0.0,
+        kl_a_sft=kl,
+        empty_a=empty[0],
+        empty_b=empty[1],
+        repetitive_a=rep[0],
+        repetitive_b=rep[1],
+    )
+
+
+def test_rm_gate_allows_a_small_drop_only() -> None:
+    assert rm_gate(0.60, 0.61, margin=0.02).passed
+    assert rm_gate(0.70, None, margin=0.0).passed  # no current RM: nothing to compare with
+    refused = rm_gate(0.55, 0.61, margin=0.02)
+    assert not refused.passed and "0.550" in refused.reasons[0] and "0.610" in refused.reasons[0]
+
+
+def test_policy_gate_checks_win_rate_interval_kl_and_degeneration() -> None:
+    config = RetrainConfig(min_win_rate=0.5, max_kl=5.0, max_empty_rise=0.05)
+    assert policy_gate(result(0.62, 0.55, 0.69), config).passed
+    # A win rate above the threshold whose interval reaches below 0.5 is not enough …
+    wide = policy_gate(result(0.56, 0.47, 0.65), config)
+    assert not wide.passed and "interval" in wide.reasons[0]
+    # … unless the interval is not required.
+    assert policy_gate(result(0.56, 0.47, 0.65), RetrainConfig(require_ci_above_half=False)).passed
+    many = policy_gate(result(0.40, 0.30, 0.50, kl=9.0, empty=(0.2, 0.0), rep=(0.3, 0.0)), config)
+    assert len(many.reasons) == 5
+    assert any("KL" in r for r in many.reasons) and any("empty" in r for r in many.reasons)
+    assert many.figures["win_rate"] == 0.40
+
+
+def test_config_is_checked_and_round_trips() -> None:
+    with pytest.raises(ValueError, match="min_win_rate"):
+        RetrainConfig(min_win_rate=1.5)
+    with pytest.raises(ValueError, match="preset"):
+        RetrainConfig(preset="huge")
+    with pytest.raises(ValueError, match="unknown retrain config"):
+        RetrainConfig.from_json({"min_win_rat": 0.5})
+    config = RetrainConfig(algorithm="dpo", ppo_steps=3)
+    assert RetrainConfig.from_json(config.to_json()) == config
+    settings = Settings(retrain_algorithm="dpo", retrain_min_new_pairs=7, retrain_preset="micro")
+    assert RetrainConfig.from_settings(settings).min_new_pairs == 7
+
+
+def test_too_little_feedback_skips_with_the_reason(
+    micro_copy: Settings, voted_battles: Callable[..., int]
+) -> None:
+    engine = init_db(micro_copy)
+    before = Registry(micro_copy.models_dir).aliases()
+    voted_battles(micro_copy, engine, 2)
+    run = run_retrain_cycle(micro_copy, RetrainConfig(**MICRO, min_new_pairs=5), engine=engine)
+    assert run.status == "skipped" and not run.promoted
+    assert "2 preference pair(s)" in (run.error or "") and "5 needed" in (run.error or "")
+    assert run.metrics["feedback"]["new_pairs"] == 2
+    assert Registry(micro_copy.models_dir).aliases() == before
+
+
+def test_two_cycles_started_together_one_runs_one_is_refused(micro_copy: Settings) -> None:
+    engine = init_db(micro_copy)
+    entered, release = threading.Event(), threading.Event()
+    outcome: dict[str, object] = {}
+
+    def hold(stage: str) -> None:
+        entered.set()
+        release.wait(30)
+
+    def first() -> None:
+        config = RetrainConfig(**MICRO, min_new_pairs=10_000)
+        outcome["run"] = run_retrain_cycle(micro_copy, config, engine=engine, on_stage=hold)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    try:
+        assert entered.wait(60), "the first cycle never started"
+        with pytest.raises(RetrainBusyError, match="running already"):
+            run_retrain_cycle(micro_copy, RetrainConfig(**MICRO), engine=engine)
+        with pytest.raises(RetrainBusyError):  # the admin trigger refuses before spawning
+            trigger_retrain(micro_copy, engine=engine)
+        assert lock_holder(micro_copy) is not None
+    finally:
+        release.set()
+        thread.join(60)
+    assert outcome["run"].status == "skipped"  # type: ignore[attr-defined]
+    with session_scope(engine) as session:
+        assert len(store.list_runs(session=session)) == 1  # the refused one left no run
+
+
+def test_a_lock_held_by_another_process_refuses_a_cycle(settings: Settings) -> None:
+    settings.ensure_dirs()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); "
+            "fcntl.flock(f, fcntl.LOCK_EX); f.write('pid other'); f.flush(); "
+            "print('locked', flush=True); time.sleep(60)",
+            str(lock_path(settings)),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RetrainBusyError, match="pid other"), cycle_lock(settings):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with cycle_lock(settings):  # the kernel released it with the dead process
+        pass
+
+
+@pytest.mark.parametrize("gate", ["rm_gate", "policy_gate"])
+def test_gate_refusal_leaves_everything_as_it_was(
+    micro_copy: Settings, voted_battles: Callable[..., int], gate: str
+) -> None:
+    engine = init_db(micro_copy)
+    registry = Registry(micro_copy.models_dir)
+    before = registry.aliases()
+    voted_battles(micro_copy, engine, 8)
+    if gate == "rm_gate":  # the current RM looks perfect: no new RM can come within 0.02 of it
+        registry.update_metrics(before["rm"], {"accuracy": 1.0})
+        config = RetrainConfig(**MICRO, min_new_pairs=5, rm_gate_margin=0.02)
+    else:  # a bar no micro policy clears: a win rate above 0.99 over the serving policy
+        config = RetrainConfig(**MICRO, min_new_pairs=5, rm_gate_margin=1.0, min_win_rate=0.99)
+    run = run_retrain_cycle(micro_copy, config, engine=engine)
+    assert run.status == "refused" and not run.promoted and run.stage == gate
+    assert run.metrics[gate]["passed"] is False
+    assert registry.aliases() == before  # nothing promoted, the RM alias included
+    status = (micro_copy.runs_dir / f"retrain-{run.id}" / "status.json").read_text()
+    assert '"refused"' in status
+    if gate == "rm_gate":
+        assert "below the current RM's 1.000" in (run.error or "")
+        assert len(run.produced_versions or []) == 1 and "ppo" not in run.metrics
+        return
+    assert "win rate" in (run.error or "") and run.metrics["rm_gate"]["passed"] is True
+    result = run.metrics["policy_gate"]
+    assert result["baseline"] == before["rlhf"] and result["n"] == 100
+    assert result["win_rate_low"] <= result["win_rate"] <= result["win_rate_high"]
+    assert run.metrics["export"]["train"] >= 1
+    new_rm, new_policy = run.produced_versions or []
+    assert registry.manifest(new_rm).kind == "rm"
+    assert registry.manifest(new_policy).parents == [before["rlhf"], new_rm]
