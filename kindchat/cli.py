@@ -499,10 +499,12 @@ def format_metrics(metrics: dict[str, Any]) -> str:
 
 def _register_subcommands() -> None:
     from kindchat.feedback.cli import register as register_feedback
+    from kindchat.retrain.cli import register as register_retrain
     from kindchat.serve.cli import register as register_serve
 
     register_feedback(app)
     register_serve(app)
+    register_retrain(app)
 
 
 _register_subcommands()

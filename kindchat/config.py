@@ -73,6 +73,27 @@ class Settings(BaseSettings):
     )
     retry_after_s: int = Field(2, ge=1, description="Retry-After sent with 429/503.")
 
+    # Nightly retraining (kindchat.retrain.cycle / scheduler).
+    retrain_schedule: bool = Field(
+        False, description="Run the retrain scheduler inside `kindchat serve`."
+    )
+    retrain_cron: str = Field(
+        "0 3 * * *", description="When to retrain (crontab: m h dom mon dow)."
+    )
+    retrain_timezone: str = Field("Asia/Seoul", description="Time zone of retrain_cron.")
+    retrain_misfire_grace_s: int = Field(
+        3600, ge=1, description="A run missed while down still starts this many seconds late."
+    )
+    retrain_preset: str = Field("tiny", description="Budgets of a retrain cycle (micro, tiny).")
+    retrain_algorithm: str = Field("ppo", pattern="^(ppo|dpo)$", description="ppo or dpo.")
+    retrain_min_new_pairs: int = Field(
+        50, ge=0, description="New feedback pairs needed since the last cycle, else skip."
+    )
+    retrain_judge: bool = Field(
+        False, description="Re-rank feedback pairs with the G-Eval judge (KINDCHAT_JUDGE_*)."
+    )
+    retrain_nice: int = Field(10, ge=0, le=19, description="os.nice of the training process.")
+
     @cached_property
     def models_dir(self) -> Path:
         return self.home / "models"

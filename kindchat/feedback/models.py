@@ -279,6 +279,22 @@ class VoteTally(SQLModel):
     both_bad: int
 
 
+class BattleOutcome(SQLModel):
+    """One voted battle, as rankings read it: each side's version (alias if unknown)."""
+
+    model_a: str
+    model_b: str
+    winner: str  # a, b, tie or both_bad
+    voted_at: datetime | None = None
+
+
+class DayFeedback(SQLModel):
+    day: str  # YYYY-MM-DD (UTC)
+    thumbs_up: int = 0  # ratings by the day of their last change
+    thumbs_down: int = 0
+    votes: int = 0  # arena votes by the day they were cast
+
+
 class FeedbackStats(SQLModel):
     conversations: int
     messages: int

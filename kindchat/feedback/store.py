@@ -55,9 +55,11 @@ from kindchat.feedback.models import (
     TERMINAL_RUN_STATUSES,
     WINNERS,
     Battle,
+    BattleOutcome,
     BattlePublic,
     Conversation,
     ConversationPublic,
+    DayFeedback,
     FeedbackStats,
     Message,
     MessagePublic,
@@ -614,6 +616,53 @@ def feedback_stats(*, session: Session, since: datetime | None = None) -> Feedba
     )
 
 
+def battle_outcomes(*, session: Session, since: datetime | None = None) -> list[BattleOutcome]:
+    """Voted battles in the order they were voted (what Elo reads); each side named by its
+    version, or its alias when the version is unknown. `since` by vote time."""
+    since = _check_since(since)
+    query = select(Battle).where(col(Battle.winner).isnot(None))
+    if since is not None:
+        query = query.where(col(Battle.voted_at) >= since)
+    query = query.order_by(col(Battle.voted_at), col(Battle.id))
+    return [
+        BattleOutcome(
+            model_a=row.version_a or row.model_a or "unknown",
+            model_b=row.version_b or row.model_b or "unknown",
+            winner=str(row.winner),
+            voted_at=row.voted_at,
+        )
+        for row in session.exec(query)
+    ]
+
+
+def feedback_per_day(*, session: Session, since: datetime | None = None) -> list[DayFeedback]:
+    """👍, 👎 (by the UTC day of a rating's last change) and arena votes per UTC day, oldest
+    first; days without feedback are left out."""
+    since = _check_since(since)
+    days: dict[str, DayFeedback] = {}
+    rated = func.date(Rating.updated_at)
+    rating_query = sa_select(rated, col(Rating.value) > 0, func.count()).group_by(
+        rated, col(Rating.value) > 0
+    )
+    if since is not None:
+        rating_query = rating_query.where(col(Rating.updated_at) >= since)
+    for day, up, n in session.execute(rating_query).all():
+        row = days.setdefault(str(day), DayFeedback(day=str(day)))
+        if up:
+            row.thumbs_up += int(n)
+        else:
+            row.thumbs_down += int(n)
+    voted = func.date(Battle.voted_at)
+    vote_query = (
+        sa_select(voted, func.count()).where(col(Battle.winner).isnot(None)).group_by(voted)
+    )
+    if since is not None:
+        vote_query = vote_query.where(col(Battle.voted_at) >= since)
+    for day, n in session.execute(vote_query).all():
+        days.setdefault(str(day), DayFeedback(day=str(day))).votes += int(n)
+    return [days[day] for day in sorted(days)]
+
+
 # --- preference pairs -----------------------------------------------------------------------
 
 
@@ -892,10 +941,12 @@ def list_runs(
 __all__ = [
     "UNSET",
     "FeedbackPair",
+    "battle_outcomes",
     "check_context",
     "create_battle",
     "create_conversation",
     "create_run",
+    "feedback_per_day",
     "feedback_stats",
     "get_battle",
     "get_conversation",

@@ -40,8 +40,9 @@ def remote_backend(settings: Settings) -> GenerationBackend | None:
     return TgiBackend(settings.tgi_url, tokenizer=tokenizer)
 
 
-def create_app(settings: Settings, *, loader: Loader | None = None) -> FastAPI:
-    """The API app. `loader` replaces how versions are loaded (e.g. a failing one in tests)."""
+def create_app(settings: Settings, *, loader: Loader | None = None, ui: bool = True) -> FastAPI:
+    """The API app, with the Gradio UI at `/` unless `ui` is False. `loader` replaces how
+    versions are loaded (e.g. a failing one in tests)."""
     manager = ModelManager(settings, loader=loader, remote=remote_backend(settings))
     metrics = Metrics(manager)
 
@@ -57,10 +58,18 @@ def create_app(settings: Settings, *, loader: Loader | None = None) -> FastAPI:
         app.state.db = db
         app.state.service = ChatService(settings, manager, db, metrics)
         watcher = asyncio.create_task(manager.watch(), name="kindchat-alias-watch")
+        app.state.scheduler = None
+        if settings.retrain_schedule:
+            from kindchat.retrain.scheduler import RetrainScheduler
+
+            app.state.scheduler = RetrainScheduler(settings, db)
+            await asyncio.to_thread(app.state.scheduler.start)
         logger.info("serving %s with backend %s", manager.status()["aliases"], manager.backend_name)
         try:
             yield
         finally:
+            if app.state.scheduler is not None:
+                app.state.scheduler.shutdown()
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
@@ -80,4 +89,8 @@ def create_app(settings: Settings, *, loader: Loader | None = None) -> FastAPI:
     for module in (chat, models, feedback, arena, health, admin):
         app.include_router(module.router)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    if ui:  # the UI sits above serve and calls its service; imported here only
+        from kindchat.ui.app import mount_ui
+
+        mount_ui(app)
     return app

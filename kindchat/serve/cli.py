@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
         max_queue: Annotated[int | None, typer.Option(help="Waiting requests, then 429.")] = None,
         device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 …")] = None,
     ) -> None:
-        """Serve the OpenAI-compatible chat API, feedback and arena over HTTP."""
+        """Serve the chat UI at / and the OpenAI-compatible API (chat, feedback, arena) at /v1."""
         import uvicorn
 
         from kindchat.serve.app import create_app
@@ -54,9 +54,8 @@ def register(app: typer.Typer) -> None:
         }
         settings = base.model_copy(update={k: v for k, v in overrides.items() if v is not None})
         settings = Settings.model_validate(settings.model_dump())  # re-check the overrides
-        logger.info(
-            "kindchat serve on http://%s:%d (%s)", settings.host, settings.port, settings.backend
-        )
+        url = f"http://{settings.host}:{settings.port}"
+        logger.info("kindchat: chat UI at %s/ · API at %s/v1 (%s)", url, url, settings.backend)
         uvicorn.run(
             create_app(settings),
             host=settings.host,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -52,7 +53,7 @@ def require_admin(request: Request) -> None:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise AuthenticationError("send the admin token as `Authorization: Bearer <token>`")
-    if token != settings.admin_token.get_secret_value():
+    if not hmac.compare_digest(token.encode(), settings.admin_token.get_secret_value().encode()):
         raise PermissionDeniedError("the admin token is wrong", code="invalid_admin_token")
 
 

@@ -24,6 +24,7 @@ from kindchat.models.backends.base import (
 )
 from kindchat.models.registry import RegistryError, UnknownModelError
 from kindchat.models.template import ConversationError, PromptTooLongError
+from kindchat.retrain.errors import PromotionError, RetrainBusyError
 from kindchat.serve.protocol import ErrorBody, ErrorResponse
 
 logger = logging.getLogger(__name__)
@@ -102,6 +103,8 @@ class Mapping:
 
 # Errors of the layers below, by type (first match wins, so subclasses come first).
 FOREIGN: list[tuple[type[Exception], Mapping]] = [
+    (RetrainBusyError, Mapping(409, "conflict_error", "retrain_busy")),
+    (PromotionError, Mapping(409, "conflict_error", "invalid_promotion")),
     (UnknownModelError, Mapping(404, "not_found_error", "model_not_found", "model")),
     (RegistryError, Mapping(503, "service_unavailable", "model_unavailable", "model")),
     (

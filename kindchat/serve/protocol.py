@@ -207,11 +207,27 @@ class LeaderboardRow(BaseModel):
     win_rate: float | None
     thumbs_up: int = 0
     thumbs_down: int = 0
+    rating: float | None = Field(default=None, description="Elo or Bradley-Terry (base 1000).")
+    rating_low: float | None = Field(default=None, description="2.5% bootstrap percentile.")
+    rating_high: float | None = Field(default=None, description="97.5% bootstrap percentile.")
+
+
+class PairwiseRow(BaseModel):
+    """How `model` fared against `opponent` (one cell of the win-rate matrix)."""
+
+    model: str
+    opponent: str
+    battles: int
+    wins: int
+    losses: int
+    ties: int = Field(description="Ties and both-bad verdicts.")
+    win_rate: float | None = Field(description="wins / (wins + losses); None if all tied.")
 
 
 class Leaderboard(BaseModel):
-    method: str = Field(description="How rows are ranked (tallies now; Elo/BT later).")
+    method: str = Field(description="How rows are ranked: tallies, elo or bt (Bradley-Terry).")
     rows: list[LeaderboardRow]
+    pairs: list[PairwiseRow] = Field(default_factory=list, description="Win-rate matrix cells.")
 
 
 # ---- health / admin --------------------------------------------------------------------------
@@ -242,3 +258,23 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+# ---- admin: retrain, promote, roll back --------------------------------------------------------
+class RetrainRequest(BaseModel):
+    force: bool = Field(False, description="Retrain even with too little new feedback.")
+
+
+class PromoteRequest(BaseModel):
+    version: str = Field(min_length=1, max_length=128, description="A registered version id.")
+    alias: str = Field("rlhf", min_length=1, max_length=64)
+
+
+class RollbackRequest(BaseModel):
+    alias: str = Field("rlhf", min_length=1, max_length=64)
+
+
+class AliasChangeResponse(BaseModel):
+    alias: str
+    version: str = Field(description="The version the alias points at now.")
+    previous: str | None = Field(description="The version it pointed at before.")

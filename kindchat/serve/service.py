@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
+import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 from sqlmodel import Session
@@ -22,18 +24,28 @@ from sqlmodel import Session
 from kindchat.config import Settings
 from kindchat.feedback import store
 from kindchat.feedback.db import session_scope
+from kindchat.feedback.models import BattlePublic, RatingPublic, RetrainRunPublic
 from kindchat.models.backends.base import GenerationOptions, StopMatcher, TextDelta
 from kindchat.models.generation import SamplingParams
-from kindchat.models.manager import Lease, ModelManager
-from kindchat.serve.errors import InvalidRequestError, PayloadTooLargeError
+from kindchat.models.manager import Lease, ModelManager, ReloadReport
+from kindchat.serve.errors import (
+    ConflictError,
+    InvalidRequestError,
+    PayloadTooLargeError,
+)
+from kindchat.serve.leaderboard import LEADERBOARDS, Evidence, pairwise
 from kindchat.serve.metrics import Metrics
-from kindchat.serve.protocol import ChatMessage, FinishReason, Usage, completion_id
+from kindchat.serve.protocol import ChatMessage, FinishReason, Leaderboard, Usage, completion_id
+
+if TYPE_CHECKING:
+    from kindchat.retrain.admin import AliasChange
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TEMPERATURE = 0.7
 DEFAULT_TOP_P = 0.95
 DEFAULT_REPETITION_PENALTY = 1.1
+ANONYMOUS_SESSION = "api"  # who rates an answer whose request named no session
 
 
 @dataclass(frozen=True)
@@ -286,6 +298,105 @@ class ChatService:
     def _get_message(self, message_id: str) -> Any:
         with session_scope(self.db) as session:
             return store.get_message(session=session, message_id=message_id)
+
+    # ---- feedback, arena and rankings (the API routes and the UI both call these) ------------
+    def rate(
+        self,
+        *,
+        message_id: str,
+        value: int,
+        session_id: str | None = None,
+        reason: str | None = None,
+        comment: str | None = None,
+    ) -> RatingPublic:
+        """👍 (1) / 👎 (-1) on an answer; one per (answer, session), rating again replaces it.
+        Without `session_id`, the session that asked for the answer rates it."""
+        with session_scope(self.db) as session:
+            if session_id is None:
+                message = store.get_message(session=session, message_id=message_id)
+                session_id = message.session_id or ANONYMOUS_SESSION
+            return store.rate(
+                session=session,
+                message_id=message_id,
+                session_id=session_id,
+                value=value,
+                reason=reason,
+                comment=comment,
+            )
+
+    def battle_models(self, models: Sequence[str] | None = None) -> list[str]:
+        """Two served names on different versions, in random order (anonymous sides): `models`
+        as given, or the first two served aliases (SFT vs RLHF by default)."""
+        if models:
+            names = [self.manager.resolve(name) for name in models]
+        else:
+            names, seen = [], set()
+            for name in self.manager.names():
+                if name.alias is not None and name.version not in seen:
+                    seen.add(name.version)
+                    names.append(name)
+        if len(names) < 2 or names[0].version == names[1].version:
+            raise ConflictError(
+                "an arena battle needs two different model versions; only "
+                f"{sorted({n.version for n in names})} served (promote an `rlhf` model or pass "
+                "`models`)",
+                param="models",
+            )
+        chosen = [n.name for n in names[:2]]
+        random.shuffle(chosen)
+        return chosen
+
+    def vote(self, *, battle_id: str, session_id: str, winner: str) -> BattlePublic:
+        """The verdict on a battle (a, b, tie, both_bad), once; the battle with its models."""
+        with session_scope(self.db) as session:
+            return store.vote(
+                session=session, battle_id=battle_id, session_id=session_id, winner=winner
+            )
+
+    def leaderboard(self, method: str = "tallies") -> Leaderboard:
+        """Rows ranked by `method` (tallies, elo, bt) and the win-rate matrix's cells."""
+        if method not in LEADERBOARDS:
+            raise InvalidRequestError(
+                f"unknown leaderboard method {method!r}; choose from {sorted(LEADERBOARDS)}",
+                param="method",
+            )
+        with session_scope(self.db) as session:
+            stats = store.feedback_stats(session=session)
+            outcomes = store.battle_outcomes(session=session)
+        rows = LEADERBOARDS[method](Evidence(stats, outcomes))
+        return Leaderboard(method=method, rows=rows, pairs=pairwise(outcomes))
+
+    # ---- admin (the dashboard's buttons; callers check the token with `is_admin`) -----------
+    def is_admin(self, token: str | None) -> bool:
+        """Whether `token` is the configured admin token (never, when none is configured)."""
+        expected = self.settings.admin_token
+        if expected is None or not token:
+            return False
+        return secrets.compare_digest(token.encode(), expected.get_secret_value().encode())
+
+    async def promote(self, version: str, alias: str) -> tuple[AliasChange, ReloadReport]:
+        """Point `alias` at `version` (:func:`kindchat.retrain.admin.promote`: kind checks,
+        atomic) and hot-swap now; the change and what the swap loaded or failed to load."""
+        from kindchat.retrain import admin
+
+        change = await asyncio.to_thread(admin.promote, self.settings, version, alias)
+        return change, await self.manager.reload("promote")
+
+    async def rollback(self, alias: str) -> tuple[AliasChange, ReloadReport]:
+        """Point `alias` back at its previous version and hot-swap now."""
+        from kindchat.retrain import admin
+
+        change = await asyncio.to_thread(admin.rollback, self.settings, alias)
+        return change, await self.manager.reload("rollback")
+
+    async def trigger_retrain(self, *, force: bool = False) -> RetrainRunPublic:
+        """Queue one retrain cycle in a low-priority child process; the run (`queued`).
+        `force` ignores the minimum of new feedback; a cycle already running -> 409."""
+        from kindchat.retrain import admin
+
+        return await asyncio.to_thread(
+            admin.trigger_retrain, self.settings, engine=self.db, force=force
+        )
 
 
 async def _aclose(stream: AsyncIterator[TextDelta]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 
 from kindchat.config import Settings
 from kindchat.models.registry import Registry
@@ -53,4 +54,16 @@ def test_battle_vote_reveal_and_leaderboard(
         assert rows[rlhf]["battles"] == rows[sft]["battles"] == 4
         assert rows[rlhf]["wins"] + rows[sft]["wins"] == 3
         assert rows[rlhf]["ties"] == rows[sft]["ties"] == 1
-        assert httpx.get(f"{api.url}/v1/leaderboard?method=elo").status_code == 400
+        for method in ("elo", "bt"):
+            ranked = httpx.get(f"{api.url}/v1/leaderboard?method={method}").json()
+            assert ranked["method"] == method
+            by_model = {row["model"]: row for row in ranked["rows"]}
+            for row in by_model.values():
+                assert row["rating_low"] <= row["rating"] <= row["rating_high"]
+            winner = rlhf if rows[rlhf]["wins"] > rows[sft]["wins"] else sft
+            assert ranked["rows"][0]["model"] == winner
+            assert by_model[rlhf]["rating"] + by_model[sft]["rating"] == pytest.approx(2000)
+        cells = {(c["model"], c["opponent"]): c for c in board["pairs"]}
+        assert cells[(rlhf, sft)]["battles"] == 4 and cells[(rlhf, sft)]["ties"] == 1
+        assert cells[(rlhf, sft)]["wins"] == cells[(sft, rlhf)]["losses"]
+        assert httpx.get(f"{api.url}/v1/leaderboard?method=glicko").status_code == 400

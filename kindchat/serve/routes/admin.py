@@ -1,17 +1,31 @@
-"""`POST /v1/admin/reload`: reload the served aliases now (hot swap), behind a bearer token."""
+"""`/v1/admin/*`: reload, retrain, promote, roll back, retrain runs — all behind the bearer token.
+
+The token check is the router's one dependency (`require_admin`), so no route can forget it.
+The routes only translate HTTP to :mod:`kindchat.retrain.admin`, the API the CLI and UI share.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
 
-from kindchat.serve.deps import AdminDep, ManagerDep
-from kindchat.serve.protocol import ReloadResponse
+from fastapi import APIRouter, Depends, Query, Request
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"])
+from kindchat.feedback.models import RetrainRunPublic
+from kindchat.retrain import admin as retrain_admin
+from kindchat.serve.deps import ManagerDep, SettingsDep, require_admin
+from kindchat.serve.protocol import (
+    AliasChangeResponse,
+    PromoteRequest,
+    ReloadResponse,
+    RetrainRequest,
+    RollbackRequest,
+)
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin)])
 
 
 @router.post("/reload")
-async def reload_models(_: AdminDep, manager: ManagerDep) -> ReloadResponse:
+async def reload_models(manager: ManagerDep) -> ReloadResponse:
     """Load what the aliases point at now; failures are listed and the old versions keep serving."""
     report = await manager.reload("admin")
     return ReloadResponse(
@@ -21,3 +35,51 @@ async def reload_models(_: AdminDep, manager: ManagerDep) -> ReloadResponse:
         failed=report.failed,
         reason=report.reason,
     )
+
+
+@router.post("/retrain", status_code=202)
+async def retrain(
+    request: Request, settings: SettingsDep, body: RetrainRequest | None = None
+) -> RetrainRunPublic:
+    """Queue a retrain cycle in a low-priority child process; 409 while one runs."""
+    force = body.force if body is not None else False
+    return await asyncio.to_thread(
+        retrain_admin.trigger_retrain, settings, engine=request.app.state.db, force=force
+    )
+
+
+@router.get("/retrain-runs")
+async def retrain_runs(
+    request: Request,
+    settings: SettingsDep,
+    limit: int = Query(20, ge=1, le=1000),
+    status: str | None = Query(None, description="Only runs of this status."),
+) -> list[RetrainRunPublic]:
+    """Recorded retrain runs, newest first, with stage, metrics, error and produced versions."""
+    return await asyncio.to_thread(
+        retrain_admin.retrain_runs,
+        settings,
+        engine=request.app.state.db,
+        limit=limit,
+        status=status,
+    )
+
+
+@router.post("/promote")
+async def promote(
+    body: PromoteRequest, settings: SettingsDep, manager: ManagerDep
+) -> AliasChangeResponse:
+    """Point an alias at a version; the new version serves when this returns."""
+    change = await asyncio.to_thread(retrain_admin.promote, settings, body.version, body.alias)
+    await manager.reload("promote")
+    return AliasChangeResponse(**change.as_dict())
+
+
+@router.post("/rollback")
+async def rollback(
+    body: RollbackRequest, settings: SettingsDep, manager: ManagerDep
+) -> AliasChangeResponse:
+    """Point an alias back at its previous version; it serves when this returns."""
+    change = await asyncio.to_thread(retrain_admin.rollback, settings, body.alias)
+    await manager.reload("rollback")
+    return AliasChangeResponse(**change.as_dict())

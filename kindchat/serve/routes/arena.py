@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import random
 
 from fastapi import APIRouter, Query
 
-from kindchat.feedback import store
 from kindchat.models.backends.base import GenerationOptions
-from kindchat.serve.deps import DbSessionDep, ManagerDep, ServiceDep
-from kindchat.serve.errors import ConflictError, InvalidRequestError
-from kindchat.serve.leaderboard import LEADERBOARDS
+from kindchat.serve.deps import ServiceDep
+from kindchat.serve.errors import InvalidRequestError
 from kindchat.serve.protocol import (
     BattleAnswer,
     BattleRequest,
@@ -26,29 +23,8 @@ from kindchat.serve.service import AnswerRequest
 router = APIRouter(prefix="/v1", tags=["arena"])
 
 
-def pick_models(body: BattleRequest, manager: ManagerDep) -> list[str]:
-    """The two contestants: as asked, or the first two served names on different versions."""
-    if body.models:
-        names = [manager.resolve(name) for name in body.models]
-    else:
-        names, seen = [], set()
-        for name in manager.names():
-            if name.alias is not None and name.version not in seen:
-                seen.add(name.version)
-                names.append(name)
-    if len(names) < 2 or names[0].version == names[1].version:
-        raise ConflictError(
-            "an arena battle needs two different model versions; only "
-            f"{sorted({n.version for n in names})} served (promote an `rlhf` model or pass `models`)",
-            param="models",
-        )
-    return [n.name for n in names[:2]]
-
-
 @router.post("/arena/battles")
-async def create_battle(
-    body: BattleRequest, service: ServiceDep, manager: ManagerDep
-) -> BattleResponse:
+async def create_battle(body: BattleRequest, service: ServiceDep) -> BattleResponse:
     if (body.prompt is None) == (body.messages is None):
         raise InvalidRequestError("give either `prompt` or `messages`", param="prompt")
     chat = body.messages or [ChatMessage(role="user", content=body.prompt or "")]
@@ -56,8 +32,7 @@ async def create_battle(
     params = service.sampling(
         max_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p
     )
-    models = pick_models(body, manager)
-    random.shuffle(models)  # anonymous, random sides
+    models = service.battle_models(body.models)  # anonymous, random sides
     requests = [
         AnswerRequest(m, messages, params, GenerationOptions(seed=body.seed), body.session_id)
         for m in models
@@ -72,10 +47,8 @@ async def create_battle(
 
 
 @router.post("/arena/battles/{battle_id}/vote")
-def vote(battle_id: str, body: VoteRequest, session: DbSessionDep) -> VoteResponse:
-    battle = store.vote(
-        session=session, battle_id=battle_id, session_id=body.session_id, winner=body.winner
-    )
+def vote(battle_id: str, body: VoteRequest, service: ServiceDep) -> VoteResponse:
+    battle = service.vote(battle_id=battle_id, session_id=body.session_id, winner=body.winner)
     return VoteResponse(
         id=battle.id,
         winner=body.winner,
@@ -88,12 +61,7 @@ def vote(battle_id: str, body: VoteRequest, session: DbSessionDep) -> VoteRespon
 
 @router.get("/leaderboard")
 def leaderboard(
-    session: DbSessionDep, method: str = Query("tallies", description="Ranking method.")
+    service: ServiceDep,
+    method: str = Query("tallies", description="Ranking method: tallies, elo or bt."),
 ) -> Leaderboard:
-    if method not in LEADERBOARDS:
-        raise InvalidRequestError(
-            f"unknown leaderboard method {method!r}; choose from {sorted(LEADERBOARDS)}",
-            param="method",
-        )
-    stats = store.feedback_stats(session=session)
-    return Leaderboard(method=method, rows=LEADERBOARDS[method](stats))
+    return service.leaderboard(method)

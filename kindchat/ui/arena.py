@@ -1,0 +1,219 @@
+"""The 아레나 tab: one prompt, two anonymous streamed answers, a vote that reveals the models."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import gradio as gr
+
+from kindchat.models.backends.base import GenerationOptions
+from kindchat.serve.protocol import ChatMessage
+from kindchat.serve.service import Answer, AnswerRequest, ChatService
+from kindchat.ui import strings
+from kindchat.ui.common import OnLoad, ServiceRef, model_choices, run_blocking, user_error
+from kindchat.ui.state import ArenaRound
+
+logger = logging.getLogger(__name__)
+
+VERDICTS = ("a", "b", "tie", "both_bad")
+Update = tuple[Any, ...]
+
+
+async def open_both(service: ChatService, requests: Sequence[AnswerRequest]) -> list[Answer]:
+    """Open both answers together (one batch); if one fails, release the other and raise."""
+    opened = await asyncio.gather(*(service.open(r) for r in requests), return_exceptions=True)
+    errors = [o for o in opened if isinstance(o, BaseException)]
+    if errors:
+        for answer in opened:
+            if isinstance(answer, Answer):
+                await service.abandon(answer)
+        raise errors[0]
+    return [o for o in opened if isinstance(o, Answer)]
+
+
+async def stream_both(service: ChatService, answers: Sequence[Answer]) -> AsyncIterator[None]:
+    """Generate both answers at once; yield whenever either text grew. Errors re-raise."""
+    grew: asyncio.Queue[bool] = asyncio.Queue()
+
+    async def pump(answer: Answer) -> None:
+        try:
+            async with contextlib.aclosing(service.deltas(answer)) as pieces:
+                async for _ in pieces:
+                    grew.put_nowait(True)
+        finally:
+            grew.put_nowait(False)
+
+    tasks = [asyncio.create_task(pump(a)) for a in answers]
+    try:
+        finished = 0
+        while finished < len(tasks):
+            items = [await grew.get()]
+            while not grew.empty():  # coalesce pieces that arrived together
+                items.append(grew.get_nowait())
+            finished += items.count(False)
+            yield
+        for task in tasks:
+            task.result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def battle(
+    service: ChatService, state: ArenaRound, prompt: str, model_a: str, model_b: str
+) -> AsyncIterator[ArenaRound]:
+    """Ask two models (random sides), stream both answers, then store the battle."""
+    messages = service.check_messages([ChatMessage(role="user", content=prompt)])
+    chosen = [m for m in (model_a, model_b) if m]
+    if len(chosen) == 1 or (len(chosen) == 2 and chosen[0] == chosen[1]):
+        raise gr.Error(strings.ARENA_SAME_MODEL)
+    names = service.battle_models(chosen or None)
+    params = service.sampling(max_tokens=None, temperature=None, top_p=None)
+    requests = [
+        AnswerRequest(name, messages, params, GenerationOptions(), state.session_id)
+        for name in names
+    ]
+    answers = await open_both(service, requests)
+    state = ArenaRound(session_id=state.session_id, prompt=prompt)
+    async for _ in stream_both(service, answers):
+        state.answers = [a.text for a in answers]
+        yield state
+    state.answers = [a.text for a in answers]
+    state.battle_id = await service.store_battle(state.session_id, answers[0], answers[1])
+    yield state
+
+
+def vote_buttons(interactive: bool) -> list[Any]:
+    return [gr.update(interactive=interactive) for _ in VERDICTS]
+
+
+def round_update(state: ArenaRound, status: str, votable: bool, prompt: Any) -> Update:
+    return (state.panel(0), state.panel(1), state, status, *vote_buttons(votable), prompt)
+
+
+async def start(
+    service: ChatService, state: ArenaRound, prompt: str, model_a: str, model_b: str
+) -> AsyncIterator[Update]:
+    before = state
+    try:
+        yield round_update(
+            ArenaRound(session_id=state.session_id, prompt=prompt),
+            strings.ARENA_STREAMING,
+            False,
+            gr.update(interactive=False),
+        )
+        async for current in battle(service, state, prompt, model_a, model_b):
+            done = current.battle_id is not None
+            status = strings.ARENA_VOTE_NOW if done else strings.ARENA_STREAMING
+            yield round_update(current, status, done, gr.update(interactive=False))
+    except Exception as err:
+        yield round_update(before, strings.ARENA_WAITING, False, gr.update(interactive=True))
+        if isinstance(err, gr.Error):
+            raise
+        raise user_error(err) from err
+
+
+async def vote(service: ChatService, state: ArenaRound, verdict: str) -> Update:
+    """Record the verdict, reveal both models, disable the buttons."""
+    if state.battle_id is None or state.verdict is not None:
+        gr.Warning(strings.ARENA_NO_BATTLE)
+        return state, gr.update(), *vote_buttons(False)
+    try:
+        result = await run_blocking(
+            service.vote, battle_id=state.battle_id, session_id=state.session_id, winner=verdict
+        )
+    except Exception as err:
+        raise user_error(err) from err
+    state.verdict = verdict
+    reveal = strings.ARENA_REVEAL.format(
+        a=f"{result.model_a} · {result.version_a}", b=f"{result.model_b} · {result.version_b}"
+    )
+    mine = strings.ARENA_YOUR_VOTE.format(verdict=strings.ARENA_VERDICTS[verdict])
+    return state, f"{reveal}  \n{mine}", *vote_buttons(False)
+
+
+def new_round(state: ArenaRound) -> Update:
+    fresh = ArenaRound(session_id=state.session_id)
+    return round_update(fresh, strings.ARENA_WAITING, False, gr.update(interactive=True, value=""))
+
+
+def build_arena_tab(service: ServiceRef) -> OnLoad:
+    state = gr.State(ArenaRound())
+    gr.Markdown(strings.ARENA_INTRO)
+    with gr.Accordion(strings.ARENA_CHOOSE, open=False):
+        with gr.Row():
+            model_a = gr.Dropdown(label=strings.ARENA_MODEL_A, choices=[], elem_id="arena-model-a")
+            model_b = gr.Dropdown(label=strings.ARENA_MODEL_B, choices=[], elem_id="arena-model-b")
+    with gr.Row(equal_height=True):
+        panel_a = gr.Chatbot(
+            label=strings.ARENA_MODEL_A,
+            height=360,
+            sanitize_html=True,
+            allow_tags=False,
+            feedback_options=None,
+            elem_id="arena-a",
+        )
+        panel_b = gr.Chatbot(
+            label=strings.ARENA_MODEL_B,
+            height=360,
+            sanitize_html=True,
+            allow_tags=False,
+            feedback_options=None,
+            elem_id="arena-b",
+        )
+    status = gr.Markdown(strings.ARENA_WAITING, elem_id="arena-status")
+    with gr.Row():
+        buttons = [
+            gr.Button(label, interactive=False, elem_id=f"arena-vote-{verdict}")
+            for verdict, label in zip(
+                VERDICTS,
+                (strings.VOTE_A, strings.VOTE_B, strings.VOTE_TIE, strings.VOTE_BOTH_BAD),
+                strict=True,
+            )
+        ]
+    with gr.Row():
+        prompt = gr.Textbox(
+            placeholder=strings.ARENA_PROMPT_PLACEHOLDER,
+            show_label=False,
+            scale=5,
+            elem_id="arena-input",
+        )
+        send = gr.Button(strings.ARENA_SEND, variant="primary", scale=1, elem_id="arena-send")
+    again = gr.Button(strings.NEW_ROUND, elem_id="arena-new")
+
+    async def on_start(
+        state: ArenaRound, prompt: str, model_a: str, model_b: str
+    ) -> AsyncIterator[Update]:
+        async for update in start(service(), state, prompt, model_a, model_b):
+            yield update
+
+    round_outputs = [panel_a, panel_b, state, status, *buttons, prompt]
+    gr.on(
+        [prompt.submit, send.click],
+        on_start,
+        [state, prompt, model_a, model_b],
+        round_outputs,
+        concurrency_id="generate",
+    )
+    for verdict, button in zip(VERDICTS, buttons, strict=True):
+
+        async def on_vote(state: ArenaRound, verdict: str = verdict) -> Update:
+            return await vote(service(), state, verdict)
+
+        button.click(on_vote, [state], [state, status, *buttons])
+    again.click(new_round, [state], round_outputs)
+
+    def on_load(session_id: str) -> Update:
+        choices = [(strings.ARENA_AUTO, ""), *model_choices(service())]
+        return (
+            ArenaRound(session_id=session_id),
+            gr.Dropdown(choices=choices, value=""),
+            gr.Dropdown(choices=choices, value=""),
+        )
+
+    return OnLoad(on_load, [], [state, model_a, model_b])

@@ -1,0 +1,90 @@
+"""What every tab shares: how handlers reach the service, show text safely, and report errors."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from kindchat.models.manager import ModelName
+from kindchat.serve.errors import to_api_error
+from kindchat.serve.service import Answer, ChatService
+from kindchat.ui import strings
+
+logger = logging.getLogger(__name__)
+
+ServiceRef = Callable[[], ChatService]
+"""The app's :class:`ChatService`, created in the FastAPI lifespan after the UI is built."""
+
+
+@dataclass(frozen=True)
+class OnLoad:
+    """What a tab runs with ``fn(session_id, *inputs)``: when the page opens, once the browser's
+    session id is known (`on_open`), and/or whenever the tab is selected (`on_select`; plots
+    drawn while their tab is hidden come out empty, so data-heavy tabs load then)."""
+
+    fn: Callable[..., Any]
+    inputs: list[Any]
+    outputs: list[Any]
+    on_open: bool = True
+    on_select: bool = False
+
+
+def safe(text: str) -> str:
+    """Text for a Markdown-rendering component, with HTML shown as text (never run).
+
+    Escaping `&`, `<`, `>` turns every tag into literal characters before Markdown sees it, so
+    `<script>` and `<img onerror=…>` display as typed; Markdown emphasis and lists still work.
+    """
+    return html.escape(text, quote=False)
+
+
+ERROR_MESSAGES = {
+    "empty_message": strings.ERROR_EMPTY,
+    "context_length_exceeded": strings.ERROR_TOO_LONG,
+    "server_busy": strings.ERROR_BUSY,
+    "model_not_found": strings.ERROR_MODEL,
+    "model_unavailable": strings.ERROR_MODEL,
+    "retrain_busy": strings.ERROR_RETRAIN_BUSY,
+}
+
+
+def user_error(err: BaseException) -> gr.Error:
+    """A Korean :class:`gr.Error` for an error of the service (unknown ones are logged)."""
+    api = to_api_error(err)
+    if api is None:
+        logger.error("UI handler failed", exc_info=err)
+        return gr.Error(strings.ERROR_GENERIC)
+    if api.code in ERROR_MESSAGES:
+        return gr.Error(ERROR_MESSAGES[api.code])
+    fallback = strings.ERROR_UNAVAILABLE if api.status_code >= 500 else strings.ERROR_GENERIC
+    return gr.Error(strings.ERROR_DETAIL.format(message=fallback, detail=safe(str(api))))
+
+
+def model_label(name: ModelName) -> str:
+    """`rlhf · policy-2026…` for a served alias, the version id for a plain version."""
+    return f"{name.alias} · {name.version}" if name.alias else name.version
+
+
+def model_choices(service: ChatService) -> list[tuple[str, str]]:
+    """(label, served name) for every model the server answers with now."""
+    return [(model_label(name), name.name) for name in service.manager.names()]
+
+
+async def stream_text(service: ChatService, answer: Answer) -> AsyncIterator[str]:
+    """The answer's text so far after each piece; stored when it ends (closed early: not)."""
+    async with contextlib.aclosing(service.deltas(answer)) as pieces:
+        async for _ in pieces:
+            yield answer.text
+    await service.store(answer)
+
+
+async def run_blocking(fn: Callable[..., Any], /, **kwargs: Any) -> Any:
+    """A store- or registry-bound service call off the event loop."""
+    return await asyncio.to_thread(fn, **kwargs)

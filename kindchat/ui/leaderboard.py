@@ -1,0 +1,143 @@
+"""The 리더보드 tab: Elo and Bradley–Terry with 95% intervals, battle counts, win-rate matrix.
+
+The numbers come from :meth:`ChatService.leaderboard`, the same code as `GET /v1/leaderboard`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from kindchat.serve.protocol import Leaderboard, LeaderboardRow, PairwiseRow
+from kindchat.serve.service import ChatService
+from kindchat.ui import strings
+from kindchat.ui.common import OnLoad, ServiceRef, run_blocking, user_error
+
+DASH = "–"
+
+
+def interval(row: LeaderboardRow | None) -> str:
+    if row is None or row.rating_low is None or row.rating_high is None:
+        return DASH
+    return f"{row.rating_low:.0f} ~ {row.rating_high:.0f}"
+
+
+def rating(row: LeaderboardRow | None) -> float | str:
+    return DASH if row is None or row.rating is None else round(row.rating, 1)
+
+
+def percent(value: float | None) -> str:
+    return DASH if value is None else f"{value:.0%}"
+
+
+def display_name(model: str, aliases: dict[str, str]) -> str:
+    """`policy-… (rlhf)`: the version and the served aliases that point at it now."""
+    names = sorted(alias for alias, version in aliases.items() if version == model)
+    return f"{model} ({', '.join(names)})" if names else model
+
+
+def ranking_table(elo: Leaderboard, bt: Leaderboard, aliases: dict[str, str]) -> pd.DataFrame:
+    """One row per model, in Elo order: both ratings with intervals, tallies and thumbs."""
+    by_bt = {row.model: row for row in bt.rows}
+    records = []
+    for rank, row in enumerate(elo.rows, start=1):
+        other = by_bt.get(row.model)
+        records.append(
+            {
+                strings.COL_RANK: rank,
+                strings.COL_MODEL: display_name(row.model, aliases),
+                strings.COL_ELO: rating(row),
+                strings.COL_ELO_CI: interval(row),
+                strings.COL_BT: rating(other),
+                strings.COL_BT_CI: interval(other),
+                strings.COL_BATTLES: row.battles,
+                strings.COL_WINS: row.wins,
+                strings.COL_LOSSES: row.losses,
+                strings.COL_TIES: row.ties,
+                strings.COL_BOTH_BAD: row.both_bad,
+                strings.COL_WIN_RATE: percent(row.win_rate),
+                strings.COL_THUMBS_UP: row.thumbs_up,
+                strings.COL_THUMBS_DOWN: row.thumbs_down,
+            }
+        )
+    return pd.DataFrame(records, columns=RANKING_COLUMNS)
+
+
+RANKING_COLUMNS = [
+    strings.COL_RANK,
+    strings.COL_MODEL,
+    strings.COL_ELO,
+    strings.COL_ELO_CI,
+    strings.COL_BT,
+    strings.COL_BT_CI,
+    strings.COL_BATTLES,
+    strings.COL_WINS,
+    strings.COL_LOSSES,
+    strings.COL_TIES,
+    strings.COL_BOTH_BAD,
+    strings.COL_WIN_RATE,
+    strings.COL_THUMBS_UP,
+    strings.COL_THUMBS_DOWN,
+]
+
+
+def win_matrix(
+    pairs: Sequence[PairwiseRow], order: Sequence[str], aliases: dict[str, str]
+) -> pd.DataFrame:
+    """Row model's win rate against the column model (decided battles), with battle counts."""
+    cells = {(p.model, p.opponent): p for p in pairs}
+    models = [m for m in order if any(m in key for key in cells)]
+    labels = [display_name(m, aliases) for m in models]
+    rows = []
+    for me, label in zip(models, labels, strict=True):
+        row: dict[str, Any] = {strings.MATRIX_CORNER: label}
+        for other, other_label in zip(models, labels, strict=True):
+            cell = cells.get((me, other))
+            row[other_label] = (
+                DASH if cell is None else f"{percent(cell.win_rate)} ({cell.battles})"
+            )
+        rows.append(row)
+    return pd.DataFrame(rows, columns=[strings.MATRIX_CORNER, *labels])
+
+
+def load_boards(service: ChatService) -> tuple[Leaderboard, Leaderboard]:
+    return service.leaderboard("elo"), service.leaderboard("bt")
+
+
+async def refresh(service: ChatService) -> tuple[Any, Any, str]:
+    try:
+        elo, bt = await run_blocking(load_boards, service=service)
+    except Exception as err:
+        raise user_error(err) from err
+    aliases = dict(service.manager.status()["aliases"])
+    battles = sum(p.battles for p in elo.pairs) // 2
+    rated = [row.model for row in elo.rows]
+    if battles == 0:
+        summary = strings.LEADERBOARD_EMPTY
+    else:
+        summary = strings.LEADERBOARD_SUMMARY.format(battles=battles, models=len(rated))
+    return ranking_table(elo, bt, aliases), win_matrix(elo.pairs, rated, aliases), summary
+
+
+def build_leaderboard_tab(service: ServiceRef) -> OnLoad:
+    gr.Markdown(strings.LEADERBOARD_INTRO)
+    summary = gr.Markdown(strings.LEADERBOARD_EMPTY, elem_id="leaderboard-summary")
+    table = gr.Dataframe(
+        headers=RANKING_COLUMNS, interactive=False, wrap=True, elem_id="leaderboard-table"
+    )
+    gr.Markdown(strings.MATRIX_TITLE)
+    matrix = gr.Dataframe(interactive=False, wrap=True, elem_id="leaderboard-matrix")
+    button = gr.Button(strings.REFRESH, size="sm", elem_id="leaderboard-refresh")
+
+    async def on_refresh() -> tuple[Any, Any, str]:
+        return await refresh(service())
+
+    button.click(on_refresh, [], [table, matrix, summary])
+
+    async def on_load(session_id: str) -> tuple[Any, Any, str]:
+        return await on_refresh()
+
+    return OnLoad(on_load, [], [table, matrix, summary], on_open=False, on_select=True)

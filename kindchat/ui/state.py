@@ -1,0 +1,71 @@
+"""Per-browser-tab state, kept by Gradio in `gr.State` (one copy per visitor, never shared)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from gradio.components.chatbot import Message, MessageDict
+
+from kindchat.serve.protocol import ChatMessage
+from kindchat.ui.common import safe
+
+Role = Literal["user", "assistant"]
+
+
+@dataclass
+class Turn:
+    """One chat message as the user saw it; assistant turns carry their stored message id."""
+
+    role: Role
+    content: str
+    message_id: str | None = None
+    model: str | None = None  # the version that answered
+    rating: int | None = None  # this session's 👍 (1) / 👎 (-1)
+
+
+@dataclass
+class ChatSession:
+    """The chat tab of one visitor: who they are (for ratings) and what was said."""
+
+    session_id: str = ""
+    turns: list[Turn] = field(default_factory=list)
+    awaiting_reason: str | None = None  # answer id whose 👎 may get a reason
+
+    def messages(self, upto: int | None = None) -> list[ChatMessage]:
+        """The conversation for the service (the first `upto` turns)."""
+        return [ChatMessage(role=t.role, content=t.content) for t in self.turns[:upto]]
+
+    def last_answer(self) -> Turn | None:
+        if self.turns and self.turns[-1].role == "assistant" and self.turns[-1].message_id:
+            return self.turns[-1]
+        return None
+
+    def chatbot(self) -> list[MessageDict | Message]:
+        """Chatbot messages, HTML escaped (index i is `turns[i]`, which the like event uses)."""
+        return [MessageDict(role=t.role, content=safe(t.content)) for t in self.turns]
+
+    def feedback(self) -> list[str | None]:
+        """The chatbot's 👍/👎 marks, one per assistant message in order."""
+        marks = {1: "Like", -1: "Dislike"}
+        return [marks.get(t.rating or 0) for t in self.turns if t.role == "assistant"]
+
+
+@dataclass
+class ArenaRound:
+    """The arena tab of one visitor: the battle on screen and whether it was voted on."""
+
+    session_id: str = ""
+    battle_id: str | None = None
+    prompt: str = ""
+    answers: list[str] = field(default_factory=lambda: ["", ""])
+    verdict: str | None = None
+
+    def panel(self, side: int) -> list[MessageDict | Message]:
+        """Side A (0) or B (1) as chatbot messages, HTML escaped."""
+        if not self.prompt:
+            return []
+        shown: list[MessageDict | Message] = [MessageDict(role="user", content=safe(self.prompt))]
+        if self.answers[side]:
+            shown.append(MessageDict(role="assistant", content=safe(self.answers[side])))
+        return shown

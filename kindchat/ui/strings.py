@@ -1,0 +1,169 @@
+"""Every Korean string the UI shows, in one place (labels, buttons, messages, table headers)."""
+
+from __future__ import annotations
+
+# ---- page -------------------------------------------------------------------------------------
+PAGE_TITLE = "kindchat · 친절한 한국어 도우미"
+HEADER = (
+    "## 💬 kindchat — 친절하고 무해한 한국어 도우미\n"
+    "답변이 마음에 들면 👍, 아쉬우면 👎를 눌러 주세요. 여러분의 평가로 모델이 매일 밤 조금씩 "
+    "더 좋아집니다."
+)
+TAB_CHAT = "채팅"
+TAB_ARENA = "아레나"
+TAB_LEADERBOARD = "리더보드"
+TAB_DASHBOARD = "대시보드"
+
+# ---- chat -------------------------------------------------------------------------------------
+CHAT_LABEL = "대화"
+CHAT_PLACEHOLDER = "무엇이든 편하게 물어보세요. 예: 오늘 저녁 메뉴 추천해 줘"
+INPUT_LABEL = "메시지"
+INPUT_PLACEHOLDER = "메시지를 입력하고 Enter를 누르세요"
+SEND = "보내기"
+REGENERATE = "🔄 다시 생성"
+CLEAR = "🧹 대화 지우기"
+MODEL_LABEL = "모델"
+MODEL_INFO = "기본은 RLHF 모델입니다"
+REASON_TITLE = "👎 어떤 점이 아쉬웠나요? (선택)"
+REASON_CHOICES = [
+    ("불친절해요", "unfriendly"),
+    ("틀린 내용이에요", "incorrect"),
+    ("해로운 내용이에요", "harmful"),
+    ("질문과 관계없어요", "off_topic"),
+    ("기타", "other"),
+]
+REASON_LABEL = "이유"
+COMMENT_LABEL = "자세한 의견 (선택)"
+REASON_SEND = "의견 보내기"
+THANKS_UP = "👍 평가해 주셔서 고마워요!"
+THANKS_DOWN = "👎 평가가 저장되었어요. 이유를 알려 주시면 더 좋아요."
+THANKS_REASON = "의견이 저장되었어요. 고마워요!"
+RATING_KEPT = "평가 취소는 저장되지 않아요. 반대쪽 버튼을 누르면 평가를 바꿀 수 있어요."
+NOTHING_TO_REGENERATE = "다시 생성할 답변이 없어요. 먼저 메시지를 보내 주세요."
+NOT_RATABLE = "이 메시지는 평가할 수 없어요. 도우미의 답변에만 평가를 남길 수 있어요."
+
+# ---- arena ------------------------------------------------------------------------------------
+ARENA_INTRO = (
+    "### ⚔️ 아레나\n"
+    "질문 하나에 두 모델이 익명으로 답합니다. 더 좋은 답을 골라 주세요. "
+    "투표하면 어떤 모델이었는지 공개됩니다."
+)
+ARENA_MODEL_A = "모델 A"
+ARENA_MODEL_B = "모델 B"
+ARENA_PROMPT_PLACEHOLDER = "두 모델에게 물어볼 질문을 입력하세요"
+ARENA_SEND = "대결 시작"
+ARENA_CHOOSE = "대결할 모델 고르기"
+ARENA_AUTO = "자동 (SFT 대 RLHF)"
+VOTE_A = "👈 A가 더 좋음"
+VOTE_B = "👉 B가 더 좋음"
+VOTE_TIE = "🤝 비슷함"
+VOTE_BOTH_BAD = "👎 둘 다 별로"
+NEW_ROUND = "🎲 새 대결"
+ARENA_WAITING = "질문을 입력하고 대결을 시작하세요."
+ARENA_STREAMING = "두 모델이 답하는 중이에요…"
+ARENA_VOTE_NOW = "두 답변을 비교하고 투표해 주세요."
+ARENA_REVEAL = "투표 완료! 모델 A: **{a}** · 모델 B: **{b}**"
+ARENA_VERDICTS = {
+    "a": "A가 더 좋음",
+    "b": "B가 더 좋음",
+    "tie": "비슷함",
+    "both_bad": "둘 다 별로",
+}
+ARENA_YOUR_VOTE = "내 선택: {verdict}"
+ARENA_NO_BATTLE = "아직 진행 중인 대결이 없어요. 먼저 질문을 보내 주세요."
+ARENA_SAME_MODEL = "서로 다른 두 모델을 골라 주세요."
+
+# ---- leaderboard ------------------------------------------------------------------------------
+LEADERBOARD_INTRO = (
+    "### 🏆 리더보드\n"
+    "익명 대결의 투표로 계산한 순위입니다. 괄호 안은 95% 부트스트랩 신뢰구간입니다. "
+    "Elo는 투표 순서대로 갱신(K=4, 기준 1000)하고, Bradley–Terry는 전체 투표의 최대우도 추정입니다."
+)
+REFRESH = "🔄 새로고침"
+LEADERBOARD_EMPTY = "아직 투표된 대결이 없어요. 아레나에서 첫 투표를 해 주세요!"
+LEADERBOARD_SUMMARY = "투표된 대결 {battles}건 · 모델 {models}개"
+COL_RANK = "순위"
+COL_MODEL = "모델"
+COL_ELO = "Elo"
+COL_ELO_CI = "Elo 95% 구간"
+COL_BT = "Bradley–Terry"
+COL_BT_CI = "BT 95% 구간"
+COL_BATTLES = "대결 수"
+COL_WINS = "승"
+COL_LOSSES = "패"
+COL_TIES = "무승부"
+COL_BOTH_BAD = "둘 다 별로"
+COL_WIN_RATE = "승률"
+COL_THUMBS_UP = "👍"
+COL_THUMBS_DOWN = "👎"
+MATRIX_TITLE = "#### 승률표 (행 모델이 열 모델을 이긴 비율, 괄호 안은 대결 수)"
+MATRIX_CORNER = "모델 \\ 상대"
+
+# ---- dashboard --------------------------------------------------------------------------------
+DASHBOARD_INTRO = "### 📊 대시보드\n피드백, 재학습, 모델 지표를 한눈에 봅니다."
+FEEDBACK_PER_DAY = "일별 피드백"
+DAY = "날짜"
+COUNT = "건수"
+KIND = "종류"
+KIND_UP = "👍 좋아요"
+KIND_DOWN = "👎 별로예요"
+KIND_VOTE = "⚔️ 아레나 투표"
+THUMBS_TITLE = "모델 버전별 👍 비율"
+COL_VERSION = "버전"
+COL_RATIO = "👍 비율"
+RUNS_TITLE = "재학습 기록"
+COL_RUN = "실행 ID"
+COL_CREATED = "시작 요청"
+COL_STATUS = "상태"
+COL_STAGE = "단계"
+COL_PROMOTED = "승격"
+COL_METRICS = "지표"
+COL_ERROR = "오류"
+YES = "예"
+NO = "아니요"
+PPO_TITLE = "최근 PPO 학습 곡선 ({version})"
+PPO_TITLE_EMPTY = "최근 PPO 학습 곡선"
+PPO_REWARD = "보상 (평균)"
+PPO_KL = "KL"
+STEP = "스텝"
+VALUE = "값"
+SERIES = "지표"
+RM_TITLE = "보상 모델(RM) 정확도"
+COL_ACCURACY = "정확도"
+COL_ACCURACY_CI = "95% 구간"
+COL_ALIASES = "별칭"
+COL_GOLD = "판정용(골드)"
+NO_DATA = "아직 데이터가 없어요."
+TOTALS = "대화 {conversations}개 · 메시지 {messages}개 · 평가 {ratings}개 · 대결 {battles}개 (투표 {voted}개)"
+ALIASES_NOW = "현재 별칭: {aliases}"
+
+# ---- admin ------------------------------------------------------------------------------------
+ADMIN_TITLE = "🔐 관리자"
+ADMIN_TOKEN = "관리자 토큰"
+ADMIN_TOKEN_PLACEHOLDER = "KINDCHAT_ADMIN_TOKEN 값을 입력하세요"
+ADMIN_UNLOCK = "확인"
+ADMIN_OK = "관리자 모드가 켜졌어요."
+ADMIN_WRONG = "토큰이 맞지 않아요."
+ADMIN_DISABLED = "관리 기능이 꺼져 있어요 (서버에 KINDCHAT_ADMIN_TOKEN이 설정되지 않았어요)."
+PROMOTE_VERSION = "승격할 버전"
+PROMOTE_ALIAS = "별칭"
+PROMOTE = "⬆️ 승격"
+ROLLBACK_ALIAS = "되돌릴 별칭"
+ROLLBACK = "↩️ 되돌리기"
+RETRAIN = "🌙 지금 재학습 시작"
+RETRAIN_FORCE = "새 피드백이 적어도 실행"
+PROMOTE_PICK = "승격할 버전과 별칭을 골라 주세요."
+PROMOTED = "{alias} → {version} 승격 완료. 서버가 새 버전으로 바뀌었어요."
+ROLLED_BACK = "{alias}을(를) 이전 버전으로 되돌렸어요: {version}"
+RETRAIN_STARTED = "재학습을 시작했어요 (실행 ID: {run_id}). 진행 상황은 재학습 기록에 나타나요."
+SWAP_FAILED = " 단, 불러오지 못한 모델이 있어 이전 버전이 계속 응답합니다: {failed}"
+
+# ---- errors -----------------------------------------------------------------------------------
+ERROR_EMPTY = "메시지가 비어 있어요. 내용을 입력해 주세요."
+ERROR_TOO_LONG = "입력이 너무 길어요. 대화를 지우거나 짧게 줄여 주세요."
+ERROR_BUSY = "지금 사용자가 많아요. 잠시 후 다시 시도해 주세요."
+ERROR_MODEL = "선택한 모델을 찾을 수 없어요. 다른 모델을 골라 주세요."
+ERROR_UNAVAILABLE = "지금은 이 기능을 사용할 수 없어요."
+ERROR_RETRAIN_BUSY = "재학습이 이미 진행 중이에요. 끝난 뒤에 다시 시도해 주세요."
+ERROR_GENERIC = "문제가 생겼어요. 잠시 후 다시 시도해 주세요."
+ERROR_DETAIL = "{message} (자세히: {detail})"

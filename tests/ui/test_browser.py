@@ -1,0 +1,257 @@
+"""The UI in headless Chromium against the real app: chat, 👍/👎, arena, leaderboard, dashboard.
+
+Every check of what was stored reads the server's database through the feedback store.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import Engine
+
+from kindchat.feedback import store
+from kindchat.feedback.db import session_scope
+from kindchat.feedback.models import MessagePublic
+from kindchat.models.registry import Registry
+from kindchat.ui import strings
+
+pytestmark = pytest.mark.browser
+
+LIKE = 'button[aria-label="좋아요"], button[aria-label="Like"]'
+DISLIKE = 'button[aria-label="싫어요"], button[aria-label="Dislike"]'
+WATCH_LAST_ANSWER = """() => {
+  window.__seen = [];
+  const root = document.querySelector('#chat-bot');
+  new MutationObserver(() => {
+    const answers = root.querySelectorAll('[data-testid="bot"]');
+    if (!answers.length) return;
+    const text = answers[answers.length - 1].innerText.trim();
+    if (text && window.__seen[window.__seen.length - 1] !== text) window.__seen.push(text);
+  }).observe(root, {subtree: true, childList: true, characterData: true});
+}"""
+
+
+def plain(text: str) -> str:
+    """Text without whitespace and Markdown marks (the page renders answers as Markdown)."""
+    return re.sub(r"[\s*_#>`~\\-]", "", text)
+
+
+def assistant_messages(db: Engine) -> list[MessagePublic]:
+    with session_scope(db) as session:
+        return [
+            m for m in store.list_messages(session=session, limit=10_000) if m.role == "assistant"
+        ]
+
+
+def new_answer(db: Engine, before: set[str], wait_for: Callable[..., None]) -> MessagePublic:
+    found: list[MessagePublic] = []
+
+    def stored() -> bool:
+        found[:] = [m for m in assistant_messages(db) if m.id not in before]
+        return bool(found)
+
+    wait_for(stored, timeout=60, what="the answer to be stored")
+    return found[-1]
+
+
+def cell(table: Any, row: int, col: int) -> str:
+    """The text of a Gradio Dataframe cell (rows are virtualised `div`s, not `tr`s)."""
+    return str(table.locator(f'[data-testid="cell-{row}-{col}"]').inner_text()).strip()
+
+
+def send_chat(page: Any, text: str) -> None:
+    page.locator("#chat-input textarea").fill(text)
+    page.locator("#chat-send").click()
+
+
+def test_chat_streams_a_korean_answer_and_stores_thumbs(
+    page: Any, ui_db: Engine, screenshot: Callable[[Any, str], Path], wait_for: Callable[..., None]
+) -> None:
+    before = {m.id for m in assistant_messages(ui_db)}
+    page.evaluate(WATCH_LAST_ANSWER)
+    send_chat(page, "안녕하세요! 주말에 뭐 하면 좋을까요?")
+    answer = new_answer(ui_db, before, wait_for)
+    bot = page.locator('#chat-bot [data-testid="bot"]').last
+    page.wait_for_function(
+        "n => document.querySelectorAll('#chat-bot [data-testid=\"bot\"]').length === n", arg=1
+    )
+    wait_for(lambda: plain(bot.inner_text()) == plain(answer.content), what="the final text")
+    seen = page.evaluate("window.__seen")
+    partial = [t for t in seen if len(plain(t)) < len(plain(answer.content))]
+    assert len(partial) >= 2, f"the answer did not stream: {seen}"
+    assert page.locator('#chat-bot [data-testid="user"]').inner_text().startswith("안녕하세요")
+    assert answer.session_id and answer.model_alias == "rlhf"
+
+    def rating() -> Any:
+        with session_scope(ui_db) as session:
+            rows = store.list_ratings(session=session, message_id=answer.id)
+        return rows[0] if len(rows) == 1 else None
+
+    page.locator("#chat-bot").locator(LIKE).last.click()
+    wait_for(lambda: rating() is not None, what="the 👍 in the database")
+    assert rating().value == 1 and rating().session_id == answer.session_id
+    page.locator("#chat-bot").locator(DISLIKE).last.click()  # changing the vote replaces it
+    wait_for(lambda: rating().value == -1, what="the 👎 replacing the 👍")
+    page.get_by_label("불친절해요").check()
+    page.locator("#chat-reason textarea").fill("말투가 딱딱해요")
+    page.locator("#chat-reason-send").click()
+    wait_for(lambda: rating().reason == "unfriendly", what="the reason of the 👎")
+    assert rating().comment == "말투가 딱딱해요" and rating().value == -1
+    screenshot(page, "chat")
+
+    page.locator("#chat-regenerate").click()  # a sibling answer: the loop gets a pair
+    again = new_answer(ui_db, before | {answer.id}, wait_for)
+    assert again.parent_id == answer.id and again.conversation_id == answer.conversation_id
+    wait_for(lambda: plain(bot.inner_text()) == plain(again.content), what="the new answer")
+    assert page.locator('#chat-bot [data-testid="bot"]').count() == 1
+
+    page.locator("#chat-clear").click()
+    wait_for(lambda: page.locator('#chat-bot [data-testid="bot"]').count() == 0, what="clear")
+
+
+def test_html_in_messages_is_shown_as_text_never_run(
+    page: Any, ui_db: Engine, wait_for: Callable[..., None]
+) -> None:
+    payload = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2"> <b>굵게</b>'
+    before = {m.id for m in assistant_messages(ui_db)}
+    send_chat(page, payload)
+    new_answer(ui_db, before, wait_for)
+    user = page.locator('#chat-bot [data-testid="user"]').last
+    wait_for(lambda: "<script>" in user.inner_text(), what="the payload as text")
+    assert '<img src=x onerror="window.__xss = 2">' in user.inner_text()
+    assert "<b>굵게</b>" in user.inner_text()
+    assert page.evaluate("window.__xss") is None
+    assert page.locator("#chat-bot script, #chat-bot img[src='x'], #chat-bot b").count() == 0
+
+
+def test_arena_vote_reveals_the_models_and_stores_the_battle(
+    page: Any,
+    ui_server: Any,
+    ui_db: Engine,
+    screenshot: Callable[[Any, str], Path],
+    wait_for: Callable[..., None],
+) -> None:
+    aliases = Registry(ui_server.settings.models_dir).aliases()
+    versions = {aliases["sft"], aliases["rlhf"]}
+    page.get_by_role("tab", name=strings.TAB_ARENA).click()
+    page.locator("#arena-input textarea").fill("여름 방학 계획을 같이 세워 줄래요?")
+    page.locator("#arena-send").click()
+    vote_a = page.locator("#arena-vote-a")
+    vote_a.wait_for(state="visible")
+    wait_for(vote_a.is_enabled, timeout=60, what="the answers to finish")
+    arena = page.locator("#arena-a").inner_text() + page.locator("#arena-b").inner_text()
+    status = page.locator("#arena-status").inner_text()
+    assert not any(v in arena + status for v in versions), "the models must stay anonymous"
+    for side in ("#arena-a", "#arena-b"):
+        assert page.locator(f'{side} [data-testid="bot"]').inner_text().strip()
+    screenshot(page, "arena-before-vote")
+
+    vote_a.click()
+    wait_for(lambda: strings.ARENA_VERDICTS["a"] in page.locator("#arena-status").inner_text())
+    status = page.locator("#arena-status").inner_text()
+    assert all(v in status for v in versions), status
+    for verdict in ("a", "b", "tie", "both_bad"):
+        assert page.locator(f"#arena-vote-{verdict}").is_disabled()
+    with session_scope(ui_db) as session:
+        battle = store.list_battles(session=session, voted=True)[-1]
+    assert battle.prompt == "여름 방학 계획을 같이 세워 줄래요?" and battle.winner == "a"
+    assert {battle.version_a, battle.version_b} == versions and battle.session_id
+    assert status.index(str(battle.version_a)) < status.index(str(battle.version_b))
+    screenshot(page, "arena")
+
+    page.locator("#arena-new").click()
+    wait_for(lambda: page.locator('#arena-a [data-testid="bot"]').count() == 0, what="new round")
+    assert vote_a.is_disabled()
+
+
+def seed_feedback(url: str, db: Engine) -> None:
+    """Battles and ratings through the HTTP API (the same store as the UI), and a retrain run."""
+    for round_, winner in enumerate(("a", "a", "b", "tie", "a", "both_bad")):
+        battle = httpx.post(
+            f"{url}/v1/arena/battles",
+            json={"prompt": f"질문 {round_}", "session_id": "seed", "max_tokens": 4},
+            timeout=60,
+        ).json()
+        httpx.post(
+            f"{url}/v1/arena/battles/{battle['id']}/vote",
+            json={"winner": winner, "session_id": "seed"},
+        ).raise_for_status()
+        httpx.post(
+            f"{url}/v1/feedback",
+            json={"message_id": battle["a"]["message_id"], "rating": 1 if round_ % 2 else -1},
+        ).raise_for_status()
+    with session_scope(db) as session:
+        run = store.create_run(session=session, status="running", stage="ppo")
+        store.update_run(
+            session=session,
+            run_id=run.id,
+            status="succeeded",
+            stage="promote",
+            metrics={"rm_accuracy": 0.61, "win_rate": 0.58},
+            promoted=True,
+        )
+
+
+def test_leaderboard_and_dashboard_render_with_data(
+    page: Any,
+    ui_server: Any,
+    ui_db: Engine,
+    screenshot: Callable[[Any, str], Path],
+    wait_for: Callable[..., None],
+) -> None:
+    seed_feedback(ui_server.url, ui_db)
+    registry = Registry(ui_server.settings.models_dir)
+    aliases = registry.aliases()
+
+    page.get_by_role("tab", name=strings.TAB_LEADERBOARD).click()
+    table = page.locator("#leaderboard-table")
+    wait_for(lambda: aliases["rlhf"] in table.inner_text(), what="the leaderboard rows")
+    assert aliases["sft"] in table.inner_text()
+    assert table.locator('.virtual-body [role="row"]').count() == 2
+    for row in range(2):
+        elo, elo_ci, bt, bt_ci = (cell(table, row, col) for col in range(2, 6))
+        assert 900 < float(elo) < 1100 and 700 < float(bt) < 1300
+        low, high = (float(x) for x in elo_ci.split("~"))
+        assert low <= round(float(elo)) + 1 and high >= round(float(elo)) - 1
+        assert "~" in bt_ci
+    assert "%" in page.locator("#leaderboard-matrix").inner_text()
+    screenshot(page, "leaderboard")
+
+    page.get_by_role("tab", name=strings.TAB_DASHBOARD).click()
+    rm = page.locator("#dashboard-rm")
+    wait_for(lambda: aliases["rm"] in rm.inner_text(), what="RM accuracy per version")
+    assert "succeeded" in page.locator("#dashboard-runs").inner_text()
+    assert aliases["rlhf"] in page.locator("#dashboard-thumbs").inner_text()
+    for plot in ("#dashboard-per-day", "#dashboard-ppo"):
+        wait_for(
+            lambda plot=plot: page.locator(f"{plot} canvas, {plot} svg").count() > 0,
+            what=f"the plot {plot}",
+        )
+    assert aliases["rlhf"] in page.locator("#dashboard-ppo").inner_text()
+    screenshot(page, "dashboard")
+
+    actions = page.locator("#admin-promote")
+    page.get_by_text(strings.ADMIN_TITLE).click()
+    page.locator("#admin-token input").fill("wrong")
+    page.locator("#admin-unlock").click()
+    page.get_by_text(strings.ADMIN_WRONG).first.wait_for()
+    assert not actions.is_visible()
+    page.locator("#admin-token input").fill(ui_server.settings.admin_token.get_secret_value())
+    page.locator("#admin-unlock").click()
+    actions.wait_for(state="visible")
+
+    page.locator("#admin-version input").click()
+    page.get_by_role("option", name=aliases["sft"]).click()
+    page.locator("#admin-promote").click()
+    wait_for(lambda: registry.aliases()["rlhf"] == aliases["sft"], what="the promotion")
+    wait_for(lambda: "승격 완료" in page.locator("#admin-note").inner_text(), what="the note")
+    served = httpx.get(f"{ui_server.url}/healthz").json()["aliases"]
+    assert served["rlhf"] == aliases["sft"]  # hot-swapped already
+    screenshot(page, "dashboard-admin")
+    page.locator("#admin-rollback").click()
+    wait_for(lambda: registry.aliases()["rlhf"] == aliases["rlhf"], what="the rollback")

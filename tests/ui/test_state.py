@@ -1,0 +1,61 @@
+"""Per-session state and error texts of the UI, without a browser."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kindchat.config import Settings
+from kindchat.serve.errors import InvalidRequestError, OverloadedError
+from kindchat.serve.service import ChatService
+from kindchat.ui import strings
+from kindchat.ui.common import safe, user_error
+from kindchat.ui.state import ArenaRound, ChatSession, Turn
+
+PAYLOAD = '<script>alert(1)</script><img src=x onerror="alert(2)"> & **굵게**'
+
+
+def test_chat_messages_are_escaped_and_aligned_with_turns() -> None:
+    state = ChatSession(
+        session_id="s",
+        turns=[
+            Turn(role="user", content=PAYLOAD),
+            Turn(role="assistant", content=PAYLOAD, message_id="m1", rating=-1),
+            Turn(role="user", content="고마워요"),
+            Turn(role="assistant", content="천만에요", message_id="m2"),
+        ],
+    )
+    shown = state.chatbot()
+    assert [m["role"] for m in shown] == ["user", "assistant", "user", "assistant"]
+    for message in shown[:2]:
+        assert "<" not in message["content"] and ">" not in message["content"]
+        assert message["content"].startswith("&lt;script&gt;alert(1)&lt;/script&gt;&lt;img")
+        assert "&amp; **굵게**" in message["content"]  # Markdown still renders
+    assert state.feedback() == ["Dislike", None]
+    assert state.last_answer() is state.turns[-1]
+    assert [m.content for m in state.messages(upto=2)] == [PAYLOAD, PAYLOAD]
+
+
+def test_arena_panels_escape_the_prompt_and_answers() -> None:
+    round_ = ArenaRound(session_id="s", prompt=PAYLOAD, answers=["<b>A</b>", ""])
+    assert round_.panel(0)[1]["content"] == safe("<b>A</b>") == "&lt;b&gt;A&lt;/b&gt;"
+    assert len(round_.panel(1)) == 1 and "<" not in round_.panel(1)[0]["content"]
+    assert ArenaRound().panel(0) == []
+
+
+def test_service_errors_become_korean_messages() -> None:
+    empty = InvalidRequestError("messages[0].content is empty", code="empty_message")
+    assert user_error(empty).message == strings.ERROR_EMPTY
+    assert user_error(OverloadedError("queue full")).message == strings.ERROR_BUSY
+    assert user_error(RuntimeError("boom")).message == strings.ERROR_GENERIC
+    other = user_error(InvalidRequestError("<b>x</b> is bad", code="invalid_value"))
+    assert "&lt;b&gt;" in other.message
+
+
+def test_admin_token_check(tmp_path: Path) -> None:
+    def service(token: str | None) -> ChatService:
+        settings = Settings(home=tmp_path, admin_token=token)
+        return ChatService(settings, manager=None, db=None, metrics=None)  # type: ignore[arg-type]
+
+    assert not service(None).is_admin("anything") and not service(None).is_admin("")
+    assert service("s3cret").is_admin("s3cret")
+    assert not service("s3cret").is_admin("s3cre") and not service("s3cret").is_admin(None)
