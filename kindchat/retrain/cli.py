@@ -184,7 +184,7 @@ def register(app: typer.Typer) -> None:
         seed: int = 0,
     ) -> None:
         """Simulated users vote in the arena (gold RM + noise), then one retrain cycle runs."""
-        from kindchat.retrain.simulate import SimulateConfig, simulate
+        from kindchat.simulate import SimulateConfig, simulate
 
         settings: Settings = ctx.obj
         config = SimulateConfig(

@@ -91,8 +91,11 @@ def sequence_logprobs(
         sequences = torch.cat([prompt_ids, response], dim=1)
         attention = torch.cat([prompt_mask, mask.long()], dim=1)
         logits = model(
-            input_ids=sequences, attention_mask=attention, position_ids=position_ids_for(attention)
-        ).logits[:, prompt_ids.size(1) - 1 : -1] / max(temperature, 1e-6)
+            input_ids=sequences,
+            attention_mask=attention,
+            position_ids=position_ids_for(attention),
+            logits_to_keep=width + 1,
+        ).logits[:, :-1] / max(temperature, 1e-6)
         totals.extend((logprobs_from_logits(logits, response) * mask).sum(dim=1).tolist())
     return totals
 

@@ -263,13 +263,18 @@ def _response_logits(
     attention_mask: torch.Tensor,
     prompt_length: int,
 ) -> torch.Tensor:
-    """[B, R, V] logits that predict each response token (positions P−1 … P+R−2)."""
+    """[B, R, V] logits that predict each response token (positions P−1 … P+R−2).
+
+    Only those R+1 positions go through the LM head (`logits_to_keep`), not the prompt's.
+    """
+    response_length = sequences.size(1) - prompt_length
     logits = model(
         input_ids=sequences,
         attention_mask=attention_mask,
         position_ids=position_ids_for(attention_mask),
+        logits_to_keep=response_length + 1,
     ).logits
-    return logits[:, prompt_length - 1 : -1]
+    return logits[:, :-1]
 
 
 def _response_values(

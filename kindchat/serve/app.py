@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from fastapi import FastAPI
 
@@ -40,9 +40,15 @@ def remote_backend(settings: Settings) -> GenerationBackend | None:
     return TgiBackend(settings.tgi_url, tokenizer=tokenizer)
 
 
-def create_app(settings: Settings, *, loader: Loader | None = None, ui: bool = True) -> FastAPI:
-    """The API app, with the Gradio UI at `/` unless `ui` is False. `loader` replaces how
-    versions are loaded (e.g. a failing one in tests)."""
+def create_app(
+    settings: Settings,
+    *,
+    loader: Loader | None = None,
+    extensions: Sequence[Callable[[FastAPI], None]] = (),
+) -> FastAPI:
+    """The API app. `loader` replaces how versions are loaded (e.g. a failing one in tests);
+    each extension adds to the finished app (`kindchat.app` mounts the UI this way, so serve
+    never imports the UI above it)."""
     manager = ModelManager(settings, loader=loader, remote=remote_backend(settings))
     metrics = Metrics(manager)
 
@@ -89,8 +95,6 @@ def create_app(settings: Settings, *, loader: Loader | None = None, ui: bool = T
     for module in (chat, models, feedback, arena, health, admin):
         app.include_router(module.router)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    if ui:  # the UI sits above serve and calls its service; imported here only
-        from kindchat.ui.app import mount_ui
-
-        mount_ui(app)
+    for extend in extensions:
+        extend(app)
     return app

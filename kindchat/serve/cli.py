@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
         """Serve the chat UI at / and the OpenAI-compatible API (chat, feedback, arena) at /v1."""
         import uvicorn
 
-        from kindchat.serve.app import create_app
+        from kindchat.app import create_product_app
 
         base: Settings = ctx.obj
         overrides = {
@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
         url = f"http://{settings.host}:{settings.port}"
         logger.info("kindchat: chat UI at %s/ · API at %s/v1 (%s)", url, url, settings.backend)
         uvicorn.run(
-            create_app(settings),
+            create_product_app(settings),
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level.lower(),

@@ -20,12 +20,12 @@ import pytest
 import torch
 from sqlalchemy import Engine
 
+from kindchat.app import create_product_app
 from kindchat.config import Settings
 from kindchat.feedback.db import init_db
 from kindchat.models.backends.base import GenerationBackend, GenerationOptions, TextDelta
 from kindchat.models.generation import SamplingParams
 from kindchat.models.manager import Loader, default_loader
-from kindchat.serve.app import create_app
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -121,7 +121,7 @@ def ui_server(micro_settings: Settings, tmp_path_factory: pytest.TempPathFactory
         alias_poll_s=0.5,
     )
     threads = torch.get_num_threads()
-    with ServerThread(create_app(settings, loader=paced_loader(settings))) as server:
+    with ServerThread(create_product_app(settings, loader=paced_loader(settings))) as server:
         server.settings = settings
         yield server
     torch.set_num_threads(threads)
