@@ -151,6 +151,24 @@ def loss_curve(log_history: list[dict[str, Any]]) -> dict[str, float]:
     return {"loss_first": losses[0], "loss_last": losses[-1]} if losses else {}
 
 
+def run_trainer(trainer: Any, lora: bool, stage: str) -> tuple[Any, dict[str, Any]]:
+    """Train with an HF/TRL trainer; return the model (LoRA merged, fp32 on CPU, eval mode)
+    and its metrics. A non-finite training loss raises before anything can be saved."""
+    result = trainer.train()
+    check_finite(result.training_loss, f"{stage} training loss")
+    trained = trainer.model.merge_and_unload() if lora else trainer.model
+    if trained.device.type == "cpu":
+        trained = trained.to(torch.float32)
+    trained.eval()
+    metrics: dict[str, Any] = {
+        "train_loss": result.training_loss,
+        "train_steps": result.global_step,
+        **loss_curve(trainer.state.log_history),
+    }
+    logger.info("%s finished: %s", stage, metrics)
+    return trained, metrics
+
+
 def check_finite(value: float, what: str) -> float:
     if not math.isfinite(value):
         raise FloatingPointError(f"{what} is {value}; training diverged, nothing was saved")

@@ -16,9 +16,8 @@ from kindchat.models.template import kullm_prompt
 from kindchat.retrain.common import (
     LogToFile,
     LoraOptions,
-    check_finite,
     check_trainer_fields,
-    loss_curve,
+    run_trainer,
     trainer_arguments,
 )
 from kindchat.seed import RmPair
@@ -95,18 +94,8 @@ def train_dpo_model(
         peft_config=config.lora.peft_config("CAUSAL_LM") if config.lora.enabled else None,
         callbacks=[LogToFile("dpo")],
     )
-    result = trainer.train()
-    check_finite(result.training_loss, "dpo training loss")
-    trained = trainer.model
-    if config.lora.enabled:
-        trained = trained.merge_and_unload()
-    trained.eval()
+    trained, metrics = run_trainer(trainer, config.lora.enabled, "dpo")
     history = [row for row in trainer.state.log_history if "rewards/accuracies" in row]
-    metrics: dict[str, Any] = {
-        "train_loss": result.training_loss,
-        "train_steps": result.global_step,
-        **loss_curve(trainer.state.log_history),
-    }
     if history:
         metrics["reward_accuracy_end"] = history[-1]["rewards/accuracies"]
         metrics["reward_margin_end"] = history[-1].get("rewards/margins")

@@ -27,9 +27,8 @@ from kindchat.models.template import kullm_prompt
 from kindchat.retrain.common import (
     LogToFile,
     LoraOptions,
-    check_finite,
     check_trainer_fields,
-    loss_curve,
+    run_trainer,
     trainer_arguments,
 )
 from kindchat.seed import RmPair
@@ -193,11 +192,4 @@ def train_reward_model(
         peft_config=config.lora.peft_config("SEQ_CLS") if config.lora.enabled else None,
         callbacks=[LogToFile(stage)],
     )
-    result = trainer.train()
-    check_finite(result.training_loss, f"{stage} training loss")
-    trained = trainer.model
-    if config.lora.enabled:
-        trained = trained.merge_and_unload()
-    trained.eval()
-    metrics = {"train_loss": result.training_loss, "train_steps": result.global_step}
-    return trained, {**metrics, **loss_curve(trainer.state.log_history)}
+    return run_trainer(trainer, config.lora.enabled, stage)

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import SFTConfig, SFTTrainer
@@ -17,9 +16,8 @@ from trl import SFTConfig, SFTTrainer
 from kindchat.retrain.common import (
     LogToFile,
     LoraOptions,
-    check_finite,
     check_trainer_fields,
-    loss_curve,
+    run_trainer,
     trainer_arguments,
 )
 
@@ -86,17 +84,4 @@ def train_causal_lm(
         peft_config=config.lora.peft_config("CAUSAL_LM") if config.lora.enabled else None,
         callbacks=[LogToFile(stage)],
     )
-    result = trainer.train()
-    check_finite(result.training_loss, f"{stage} training loss")
-    trained = trainer.model
-    if config.lora.enabled:
-        trained = trained.merge_and_unload()
-    trained = trained.to(torch.float32) if trained.device.type == "cpu" else trained
-    trained.eval()
-    metrics: dict[str, Any] = {
-        "train_loss": result.training_loss,
-        "train_steps": result.global_step,
-    }
-    metrics.update(loss_curve(trainer.state.log_history))
-    logger.info("%s finished: %s", stage, metrics)
-    return trained, metrics
+    return run_trainer(trainer, config.lora.enabled, stage)
