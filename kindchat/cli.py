@@ -38,13 +38,17 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that are the user's to fix: shown as one line, exit code 2, no traceback."""
+    from kindchat.feedback.errors import FeedbackError
     from kindchat.models.registry import RegistryError
     from kindchat.models.template import ConversationError, PromptTooLongError
+    from kindchat.retrain.errors import RetrainError
     from kindchat.seed import SeedDataError
 
     return (
         SeedDataError,
         RegistryError,
+        FeedbackError,
+        RetrainError,
         PromptTooLongError,
         ConversationError,
         FileNotFoundError,

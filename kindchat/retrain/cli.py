@@ -45,7 +45,6 @@ def _runs_table(runs: list[Any]) -> Table:
 def register(app: typer.Typer) -> None:
     """Add `retrain`, `simulate`, and `models promote|rollback` to the kindchat CLI."""
     from kindchat.cli import console, friendly
-    from kindchat.retrain.errors import RetrainError
 
     # The `models` group of the app being built (also right under `python -m kindchat.cli`).
     models_app = next(
@@ -56,10 +55,6 @@ def register(app: typer.Typer) -> None:
 
     retrain_app = typer.Typer(help="The nightly loop: retrain cycles and their records.")
     app.add_typer(retrain_app, name="retrain", no_args_is_help=True)
-
-    def fail(err: RetrainError) -> typer.Exit:
-        console.print(f"[bold red]error:[/] {err}", highlight=False)
-        return typer.Exit(2)
 
     @retrain_app.command("run")
     @friendly
@@ -86,13 +81,10 @@ def register(app: typer.Typer) -> None:
             algorithm=algorithm,
             min_new_pairs=0 if force else min_new_pairs,
         )
-        try:
-            if child:
-                run = trigger_retrain(settings, config=config, wait=True)
-            else:
-                run = run_retrain_cycle(settings, config)
-        except RetrainError as err:
-            raise fail(err) from None
+        if child:
+            run = trigger_retrain(settings, config=config, wait=True)
+        else:
+            run = run_retrain_cycle(settings, config)
         console.print(_runs_table([run]))
         gate = (run.metrics or {}).get("policy_gate", {})
         if "win_rate" in gate:
@@ -146,10 +138,7 @@ def register(app: typer.Typer) -> None:
         """Point an alias at a version (atomic; running servers hot-swap)."""
         from kindchat.retrain.admin import promote
 
-        try:
-            change = promote(ctx.obj, version, alias)
-        except RetrainError as err:
-            raise fail(err) from None
+        change = promote(ctx.obj, version, alias)
         console.print(f"{change.alias}: {change.previous} -> {change.version}")
 
     @models_app.command("rollback")
@@ -161,10 +150,7 @@ def register(app: typer.Typer) -> None:
         """Point an alias back at its previous version."""
         from kindchat.retrain.admin import rollback
 
-        try:
-            change = rollback(ctx.obj, alias)
-        except RetrainError as err:
-            raise fail(err) from None
+        change = rollback(ctx.obj, alias)
         console.print(f"{change.alias}: {change.previous} -> {change.version}")
 
     @app.command("simulate")
@@ -196,8 +182,5 @@ def register(app: typer.Typer) -> None:
             seed=seed,
         )
         retrain = _retrain_config(settings, preset=preset, algorithm=algorithm, min_new_pairs=0)
-        try:
-            report = simulate(settings, config, retrain, url=url)
-        except RetrainError as err:
-            raise fail(err) from None
+        report = simulate(settings, config, retrain, url=url)
         console.print(report.summary(), highlight=False)

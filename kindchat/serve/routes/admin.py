@@ -1,7 +1,8 @@
 """`/v1/admin/*`: reload, retrain, promote, roll back, retrain runs — all behind the bearer token.
 
 The token check is the router's one dependency (`require_admin`), so no route can forget it.
-The routes only translate HTTP to :mod:`kindchat.retrain.admin`, the API the CLI and UI share.
+The routes only translate HTTP to the service (`ChatService.promote`, …), the path the UI uses
+too; it calls :mod:`kindchat.retrain.admin`, which the CLI shares.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from kindchat.feedback.models import RetrainRunPublic
 from kindchat.retrain import admin as retrain_admin
-from kindchat.serve.deps import ManagerDep, SettingsDep, require_admin
+from kindchat.serve.deps import ManagerDep, ServiceDep, SettingsDep, require_admin
 from kindchat.serve.protocol import (
     AliasChangeResponse,
     PromoteRequest,
@@ -38,14 +39,9 @@ async def reload_models(manager: ManagerDep) -> ReloadResponse:
 
 
 @router.post("/retrain", status_code=202)
-async def retrain(
-    request: Request, settings: SettingsDep, body: RetrainRequest | None = None
-) -> RetrainRunPublic:
+async def retrain(service: ServiceDep, body: RetrainRequest | None = None) -> RetrainRunPublic:
     """Queue a retrain cycle in a low-priority child process; 409 while one runs."""
-    force = body.force if body is not None else False
-    return await asyncio.to_thread(
-        retrain_admin.trigger_retrain, settings, engine=request.app.state.db, force=force
-    )
+    return await service.trigger_retrain(force=body.force if body is not None else False)
 
 
 @router.get("/retrain-runs")
@@ -66,20 +62,14 @@ async def retrain_runs(
 
 
 @router.post("/promote")
-async def promote(
-    body: PromoteRequest, settings: SettingsDep, manager: ManagerDep
-) -> AliasChangeResponse:
+async def promote(body: PromoteRequest, service: ServiceDep) -> AliasChangeResponse:
     """Point an alias at a version; the new version serves when this returns."""
-    change = await asyncio.to_thread(retrain_admin.promote, settings, body.version, body.alias)
-    await manager.reload("promote")
+    change, _ = await service.promote(body.version, body.alias)
     return AliasChangeResponse(**change.as_dict())
 
 
 @router.post("/rollback")
-async def rollback(
-    body: RollbackRequest, settings: SettingsDep, manager: ManagerDep
-) -> AliasChangeResponse:
+async def rollback(body: RollbackRequest, service: ServiceDep) -> AliasChangeResponse:
     """Point an alias back at its previous version; it serves when this returns."""
-    change = await asyncio.to_thread(retrain_admin.rollback, settings, body.alias)
-    await manager.reload("rollback")
+    change, _ = await service.rollback(body.alias)
     return AliasChangeResponse(**change.as_dict())
