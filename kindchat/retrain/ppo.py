@@ -29,7 +29,11 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from kindchat.models.generation import SamplingParams, generate_tokens, left_pad
+from kindchat.models.generation import (
+    left_pad,
+    response_mask,
+    sample_with_logits,
+)
 from kindchat.models.loading import load_causal_lm, load_reward_model
 from kindchat.models.template import kullm_prompt
 from kindchat.retrain.common import LoraOptions, ensure_distributed_env
@@ -138,13 +142,29 @@ class Rollout:
     entropy: torch.Tensor  # [B, R] entropy of the actor at each response position
 
     def take(self, index: torch.Tensor) -> Rollout:
-        """The rollouts at `index` (a mini-batch)."""
-        values = {
+        """The rollouts at `index` (a mini-batch), without the columns that are padding in all
+        of them: the common left padding of their prompts and the common tail after their
+        answers. Positions come from the attention mask, so every result is unchanged."""
+        rows = {
             f.name: getattr(self, f.name)[index]
             for f in fields(self)
             if isinstance(getattr(self, f.name), torch.Tensor)
         }
-        return Rollout(prompt_length=self.prompt_length, **values)
+        first = int(rows["attention_mask"][:, : self.prompt_length].any(dim=0).long().argmax())
+        used = rows["response_mask"].any(dim=0).nonzero()
+        length = int(used.max()) + 1 if used.numel() else 1
+        end = self.prompt_length + length
+        trimmed = {}
+        for name, value in rows.items():
+            if name in _SEQUENCE_FIELDS:  # [B, P+R]
+                value = value[:, first:end]
+            elif value.dim() == 2:  # per-token [B, R]
+                value = value[:, :length]
+            trimmed[name] = value  # scores [B] as they are
+        return Rollout(prompt_length=self.prompt_length - first, **trimmed)
+
+
+_SEQUENCE_FIELDS = ("sequences", "attention_mask")  # [B, P+R]; every other 2-D field is [B, R]
 
 
 class Trainable:
@@ -155,7 +175,9 @@ class Trainable:
     ) -> None:
         self.max_grad_norm = max_grad_norm
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
+        optimizer = torch.optim.AdamW(
+            params, lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, fused=True
+        )
         self.engine: Any = None
         if ds_config is not None:
             import deepspeed
@@ -302,13 +324,6 @@ class PpoTrainer:
         order = list(prompts)
         random.Random(config.seed).shuffle(order)
         self.prompts = order
-        self.sampling = SamplingParams(
-            max_new_tokens=config.max_new_tokens,
-            temperature=config.temperature,
-            top_p=config.top_p,
-            top_k=0,
-            do_sample=True,
-        )
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(
             json.dumps(asdict(config), default=str, indent=2), encoding="utf-8"
@@ -332,30 +347,42 @@ class PpoTrainer:
         prompt_ids, prompt_mask = left_pad(encoded, tok.pad_token_id)
         actor = m.actor.module
         actor.eval()
-        responses = generate_tokens(actor, tok, prompt_ids, prompt_mask, self.sampling)
+        # The sampling pass already computed the actor's logits at every response position:
+        # log π_old and the entropy come from them, with no second forward pass of the actor.
+        responses, logits = sample_with_logits(
+            actor,
+            prompt_ids,
+            prompt_mask,
+            c.max_new_tokens,
+            tok.eos_token_id,
+            tok.pad_token_id,
+            c.temperature,
+            c.top_p,
+        )
         actor.train()
-        response_mask = (responses != tok.pad_token_id).float()
+        mask = response_mask(responses, tok.eos_token_id)
         sequences = torch.cat([prompt_ids, responses], dim=1)
-        attention = torch.cat([prompt_mask, response_mask.long()], dim=1)
+        attention = torch.cat([prompt_mask, mask], dim=1)
+        mask = mask.float()
         p = prompt_ids.size(1)
-        logits = _response_logits(actor, sequences, attention, p)
         old_logprobs = logprobs_from_logits(logits, responses)
         entropy = entropy_from_logits(logits)
+        del logits
         ref_logprobs = logprobs_from_logits(
             _response_logits(m.reference, sequences, attention, p), responses
         )
-        old_values = _response_values(m.critic.module, sequences, attention, p) * response_mask
+        old_values = _response_values(m.critic.module, sequences, attention, p) * mask
         scores = score_sequences(m.reward, sequences, attention)
         rewards = kl_penalized_rewards(
-            scores, old_logprobs, ref_logprobs, response_mask, c.kl_coef, c.reward_clip
+            scores, old_logprobs, ref_logprobs, mask, c.kl_coef, c.reward_clip
         )
-        advantages, returns = gae(rewards, old_values, response_mask, c.gamma, c.lam)
+        advantages, returns = gae(rewards, old_values, mask, c.gamma, c.lam)
         if c.whiten_advantages:
-            advantages = masked_whiten(advantages, response_mask)
+            advantages = masked_whiten(advantages, mask)
         return Rollout(
             sequences=sequences,
             attention_mask=attention,
-            response_mask=response_mask,
+            response_mask=mask,
             prompt_length=p,
             old_logprobs=old_logprobs,
             ref_logprobs=ref_logprobs,
