@@ -218,13 +218,14 @@ def train_ppo_command(
     ctx: typer.Context,
     sft: Annotated[str, typer.Option(help="Actor and reference init.")] = "sft",
     rm: Annotated[str, typer.Option(help="Reward model (and critic init).")] = "rm",
-    steps: int = 40,
+    # Defaults: the tiny preset's PPO budget (models/presets.py); KULLM-size actors want ~1e-5.
+    steps: int = 100,
     batch_size: int = 16,
     mini_batch_size: int = 8,
     ppo_epochs: int = 1,
     max_new_tokens: int = 48,
-    actor_lr: float = 2e-5,
-    critic_lr: float = 5e-5,
+    actor_lr: float = 1e-4,
+    critic_lr: float = 1e-4,
     kl_coef: float = 0.1,
     reward_clip: float = 5.0,
     ema: Annotated[
