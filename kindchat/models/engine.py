@@ -37,7 +37,7 @@ from transformers import (
 )
 
 from kindchat.models.backends.base import BackendUnavailableError, FinishReason, QueueFullError
-from kindchat.models.generation import SamplingParams
+from kindchat.models.generation import SamplingParams, left_pad, position_ids_for
 
 logger = logging.getLogger(__name__)
 
@@ -360,14 +360,9 @@ class BatchEngine:
         return out.logits[:, -1, :].float()
 
     def _prefill(self, seqs: list[_Sequence]) -> None:
-        width = max(len(s.prompt_ids) for s in seqs)
-        input_ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, seq in enumerate(seqs):
-            input_ids[row, width - len(seq.prompt_ids) :] = torch.tensor(seq.prompt_ids)
-            mask[row, width - len(seq.prompt_ids) :] = 1
+        input_ids, mask = left_pad([s.prompt_ids for s in seqs], self.pad_id)
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        positions = position_ids_for(mask)
         cache = DynamicCache()
         logits = self._model_step(input_ids, mask, positions, cache)
         self._batch.merge(seqs, mask, cache)
@@ -485,12 +480,7 @@ class WaveEngine(BatchEngine):
         from transformers import StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
 
-        width = max(len(s.prompt_ids) for s in seqs)
-        input_ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, seq in enumerate(seqs):
-            input_ids[row, width - len(seq.prompt_ids) :] = torch.tensor(seq.prompt_ids)
-            mask[row, width - len(seq.prompt_ids) :] = 1
+        input_ids, mask = left_pad([s.prompt_ids for s in seqs], self.pad_id)
         finished = [False] * len(seqs)
         engine = self
 

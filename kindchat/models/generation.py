@@ -67,6 +67,11 @@ def max_prompt_tokens(model: PreTrainedModel, max_new_tokens: int) -> int:
     return max(1, context_length(model) - max_new_tokens)
 
 
+def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that start at 0 on each row's first real token (left padding safe)."""
+    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token id lists → left-padded ids and attention mask, both [B, T]."""
     width = max(len(ids) for ids in rows)
@@ -118,7 +123,7 @@ def sample_with_logits(
     """
     batch = input_ids.size(0)
     cache = DynamicCache()
-    positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+    positions = position_ids_for(attention_mask)
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,

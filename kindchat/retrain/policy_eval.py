@@ -18,11 +18,17 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from kindchat.models.generation import Generation, SamplingParams, generate_batch, left_pad
+from kindchat.models.generation import (
+    Generation,
+    SamplingParams,
+    generate_batch,
+    left_pad,
+    position_ids_for,
+)
 from kindchat.models.loading import load_causal_lm, load_reward_model
 from kindchat.models.template import kullm_prompt
 from kindchat.retrain.ppo_math import logprobs_from_logits
-from kindchat.retrain.reward import position_ids_for, score_texts
+from kindchat.retrain.reward import score_texts
 from kindchat.seed import RmPair
 from kindchat.stats import Estimate, bootstrap
 

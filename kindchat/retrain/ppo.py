@@ -31,6 +31,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from kindchat.models.generation import (
     left_pad,
+    position_ids_for,
     response_mask,
     sample_with_logits,
 )
@@ -47,7 +48,7 @@ from kindchat.retrain.ppo_math import (
     masked_mean,
     masked_whiten,
 )
-from kindchat.retrain.reward import position_ids_for, score_sequences, token_values
+from kindchat.retrain.reward import score_sequences, token_values
 
 logger = logging.getLogger(__name__)
 LOG_FILE = "ppo_log.jsonl"

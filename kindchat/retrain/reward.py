@@ -23,6 +23,7 @@ from transformers import (
 )
 from trl import RewardConfig, RewardTrainer
 
+from kindchat.models.generation import position_ids_for
 from kindchat.models.template import kullm_prompt
 from kindchat.retrain.common import (
     LogToFile,
@@ -97,11 +98,6 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """[B, T] mask → [B] index of each row's last real token (works for left and right padding)."""
     positions = torch.arange(attention_mask.size(1), device=attention_mask.device)
     return (positions * attention_mask).argmax(dim=1)
-
-
-def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that start at 0 on each row's first real token (left padding safe)."""
-    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
 def token_values(
