@@ -23,10 +23,10 @@ from kindchat.models.generation import (
     SamplingParams,
     generate_batch,
     left_pad,
-    position_ids_for,
 )
 from kindchat.models.loading import load_causal_lm, load_reward_model
 from kindchat.models.template import kullm_prompt
+from kindchat.retrain.ppo import response_logits
 from kindchat.retrain.ppo_math import logprobs_from_logits
 from kindchat.retrain.reward import score_texts
 from kindchat.seed import RmPair
@@ -91,17 +91,14 @@ def sequence_logprobs(
         prompt_ids, prompt_mask = left_pad([g.prompt_ids for g in chunk], pad_id)
         width = max(1, max(len(g.response_ids) for g in chunk))
         response = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        for i, g in enumerate(chunk):
+        mask = torch.zeros((len(chunk), width))
+        for i, g in enumerate(chunk):  # the mask from lengths: right even when pad is EOS
             response[i, : len(g.response_ids)] = torch.tensor(g.response_ids, dtype=torch.long)
-        mask = (response != pad_id).float()
+            mask[i, : len(g.response_ids)] = 1.0
         sequences = torch.cat([prompt_ids, response], dim=1)
         attention = torch.cat([prompt_mask, mask.long()], dim=1)
-        logits = model(
-            input_ids=sequences,
-            attention_mask=attention,
-            position_ids=position_ids_for(attention),
-            logits_to_keep=width + 1,
-        ).logits[:, :-1] / max(temperature, 1e-6)
+        logits = response_logits(model, sequences, attention, prompt_ids.size(1))
+        logits = logits / max(temperature, 1e-6)
         totals.extend((logprobs_from_logits(logits, response) * mask).sum(dim=1).tolist())
     return totals
 

@@ -280,7 +280,7 @@ def build_rlhf_models(sft_dir: Path, rm_dir: Path, config: PpoConfig) -> RlhfMod
     )
 
 
-def _response_logits(
+def response_logits(
     model: PreTrainedModel,
     sequences: torch.Tensor,
     attention_mask: torch.Tensor,
@@ -370,7 +370,7 @@ class PpoTrainer:
         entropy = entropy_from_logits(logits)
         del logits
         ref_logprobs = logprobs_from_logits(
-            _response_logits(m.reference, sequences, attention, p), responses
+            response_logits(m.reference, sequences, attention, p), responses
         )
         old_values = _response_values(m.critic.module, sequences, attention, p) * mask
         scores = score_sequences(m.reward, sequences, attention)
@@ -406,7 +406,7 @@ class PpoTrainer:
     def train_minibatch(self, mb: Rollout) -> dict[str, float]:
         m, c = self.models, self.config
         responses = mb.sequences[:, mb.prompt_length :]
-        logits = _response_logits(m.actor.module, mb.sequences, mb.attention_mask, mb.prompt_length)
+        logits = response_logits(m.actor.module, mb.sequences, mb.attention_mask, mb.prompt_length)
         logprobs = logprobs_from_logits(logits, responses)
         policy_loss, clip_fraction = clipped_policy_loss(
             logprobs, mb.old_logprobs, mb.advantages, mb.response_mask, c.policy_clip

@@ -17,9 +17,9 @@ from kindchat.models.template import kullm_prompt
 from kindchat.retrain.ppo import (
     PpoConfig,
     PpoTrainer,
-    _response_logits,
     _response_values,
     build_rlhf_models,
+    response_logits,
 )
 from kindchat.retrain.ppo_math import logprobs_from_logits
 from kindchat.seed import read_ppo_prompts
@@ -68,7 +68,7 @@ def test_sampler_logits_equal_a_full_forward(micro_settings: Settings) -> None:
     assert bool((responses[mask == 0] == tok.pad_token_id).all())
     sequences = torch.cat([prompt_ids, responses], dim=1)
     with torch.no_grad():
-        full = _response_logits(
+        full = response_logits(
             model, sequences, torch.cat([prompt_mask, mask], dim=1), prompt_ids.size(1)
         )
     real = mask.bool()
@@ -102,13 +102,13 @@ def test_minibatch_trimming_changes_no_number(trainer: PpoTrainer) -> None:
     with torch.no_grad():
         responses = full["sequences"][:, rollout.prompt_length :]
         slow_lp = logprobs_from_logits(
-            _response_logits(
+            response_logits(
                 actor, full["sequences"], full["attention_mask"], rollout.prompt_length
             ),
             responses,
         )
         fast_lp = logprobs_from_logits(
-            _response_logits(actor, mb.sequences, mb.attention_mask, mb.prompt_length),
+            response_logits(actor, mb.sequences, mb.attention_mask, mb.prompt_length),
             mb.sequences[:, mb.prompt_length :],
         )
         slow_v = _response_values(
