@@ -19,7 +19,7 @@ from kindchat.logs import setup_logging
 
 logger = logging.getLogger("kindchat.cli")
 console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line
 
 app = typer.Typer(
     help="kindchat: a friendly, harmless Korean chat assistant improved by RLHF.",
@@ -312,6 +312,73 @@ def train_dpo_command(
     if alias:
         registry.set_alias(alias, manifest.version)
     console.print(f"registered {manifest.version}: train loss {manifest.metrics['train_loss']:.3f}")
+
+
+@train_app.command("kto")
+@friendly
+def train_kto_command(
+    ctx: typer.Context,
+    data: Annotated[
+        Path, typer.Option(help="A `kindchat feedback export` directory (unpaired + pairs).")
+    ],
+    init: Annotated[str, typer.Option(help="The policy to start from.")] = "sft",
+    reference: Annotated[str, typer.Option(help="The frozen reference (the anchor).")] = "sft",
+    epochs: float = 1.0,
+    max_steps: int = -1,
+    batch_size: int = 8,
+    learning_rate: float = 5e-5,
+    beta: float = 0.1,
+    max_length: int = 256,
+    max_records: int | None = None,
+    pairs: Annotated[bool, typer.Option(help="Also learn from the export's pairs.")] = True,
+    lora: bool = False,
+    deepspeed: Annotated[Path | None, typer.Option(help="DeepSpeed JSON config.")] = None,
+    alias: Annotated[str | None, typer.Option(help="Point this alias at the new policy.")] = None,
+) -> None:
+    """KTO (TRL KTOTrainer) from single 👍/👎 and pairs of a feedback export."""
+    from kindchat.models.presets import get_preset
+    from kindchat.retrain.common import LoraOptions, new_run_dir
+    from kindchat.retrain.kto import KtoConfig
+    from kindchat.retrain.kto import train as train_kto
+    from kindchat.retrain.methods import MethodJob, PreferenceData
+
+    settings: Settings = ctx.obj
+    if not (data / "unpaired.json").is_file() and not (data / "train.json").is_file():
+        raise FileNotFoundError(
+            f"{data} holds no unpaired.json or train.json; make it with `kindchat feedback export`"
+        )
+    config = KtoConfig(
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        beta=beta,
+        max_length=max_length,
+        use_pairs=pairs,
+        max_records=max_records,
+        lora=LoraOptions(enabled=lora),
+        deepspeed=deepspeed,
+    )
+    registry = _registry(settings)
+    job = MethodJob(
+        settings=settings,
+        registry=registry,
+        preset=get_preset("tiny"),  # unused by an explicit config
+        policy=registry.version_of(init) or init,
+        sft=registry.version_of(reference) or reference,
+        rm=None,
+        base=None,
+        data=PreferenceData.from_export(data),
+        run_dir=new_run_dir(settings.runs_dir, "kto"),
+    )
+    result = train_kto(job, config)
+    if alias:
+        registry.set_alias(alias, result.policy)
+    m = result.metrics
+    console.print(
+        f"registered {result.policy}: train loss {m['train_loss']:.3f} on {m['desirable']} "
+        f"desirable / {m['undesirable']} undesirable examples"
+    )
 
 
 @eval_app.command("rm")

@@ -85,7 +85,10 @@ class Settings(BaseSettings):
         3600, ge=1, description="A run missed while down still starts this many seconds late."
     )
     retrain_preset: str = Field("tiny", description="Budgets of a retrain cycle (micro, tiny).")
-    retrain_algorithm: str = Field("ppo", pattern="^(ppo|dpo)$", description="ppo or dpo.")
+    retrain_method: str = Field(
+        "kto",
+        description="The nightly preference method (kindchat.retrain.methods): ppo, dpo or kto.",
+    )
     retrain_min_new_pairs: int = Field(
         50, ge=0, description="New feedback pairs needed since the last cycle, else skip."
     )
@@ -93,6 +96,24 @@ class Settings(BaseSettings):
         False, description="Re-rank feedback pairs with the G-Eval judge (KINDCHAT_JUDGE_*)."
     )
     retrain_nice: int = Field(10, ge=0, le=19, description="os.nice of the training process.")
+    # Who promotes a retrained policy: the users in the arena, or the gold RM offline.
+    promotion: str = Field(
+        "arena",
+        pattern="^(arena|offline)$",
+        description="arena: a challenger phase decides from votes; offline: the gold-RM gate.",
+    )
+    challenger_share: float = Field(
+        0.5, ge=0, le=1, description="Share of new arena battles given to the challenger."
+    )
+    challenger_min_votes: int = Field(
+        200, ge=1, description="Challenger-vs-champion votes before a decision."
+    )
+    challenger_deadline_hours: float = Field(
+        24.0, gt=0, description="An undecided challenger is retired after this long."
+    )
+    challenger_check_s: float = Field(
+        60.0, ge=0, description="How often a server checks the challenger's deadline (0: never)."
+    )
 
     @cached_property
     def models_dir(self) -> Path:

@@ -83,19 +83,54 @@ class SftRecord(_Record):
         return f"{self.instruction}\n\n{self.input}" if self.input else self.instruction
 
 
+CONTEXT_ROLES = ("system", "user", "assistant")
+
+
+def _check_context(value: list[dict[str, str]]) -> list[dict[str, str]]:
+    for index, message in enumerate(value):
+        if set(message) != {"role", "content"} or message["role"] not in CONTEXT_ROLES:
+            raise ValueError(
+                f"context[{index}] must be {{role, content}} with role in {list(CONTEXT_ROLES)}"
+            )
+    if value and value[-1]["role"] == "user":
+        raise ValueError("context holds the turns *before* the prompt: it cannot end with user")
+    return value
+
+
 class RmPair(_Record):
-    """A prompt with a preferred (`chosen`) and a dispreferred (`rejected`) answer."""
+    """A prompt with a preferred (`chosen`) and a dispreferred (`rejected`) answer.
+
+    `context` holds the conversation before `prompt` (OpenAI-style messages, empty for a single
+    turn, as in the seed); trainers build the input with the same multi-turn template as serving.
+    """
 
     id: str = ""
     prompt: str = Field(min_length=1)
     chosen: str
     rejected: str
     subset: str = ""
+    context: list[dict[str, str]] = Field(default_factory=list)
 
     @field_validator("chosen", "rejected")
     @classmethod
     def _strip_eos(cls, value: str) -> str:
         return strip_eos(value)
+
+    _context = field_validator("context")(_check_context)
+
+
+class Example(_Record):
+    """One answer with a verdict, no sibling needed: a 👍 (`label` true) or 👎 (false) for KTO,
+    or a demonstration (a better answer a user wrote: label true) for SFT."""
+
+    id: str = ""
+    prompt: str = Field(min_length=1)
+    completion: str
+    label: bool = True
+    source: str = ""
+    context: list[dict[str, str]] = Field(default_factory=list)
+
+    _context = field_validator("context")(_check_context)
 
 
 class GevalRecord(_Record):
@@ -207,6 +242,13 @@ def read_rm_file(path: Path) -> list[RmPair]:
     return [
         _validate(RmPair, raw, path, row, subset=subset)
         for row, raw in enumerate(_load_json_list(path), start=1)
+    ]
+
+
+def read_examples_file(path: Path) -> list[Example]:
+    """Unpaired examples (`unpaired.json`) or demonstrations (`sft.json`) of a feedback export."""
+    return [
+        _validate(Example, raw, path, row) for row, raw in enumerate(_load_json_list(path), start=1)
     ]
 
 

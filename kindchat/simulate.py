@@ -1,18 +1,24 @@
-"""`kindchat simulate`: simulated users vote in the arena, then one retrain cycle runs.
+"""`kindchat simulate`: nights of simulated users, end to end, over the HTTP API.
 
-The loop's end-to-end proof. A kindchat server is started in this process (or `--url` targets a
-running one over the same `$KINDCHAT_HOME`); N battles go through its HTTP API
-(`POST /v1/arena/battles`, then `/vote`), each judged by a voter that prefers the answer the gold
-RM scores higher — with Bradley–Terry randomness (`scale`) and some plain noise (a random vote
-with probability `noise`). Then one retrain cycle runs in a niced child process, as the nightly
-job would, and the report gives the new policy's win rate over the serving one under the gold
-RM with its 95% interval — or why a gate refused.
+The proof that the loop learns what users want — whatever they want. The users are a plug-in
+(:mod:`kindchat.users`: a built-in name or `file.py:factory`); only their votes and thumbs reach
+kindchat. Each night, against a kindchat server (started in this process, or `--url` for a
+running one over the same `$KINDCHAT_HOME`):
+
+1. **feedback** — the users chat (`POST /v1/chat/completions`, a 👍/👎 through `/v1/feedback`,
+   often a regeneration after a 👎) and vote in arena battles (`/v1/arena/battles`, `/vote`);
+2. **retrain** — the nightly cycle runs with the default method in a niced child process, as
+   the scheduler runs it (guards, then a challenger enters the arena);
+3. **challenger** — the same users keep voting in the arena until the challenger phase decides
+   (promote or retire); the server decides, from the votes alone;
+4. **report** — the users' mean `score` of the model that now serves, on the 100 unseen test
+   prompts (mean and 95% interval), and KL to SFT. The score is the plug-in's own measure; it
+   never reaches training or any gate.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import random
 import socket
 import threading
@@ -22,77 +28,47 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
+from tqdm.auto import tqdm
 
 from kindchat.config import Settings
-from kindchat.feedback.models import RetrainRunPublic
 from kindchat.models.registry import Registry
 from kindchat.retrain.cycle import RetrainConfig
-from kindchat.seed import eval_prompt_keys, normalize_prompt, read_ppo_prompts
+from kindchat.seed import eval_prompt_keys, normalize_prompt, read_ppo_prompts, read_rm
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class SimulateConfig:
-    """How the simulated users behave."""
+    """How many nights, how much feedback, and how the users reach the server."""
 
-    votes: int = 500  # arena battles voted on
-    concurrency: int = 4  # battles in flight (the server batches them)
-    noise: float = 0.1  # probability that a user votes at random
-    scale: float = 0.5  # Bradley–Terry scale on the gold-RM score gap (0: always the better)
-    max_tokens: int = 48  # answer budget per side
+    nights: int = 1
+    votes: int = 500  # arena votes + chat thumbs per night, about
+    arena_share: float = 0.5  # of a night's prompts, the share that goes to the arena
+    concurrency: int = 4  # requests in flight (the server batches them)
+    max_tokens: int = 48  # answer budget
+    challenger_max_battles: int = 2000  # stop driving the arena if still undecided
+    score_samples: int = 2  # answers per test prompt for the report
     seed: int = 0
-    judge_max_length: int = 256  # tokens the gold RM reads
 
     def __post_init__(self) -> None:
         checks = [
+            (self.nights >= 1, f"nights must be >= 1, got {self.nights}"),
             (self.votes >= 1, f"votes must be >= 1, got {self.votes}"),
+            (0 <= self.arena_share <= 1, f"arena_share must lie in [0, 1], got {self.arena_share}"),
             (1 <= self.concurrency <= 64, f"concurrency must lie in 1..64, got {self.concurrency}"),
-            (0 <= self.noise <= 1, f"noise must lie in [0, 1], got {self.noise}"),
-            (self.scale >= 0, f"scale must be >= 0, got {self.scale}"),
             (self.max_tokens >= 1, f"max_tokens must be >= 1, got {self.max_tokens}"),
+            (self.score_samples >= 1, f"score_samples must be >= 1, got {self.score_samples}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
 
 
-class GoldVoter:
-    """Prefers the answer the gold RM scores higher: P(a) = σ((r_a − r_b) / scale), plus noise."""
-
-    def __init__(self, judge_dir: Path, config: SimulateConfig) -> None:
-        from kindchat.models.loading import load_reward_model
-
-        self.model, self.tokenizer = load_reward_model(judge_dir)
-        self.config = config
-        self.rng = random.Random(config.seed)
-        self._lock = threading.Lock()  # one scorer and one RNG shared by the worker threads
-
-    def choose(self, prompt: str, answer_a: str, answer_b: str) -> str:
-        from kindchat.retrain.reward import score_texts
-
-        with self._lock:
-            score_a, score_b = score_texts(
-                self.model,
-                self.tokenizer,
-                [prompt, prompt],
-                [answer_a, answer_b],
-                self.config.judge_max_length,
-            )
-            if self.rng.random() < self.config.noise:
-                return self.rng.choice("ab")
-            gap = score_a - score_b
-            if self.config.scale == 0:
-                return "a" if gap > 0 else "b" if gap < 0 else "tie"
-            p_a = 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, gap / self.config.scale))))
-            return "a" if self.rng.random() < p_a else "b"
-
-
-def battle_prompts(data_dir: Path, n: int, seed: int) -> list[str]:
+def night_prompts(data_dir: Any, n: int, seed: int) -> list[str]:
     """`n` user prompts from the seed's step-3 prompts (evaluation prompts left out)."""
     keys = eval_prompt_keys(data_dir)
     pool = [p.prompt for p in read_ppo_prompts(data_dir) if normalize_prompt(p.prompt) not in keys]
@@ -133,132 +109,237 @@ def serve_in_thread(settings: Settings, timeout_s: float = 300.0) -> Iterator[st
         thread.join(60)
 
 
-@dataclass
-class BattleTally:
-    votes: Counter[str] = field(default_factory=Counter)  # a, b, tie
-    wins: Counter[str] = field(default_factory=Counter)  # model version -> battles won
-    battles: Counter[str] = field(default_factory=Counter)  # model version -> battles fought
+@contextmanager
+def _given(url: str) -> Iterator[str]:
+    yield url
 
 
-def drive_battles(
-    url: str, prompts: list[str], voter: GoldVoter, config: SimulateConfig
-) -> BattleTally:
-    """One battle per prompt through the HTTP API, voted by `voter`; the tallies."""
-    tally = BattleTally()
-    lock = threading.Lock()
+class Users:
+    """The plug-in at the end of an HTTP client: chats, rates, votes; counts what it did."""
 
-    def one(index: int, prompt: str, client: httpx.Client) -> None:
-        session_id = f"simulated-{config.seed}-{index}"
-        battle = client.post(
+    def __init__(self, client: httpx.Client, users: Any, config: SimulateConfig) -> None:
+        self.client = client
+        self.users = users
+        self.config = config
+        self.counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._rng = random.Random(config.seed)
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self.counts[key] += n
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        response = self.client.post(path, json=body)
+        if response.status_code >= 400:
+            raise RuntimeError(f"POST {path} -> {response.status_code}: {response.text[:300]}")
+        return dict(response.json())
+
+    def battle(self, prompt: str, sid: str, seed: int) -> dict[str, Any]:
+        body = self._post(
             "/v1/arena/battles",
-            json={
+            {
                 "prompt": prompt,
-                "session_id": session_id,
-                "max_tokens": config.max_tokens,
-                "seed": config.seed * 100_003 + index,
+                "session_id": sid,
+                "max_tokens": self.config.max_tokens,
+                "seed": seed,
             },
         )
-        battle.raise_for_status()
-        body = battle.json()
-        winner = voter.choose(prompt, body["a"]["content"], body["b"]["content"])
-        vote = client.post(
-            f"/v1/arena/battles/{body['id']}/vote",
-            json={"winner": winner, "session_id": session_id},
+        winner = self.users.vote(prompt, body["a"]["content"], body["b"]["content"])
+        result = self._post(
+            f"/v1/arena/battles/{body['id']}/vote", {"winner": winner, "session_id": sid}
         )
-        vote.raise_for_status()
-        result = vote.json()
-        sides = {"a": result["version_a"] or "?", "b": result["version_b"] or "?"}
-        with lock:
-            tally.votes[winner] += 1
-            for version in sides.values():
-                tally.battles[version] += 1
-            if winner in sides:
-                tally.wins[sides[winner]] += 1
+        self._count(f"vote_{winner}")
+        return result
 
-    with (
-        httpx.Client(base_url=url, timeout=600) as client,
-        ThreadPoolExecutor(config.concurrency) as pool,
-    ):
-        futures = [pool.submit(one, i, p, client) for i, p in enumerate(prompts)]
-        for done, future in enumerate(futures, start=1):
+    def chat(self, prompt: str, sid: str, seed: int) -> None:
+        messages = [{"role": "user", "content": prompt}]
+        request = {
+            "model": "kindchat-rlhf",
+            "messages": messages,
+            "max_tokens": self.config.max_tokens,
+            "user": sid,
+            "seed": seed,
+        }
+        reply = self._post("/v1/chat/completions", request)
+        value = self._rate(prompt, reply, sid)
+        with self._lock:
+            retry = value == -1 and self._rng.random() < 0.5
+        if retry:  # a 👎 often makes people try again: a sibling answer, rated too
+            again = self._post(
+                "/v1/chat/completions", {**request, "seed": seed + 1, "regenerate": reply["id"]}
+            )
+            self._rate(prompt, again, sid)
+            self._count("regenerations")
+
+    def _rate(self, prompt: str, reply: dict[str, Any], sid: str) -> int | None:
+        text = reply["choices"][0]["message"]["content"] or ""
+        value = self.users.rate(prompt, text)
+        if value is None:
+            self._count("no_rating")
+            return None
+        self._post("/v1/feedback", {"message_id": reply["id"], "rating": value, "session_id": sid})
+        self._count("thumb_up" if value > 0 else "thumb_down")
+        return int(value)
+
+
+def drive(tasks: list[Any], concurrency: int, desc: str) -> None:
+    with ThreadPoolExecutor(concurrency) as pool:
+        futures = [pool.submit(task) for task in tasks]
+        for future in tqdm(futures, desc=desc, leave=False):
             future.result()
-            if done % 50 == 0 or done == len(futures):
-                logger.info("simulate: %d/%d battles voted", done, len(futures))
-    return tally
-
-
-def wait_until_served(url: str, alias: str, version: str, timeout_s: float = 60.0) -> bool:
-    """Whether the server at `url` serves `version` under `alias` within `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    with httpx.Client(base_url=url, timeout=30) as client:
-        while time.monotonic() < deadline:
-            if client.get("/healthz").json().get("aliases", {}).get(alias) == version:
-                return True
-            time.sleep(0.5)
-    return False
 
 
 @dataclass
-class SimulationReport:
-    tally: BattleTally
-    run: RetrainRunPublic
-    served_before: str | None
-    served_after: str | None
-    hot_swapped: bool | None  # the server answered with the new version (None: not promoted)
+class NightReport:
+    night: int
+    feedback: dict[str, int]
+    run: dict[str, Any]
+    challenger: dict[str, Any] | None
+    served_before: str
+    served_after: str
+    score: dict[str, float]
+    kl_sft: float | None
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def gate(self) -> dict[str, Any]:
-        return dict((self.run.metrics or {}).get("policy_gate", {}))
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "night": self.night,
+            "feedback": self.feedback,
+            "run": self.run,
+            "challenger": self.challenger,
+            "served_before": self.served_before,
+            "served_after": self.served_after,
+            "score": self.score,
+            "kl_sft": self.kl_sft,
+            "seconds": round(self.seconds, 1),
+        }
 
-    def summary(self) -> str:
-        gate, run = self.gate, self.run
-        lines = [
-            f"{sum(self.tally.votes.values())} votes: {dict(self.tally.votes)}; "
-            f"wins per version: {dict(self.tally.wins)} of {dict(self.tally.battles)}",
-            f"retrain run {run.id}: {run.status} (stage {run.stage})",
+
+def served_version(registry: Registry) -> str:
+    aliases = registry.aliases()
+    return aliases.get("rlhf") or aliases["sft"]
+
+
+def score_served(settings: Settings, users: Any, config: SimulateConfig) -> tuple[Any, Any]:
+    """The users' mean score of the serving policy on the unseen test prompts; KL to SFT."""
+    from kindchat.retrain.user_eval import score_policy
+
+    registry = Registry(settings.models_dir)
+    prompts = [p.prompt for p in read_rm(settings.data_dir, "test")]
+    scores = score_policy(
+        registry.resolve(served_version(registry)),
+        prompts,
+        users.score,
+        sft_dir=registry.resolve("sft"),
+        samples=config.score_samples,
+    )
+    return scores.mean, scores.kl_sft
+
+
+def run_night(
+    night: int,
+    settings: Settings,
+    url: str,
+    users: Any,
+    config: SimulateConfig,
+    retrain: RetrainConfig,
+) -> NightReport:
+    from kindchat.retrain.admin import trigger_retrain
+
+    start = time.perf_counter()
+    registry = Registry(settings.models_dir)
+    before = served_version(registry)
+    prompts = night_prompts(settings.data_dir, config.votes, config.seed * 1000 + night)
+    n_arena = round(len(prompts) * config.arena_share)
+    base = f"n{night}"
+    with httpx.Client(base_url=url, timeout=600) as client:
+        actor = Users(client, users, config)
+        tasks = [
+            (lambda p=p, i=i: actor.battle(p, f"{base}-a{i}", night * 100_000 + i))
+            for i, p in enumerate(prompts[:n_arena])
+        ] + [
+            (lambda p=p, i=i: actor.chat(p, f"{base}-c{i}", night * 100_000 + i))
+            for i, p in enumerate(prompts[n_arena:])
         ]
-        if "win_rate" in gate:
-            lines.append(
-                f"new policy vs {gate.get('baseline')} under the gold RM: win rate "
-                f"{gate['win_rate']:.3f} [95% {gate['win_rate_low']:.3f}, "
-                f"{gate['win_rate_high']:.3f}] over {gate['n']} prompts; KL to SFT "
-                f"{gate['kl_a_sft']:.2f}"
-            )
-        if run.error:
-            lines.append(f"why not promoted: {run.error}")
-        if run.promoted:
-            lines.append(
-                f"promoted {self.served_after} (was {self.served_before}); "
-                f"server hot-swapped: {self.hot_swapped}"
-            )
-        return "\n".join(lines)
+        drive(tasks, config.concurrency, f"night {night}: feedback")
+        feedback = dict(actor.counts)
+        logger.info("night %d feedback: %s", night, feedback)
+        run = trigger_retrain(settings, config=retrain, wait=True)
+        challenger = None
+        if run.status == "challenging":
+            pool = night_prompts(settings.data_dir, 2000, config.seed * 1000 + night + 500)
+            challenger = judge_challenger(client, actor, config, night, pool)
+    from kindchat.feedback.db import init_db, session_scope
+    from kindchat.feedback.store import get_run
+
+    with session_scope(init_db(settings)) as session:
+        final = get_run(session=session, run_id=run.id)
+    mean, kl = score_served(settings, users, config)
+    return NightReport(
+        night=night,
+        feedback=feedback,
+        run={
+            "id": final.id,
+            "status": final.status,
+            "stage": final.stage,
+            "error": final.error,
+            "method": retrain.method,
+            "guards": (final.metrics or {}).get("guards", {}).get("passed"),
+            "produced": final.produced_versions,
+        },
+        challenger=challenger,
+        served_before=before,
+        served_after=served_version(Registry(settings.models_dir)),
+        score=mean.as_dict(),
+        kl_sft=kl,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def judge_challenger(
+    client: httpx.Client, actor: Users, config: SimulateConfig, night: int, pool: list[str]
+) -> dict[str, Any] | None:
+    """Keep the users voting in the arena until the server decides the challenge; the
+    decision as the server recorded it (or the open record when it stayed undecided)."""
+    battles = 0
+    chunk_size = 4 * config.concurrency
+    with tqdm(desc=f"night {night}: challenger", leave=False) as bar:
+        while battles < config.challenger_max_battles:
+            state = client.get("/v1/challenger").json()
+            if state["active"] is None:
+                history = state["history"]
+                return dict(history[0]) if history else None
+            chunk = [
+                (
+                    lambda k=k: actor.battle(
+                        pool[k % len(pool)], f"n{night}-j{k}", night * 1_000_000 + k
+                    )
+                )
+                for k in range(battles, battles + chunk_size)
+            ]
+            drive(chunk, config.concurrency, "arena")
+            battles += len(chunk)
+            bar.update(len(chunk))
+    state = client.get("/v1/challenger").json()
+    return {"undecided_after": battles, **(state["active"] or {})}
 
 
 def simulate(
     settings: Settings,
+    users: Any,
     config: SimulateConfig,
     retrain: RetrainConfig,
     url: str | None = None,
-) -> SimulationReport:
-    """Drive `config.votes` battles (own server unless `url`), then run one retrain cycle."""
-    from kindchat.retrain.admin import trigger_retrain
-
-    registry = Registry(settings.models_dir)
-    voter = GoldVoter(registry.resolve(retrain.gold_alias), config)
-    prompts = battle_prompts(settings.data_dir, config.votes, config.seed)
-    served_before = registry.aliases().get(retrain.served_alias)
+) -> list[NightReport]:
+    """Run `config.nights` nights (own server unless `url`); one report per night."""
+    mean, kl = score_served(settings, users, config)
+    start_version = served_version(Registry(settings.models_dir))
+    logger.info("start: %s, users' score %s, KL %.3f", start_version, mean, kl or 0.0)
+    reports = [NightReport(0, {}, {}, None, start_version, start_version, mean.as_dict(), kl, 0.0)]
     server = serve_in_thread(settings) if url is None else _given(url)
     with server as base_url:
-        tally = drive_battles(base_url, prompts, voter, config)
-        logger.info("simulate: votes %s; running one retrain cycle", dict(tally.votes))
-        run = trigger_retrain(settings, config=retrain, wait=True)
-        served_after = registry.aliases().get(retrain.served_alias)
-        hot_swapped = None
-        if run.promoted and served_after is not None:
-            hot_swapped = wait_until_served(base_url, retrain.served_alias, served_after)
-    return SimulationReport(tally, run, served_before, served_after, hot_swapped)
-
-
-@contextmanager
-def _given(url: str) -> Iterator[str]:
-    yield url
+        for night in range(1, config.nights + 1):
+            reports.append(run_night(night, settings, base_url, users, config, retrain))
+    return reports

@@ -72,7 +72,8 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option(help="Keep a pair even when its reverse is kept too.")
         ] = False,
     ) -> None:
-        """Rebuild reward data from battles, ratings and regenerations, merged with the seed."""
+        """Rebuild training data from every signal: pairs (battles, sibling thumbs, better
+        answers) merged with the seed, unpaired thumbs for KTO, better answers for SFT."""
         from kindchat.feedback.db import init_db, session_scope
         from kindchat.feedback.export import ExportConfig, export_reward_data
 
@@ -94,11 +95,14 @@ def register(app: typer.Typer) -> None:
                 config=config,
                 since=parse_since(since),
             )
+        if report.signals:
+            console.print(_counts_table("training rows per signal", report.signals, "rule", "rows"))
         console.print(_counts_table(f"pairs in {out}", report.counts, "source", "train", "test"))
         if report.dropped:
-            console.print(_counts_table("dropped", report.dropped, "reason", "pairs"))
+            console.print(_counts_table("dropped", report.dropped, "reason", "rows"))
         console.print(
-            f"{report.train} train / {report.test} test pairs, fingerprint {report.fingerprint}"
+            f"{report.train} train / {report.test} test pairs, {report.unpaired} unpaired "
+            f"(KTO), {report.demonstrations} demonstrations (SFT); fingerprint {report.fingerprint}"
         )
 
     @feedback_app.command("stats")

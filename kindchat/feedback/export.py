@@ -1,22 +1,31 @@
-"""Rebuild reward-model data from feedback: `kindchat feedback export --out DIR`.
+"""Rebuild training data from feedback: `kindchat feedback export --out DIR`.
 
-Pairs come from the store (:func:`kindchat.feedback.store.iter_pairs`: battles, 👍/👎 answers to
-the same context, 👎 answers and their 👍 regenerations), then the seed's RM train data. The
-filters run in this order, each drop counted under its reason:
+The rows come from :func:`kindchat.feedback.pairs.mine_feedback` (every rule that turns a signal
+into training data lives there): preference pairs, unpaired 👍/👎 examples (KTO) and users'
+better answers (SFT demonstrations); then the seed's RM train pairs. Pairs pass these filters
+in order, each drop counted under its reason:
 
 1. `eval_prompt` — the prompt is one of the seed's evaluation prompts (`rm/*_test.json`);
 2. `short_answer` — chosen or rejected has fewer than `min_answer_chars` visible characters;
 3. `near_identical` — ROUGE-L(chosen, rejected) ≥ `max_similarity`;
 4. `duplicate` — the same (context, prompt, chosen, rejected) was kept already (the first wins:
-   feedback before seed, newer feedback sources in `iter_pairs` order);
+   feedback before seed, in `mine_feedback` order);
 5. `contradictory` — a pair and its reverse both survive: both go.
 
-Feedback-side drops (ties, both-bad, unpaired ratings…) are reported with them. The kept pairs
-are split by prompt hash (`kindchat.seed.stable_fraction`), so a prompt stays on its side run
-after run. Output: `train.json` and `test.json` in the seed RM format (`id`, `prompt`, `chosen`,
-`rejected`, `source`, plus `context` — earlier turns as OpenAI-style messages — when the prompt
-is not the first turn) and `manifest.json` (counts by source, drops by reason, fingerprint,
-thresholds). Files are written to temporary names and renamed, the manifest last.
+Unpaired examples and demonstrations pass the same in spirit: `eval_prompt`, `short_answer`
+(desirable ones and demonstrations only: an empty answer is a fine 👎), `duplicate`, and
+`contradictory` (the same answer both 👍 and 👎 in one context).
+
+Everything is split by prompt hash (`kindchat.seed.stable_fraction`), so a prompt stays on its
+side run after run. Output, written to temporary names and renamed, the manifest last:
+
+* `train.json`, `test.json` — pairs in the seed RM format (`id`, `prompt`, `chosen`,
+  `rejected`, `source`, plus `context`, the earlier turns as OpenAI-style messages, when the
+  prompt is not the first turn);
+* `unpaired.json` — KTO examples (`id`, `prompt`, `completion`, `label`, `source`, `context`);
+* `sft.json` — demonstrations in the same format (`label` true);
+* `manifest.json` — training rows per rule (`signals`), pairs by source and split, drops by
+  reason, file row counts, fingerprint, thresholds.
 """
 
 from __future__ import annotations
@@ -28,14 +37,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlmodel import Session
 
 from kindchat.feedback.errors import InvalidValueError
 from kindchat.feedback.files import write_json_atomic
 from kindchat.feedback.models import utcnow
-from kindchat.feedback.store import iter_pairs
+from kindchat.feedback.pairs import FeedbackExample, mine_feedback
 from kindchat.feedback.textsim import Tokenizer, rouge_l
 from kindchat.seed import (
     RM_SUBSETS,
@@ -48,7 +57,7 @@ from kindchat.seed import fingerprint as seed_fingerprint
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: unpaired.json, sft.json and signal counts
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
 
 
@@ -133,6 +142,49 @@ class RewardRow:
 
 
 @dataclass(frozen=True)
+class ExampleRow:
+    """One unpaired example (KTO) or demonstration (SFT), with its conversation."""
+
+    id: str
+    prompt: str
+    completion: str
+    label: bool
+    source: str
+    context: list[dict[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, example: FeedbackExample) -> ExampleRow:
+        return cls(
+            id=example.id,
+            prompt=example.prompt,
+            completion=example.completion,
+            label=example.label,
+            source=example.source,
+            context=example.context,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "id": self.id,
+            "prompt": self.prompt,
+            "completion": self.completion,
+            "label": self.label,
+            "source": self.source,
+        }
+        if self.context:
+            row["context"] = self.context
+        return row
+
+    def key(self, *, flip: bool = False) -> str:
+        parts = [(m["role"], normalize_prompt(m["content"])) for m in self.context]
+        label = self.label != flip
+        return json.dumps(
+            [parts, normalize_prompt(self.prompt), normalize_prompt(self.completion), label],
+            ensure_ascii=False,
+        )
+
+
+@dataclass(frozen=True)
 class ExportReport:
     out_dir: Path
     train: int
@@ -140,6 +192,9 @@ class ExportReport:
     counts: dict[str, dict[str, int]]  # source -> {"train": n, "test": n}
     dropped: dict[str, int]  # reason -> n
     fingerprint: str
+    signals: dict[str, int] = field(default_factory=dict)  # rule -> training rows it made
+    unpaired: int = 0  # rows in unpaired.json (KTO)
+    demonstrations: int = 0  # rows in sft.json (better answers)
 
 
 def visible_length(text: str) -> int:
@@ -147,10 +202,8 @@ def visible_length(text: str) -> int:
     return len("".join(text.translate(_INVISIBLE).split()))
 
 
-def feedback_rows(
-    session: Session, since: datetime | None, dropped: Counter[str]
-) -> Iterator[RewardRow]:
-    for pair in iter_pairs(session=session, since=since, dropped=dropped):
+def pair_rows(pairs: Iterable[Any]) -> Iterator[RewardRow]:
+    for pair in pairs:
         yield RewardRow(
             id=pair.id,
             prompt=pair.prompt,
@@ -204,12 +257,40 @@ def filter_rows(
     return out
 
 
-def split_rows(
-    rows: Iterable[RewardRow], test_fraction: float
-) -> tuple[list[RewardRow], list[RewardRow]]:
+def filter_examples(
+    rows: Iterable[ExampleRow],
+    config: ExportConfig,
+    eval_prompts: frozenset[str],
+    dropped: Counter[str],
+    kind: str,
+) -> list[ExampleRow]:
+    """The pair filters' counterpart for unpaired rows; drops counted as `<kind>_<reason>`."""
+    kept: dict[str, ExampleRow] = {}
+    for row in rows:
+        if normalize_prompt(row.prompt) in eval_prompts:
+            dropped[f"{kind}_eval_prompt"] += 1
+        elif row.label and visible_length(row.completion) < config.min_answer_chars:
+            dropped[f"{kind}_short_answer"] += 1
+        elif row.key() in kept:
+            dropped[f"{kind}_duplicate"] += 1
+        else:
+            kept[row.key()] = row
+    out = []
+    for row in kept.values():
+        if config.drop_contradictions and row.key(flip=True) in kept:
+            dropped[f"{kind}_contradictory"] += 1
+        else:
+            out.append(row)
+    return out
+
+
+R = TypeVar("R", RewardRow, ExampleRow)
+
+
+def split_rows(rows: Iterable[R], test_fraction: float) -> tuple[list[R], list[R]]:
     """(train, test): a row is held out iff the hash of its normalised prompt < test_fraction."""
-    train: list[RewardRow] = []
-    test: list[RewardRow] = []
+    train: list[R] = []
+    test: list[R] = []
     for row in rows:
         (test if stable_fraction(normalize_prompt(row.prompt)) < test_fraction else train).append(
             row
@@ -225,48 +306,81 @@ def export_reward_data(
     config: ExportConfig | None = None,
     since: datetime | None = None,
 ) -> ExportReport:
-    """Write `train.json`, `test.json` and `manifest.json` to `out_dir`; return the counts."""
+    """Write the export files (module docstring) to `out_dir`; return the counts."""
     config = config or ExportConfig()
-    dropped: Counter[str] = Counter()
-    candidates: list[RewardRow] = list(feedback_rows(session, since, dropped))
+    mined = mine_feedback(session=session, since=since)
+    dropped: Counter[str] = Counter(mined.dropped)
+    candidates: list[RewardRow] = list(pair_rows(mined.pairs))
     from_feedback = len(candidates)
     if config.include_seed:
         candidates.extend(seed_rows(data_dir, config.seed_subsets))
     eval_prompts = eval_prompt_keys(data_dir) if config.exclude_eval_prompts else frozenset()
     kept = filter_rows(candidates, config, eval_prompts, dropped)
     train, test = split_rows(kept, config.test_fraction)
+    unpaired, _ = split_rows(
+        filter_examples(map(ExampleRow.of, mined.unpaired), config, eval_prompts, dropped, "kto"),
+        config.test_fraction,
+    )
+    demos, _ = split_rows(
+        filter_examples(
+            map(ExampleRow.of, mined.demonstrations), config, eval_prompts, dropped, "sft"
+        ),
+        config.test_fraction,
+    )
 
     counts: dict[str, dict[str, int]] = {}
     for split, rows in (("train", train), ("test", test)):
         for row in rows:
             counts.setdefault(row.source, {"train": 0, "test": 0})[split] += 1
-    train_json = [row.to_json() for row in train]
-    test_json = [row.to_json() for row in test]
-    fingerprint = seed_fingerprint([*train_json, {"split": "test"}, *test_json])
+    files = {
+        "train.json": [row.to_json() for row in train],
+        "test.json": [row.to_json() for row in test],
+        "unpaired.json": [row.to_json() for row in unpaired],
+        "sft.json": [row.to_json() for row in demos],
+    }
+    fingerprint = seed_fingerprint(
+        [item for name, rows in files.items() for item in ({"file": name}, *rows)]
+    )
     manifest = {
         "format_version": FORMAT_VERSION,
         "created_at": utcnow().isoformat(),
         "since": since.isoformat() if since else None,
+        "signals": dict(sorted(mined.signals.items())),
         "candidates": {"feedback": from_feedback, "seed": len(candidates) - from_feedback},
         "counts": dict(sorted(counts.items())),
         "totals": {"train": len(train), "test": len(test)},
+        "rows": {name: len(rows) for name, rows in files.items()},
         "dropped": dict(sorted(dropped.items())),
         "fingerprint": fingerprint,
         "thresholds": {
             k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()
         },
-        "files": ["train.json", "test.json"],
+        "files": list(files),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out_dir / "train.json", train_json)
-    write_json_atomic(out_dir / "test.json", test_json)
+    for name, rows in files.items():
+        write_json_atomic(out_dir / name, rows)
     write_json_atomic(out_dir / "manifest.json", manifest)
     logger.info(
-        "exported %d train / %d test pairs to %s (dropped %s, fingerprint %s)",
+        "exported %d train / %d test pairs, %d unpaired, %d demonstrations to %s "
+        "(signals %s, dropped %s, fingerprint %s)",
         len(train),
         len(test),
+        len(unpaired),
+        len(demos),
         out_dir,
+        dict(mined.signals),
         dict(dropped),
         fingerprint,
     )
-    return ExportReport(out_dir, len(train), len(test), counts, dict(dropped), fingerprint)
+    return ExportReport(
+        out_dir,
+        len(train),
+        len(test),
+        counts,
+        dict(dropped),
+        fingerprint,
+        signals=dict(mined.signals),
+        unpaired=len(unpaired),
+        demonstrations=len(demos),
+    )

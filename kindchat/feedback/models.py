@@ -20,10 +20,18 @@ from sqlmodel import Field, SQLModel
 
 Role = Literal["system", "user", "assistant"]
 Winner = Literal["a", "b", "tie", "both_bad"]
-RunStatus = Literal["queued", "running", "succeeded", "failed", "refused", "skipped"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
 WINNERS: tuple[str, ...] = ("a", "b", "tie", "both_bad")
-RUN_STATUSES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "refused", "skipped")
+# `challenging`: trained and guarded, its policy in the arena until the users decide.
+RUN_STATUSES: tuple[str, ...] = (
+    "queued",
+    "running",
+    "challenging",
+    "succeeded",
+    "failed",
+    "refused",
+    "skipped",
+)
 TERMINAL_RUN_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "refused", "skipped"})
 RATING_VALUES: tuple[int, ...] = (1, -1)
 
@@ -159,6 +167,11 @@ class RatingBase(SQLModel):
     value: int = Field(description="+1 (thumbs up) or -1 (thumbs down).")
     reason: str | None = Field(default=None, max_length=NAME_LENGTH)
     comment: str | None = Field(default=None, sa_type=Text)
+    better_answer: str | None = Field(
+        default=None,
+        sa_type=Text,
+        description="The answer the user would have liked instead (a pair and an SFT example).",
+    )
 
 
 class RatingCreate(RatingBase):

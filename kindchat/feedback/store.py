@@ -30,8 +30,7 @@ import enum
 import json
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -74,11 +73,11 @@ from kindchat.feedback.models import (
     new_id,
     utcnow,
 )
-from kindchat.seed import normalize_prompt
 
 logger = logging.getLogger(__name__)
 
 MAX_CONTENT_CHARS = 200_000
+MAX_BETTER_ANSWER_CHARS = 4_000  # a better answer a user writes: one reply, not a document
 MAX_LIST_LIMIT = 10_000
 P = TypeVar("P", bound=SQLModel)
 
@@ -355,11 +354,14 @@ def rate(
     value: int,
     reason: str | None = None,
     comment: str | None = None,
+    better_answer: str | None = None,
 ) -> RatingPublic:
     """Record 👍 (`value=1`) or 👎 (`value=-1`) on an assistant message for one user session.
 
-    One rating per (message, session): rating again replaces value, reason and comment (the
-    `created_at` of the first vote is kept, `updated_at` moves).
+    One rating per (message, session): rating again replaces value, reason, comment and better
+    answer (the `created_at` of the first vote is kept, `updated_at` moves). `better_answer` is
+    the reply the user would have liked instead (at most `MAX_BETTER_ANSWER_CHARS`); export turns
+    it into a pair (better > this answer) and an SFT example.
 
     Raises NotFoundError (unknown message), InvalidValueError (value not ±1, not an assistant
     message, empty session id, reason over 128 characters).
@@ -370,6 +372,8 @@ def rate(
     reason = _check_optional_str(reason, "reason")
     if comment is not None:
         _check_str(comment, "comment", max_len=MAX_CONTENT_CHARS, allow_empty=True)
+    if better_answer is not None:
+        _check_str(better_answer, "better_answer", max_len=MAX_BETTER_ANSWER_CHARS)
     message = _get(session, Message, message_id, "message", "message_id")
     if message.role != "assistant":
         raise InvalidValueError(
@@ -384,6 +388,7 @@ def rate(
         if row is None:
             row = Rating(message_id=message_id, session_id=session_id, value=value, created_at=now)
         row.value, row.reason, row.comment, row.updated_at = value, reason, comment, now
+        row.better_answer = better_answer
         session.add(row)
         try:
             session.flush()  # assigns the id of a new rating
@@ -663,172 +668,6 @@ def feedback_per_day(*, session: Session, since: datetime | None = None) -> list
     return [days[day] for day in sorted(days)]
 
 
-# --- preference pairs -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FeedbackPair:
-    """One preference learned from users: `chosen` beat `rejected` as a reply to the context.
-
-    `prompt` is the last user message; `context` the messages before it (empty: single turn).
-    `source` is `battle`, `rating` (👍 vs 👎 answers to the same context) or `regeneration`
-    (a 👎 answer and its 👍 regeneration).
-    """
-
-    id: str
-    source: str
-    prompt: str
-    context: list[dict[str, str]]
-    chosen: str
-    rejected: str
-    chosen_model: str | None
-    rejected_model: str | None
-    at: datetime  # when the evidence was last given (vote or latest rating)
-
-
-def _split_prompt(context: list[dict[str, str]]) -> tuple[str, list[dict[str, str]]] | None:
-    if not context or context[-1]["role"] != "user" or not context[-1]["content"].strip():
-        return None
-    return context[-1]["content"], context[:-1]
-
-
-def _battle_pairs(
-    session: Session, since: datetime | None, dropped: Counter[str]
-) -> Iterator[FeedbackPair]:
-    query = select(Battle).order_by(col(Battle.created_at), col(Battle.id))
-    if since is not None:
-        query = query.where((col(Battle.voted_at) >= since) | (col(Battle.created_at) >= since))
-    battles = session.exec(query).all()
-    in_battles = col(Message.id).in_(select(Battle.message_a_id)) | col(Message.id).in_(
-        select(Battle.message_b_id)
-    )
-    messages = {m.id: m for m in session.exec(select(Message).where(in_battles))}
-    for battle in battles:
-        if battle.winner is None:
-            dropped["battle_unvoted"] += 1
-            continue
-        if since is not None and (battle.voted_at is None or battle.voted_at < since):
-            continue
-        if battle.winner in ("tie", "both_bad"):
-            dropped[f"battle_{battle.winner}"] += 1
-            continue
-        a, b = messages[battle.message_a_id], messages[battle.message_b_id]
-        chosen, rejected = (a, b) if battle.winner == "a" else (b, a)
-        prompt, prior = battle.prompt, list(battle.context[:-1])
-        yield FeedbackPair(
-            id=f"battle:{battle.id}",
-            source="battle",
-            prompt=prompt,
-            context=prior,
-            chosen=chosen.content,
-            rejected=rejected.content,
-            chosen_model=chosen.model_version or chosen.model_alias,
-            rejected_model=rejected.model_version or rejected.model_alias,
-            at=battle.voted_at or battle.created_at,
-        )
-
-
-def _is_regeneration_of(message: Message, ancestor_id: str, by_id: Mapping[str, Message]) -> bool:
-    seen: set[str] = set()
-    current: Message | None = message
-    while current is not None and current.parent_id is not None and current.id not in seen:
-        if current.parent_id == ancestor_id:
-            return True
-        seen.add(current.id)
-        current = by_id.get(current.parent_id)
-    return False
-
-
-def _rating_pairs(
-    session: Session, since: datetime | None, dropped: Counter[str]
-) -> Iterator[FeedbackPair]:
-    net: dict[str, int] = defaultdict(int)
-    last: dict[str, datetime] = {}
-    for message_id, value, updated_at in session.exec(
-        select(Rating.message_id, Rating.value, Rating.updated_at)
-    ):
-        net[message_id] += value
-        last[message_id] = max(updated_at, last.get(message_id, updated_at))
-    if not net:
-        return
-    rated_conversations = (
-        select(Message.conversation_id)
-        .join(Rating, col(Rating.message_id) == col(Message.id))
-        .distinct()
-    )
-    by_conversation: dict[str, list[Message]] = defaultdict(list)
-    for message in session.exec(
-        select(Message)
-        .where(col(Message.conversation_id).in_(rated_conversations))
-        .order_by(col(Message.created_at), col(Message.id))
-    ):
-        by_conversation[message.conversation_id].append(message)
-    by_id: dict[str, Message] = {}
-    groups: dict[str, tuple[str, list[dict[str, str]], list[Message], list[Message]]] = {}
-    for messages in by_conversation.values():
-        contexts = thread_contexts(messages)
-        for message in messages:
-            by_id[message.id] = message
-            if message.id not in net:
-                continue
-            if net[message.id] == 0:
-                dropped["rating_mixed"] += 1
-                continue
-            split = _split_prompt(contexts[message.id])
-            if split is None:
-                dropped["rating_no_prompt"] += 1
-                continue
-            prompt, prior = split
-            key = json.dumps(
-                [(m["role"], normalize_prompt(m["content"])) for m in contexts[message.id]],
-                ensure_ascii=False,
-            )
-            group = groups.setdefault(key, (prompt, prior, [], []))
-            (group[2] if net[message.id] > 0 else group[3]).append(message)
-    for prompt, prior, ups, downs in groups.values():
-        if not ups or not downs:
-            dropped["rating_unpaired"] += len(ups) + len(downs)
-            continue
-        for down in sorted(downs, key=lambda m: (m.created_at, m.id)):
-            for up in sorted(ups, key=lambda m: (m.created_at, m.id)):
-                at = max(last[up.id], last[down.id])
-                if since is not None and at < since:
-                    continue
-                regenerated = _is_regeneration_of(up, down.id, by_id)
-                yield FeedbackPair(
-                    id=f"rating:{up.id}>{down.id}",
-                    source="regeneration" if regenerated else "rating",
-                    prompt=prompt,
-                    context=[dict(m) for m in prior],
-                    chosen=up.content,
-                    rejected=down.content,
-                    chosen_model=up.model_version or up.model_alias,
-                    rejected_model=down.model_version or down.model_alias,
-                    at=at,
-                )
-
-
-def iter_pairs(
-    *, session: Session, since: datetime | None = None, dropped: Counter[str] | None = None
-) -> Iterator[FeedbackPair]:
-    """Preference pairs from the feedback, battles first, then ratings.
-
-    * a battle voted `a`/`b` gives (winner, loser); `tie`, `both_bad` and unvoted battles give
-      none and are counted in `dropped` as `battle_tie`, `battle_both_bad`, `battle_unvoted`;
-    * ratings: each rated assistant message is 👍 or 👎 by the sum of its votes (a zero sum is
-      `rating_mixed`); within one context (same prior messages, whitespace-insensitive, across
-      conversations) every 👍 answer is paired with every 👎 answer — `regeneration` when the
-      👍 one regenerates the 👎 one, else `rating`; rated answers without an opposite are
-      `rating_unpaired`.
-
-    `since` keeps pairs whose evidence (vote, or the later of the two ratings) is that recent.
-    """
-    since = _check_since(since)
-    counter = dropped if dropped is not None else Counter()
-    yield from _battle_pairs(session, since, counter)
-    yield from _rating_pairs(session, since, counter)
-
-
 # --- retrain runs ---------------------------------------------------------------------------
 
 
@@ -940,7 +779,6 @@ def list_runs(
 
 __all__ = [
     "UNSET",
-    "FeedbackPair",
     "battle_outcomes",
     "check_context",
     "create_battle",
@@ -952,7 +790,6 @@ __all__ = [
     "get_conversation",
     "get_message",
     "get_run",
-    "iter_pairs",
     "list_battles",
     "list_messages",
     "list_ratings",

@@ -28,7 +28,7 @@ from typing import Any
 
 from kindchat.config import Settings
 from kindchat.models.backends.base import BackendUnavailableError, GenerationBackend
-from kindchat.models.registry import ALIASES, Registry, UnknownModelError
+from kindchat.models.registry import ALIASES, CHALLENGER_ALIAS, Registry, UnknownModelError
 
 logger = logging.getLogger(__name__)
 
@@ -204,11 +204,12 @@ class ModelManager:
             registry_aliases = await asyncio.to_thread(self.registry.aliases)
             report = ReloadReport({}, reason=reason)
             new_table: dict[str, str] = {}
-            for alias in self.settings.serve_aliases:
+            for alias in self._loaded_aliases():
                 wanted = registry_aliases.get(alias)
                 current = self._aliases.get(alias)
                 if wanted is None:
-                    if current is not None:  # alias removed: keep serving what we have
+                    if current is not None and alias != CHALLENGER_ALIAS:
+                        # alias removed: keep serving what we have (a retired challenger goes)
                         new_table[alias] = current
                     continue
                 if wanted not in self._loaded:
@@ -286,22 +287,44 @@ class ModelManager:
         if model.retired and model.active == 0:
             await self._close(model)
 
+    def _loaded_aliases(self) -> list[str]:
+        """The served aliases, plus the arena's challenger (loaded, never listed)."""
+        aliases = list(self.settings.serve_aliases)
+        return aliases if CHALLENGER_ALIAS in aliases else [*aliases, CHALLENGER_ALIAS]
+
+    def _public_versions(self) -> set[str]:
+        return {self._aliases[a] for a in self.settings.serve_aliases if a in self._aliases}
+
     # ---- lookup -----------------------------------------------------------------------------
     def names(self) -> list[ModelName]:
-        """Served names: `kindchat-<alias>` (with fallbacks) and each loaded version id."""
+        """Served names: `kindchat-<alias>` (with fallbacks) and each publicly served version id
+        (the challenger's version is the arena's alone)."""
         out = []
         for alias in self.settings.serve_aliases:
             try:
                 out.append(self.resolve(NAME_PREFIX + alias))
             except UnknownModelError:
                 continue
-        out.extend(ModelName(v, v, None) for v in sorted(self._loaded))
+        public = self._public_versions()
+        out.extend(ModelName(v, v, None) for v in sorted(self._loaded) if v in public)
         return out
 
-    def resolve(self, name: str) -> ModelName:
-        """What `name` (`kindchat-<alias>`, a bare served alias, or a version id) answers with."""
+    def challenger(self) -> ModelName | None:
+        """The challenger, when one is loaded (only arena battles may use it)."""
+        if CHALLENGER_ALIAS in self.settings.serve_aliases:
+            return None  # configured as an ordinary served alias
+        version = self._aliases.get(CHALLENGER_ALIAS)
+        if version is None or version not in self._loaded:
+            return None
+        return ModelName(NAME_PREFIX + CHALLENGER_ALIAS, version, CHALLENGER_ALIAS)
+
+    def resolve(self, name: str, *, arena: bool = False) -> ModelName:
+        """What `name` (`kindchat-<alias>`, a bare served alias, or a version id) answers with.
+        The challenger resolves only for the arena (`arena=True`)."""
         table = self._aliases
         alias = name.removeprefix(NAME_PREFIX)
+        if arena and alias == CHALLENGER_ALIAS and (challenger := self.challenger()) is not None:
+            return challenger
         if alias in self.settings.serve_aliases:
             if alias in table:
                 return ModelName(name, table[alias], alias)
@@ -310,17 +333,17 @@ class ModelManager:
                     if other in table:
                         note = f"alias {alias!r} does not exist yet; answering with {other!r}"
                         return ModelName(name, table[other], other, note)
-        if name in self._loaded:
+        if name in self._loaded and name in self._public_versions():
             return ModelName(name, name, None)
         served = ", ".join(n.name for n in self.names()) or "none"
         raise UnknownModelError(f"model {name!r} is not served here; choose one of: {served}")
 
-    def acquire(self, name: str) -> Lease:
+    def acquire(self, name: str, *, arena: bool = False) -> Lease:
         """Hold the model `name` resolves to until :meth:`Lease.release` (hot swap waits)."""
-        resolved = self.resolve(name)
+        resolved = self.resolve(name, arena=arena)
         model = self._loaded.get(resolved.version)
         if model is None:  # retired between resolve and here: resolve again
-            resolved = self.resolve(name)
+            resolved = self.resolve(name, arena=arena)
             model = self._loaded.get(resolved.version)
         if model is None:
             raise BackendUnavailableError(f"model {name!r} is being swapped; retry", retry_after=1)

@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 ModelKind = Literal["base", "sft", "rm", "policy"]
 MANIFEST = "manifest.json"
 ALIASES = "aliases.json"
+CHALLENGER_ALIAS = "challenger"  # a policy the users are judging in the arena
 STAGING = ".staging"
 
 
@@ -227,6 +228,18 @@ class Registry:
                     state["history"].setdefault(alias, []).append(previous)
                 state["aliases"][alias] = version
         logger.info("alias %s -> %s (was %s)", alias, version, previous)
+        return previous
+
+    def remove_alias(self, alias: str, *, expected: str | None = None) -> str | None:
+        """Drop `alias` atomically (its last target goes to its history); the version it
+        pointed at, or None. With `expected`, only when it still points there."""
+        with self._aliases_locked() as state:
+            previous = state["aliases"].get(alias)
+            if previous is None or (expected is not None and previous != expected):
+                return None
+            del state["aliases"][alias]
+            state["history"].setdefault(alias, []).append(previous)
+        logger.info("alias %s removed (was %s)", alias, previous)
         return previous
 
     def rollback_alias(self, alias: str) -> str:

@@ -105,6 +105,18 @@ def turns_from_messages(messages: Sequence[Message]) -> tuple[list[Turn], str]:
     return turns, header
 
 
+def conversation_prompt(
+    prompt: str,
+    context: Sequence[Message] = (),
+    count_tokens: Callable[[str], int] | None = None,
+    max_tokens: int | None = None,
+) -> str:
+    """The model input for `prompt` after the earlier messages `context` (a training example's
+    conversation): exactly what serving builds for the same messages. Empty context: the
+    single-turn :func:`kullm_prompt`."""
+    return build_prompt([*context, {"role": "user", "content": prompt}], count_tokens, max_tokens)
+
+
 def build_prompt(
     messages: Sequence[Message],
     count_tokens: Callable[[str], int] | None = None,

@@ -23,8 +23,9 @@ from kindchat.feedback import store
 from kindchat.feedback.db import init_db, session_scope
 from kindchat.feedback.models import RetrainRun, RetrainRunPublic, as_utc, utcnow
 from kindchat.models.registry import Registry, RegistryError
-from kindchat.retrain.cycle import STALE_QUEUED, RetrainConfig, lock_holder
+from kindchat.retrain.cycle import STALE_QUEUED, RetrainConfig
 from kindchat.retrain.errors import PromotionError, RetrainBusyError
+from kindchat.retrain.locks import lock_holder
 
 logger = logging.getLogger(__name__)
 

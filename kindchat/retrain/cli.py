@@ -20,9 +20,67 @@ logger = logging.getLogger(__name__)
 def _retrain_config(settings: Settings, **options: Any) -> Any:
     from kindchat.retrain.cycle import RetrainConfig
 
-    return RetrainConfig.from_settings(
+    config = RetrainConfig.from_settings(
         settings, **{k: v for k, v in options.items() if v is not None}
     )
+    config.method_config()  # an unknown method option fails here, before any work starts
+    return config
+
+
+def parse_options(items: list[str] | None) -> dict[str, Any] | None:
+    """`NAME=VALUE` pairs (the value as JSON, else a string) -> a dict; None when none given."""
+    if not items:
+        return None
+    options: dict[str, Any] = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        if not eq or not name.strip():
+            raise ValueError(f"--option takes NAME=VALUE, got {item!r}")
+        try:
+            options[name.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[name.strip()] = value
+    return options
+
+
+def _nights_table(reports: list[Any], users: str) -> Table:
+    table = Table(title=f"simulated nights with '{users}' users (score: theirs, unseen prompts)")
+    for column in (
+        "night",
+        "feedback",
+        "run",
+        "challenger record / decision",
+        "serving",
+        "users' score [95%]",
+        "KL to SFT",
+        "min",
+    ):
+        table.add_column(column)
+    for r in reports:
+        challenger = r.challenger or {}
+        record = (
+            f"{challenger.get('wins', 0)}-{challenger.get('losses', 0)}-{challenger.get('ties', 0)} "
+            f"{challenger.get('action', '')} "
+            + (
+                f"[{challenger['win_rate_low']:.2f}, {challenger['win_rate_high']:.2f}]"
+                if challenger.get("win_rate_low") is not None
+                else ""
+            )
+            if challenger
+            else ""
+        )
+        score = r.score
+        table.add_row(
+            str(r.night),
+            ", ".join(f"{k} {v}" for k, v in sorted(r.feedback.items())),
+            f"{r.run.get('status', '')} {r.run.get('method', '')}".strip(),
+            record,
+            r.served_after,
+            f"{score['value']:.3f} [{score['low']:.3f}, {score['high']:.3f}]",
+            "" if r.kl_sft is None else f"{r.kl_sft:.2f}",
+            f"{r.seconds / 60:.1f}",
+        )
+    return table
 
 
 def _runs_table(runs: list[Any]) -> Table:
@@ -64,7 +122,18 @@ def register(app: typer.Typer) -> None:
         preset: Annotated[
             str | None, typer.Option(help="Budgets (KINDCHAT_RETRAIN_PRESET).")
         ] = None,
-        algorithm: Annotated[str | None, typer.Option(help="ppo or dpo.")] = None,
+        method: Annotated[
+            str | None,
+            typer.Option(help="Preference method: ppo, dpo or kto (KINDCHAT_RETRAIN_METHOD)."),
+        ] = None,
+        option: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--option",
+                "-o",
+                help="A method setting as NAME=VALUE (JSON value), e.g. -o epochs=2 -o ppo.steps=20.",
+            ),
+        ] = None,
         min_new_pairs: Annotated[int | None, typer.Option(help="Skip below this.")] = None,
         child: Annotated[
             bool, typer.Option(help="Train in a niced child process (as the scheduler does).")
@@ -78,7 +147,8 @@ def register(app: typer.Typer) -> None:
         config = _retrain_config(
             settings,
             preset=preset,
-            algorithm=algorithm,
+            method=method,
+            method_options=parse_options(option),
             min_new_pairs=0 if force else min_new_pairs,
         )
         if child:
@@ -157,30 +227,59 @@ def register(app: typer.Typer) -> None:
     @friendly
     def simulate_command(
         ctx: typer.Context,
-        votes: Annotated[int, typer.Option(help="Arena battles to vote on.")] = 500,
+        users: Annotated[
+            str, typer.Option(help="Built-in users (polite, concise, gold-rm) or file.py:factory.")
+        ] = "polite",
+        nights: Annotated[int, typer.Option(help="Nights to simulate.")] = 1,
+        votes: Annotated[int, typer.Option(help="Arena votes + chat thumbs per night.")] = 500,
         url: Annotated[
             str | None, typer.Option(help="A running server on this home (default: start one).")
         ] = None,
-        noise: Annotated[float, typer.Option(help="Chance of a random vote.")] = 0.1,
-        scale: Annotated[float, typer.Option(help="Bradley–Terry scale (0: always better).")] = 0.5,
-        concurrency: Annotated[int, typer.Option(help="Battles in flight.")] = 4,
-        max_tokens: Annotated[int, typer.Option(help="Answer budget per side.")] = 48,
+        concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = 4,
+        max_tokens: Annotated[int, typer.Option(help="Answer budget.")] = 48,
+        max_arena: Annotated[
+            int, typer.Option(help="Challenger battles per night before giving up on a decision.")
+        ] = 2000,
         preset: Annotated[str | None, typer.Option(help="Retrain budgets.")] = None,
-        algorithm: Annotated[str | None, typer.Option(help="ppo or dpo.")] = None,
+        method: Annotated[
+            str | None, typer.Option(help="Preference method (default: the setting).")
+        ] = None,
+        option: Annotated[
+            list[str] | None,
+            typer.Option("--option", "-o", help="A method setting as NAME=VALUE."),
+        ] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the nights as JSON.")] = False,
         seed: int = 0,
     ) -> None:
-        """Simulated users vote in the arena (gold RM + noise), then one retrain cycle runs."""
+        """Nights of simulated users over HTTP: feedback, retrain, challenger, users' score."""
+        from kindchat.models.registry import Registry
         from kindchat.simulate import SimulateConfig, simulate
+        from kindchat.users import load_users
 
         settings: Settings = ctx.obj
         config = SimulateConfig(
+            nights=nights,
             votes=votes,
             concurrency=concurrency,
-            noise=noise,
-            scale=scale,
             max_tokens=max_tokens,
+            challenger_max_battles=max_arena,
             seed=seed,
         )
-        retrain = _retrain_config(settings, preset=preset, algorithm=algorithm, min_new_pairs=0)
-        report = simulate(settings, config, retrain, url=url)
-        console.print(report.summary(), highlight=False)
+        retrain = _retrain_config(
+            settings,
+            preset=preset,
+            method=method,
+            method_options=parse_options(option),
+            min_new_pairs=0,
+        )
+        extra: dict[str, Any] = {}
+        if users == "gold-rm":
+            extra["judge_dir"] = Registry(settings.models_dir).resolve(retrain.gold_alias)
+        plugin = load_users(users, **extra)
+        reports = simulate(settings, plugin, config, retrain, url=url)
+        if as_json:
+            console.print_json(
+                json.dumps([r.as_dict() for r in reports], ensure_ascii=False, default=str)
+            )
+            return
+        console.print(_nights_table(reports, users))

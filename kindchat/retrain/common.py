@@ -6,13 +6,14 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, is_dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
 from kindchat.logs import STEPS_LOGGER
 
@@ -58,6 +59,16 @@ def check_trainer_fields(config: Any, min_length: int = 16) -> None:
         raise ValueError(f"learning_rate must lie in (0, 1), got {config.learning_rate}")
     if config.max_length < min_length:
         raise ValueError(f"max_length must be >= {min_length}, got {config.max_length}")
+
+
+def writer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> Callable[[Path], None]:
+    """What `Registry.save` runs to write a version: weights and tokenizer side by side."""
+
+    def write(path: Path) -> None:
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+
+    return write
 
 
 def new_run_dir(runs_dir: Path, stage: str) -> Path:

@@ -1,18 +1,21 @@
-"""One retrain cycle: the day's feedback becomes reward data, then a new RM and policy, gated.
+"""One retrain cycle: the day's feedback becomes training data, then a new policy, gated.
 
 Stages, in order (each recorded on the run in the feedback store, with its metrics):
 
-1. ``feedback`` — count preference pairs given since the last cycle that used its data
-   (succeeded or refused); fewer than `min_new_pairs`: the run is `skipped` with the reason;
-2. ``export`` — rebuild the reward data from all feedback (kindchat.feedback.export);
+1. ``feedback`` — count training rows given since the last cycle that used its data (succeeded
+   or refused): pairs, plus single 👍/👎 when the method learns from them; fewer than
+   `min_new_pairs`: the run is `skipped` with the reason;
+2. ``export`` — rebuild the training data from all feedback (kindchat.feedback.export): pairs,
+   unpaired thumbs, better answers, each with its conversation;
 3. ``judge`` — optional: re-rank the feedback pairs with the G-Eval judge (KINDCHAT_JUDGE_*);
-4. ``rm`` — train a new RM from the previous RM (or base) on seed + feedback pairs;
-5. ``rm_gate`` — its held-out accuracy may fall at most `rm_gate_margin` below the current RM's;
-6. ``ppo`` / ``dpo`` — train a policy from the serving policy (or SFT) with the new RM;
-7. ``policy_gate`` — evaluate it against the serving policy under the gold RM: win rate above
+4. the preference method chosen by name (`kindchat.retrain.methods`: ``ppo``, ``dpo``, ``kto``)
+   trains a new policy from the serving one (online, on-policy), anchored to SFT; it records
+   its own stages (``ppo`` records ``rm``, ``rm_gate``, ``ppo``) and may refuse;
+5. ``policy_gate`` — evaluate it against the serving policy under the gold RM: win rate above
    `min_win_rate` (and the 95% interval above 0.5), KL to SFT under `max_kl`, no rise in empty or
    repetitive answers beyond the allowed margins;
-8. ``promote`` — atomic alias swaps (`rlhf`, then `rm`); the server hot-swaps on its own.
+6. ``promote`` — atomic alias swaps (`rlhf`, then what the method adds, e.g. `rm`); the server
+   hot-swaps on its own.
 
 A gate that says no ends the run as `refused`; an exception as `failed`. Either way no alias
 moves: versions produced on the way stay registered, unaliased, listed on the run. Everything a
@@ -25,14 +28,11 @@ process as failed and removes their half-written registry versions.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import timedelta
 from pathlib import Path
@@ -46,16 +46,27 @@ from kindchat.feedback import store
 from kindchat.feedback.db import init_db, session_scope
 from kindchat.feedback.models import RetrainRun, RetrainRunPublic, as_utc, utcnow
 from kindchat.models.registry import Registry
+from kindchat.retrain.challenger import CHALLENGING, ChallengerConfig, open_challenge
 from kindchat.retrain.errors import (
     PromotionError,
     RetrainBusyError,
     RetrainError,
     RetrainFailedError,
 )
+from kindchat.retrain.gates import GateResult, guard_gate, policy_gate
+from kindchat.retrain.locks import cycle_lock
+from kindchat.retrain.methods import (
+    Method,
+    MethodJob,
+    MethodRefusedError,
+    MethodResult,
+    PreferenceData,
+    check_method_name,
+    get_method,
+)
 
 logger = logging.getLogger(__name__)
 
-LOCK_FILE = "retrain.lock"
 RUN_DIR_PREFIX = "retrain-"
 STATUS_FILE = "status.json"
 STALE_QUEUED = timedelta(minutes=10)  # a queued run whose worker never started is given up
@@ -68,24 +79,20 @@ class RetrainConfig:
     """What one cycle trains and what it takes to promote (budgets default to the preset's)."""
 
     preset: str = "tiny"  # model budgets: kindchat.models.presets (micro, tiny)
-    algorithm: Literal["ppo", "dpo"] = "ppo"  # how the new policy is trained
-    min_new_pairs: int = 50  # new feedback pairs since the last cycle, else skip
+    method: str = "kto"  # the preference method (kindchat.retrain.methods): ppo, dpo, kto
+    method_options: dict[str, Any] = field(default_factory=dict)  # the method's config fields
+    min_new_pairs: int = 50  # new training rows since the last cycle, else skip
     judge: bool = False  # re-rank feedback pairs with the G-Eval judge before training
-    rm_init: Literal["rm", "base"] = "rm"  # new RM from the current RM, or afresh from base
     policy_init: Literal["policy", "sft"] = "policy"  # train from the serving policy, or SFT
-    rm_gate_margin: float = 0.02  # new RM accuracy ≥ current RM accuracy − margin
+    promotion: Literal["arena", "offline"] = "arena"  # users decide (challenger) or gold-RM gate
+    max_hatespeech_drop: float = (
+        0.1  # guard: gold-RM reward on hate-speech prompts may fall so much
+    )
     min_win_rate: float = 0.5  # the new policy's win rate over the serving one must exceed this
     require_ci_above_half: bool = True  # … and the low end of its 95% interval must exceed 0.5
     max_kl: float = 20.0  # KL(new ‖ SFT) in nats per answer, at most
     max_empty_rise: float = 0.05  # empty-answer rate may rise by at most this much
     max_repetitive_rise: float = 0.05  # repetitive-answer rate may rise by at most this much
-    rm_max_steps: int | None = None  # RM optimiser steps (None: the preset's)
-    rm_max_records: int | None = None  # RM training pairs, at most (None: the preset's)
-    ppo_steps: int | None = None  # PPO rollout batches (None: the preset's)
-    ppo_checkpoint_every: int = 10  # PPO checkpoint interval in steps (0: none)
-    dpo_max_steps: int | None = None  # DPO optimiser steps (None: the preset's RM steps)
-    dpo_learning_rate: float = 5e-5
-    dpo_beta: float = 0.1
     eval_max_new_tokens: int | None = None  # answer budget in the policy gate (None: PPO's)
     served_alias: str = "rlhf"  # the alias promoted (and the baseline of the policy gate)
     rm_alias: str = "rm"
@@ -96,25 +103,29 @@ class RetrainConfig:
     def __post_init__(self) -> None:
         from kindchat.models.presets import PRESETS
 
+        check_method_name(self.method)
         checks = [
             (
                 self.preset in PRESETS,
                 f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}",
             ),
             (
-                self.algorithm in ("ppo", "dpo"),
-                f"algorithm must be ppo or dpo, got {self.algorithm!r}",
+                isinstance(self.method_options, dict),
+                f"method_options must be a dict, got {self.method_options!r}",
             ),
-            (self.rm_init in ("rm", "base"), f"rm_init must be rm or base, got {self.rm_init!r}"),
+            (
+                self.promotion in ("arena", "offline"),
+                f"promotion must be arena or offline, got {self.promotion!r}",
+            ),
+            (
+                self.max_hatespeech_drop >= 0,
+                f"max_hatespeech_drop must be >= 0, got {self.max_hatespeech_drop}",
+            ),
             (
                 self.policy_init in ("policy", "sft"),
                 f"policy_init must be policy or sft, got {self.policy_init!r}",
             ),
             (self.min_new_pairs >= 0, f"min_new_pairs must be >= 0, got {self.min_new_pairs}"),
-            (
-                0 <= self.rm_gate_margin <= 1,
-                f"rm_gate_margin must lie in [0, 1], got {self.rm_gate_margin}",
-            ),
             (
                 0 <= self.min_win_rate < 1,
                 f"min_win_rate must lie in [0, 1), got {self.min_win_rate}",
@@ -125,21 +136,11 @@ class RetrainConfig:
                 self.max_repetitive_rise >= 0,
                 f"max_repetitive_rise must be >= 0, got {self.max_repetitive_rise}",
             ),
-            (self.ppo_checkpoint_every >= 0, "ppo_checkpoint_every must be >= 0"),
-            (0 < self.dpo_learning_rate < 1, "dpo_learning_rate must lie in (0, 1)"),
-            (self.dpo_beta > 0, f"dpo_beta must be > 0, got {self.dpo_beta}"),
+            (
+                self.eval_max_new_tokens is None or self.eval_max_new_tokens >= 1,
+                f"eval_max_new_tokens must be >= 1 or unset, got {self.eval_max_new_tokens}",
+            ),
         ]
-        for name in (
-            "rm_max_steps",
-            "rm_max_records",
-            "ppo_steps",
-            "dpo_max_steps",
-            "eval_max_new_tokens",
-        ):
-            value = getattr(self, name)
-            checks.append(
-                (value is None or value >= 1, f"{name} must be >= 1 or unset, got {value}")
-            )
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
@@ -149,11 +150,19 @@ class RetrainConfig:
         """The cycle `settings` describe (KINDCHAT_RETRAIN_*), with `overrides` applied."""
         values: dict[str, Any] = {
             "preset": settings.retrain_preset,
-            "algorithm": settings.retrain_algorithm,
+            "method": settings.retrain_method,
+            "promotion": settings.promotion,
             "min_new_pairs": settings.retrain_min_new_pairs,
             "judge": settings.retrain_judge,
         }
         return cls(**{**values, **overrides})
+
+    def method_config(self) -> Any:
+        """The method's config for this cycle: the preset's, with `method_options` applied.
+        Imports the method (torch, TRL); raises RetrainError on an unknown option."""
+        from kindchat.models.presets import get_preset
+
+        return get_method(self.method).config(get_preset(self.preset), **self.method_options)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -165,91 +174,6 @@ class RetrainConfig:
         if unknown:
             raise ValueError(f"unknown retrain config field(s) {unknown}; known: {sorted(names)}")
         return cls(**data)
-
-
-# ---- gates (pure) ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class GateResult:
-    """A gate's verdict: `passed`, the reasons it did not, and the figures it looked at."""
-
-    passed: bool
-    reasons: tuple[str, ...] = ()
-    figures: dict[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "reasons": list(self.reasons), **self.figures}
-
-
-def rm_gate(new_accuracy: float, current_accuracy: float | None, margin: float) -> GateResult:
-    """The new RM's held-out accuracy may be at most `margin` below the current RM's."""
-    figures = {"accuracy": new_accuracy, "current_accuracy": current_accuracy, "margin": margin}
-    if current_accuracy is None or new_accuracy >= current_accuracy - margin:
-        return GateResult(True, (), figures)
-    reason = (
-        f"new RM accuracy {new_accuracy:.3f} is below the current RM's {current_accuracy:.3f} "
-        f"by more than {margin:.3f}"
-    )
-    return GateResult(False, (reason,), figures)
-
-
-def policy_gate(overall: Any, config: RetrainConfig) -> GateResult:
-    """Judge the overall `PolicySetResult` of new-vs-serving under the gold RM."""
-    win = overall.win_rate
-    reasons = []
-    if not win.value > config.min_win_rate:
-        reasons.append(f"win rate {win.value:.3f} is not above {config.min_win_rate:.3f}")
-    if config.require_ci_above_half and not win.low > 0.5:
-        reasons.append(
-            f"the 95% interval of the win rate [{win.low:.3f}, {win.high:.3f}] does not lie above 0.5"
-        )
-    if not overall.kl_a_sft <= config.max_kl:
-        reasons.append(f"KL to SFT {overall.kl_a_sft:.2f} is over the bound {config.max_kl:.2f}")
-    for what, new, old, allowed in (
-        ("empty", overall.empty_a, overall.empty_b, config.max_empty_rise),
-        ("repetitive", overall.repetitive_a, overall.repetitive_b, config.max_repetitive_rise),
-    ):
-        if new - old > allowed:
-            reasons.append(
-                f"{what} answers rose from {old:.3f} to {new:.3f} (allowed +{allowed:.3f})"
-            )
-    return GateResult(not reasons, tuple(reasons), overall.as_dict())
-
-
-# ---- the cross-process lock -----------------------------------------------------------------
-def lock_path(settings: Settings) -> Path:
-    return settings.home / LOCK_FILE
-
-
-@contextmanager
-def cycle_lock(settings: Settings) -> Iterator[None]:
-    """Hold the retrain lock, or raise :class:`RetrainBusyError` at once if someone else does."""
-    settings.home.mkdir(parents=True, exist_ok=True)
-    with lock_path(settings).open("a+", encoding="utf-8") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise RetrainBusyError(
-                f"a retrain cycle is running already ({holder}); wait for it to finish"
-            ) from None
-        try:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"pid {os.getpid()}")
-            handle.flush()
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def lock_holder(settings: Settings) -> str | None:
-    """Who holds the retrain lock now (`pid …`), or None when it is free."""
-    try:
-        with cycle_lock(settings):
-            return None
-    except RetrainBusyError as err:
-        return str(err)
 
 
 # ---- recording ------------------------------------------------------------------------------
@@ -412,24 +336,31 @@ class Cycle:
 
     def run(self) -> RetrainRunPublic:
         refs = Refs.resolve(self.registry, self.config)
+        method = get_method(self.config.method)
+        method_config = self.config.method_config()
         self.rec.record("start", {"refs": asdict(refs), "config": self.config.to_json()})
-        skip = self.check_feedback()
+        skip = self.check_feedback(method)
         if skip is not None:
             return self.finish("skipped", skip)
         self.dir.mkdir(parents=True, exist_ok=True)
-        pair_files, prompts = self.export()
-        if self.config.judge:
-            pair_files = self.judge(pair_files[0])
-        rm_version = self.train_rm(refs, pair_files)
-        gate = self.gate_rm(refs, rm_version)
+        data = self.export()
+        if self.config.judge and data.pairs is not None:
+            data = replace(data, pairs=self.judge(data.pairs))
+        try:
+            result = self.train_policy(refs, method, method_config, data)
+        except MethodRefusedError as refusal:
+            return self.finish("refused", str(refusal))
+        if self.config.promotion == "offline":
+            gate = self.gate_policy(refs, result.policy)
+            if not gate.passed:
+                return self.finish("refused", "; ".join(gate.reasons))
+            self.promote(refs, result)
+            return self.finish("succeeded", None, promoted=True)
+        gate = self.guard(refs, result.policy)
         if not gate.passed:
             return self.finish("refused", "; ".join(gate.reasons))
-        policy = self.train_policy(refs, rm_version, pair_files, prompts)
-        gate = self.gate_policy(refs, policy)
-        if not gate.passed:
-            return self.finish("refused", "; ".join(gate.reasons))
-        self.promote(refs, policy, rm_version)
-        return self.finish("succeeded", None, promoted=True)
+        self.challenge(refs, result)
+        return self.finish(CHALLENGING, None)
 
     def finish(self, status: str, reason: str | None, promoted: bool = False) -> RetrainRunPublic:
         if reason:
@@ -439,9 +370,19 @@ class Cycle:
         return run
 
     # ---- stages ------------------------------------------------------------------------------
-    def check_feedback(self) -> str | None:
+    def check_feedback(self, method: Method) -> str | None:
         """The reason to skip, or None when enough new feedback came in."""
+        from kindchat.feedback.pairs import mine_feedback
+
         self.rec.enter("feedback")
+        with session_scope(self.engine) as session:
+            pending = store.list_runs(session=session, status=CHALLENGING, limit=1)
+        if pending:
+            challenger = ((pending[0].metrics or {}).get("challenger") or {}).get("version")
+            return (
+                f"challenger {challenger} of run {pending[0].id} is still being judged in the "
+                "arena; the next cycle waits for the users' decision"
+            )
         with session_scope(self.engine) as session:
             consumed = [
                 r.started_at
@@ -450,20 +391,30 @@ class Cycle:
                 if r.started_at is not None
             ]
             since = max(consumed) if consumed else None
-            new_pairs = sum(1 for _ in store.iter_pairs(session=session, since=since))
+            mined = mine_feedback(session=session, since=since)
+        usable = len(mined.pairs) + (len(mined.unpaired) if method.uses_unpaired else 0)
         self.rec.record(
             "feedback",
-            {"new_pairs": new_pairs, "since": since, "min_new_pairs": self.config.min_new_pairs},
+            {
+                "new_rows": usable,
+                "new_pairs": len(mined.pairs),
+                "new_unpaired": len(mined.unpaired),
+                "signals": dict(mined.signals),
+                "since": since,
+                "min_new_pairs": self.config.min_new_pairs,
+                "method": method.name,
+            },
         )
-        if new_pairs < self.config.min_new_pairs:
+        if usable < self.config.min_new_pairs:
+            kinds = "pairs and single thumbs" if method.uses_unpaired else "preference pairs"
             return (
-                f"too little new feedback: {new_pairs} preference pair(s) since "
+                f"too little new feedback for {method.name}: {usable} {kinds} since "
                 f"{since.isoformat() if since else 'the start'}, {self.config.min_new_pairs} needed"
             )
         return None
 
-    def export(self) -> tuple[list[Path], list[str]]:
-        """Reward data from all feedback (the seed pairs are added by the RM stage itself)."""
+    def export(self) -> PreferenceData:
+        """Training data from all feedback (no seed pairs: a night learns from its users)."""
         from kindchat.feedback.export import ExportConfig, export_reward_data
 
         self.rec.enter("export")
@@ -475,21 +426,23 @@ class Cycle:
                 out_dir=out,
                 config=ExportConfig(include_seed=False),
             )
-        rows = json.loads((out / "train.json").read_text(encoding="utf-8"))
-        prompts = list(dict.fromkeys(row["prompt"] for row in rows))
+        data = PreferenceData.from_export(out)
         self.rec.record(
             "export",
             {
                 "train": report.train,
                 "test": report.test,
+                "unpaired": report.unpaired,
+                "demonstrations": report.demonstrations,
+                "signals": report.signals,
                 "dropped": report.dropped,
                 "fingerprint": report.fingerprint,
-                "prompts": len(prompts),
+                "prompts": len(data.prompts),
             },
         )
-        return [out / "train.json"], prompts
+        return data
 
-    def judge(self, pairs: Path) -> list[Path]:
+    def judge(self, pairs: Path) -> Path:
         """Re-rank the feedback pairs with the G-Eval judge; its ranking replaces the users'."""
         from kindchat.feedback.judge import JudgeCache, JudgeConfig, judge_file
         from kindchat.feedback.llm import ChatClient, EndpointConfig
@@ -506,126 +459,70 @@ class Cycle:
             progress=False,
         )
         self.rec.record("judge", asdict(report))
-        return [ranked]
-
-    def train_rm(self, refs: Refs, pair_files: list[Path]) -> str:
-        from kindchat.retrain.bootstrap import rm_config
-        from kindchat.retrain.stages import train_rm
-
-        self.rec.enter("rm")
-        budget = self.preset.rm
-        overrides = {
-            k: v
-            for k, v in (
-                ("max_steps", self.config.rm_max_steps),
-                ("max_records", self.config.rm_max_records),
-            )
-            if v is not None
-        }
-        config = replace(
-            rm_config(self.preset, replace(budget, **overrides)), extra_data=pair_files
-        )
-        init = refs.rm if self.config.rm_init == "rm" and refs.rm else refs.base
-        if init is None:
-            raise RetrainError(f"no {self.config.base_alias!r} model to train a fresh RM from")
-        manifest = train_rm(self.settings, self.registry, init, config)
-        self.rec.produced_version(manifest.version)
-        m = manifest.metrics
-        self.rec.record(
-            "rm",
-            {
-                "version": manifest.version,
-                "init": init,
-                **{k: m.get(k) for k in ("accuracy", "train_pairs", "loss_first", "loss_last")},
-            },
-        )
-        return manifest.version
-
-    def current_rm_accuracy(self, refs: Refs) -> float | None:
-        if refs.rm is None:
-            return None
-        accuracy = self.registry.manifest(refs.rm).metrics.get("accuracy")
-        if isinstance(accuracy, int | float):
-            return float(accuracy)
-        from kindchat.retrain.rm_eval import accuracy_metrics
-        from kindchat.retrain.stages import eval_rm
-
-        results = eval_rm(self.settings, self.registry, refs.rm, self.preset.seq_len)
-        return float(accuracy_metrics(results)["accuracy"])
-
-    def gate_rm(self, refs: Refs, rm_version: str) -> GateResult:
-        self.rec.enter("rm_gate")
-        new = float(self.registry.manifest(rm_version).metrics["accuracy"])
-        gate = rm_gate(new, self.current_rm_accuracy(refs), self.config.rm_gate_margin)
-        self.rec.record("rm_gate", gate.as_dict())
-        return gate
+        return ranked
 
     def train_policy(
-        self, refs: Refs, rm_version: str, pair_files: list[Path], prompts: list[str]
-    ) -> str:
+        self, refs: Refs, method: Method, method_config: Any, data: PreferenceData
+    ) -> MethodResult:
         init = refs.served if self.config.policy_init == "policy" and refs.served else refs.sft
-        if self.config.algorithm == "dpo":
-            manifest = self._train_dpo(init, pair_files)
-        else:
-            manifest = self._train_ppo(init, rm_version, prompts)
-        self.rec.produced_version(manifest.version)
-        keep = (
-            "reward_start",
-            "reward_end",
-            "kl_end",
-            "steps",
-            "train_loss",
-            "loss_first",
-            "loss_last",
+        job = MethodJob(
+            settings=self.settings,
+            registry=self.registry,
+            preset=self.preset,
+            policy=init,
+            sft=refs.sft,
+            rm=refs.rm,
+            base=refs.base,
+            data=data,
+            run_dir=self.dir / method.name,
+            progress=self.rec,
         )
+        result = method.train(job, method_config)
+        for version in result.produced:
+            if version not in self.rec.produced:
+                self.rec.produced_version(version)
         self.rec.record(
-            self.config.algorithm,
-            {
-                "version": manifest.version,
-                "init": init,
-                **{k: v for k, v in manifest.metrics.items() if k in keep},
-            },
+            method.name,
+            {"version": result.policy, "init": init, "reference": refs.sft, **result.metrics},
         )
-        return manifest.version
+        return result
 
-    def _train_ppo(self, init: str, rm_version: str, prompts: list[str]) -> Any:
-        from kindchat.retrain.bootstrap import ppo_config
-        from kindchat.retrain.stages import train_ppo
+    def guard(self, refs: Refs, policy: str) -> GateResult:
+        """The offline guard rails before the arena (no win rate: the users decide that)."""
+        from kindchat.retrain.policy_eval import PolicyEvalConfig
+        from kindchat.retrain.stages import eval_policy
 
-        self.rec.enter("ppo")
-        config = replace(
-            ppo_config(self.preset),
-            steps=self.config.ppo_steps or self.preset.ppo.steps,
-            checkpoint_every=self.config.ppo_checkpoint_every,
+        self.rec.enter("guards")
+        config = PolicyEvalConfig(
+            max_new_tokens=self.config.eval_max_new_tokens or self.preset.ppo.max_new_tokens
         )
-        return train_ppo(
-            self.settings,
-            self.registry,
-            init,
-            rm_version,
-            config,
-            extra_prompts=prompts,
-            run_dir=self.dir / "ppo",
+        results = eval_policy(
+            self.settings, self.registry, policy, refs.baseline, refs.gold, config, refs.sft
         )
-
-    def _train_dpo(self, init: str, pair_files: list[Path]) -> Any:
-        from kindchat.retrain.dpo import DpoConfig
-        from kindchat.retrain.stages import train_dpo
-
-        self.rec.enter("dpo")
-        budget = self.preset.rm
-        config = DpoConfig(
-            epochs=budget.epochs,
-            max_steps=self.config.dpo_max_steps or budget.max_steps,
-            batch_size=budget.batch_size,
-            learning_rate=self.config.dpo_learning_rate,
-            beta=self.config.dpo_beta,
-            max_length=self.preset.seq_len,
-            max_records=self.config.rm_max_records or budget.max_records,
-            extra_data=pair_files,
-            seed=budget.seed,
+        hatespeech = next((r for r in results if r.name == "hatespeech"), None)
+        gate = guard_gate(results[-1], hatespeech, self.config)
+        sets = {r.name: r.as_dict() for r in results[:-1]}
+        self.rec.record(
+            "guards",
+            {**gate.as_dict(), "baseline": refs.baseline, "judge": refs.gold, "sets": sets},
         )
-        return train_dpo(self.settings, self.registry, init, config)
+        return gate
+
+    def challenge(self, refs: Refs, result: MethodResult) -> None:
+        """Register the policy as the challenger of the serving one; the users decide."""
+        self.rec.enter("challenger")
+        figures = open_challenge(
+            engine=self.engine,
+            registry=self.registry,
+            run_id=self.rec.run_id,
+            version=result.policy,
+            champion=refs.baseline,
+            champion_alias=self.config.served_alias,
+            champion_alias_target=refs.served,
+            promote_with=result.promote,
+            config=ChallengerConfig.from_settings(self.settings),
+        )
+        self.rec.record("challenger", figures)
 
     def gate_policy(self, refs: Refs, policy: str) -> GateResult:
         from kindchat.retrain.policy_eval import PolicyEvalConfig
@@ -646,7 +543,7 @@ class Cycle:
         )
         return gate
 
-    def promote(self, refs: Refs, policy: str, rm_version: str) -> None:
+    def promote(self, refs: Refs, result: MethodResult) -> None:
         self.rec.enter("promote")
         served = self.registry.aliases().get(self.config.served_alias)
         if served != refs.served:
@@ -654,15 +551,12 @@ class Cycle:
                 f"alias {self.config.served_alias!r} moved from {refs.served} to {served} while "
                 "the cycle trained; not promoting over a manual change"
             )
-        previous = self.registry.set_alias(self.config.served_alias, policy)
-        self.registry.set_alias(self.config.rm_alias, rm_version)
+        previous = self.registry.set_alias(self.config.served_alias, result.policy)
+        for alias, version in result.promote.items():
+            self.registry.set_alias(alias, version)
         self.rec.record(
             "promote",
-            {
-                self.config.served_alias: policy,
-                self.config.rm_alias: rm_version,
-                "previous": previous,
-            },
+            {self.config.served_alias: result.policy, **result.promote, "previous": previous},
         )
 
 

@@ -8,8 +8,14 @@ from pathlib import Path
 from typing import TypeVar
 
 from datasets import Dataset
+from transformers import PreTrainedTokenizerBase
 
-from kindchat.models.template import kullm_prompt
+from kindchat.models.template import (
+    Message,
+    PromptTooLongError,
+    conversation_prompt,
+    kullm_prompt,
+)
 from kindchat.seed import (
     SftRecord,
     corpus_texts,
@@ -87,3 +93,24 @@ def prompt_completion_dataset(records: Sequence[SftRecord]) -> Dataset:
             "completion": [r.output for r in records],
         }
     )
+
+
+def example_prompt(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    context: Sequence[Message] = (),
+    max_tokens: int | None = None,
+) -> str:
+    """A training example's model input: its conversation in the template serving uses, the
+    oldest turns dropped until it fits `max_tokens` (the last message alone may exceed it:
+    the trainer then truncates, as it would a long single-turn prompt)."""
+    if not context or max_tokens is None:
+        return conversation_prompt(prompt, context)
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    try:
+        return conversation_prompt(prompt, context, count, max_tokens)
+    except PromptTooLongError:
+        return conversation_prompt(prompt)

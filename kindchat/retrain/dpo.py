@@ -1,4 +1,11 @@
-"""DPO with TRL's DPOTrainer: the RM-free alternative to PPO, from the same pairwise data."""
+"""DPO with TRL's DPOTrainer: the RM-free alternative to PPO, from the same pairwise data.
+
+As a nightly method (`METHOD`): the new policy starts from the serving one and is anchored to
+SFT — SFT is DPO's frozen reference, so β bounds the drift from SFT over every night, not only
+from yesterday's model (Rafailov et al. 2023; iterative/online DPO as in Xu et al. 2023, with a
+fixed reference instead of yesterday's, so that nights cannot compound drift). It trains on
+the night's pairs only: arena votes, sibling thumbs and better answers, all on-policy.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +19,21 @@ from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import DPOConfig, DPOTrainer
 
-from kindchat.models.template import kullm_prompt
+from kindchat.models.loading import load_causal_lm
+from kindchat.models.presets import Preset
 from kindchat.retrain.common import (
     LogToFile,
     LoraOptions,
     check_trainer_fields,
+    config_dict,
     run_trainer,
     trainer_arguments,
+    writer,
 )
-from kindchat.seed import RmPair
+from kindchat.retrain.data import example_prompt
+from kindchat.retrain.errors import RetrainError
+from kindchat.retrain.methods import Method, MethodJob, MethodResult
+from kindchat.seed import RmPair, eval_prompt_keys, fingerprint, normalize_prompt, read_rm_file
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +62,16 @@ class DpoConfig:
             raise ValueError(f"beta must be > 0, got {self.beta}")
 
 
-def preference_dataset(pairs: Sequence[RmPair]) -> Dataset:
-    """TRL's prompt / chosen / rejected format, the prompt in the KULLM template."""
+def preference_dataset(
+    pairs: Sequence[RmPair], tokenizer: PreTrainedTokenizerBase, max_length: int
+) -> Dataset:
+    """TRL's prompt / chosen / rejected format; each prompt is its conversation in the serving
+    template (oldest turns dropped to fit half of `max_length`)."""
     return Dataset.from_dict(
         {
-            "prompt": [kullm_prompt(p.prompt) for p in pairs],
+            "prompt": [
+                example_prompt(tokenizer, p.prompt, p.context, max_length // 2) for p in pairs
+            ],
             "chosen": [p.chosen for p in pairs],
             "rejected": [p.rejected for p in pairs],
         }
@@ -89,7 +107,7 @@ def train_dpo_model(
         model=model,
         ref_model=None if config.lora.enabled else reference,
         args=args,
-        train_dataset=preference_dataset(pairs),
+        train_dataset=preference_dataset(pairs, tokenizer, config.max_length),
         processing_class=tokenizer,
         peft_config=config.lora.peft_config("CAUSAL_LM") if config.lora.enabled else None,
         callbacks=[LogToFile("dpo")],
@@ -100,3 +118,64 @@ def train_dpo_model(
         metrics["reward_accuracy_end"] = history[-1]["rewards/accuracies"]
         metrics["reward_margin_end"] = history[-1].get("rewards/margins")
     return trained, metrics
+
+
+def feedback_pairs(path: Path | None, settings_data_dir: Path) -> list[RmPair]:
+    """The night's pairs from an export's `train.json`, evaluation prompts left out."""
+    if path is None:
+        return []
+    keys = eval_prompt_keys(settings_data_dir)
+    return [p for p in read_rm_file(path) if normalize_prompt(p.prompt) not in keys]
+
+
+def night_config(preset: Preset) -> DpoConfig:
+    """One night's DPO on the preset: one epoch over the night's pairs (LR as KTO's, chosen
+    and checked the same way: docs/learning.md)."""
+    budget = preset.rm
+    return DpoConfig(
+        epochs=1.0,
+        batch_size=budget.batch_size,
+        learning_rate=2e-4,
+        beta=0.1,
+        max_length=preset.seq_len,
+        seed=budget.seed,
+    )
+
+
+def train(job: MethodJob, config: DpoConfig) -> MethodResult:
+    """DPO from the serving policy (`job.policy`) against SFT on the night's pairs."""
+    pairs = feedback_pairs(job.data.pairs, job.settings.data_dir)
+    if config.max_records is not None:
+        pairs = pairs[: config.max_records]
+    if not pairs:
+        raise RetrainError("dpo needs preference pairs, and the export has none")
+    job.progress.enter("dpo")
+    logger.info("dpo: %d pairs, from %s anchored to %s", len(pairs), job.policy, job.sft)
+    model, tokenizer = load_causal_lm(job.registry.resolve(job.policy))
+    reference, _ = load_causal_lm(job.registry.resolve(job.sft))
+    model.train()
+    model, metrics = train_dpo_model(model, reference, tokenizer, pairs, config, job.run_dir)
+    metrics["pairs"] = len(pairs)
+    manifest = job.registry.save(
+        "policy",
+        writer(model, tokenizer),
+        parents=list(dict.fromkeys([job.policy, job.sft])),
+        config={
+            "stage": config_dict(config),
+            "algorithm": "dpo",
+            "init": job.policy,
+            "reference": job.sft,
+        },
+        metrics=metrics,
+        data_fingerprint=fingerprint(pairs),
+    )
+    return MethodResult(manifest.version, [manifest.version], metrics)
+
+
+METHOD = Method(
+    name="dpo",
+    summary="TRL DPOTrainer on the night's pairs, from the serving policy, SFT as reference",
+    config_type=DpoConfig,
+    default_config=night_config,
+    train=train,
+)

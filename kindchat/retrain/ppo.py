@@ -247,10 +247,14 @@ def deepspeed_config(path: Path, config: PpoConfig, lr: float) -> dict[str, Any]
     return data
 
 
-def build_rlhf_models(sft_dir: Path, rm_dir: Path, config: PpoConfig) -> RlhfModels:
-    """Actor and reference from the SFT model, critic and reward from the RM."""
+def build_rlhf_models(
+    sft_dir: Path, rm_dir: Path, config: PpoConfig, reference_dir: Path | None = None
+) -> RlhfModels:
+    """Actor from `sft_dir` (the SFT model, or the serving policy at night), reference from
+    `reference_dir` (default: the same model; at night SFT, the KL anchor), critic and reward
+    from the RM."""
     actor, tokenizer = load_causal_lm(sft_dir)
-    reference, _ = load_causal_lm(sft_dir)
+    reference, _ = load_causal_lm(reference_dir or sft_dir)
     critic, _ = load_reward_model(rm_dir)
     reward, _ = load_reward_model(rm_dir)
     for frozen in (reference, reward):

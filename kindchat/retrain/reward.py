@@ -24,7 +24,7 @@ from transformers import (
 from trl import RewardConfig, RewardTrainer
 
 from kindchat.models.generation import position_ids_for
-from kindchat.models.template import kullm_prompt
+from kindchat.models.template import Message
 from kindchat.retrain.common import (
     LogToFile,
     LoraOptions,
@@ -32,6 +32,7 @@ from kindchat.retrain.common import (
     run_trainer,
     trainer_arguments,
 )
+from kindchat.retrain.data import example_prompt
 from kindchat.seed import RmPair
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class RmConfig:
     exclude_eval_prompts: bool = True  # keep rm/*_test.json prompts out of training
     max_records: int | None = None  # use a slice of the pairs (micro runs)
     extra_data: list[Path] = field(default_factory=list)  # more pair files (feedback export)
+    seed_data: bool = True  # the seed's RM pairs too; False: only `extra_data` (a warm start)
     lora: LoraOptions = field(default_factory=LoraOptions)
     deepspeed: Path | None = None
     gradient_checkpointing: bool = False  # recompute activations: less memory, more compute
@@ -60,10 +62,16 @@ class RmConfig:
 
 
 def encode_response(
-    tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, max_length: int
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    response: str,
+    max_length: int,
+    context: Sequence[Message] = (),
 ) -> list[int]:
-    """Token ids of `KULLM(prompt) + response + EOS`, truncated as the RM sees them."""
-    prompt_ids = tokenizer(kullm_prompt(prompt), add_special_tokens=False)["input_ids"]
+    """Token ids of `template(context, prompt) + response + EOS`, truncated as the RM sees
+    them (a multi-turn prompt drops its oldest turns first)."""
+    text = example_prompt(tokenizer, prompt, context, max_length // 2)
+    prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     prompt_ids = prompt_ids[-(max_length // 2) :]
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
     return (prompt_ids + response_ids + [tokenizer.eos_token_id])[:max_length]
@@ -76,10 +84,11 @@ def pairs_dataset(
     return Dataset.from_dict(
         {
             "chosen_ids": [
-                encode_response(tokenizer, p.prompt, p.chosen, max_length) for p in pairs
+                encode_response(tokenizer, p.prompt, p.chosen, max_length, p.context) for p in pairs
             ],
             "rejected_ids": [
-                encode_response(tokenizer, p.prompt, p.rejected, max_length) for p in pairs
+                encode_response(tokenizer, p.prompt, p.rejected, max_length, p.context)
+                for p in pairs
             ],
         }
     )

@@ -8,19 +8,18 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers import GPTNeoXForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import GPTNeoXForCausalLM
 
 from kindchat.config import Settings
 from kindchat.models.loading import load_causal_lm, load_reward_model
 from kindchat.models.presets import Preset
 from kindchat.models.registry import Manifest, Registry
 from kindchat.models.tokenizer import load_tokenizer, train_tokenizer
-from kindchat.retrain.common import config_dict, new_run_dir
+from kindchat.retrain.common import config_dict, new_run_dir, writer
 from kindchat.retrain.data import (
     base_corpus,
     load_sft_split,
@@ -58,16 +57,6 @@ from kindchat.seed import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-def writer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> Callable[[Path], None]:
-    """What `Registry.save` runs to write a version: weights and tokenizer side by side."""
-
-    def write(path: Path) -> None:
-        model.save_pretrained(path)
-        tokenizer.save_pretrained(path)
-
-    return write
 
 
 def train_base(settings: Settings, registry: Registry, preset: Preset) -> Manifest:
@@ -153,12 +142,13 @@ def train_sft(settings: Settings, registry: Registry, base_ref: str, config: Sft
 
 
 def rm_training_pairs(settings: Settings, config: RmConfig, gold: bool = False) -> list[RmPair]:
-    """Seed RM train pairs (+ extra pair files), evaluation prompts left out, deduplicated.
+    """Seed RM train pairs (unless `seed_data` is off) + extra pair files, evaluation prompts left
+    out, deduplicated (same context, prompt and answers).
 
     The gold RM (the judge of policy evaluation) also sees every complete G-Eval pair of the seed
     whose sums differ, the raw material the seed's RM data was filtered from.
     """
-    pairs = read_rm(settings.data_dir, "train")
+    pairs = read_rm(settings.data_dir, "train") if config.seed_data else []
     for path in config.extra_data:
         pairs.extend(read_rm_file(path))
     if gold:
@@ -166,10 +156,15 @@ def rm_training_pairs(settings: Settings, config: RmConfig, gold: bool = False) 
     if config.exclude_eval_prompts:
         keys = eval_prompt_keys(settings.data_dir)
         pairs = [p for p in pairs if normalize_prompt(p.prompt) not in keys]
-    seen: set[tuple[str, str, str]] = set()
+    seen: set[tuple[str, str, str, str]] = set()
     unique = []
     for p in pairs:
-        key = (normalize_prompt(p.prompt), p.chosen.strip(), p.rejected.strip())
+        key = (
+            json.dumps(p.context, ensure_ascii=False),
+            normalize_prompt(p.prompt),
+            p.chosen.strip(),
+            p.rejected.strip(),
+        )
         if key not in seen and p.chosen.strip() != p.rejected.strip():
             seen.add(key)
             unique.append(p)
@@ -250,11 +245,14 @@ def train_ppo(
     resume: Path | None = None,
     extra_prompts: list[str] | None = None,
     run_dir: Path | None = None,
+    reference_ref: str | None = None,
 ) -> Manifest:
     """PPO of the SFT model against the RM (DeepSpeed-Chat step 3); register a `policy`.
 
     With `resume`, the run in that directory continues from its last checkpoint with its own
     config (the `config` argument is then ignored). `run_dir` names a new run's directory.
+    `reference_ref` is the KL anchor when the actor starts elsewhere than SFT (a night's PPO
+    starts from the serving policy and stays anchored to SFT).
     """
     if resume is not None:
         saved = resume / "config.json"
@@ -265,7 +263,8 @@ def train_ppo(
     sft_dir, rm_dir = registry.resolve(sft_ref), registry.resolve(rm_ref)
     prompts = ppo_prompts(settings, config, extra_prompts)
     logger.info("ppo: %d prompts, %d steps of %d", len(prompts), config.steps, config.batch_size)
-    models = build_rlhf_models(sft_dir, rm_dir, config)
+    reference_dir = registry.resolve(reference_ref) if reference_ref else None
+    models = build_rlhf_models(sft_dir, rm_dir, config, reference_dir)
     run_dir = resume or run_dir or new_run_dir(settings.runs_dir, "ppo")
     trainer = PpoTrainer(models, prompts, config, run_dir)
     if resume is not None:
@@ -275,7 +274,8 @@ def train_ppo(
     metrics["run_dir"] = str(run_dir)
     actor = trainer.final_actor()
     tokenizer = models.tokenizer
-    parents = [v for v in (registry.version_of(sft_ref), registry.version_of(rm_ref)) if v]
+    refs = (sft_ref, rm_ref, reference_ref) if reference_ref else (sft_ref, rm_ref)
+    parents = list(dict.fromkeys(v for v in map(registry.version_of, refs) if v))
 
     def write(path: Path) -> None:
         writer(actor, tokenizer)(path)
@@ -285,7 +285,13 @@ def train_ppo(
         "policy",
         write,
         parents=parents,
-        config={"stage": config_dict(config), "algorithm": "ppo", "sft": sft_ref, "rm": rm_ref},
+        config={
+            "stage": config_dict(config),
+            "algorithm": "ppo",
+            "sft": sft_ref,
+            "rm": rm_ref,
+            "reference": reference_ref or sft_ref,
+        },
         metrics=metrics,
         data_fingerprint=fingerprint(prompts),
     )

@@ -40,6 +40,18 @@ def remote_backend(settings: Settings) -> GenerationBackend | None:
     return TgiBackend(settings.tgi_url, tokenizer=tokenizer)
 
 
+async def check_challenger(service: ChatService, interval_s: float) -> None:
+    """Decide a challenger whose deadline passed even when no vote comes (0: never)."""
+    if interval_s <= 0:
+        return
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await service.decide_challenge()
+        except Exception:  # keep checking; the next vote or check tries again
+            logger.exception("challenger check failed")
+
+
 def create_app(
     settings: Settings,
     *,
@@ -64,6 +76,10 @@ def create_app(
         app.state.db = db
         app.state.service = ChatService(settings, manager, db, metrics)
         watcher = asyncio.create_task(manager.watch(), name="kindchat-alias-watch")
+        judge = asyncio.create_task(
+            check_challenger(app.state.service, settings.challenger_check_s),
+            name="kindchat-challenger-deadline",
+        )
         app.state.scheduler = None
         if settings.retrain_schedule:
             from kindchat.retrain.scheduler import RetrainScheduler
@@ -76,9 +92,10 @@ def create_app(
         finally:
             if app.state.scheduler is not None:
                 app.state.scheduler.shutdown()
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            for task in (watcher, judge):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await manager.close()
             db.dispose()
 

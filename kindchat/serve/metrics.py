@@ -83,6 +83,12 @@ class Metrics:
         self.prompt_tokens = Counter(
             "kindchat_prompt_tokens", "Prompt tokens read.", ["model"], registry=self.registry
         )
+        self.challenger_decisions = Counter(
+            "kindchat_challenger_decisions",
+            "Challenger phases decided by the users' votes, by outcome (promote, retire).",
+            ["action"],
+            registry=self.registry,
+        )
         self.registry.register(_ManagerCollector(manager))
 
     def render(self) -> bytes:

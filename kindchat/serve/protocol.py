@@ -142,6 +142,12 @@ class FeedbackRequest(BaseModel):
     rating: Literal[1, -1] = Field(description="1 for 👍, -1 for 👎.")
     reason: str | None = Field(None, max_length=128)
     comment: str | None = Field(None, max_length=4000)
+    better_answer: str | None = Field(
+        None,
+        min_length=1,
+        max_length=4000,
+        description="The answer you would have liked instead: trains as better than this one.",
+    )
     session_id: str | None = Field(
         None, max_length=128, description="The voter's session (default: the answer's `user`)."
     )

@@ -28,6 +28,7 @@ from kindchat.feedback.models import BattlePublic, RatingPublic, RetrainRunPubli
 from kindchat.models.backends.base import GenerationOptions, StopMatcher, TextDelta
 from kindchat.models.generation import SamplingParams
 from kindchat.models.manager import Lease, ModelManager, ReloadReport
+from kindchat.models.registry import CHALLENGER_ALIAS
 from kindchat.serve.errors import (
     ConflictError,
     InvalidRequestError,
@@ -58,6 +59,7 @@ class AnswerRequest:
     options: GenerationOptions
     session_id: str | None = None
     regenerate: str | None = None
+    arena: bool = False  # an arena side: may be the challenger
 
 
 @dataclass
@@ -159,7 +161,7 @@ class ChatService:
             parent = await asyncio.to_thread(self._get_message, request.regenerate)
             conversation_id = parent.conversation_id
         started = time.perf_counter()
-        lease = self.manager.acquire(request.model)
+        lease = self.manager.acquire(request.model, arena=request.arena)
         try:
             stream = lease.backend.stream(
                 request.messages,
@@ -308,6 +310,7 @@ class ChatService:
         session_id: str | None = None,
         reason: str | None = None,
         comment: str | None = None,
+        better_answer: str | None = None,
     ) -> RatingPublic:
         """👍 (1) / 👎 (-1) on an answer; one per (answer, session), rating again replaces it.
         Without `session_id`, the session that asked for the answer rates it."""
@@ -322,11 +325,16 @@ class ChatService:
                 value=value,
                 reason=reason,
                 comment=comment,
+                better_answer=better_answer,
             )
 
     def battle_models(self, models: Sequence[str] | None = None) -> list[str]:
         """Two served names on different versions, in random order (anonymous sides): `models`
-        as given, or the first two served aliases (SFT vs RLHF by default)."""
+        as given; else, while a challenger is judged, challenger vs champion in a share
+        (`challenger_share`) of battles; else the first two served aliases (SFT vs RLHF)."""
+        if not models and (pair := self._challenge_pair()) is not None:
+            random.shuffle(pair)
+            return pair
         if models:
             names = [self.manager.resolve(name) for name in models]
         else:
@@ -335,23 +343,71 @@ class ChatService:
                 if name.alias is not None and name.version not in seen:
                     seen.add(name.version)
                     names.append(name)
-        if len(names) < 2 or names[0].version == names[1].version:
+        if models and (len(names) < 2 or names[0].version == names[1].version):
             raise ConflictError(
                 "an arena battle needs two different model versions; only "
                 f"{sorted({n.version for n in names})} served (promote an `rlhf` model or pass "
                 "`models`)",
                 param="models",
             )
+        if not names:
+            raise ConflictError("no model is served", param="models")
+        if len(names) < 2:
+            # One version served: two independent samples of it (on-policy pairs, the data
+            # online DPO wants); the leaderboard leaves such battles out.
+            return [names[0].name, names[0].name]
         chosen = [n.name for n in names[:2]]
         random.shuffle(chosen)
         return chosen
 
-    def vote(self, *, battle_id: str, session_id: str, winner: str) -> BattlePublic:
-        """The verdict on a battle (a, b, tie, both_bad), once; the battle with its models."""
+    def _challenge_pair(self) -> list[str] | None:
+        challenger = self.manager.challenger()
+        if challenger is None or random.random() >= self.settings.challenger_share:
+            return None
+        champion = self.manager.resolve(self.manager.default_name())
+        if champion.version == challenger.version:
+            return None
+        return [challenger.name, champion.name]
+
+    async def vote(self, *, battle_id: str, session_id: str, winner: str) -> BattlePublic:
+        """The verdict on a battle (a, b, tie, both_bad), once; the battle with its models.
+        A vote on a challenger's battle may decide the challenge (promote or retire)."""
+        battle = await asyncio.to_thread(self._vote, battle_id, session_id, winner)
+        if CHALLENGER_ALIAS in (battle.model_a, battle.model_b):
+            await self.decide_challenge()
+        return battle
+
+    def _vote(self, battle_id: str, session_id: str, winner: str) -> BattlePublic:
         with session_scope(self.db) as session:
             return store.vote(
                 session=session, battle_id=battle_id, session_id=session_id, winner=winner
             )
+
+    # ---- the challenger phase ---------------------------------------------------------------
+    async def decide_challenge(self) -> Any:
+        """Apply what the votes support now (promote / retire) and swap at once, before the
+        next battle is drawn; None when undecided, or when another process is deciding."""
+        from kindchat.retrain.challenger import decide_challenge
+
+        decision = await asyncio.to_thread(
+            decide_challenge, self.settings, self.db, self.manager.registry
+        )
+        if decision is not None:
+            self.metrics.challenger_decisions.labels(decision.action).inc()
+            await self.manager.reload(f"challenger {decision.action}")
+        return decision
+
+    def challenger(self) -> dict[str, Any]:
+        """The challenge in progress (record, interval, what the votes say now) and history."""
+        from kindchat.retrain.challenger import challenge_history, current_challenge
+
+        state = current_challenge(self.db, self.manager.registry)
+        return {
+            "active": state.as_dict() if state is not None else None,
+            "share": self.settings.challenger_share,
+            "promotion": self.settings.promotion,
+            "history": challenge_history(self.db),
+        }
 
     def leaderboard(self, method: str = "tallies") -> Leaderboard:
         """Rows ranked by `method` (tallies, elo, bt) and the win-rate matrix's cells."""
@@ -362,7 +418,7 @@ class ChatService:
             )
         with session_scope(self.db) as session:
             stats = store.feedback_stats(session=session)
-            outcomes = store.battle_outcomes(session=session)
+            outcomes = [o for o in store.battle_outcomes(session=session) if o.model_a != o.model_b]
         rows = LEADERBOARDS[method](Evidence(stats, outcomes))
         return Leaderboard(method=method, rows=rows, pairs=pairwise(outcomes))
 

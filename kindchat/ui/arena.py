@@ -14,7 +14,7 @@ from kindchat.models.backends.base import GenerationOptions
 from kindchat.serve.protocol import ChatMessage
 from kindchat.serve.service import Answer, AnswerRequest, ChatService
 from kindchat.ui import strings
-from kindchat.ui.common import OnLoad, ServiceRef, model_choices, run_blocking, user_error
+from kindchat.ui.common import OnLoad, ServiceRef, model_choices, user_error
 from kindchat.ui.state import ArenaRound
 
 logger = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ async def battle(
     names = service.battle_models(chosen or None)
     params = service.sampling(max_tokens=None, temperature=None, top_p=None)
     requests = [
-        AnswerRequest(name, messages, params, GenerationOptions(), state.session_id)
+        AnswerRequest(name, messages, params, GenerationOptions(), state.session_id, arena=True)
         for name in names
     ]
     answers = await open_both(service, requests)
@@ -124,8 +124,8 @@ async def vote(service: ChatService, state: ArenaRound, verdict: str) -> Update:
         gr.Warning(strings.ARENA_NO_BATTLE)
         return state, gr.update(), *vote_buttons(False)
     try:
-        result = await run_blocking(
-            service.vote, battle_id=state.battle_id, session_id=state.session_id, winner=verdict
+        result = await service.vote(
+            battle_id=state.battle_id, session_id=state.session_id, winner=verdict
         )
     except Exception as err:
         raise user_error(err) from err

@@ -117,11 +117,12 @@ async def like(service: ChatService, state: ChatSession, data: gr.LikeData) -> U
 
 
 async def send_reason(
-    service: ChatService, state: ChatSession, reason: str | None, comment: str
+    service: ChatService, state: ChatSession, reason: str | None, comment: str, better: str = ""
 ) -> Update:
-    """Attach a reason and comment to the 👎 just given (rating again replaces it)."""
+    """Attach a reason, a comment and the answer the user would have liked to the 👎 just
+    given (rating again replaces it)."""
     if state.awaiting_reason is None:
-        return state, gr.update(visible=False), None, ""
+        return state, gr.update(visible=False), None, "", ""
     try:
         await run_blocking(
             service.rate,
@@ -130,12 +131,13 @@ async def send_reason(
             session_id=state.session_id,
             reason=reason or None,
             comment=comment.strip() or None,
+            better_answer=better.strip() or None,
         )
     except Exception as err:
         raise user_error(err) from err
     state.awaiting_reason = None
     gr.Info(strings.THANKS_REASON, duration=3)
-    return state, gr.update(visible=False), None, ""
+    return state, gr.update(visible=False), None, "", ""
 
 
 def clear(state: ChatSession) -> Update:
@@ -162,10 +164,19 @@ def build_chat_tab(service: ServiceRef) -> OnLoad:
                 gr.Markdown(strings.REASON_TITLE)
                 with gr.Row():
                     reason = gr.Radio(strings.REASON_CHOICES, label=strings.REASON_LABEL, scale=3)
-                    comment = gr.Textbox(label=strings.COMMENT_LABEL, scale=2)
+                    comment = gr.Textbox(
+                        label=strings.COMMENT_LABEL, scale=2, elem_id="chat-comment"
+                    )
                     send_reason_button = gr.Button(
                         strings.REASON_SEND, scale=1, elem_id="chat-reason-send"
                     )
+                better = gr.Textbox(
+                    label=strings.BETTER_ANSWER_LABEL,
+                    placeholder=strings.BETTER_ANSWER_PLACEHOLDER,
+                    lines=2,
+                    max_length=4000,
+                    elem_id="chat-better-answer",
+                )
             with gr.Row():
                 text = gr.Textbox(
                     label=strings.INPUT_LABEL,
@@ -198,8 +209,10 @@ def build_chat_tab(service: ServiceRef) -> OnLoad:
     async def on_like(state: ChatSession, data: gr.LikeData) -> Update:
         return await like(service(), state, data)
 
-    async def on_reason(state: ChatSession, reason: str | None, comment: str) -> Update:
-        return await send_reason(service(), state, reason, comment)
+    async def on_reason(
+        state: ChatSession, reason: str | None, comment: str, better: str
+    ) -> Update:
+        return await send_reason(service(), state, reason, comment, better)
 
     send_outputs = [text, chatbot, state, reason_box]
     gr.on(
@@ -214,7 +227,7 @@ def build_chat_tab(service: ServiceRef) -> OnLoad:
     )
     chatbot.like(on_like, [state], [state, reason_box])
     send_reason_button.click(
-        on_reason, [state, reason, comment], [state, reason_box, reason, comment]
+        on_reason, [state, reason, comment, better], [state, reason_box, reason, comment, better]
     )
     gr.on([clear_button.click, chatbot.clear], clear, [state], [chatbot, state, reason_box, text])
 

@@ -39,6 +39,7 @@ class DashboardData:
     aliases: dict[str, str]
     ppo_version: str | None = None
     ppo_log: list[dict[str, float]] = field(default_factory=list)
+    challenger: dict[str, Any] = field(default_factory=dict)
 
 
 def collect(service: ChatService) -> DashboardData:
@@ -52,6 +53,7 @@ def collect(service: ChatService) -> DashboardData:
     registry = Registry(service.settings.models_dir)
     versions = registry.versions()
     data = DashboardData(stats, per_day, runs, versions, registry.aliases())
+    data.challenger = service.challenger()
     for manifest in reversed([m for m in versions if m.kind == "policy"]):
         directory = registry.root / manifest.version
         if (directory / LOG_FILE).is_file():
@@ -169,6 +171,50 @@ def totals(data: DashboardData) -> str:
     return f"{counts}  \n{strings.ALIASES_NOW.format(aliases=aliases or '-')}"
 
 
+def challenger_text(challenger: dict[str, Any]) -> str:
+    """The challenge in progress and its live record, or the mode when there is none."""
+    active = challenger.get("active")
+    if challenger.get("promotion") == "offline":
+        return strings.CHALLENGER_OFFLINE
+    if not active:
+        return strings.CHALLENGER_NONE
+    votes = active["wins"] + active["losses"] + active["ties"]
+    rate = active.get("now_win_rate")
+    interval = (
+        strings.CHALLENGER_INTERVAL.format(
+            rate=rate, low=active["now_win_rate_low"], high=active["now_win_rate_high"]
+        )
+        if rate is not None
+        else "-"
+    )
+    return strings.CHALLENGER_ACTIVE.format(
+        version=active["version"],
+        champion=active["champion"],
+        wins=active["wins"],
+        losses=active["losses"],
+        ties=active["ties"],
+        votes=votes,
+        min_votes=active["min_votes"],
+        interval=interval,
+        deadline=active["deadline"][:16].replace("T", " "),
+        share=round(100 * challenger.get("share", 0)),
+    )
+
+
+def challenger_frame(history: list[dict[str, Any]]) -> pd.DataFrame:
+    columns = [strings.COL_VERSION, strings.COL_DECISION, strings.COL_RECORD, strings.COL_WHY]
+    rows = [
+        [
+            h.get("version"),
+            strings.DECISIONS.get(h.get("action", ""), h.get("action")),
+            f"{h.get('wins', 0)}-{h.get('losses', 0)}-{h.get('ties', 0)}",
+            h.get("reason", ""),
+        ]
+        for h in history
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
 async def refresh(service: ChatService) -> tuple[Any, ...]:
     try:
         data = await run_blocking(collect, service=service)
@@ -187,6 +233,8 @@ async def refresh(service: ChatService) -> tuple[Any, ...]:
         runs_frame(data.runs),
         gr.LinePlot(value=ppo_frame(data.ppo_log), label=title),
         rm_frame(data.versions, data.aliases),
+        challenger_text(data.challenger),
+        challenger_frame(data.challenger.get("history", [])),
         gr.Dropdown(choices=list(reversed(promotable))),
     )
 
@@ -329,12 +377,15 @@ def build_dashboard_tab(service: ServiceRef) -> OnLoad:
         with gr.Column():
             gr.Markdown(f"#### {strings.RM_TITLE}")
             rm = gr.Dataframe(interactive=False, elem_id="dashboard-rm")
+    gr.Markdown(f"#### {strings.CHALLENGER_TITLE}")
+    challenger = gr.Markdown(elem_id="dashboard-challenger")
+    decisions = gr.Dataframe(interactive=False, wrap=True, elem_id="dashboard-decisions")
     gr.Markdown(f"#### {strings.RUNS_TITLE}")
     runs = gr.Dataframe(interactive=False, wrap=True, elem_id="dashboard-runs")
     button = gr.Button(strings.REFRESH, size="sm", elem_id="dashboard-refresh")
     version, changed = build_admin(service)
 
-    outputs = [summary, per_day, thumbs, runs, ppo, rm, version]
+    outputs = [summary, per_day, thumbs, runs, ppo, rm, challenger, decisions, version]
 
     async def on_refresh() -> tuple[Any, ...]:
         return await refresh(service())

@@ -34,6 +34,8 @@ REASON_CHOICES = [
 ]
 REASON_LABEL = "이유"
 COMMENT_LABEL = "자세한 의견 (선택)"
+BETTER_ANSWER_LABEL = "이렇게 답했으면 좋겠어요 (선택)"
+BETTER_ANSWER_PLACEHOLDER = "더 좋은 답을 직접 써 주시면 다음 모델이 그렇게 배워요"
 REASON_SEND = "의견 보내기"
 THANKS_UP = "👍 평가해 주셔서 고마워요!"
 THANKS_DOWN = "👎 평가가 저장되었어요. 이유를 알려 주시면 더 좋아요."
@@ -167,3 +169,18 @@ ERROR_UNAVAILABLE = "지금은 이 기능을 사용할 수 없어요."
 ERROR_RETRAIN_BUSY = "재학습이 이미 진행 중이에요. 끝난 뒤에 다시 시도해 주세요."
 ERROR_GENERIC = "문제가 생겼어요. 잠시 후 다시 시도해 주세요."
 ERROR_DETAIL = "{message} (자세히: {detail})"
+
+# ---- the challenger (dashboard) ---------------------------------------------------------------
+CHALLENGER_TITLE = "🥊 도전 모델 (사용자 투표로 승격)"
+CHALLENGER_NONE = "지금은 심사 중인 도전 모델이 없어요. 다음 재학습이 통과하면 아레나에 나와요."
+CHALLENGER_OFFLINE = "승격 방식: 오프라인 (골드 보상 모델 게이트). 아레나 도전은 꺼져 있어요."
+CHALLENGER_ACTIVE = (
+    "**{version}** 이(가) 챔피언 **{champion}** 에 도전 중 — 아레나 대결의 {share}%\n\n"
+    "전적 {wins}승 {losses}패 {ties}무 ({votes}/{min_votes}표), 승률 {interval}, "
+    "마감 {deadline} UTC"
+)
+CHALLENGER_INTERVAL = "{rate:.2f} [95% {low:.2f}, {high:.2f}]"
+COL_DECISION = "결정"
+COL_RECORD = "승-패-무"
+COL_WHY = "이유"
+DECISIONS = {"promote": "승격", "retire": "탈락"}

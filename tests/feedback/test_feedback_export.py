@@ -62,8 +62,11 @@ class Feedback:
             parent_id=parent, model_version="v1",
         ).id  # fmt: skip
 
-    def rate(self, message_id: str, value: int, who: str = "u1") -> None:
-        store.rate(session=self.db, message_id=message_id, session_id=who, value=value)
+    def rate(self, message_id: str, value: int, who: str = "u1", better: str | None = None) -> None:
+        store.rate(
+            session=self.db, message_id=message_id, session_id=who, value=value,
+            better_answer=better,
+        )  # fmt: skip
 
     def battle(self, prompt: str, a: str, b: str, winner: str | None) -> None:
         conv = self.ask(prompt)
@@ -105,11 +108,21 @@ def build_feedback(db: Session) -> None:
     f.battle(
         "추천해 줘", "이 책을 추천해요 정말로", "저 영화를 추천해요 아마도", "b"
     )  # contradictory
-    # 6. rating-only drops: unpaired 👍; mixed 👍/👎 on one answer
+    # 6. single thumbs (KTO examples, one multi-turn); mixed 👍/👎 on one answer is dropped
     f.rate(f.answer(f.ask("혼자 있는 👍"), "혼자만 평가받은 답이에요."), 1)
+    f.rate(
+        f.answer(f.ask("배고파", "뭐 먹고 싶어요?", "라면"), "라면은 몸에 나빠요, 먹지 마세요."), -1
+    )
     mixed = f.answer(f.ask("의견이 갈리는 질문"), "의견이 갈리는 답이에요.")
     f.rate(mixed, 1, "u1")
     f.rate(mixed, -1, "u2")
+    # 7. a 👎 with the answer the user wanted -> a pair (better > rated) and an SFT row
+    conv = f.ask("안녕", "안녕하세요!", "이름이 뭐야?")
+    f.rate(
+        f.answer(conv, "몰라요, 알아서 하세요."),
+        -1,
+        better="저는 친절한 도우미 kindchat이에요. 반가워요!",
+    )
 
 
 EXPECTED = {
@@ -120,12 +133,28 @@ EXPECTED = {
     ("rating", "심심해",
      "그럼 같이 끝말잇기 할까요? 제가 먼저 할게요.", "저도 심심한데 어쩌라고요."),
     ("battle", "고마워!", "천만에요! 언제든 도와드릴게요.", "별말씀을 다 하세요."),
+    ("better_answer", "이름이 뭐야?",
+     "저는 친절한 도우미 kindchat이에요. 반가워요!", "몰라요, 알아서 하세요."),
 }  # fmt: skip
+EXPECTED_UNPAIRED = {
+    ("battle_both_bad", "뭐해?", "아무것도 안 해.", False),
+    ("battle_both_bad", "뭐해?", "몰라 몰라 몰라.", False),
+    ("thumb_up", "혼자 있는 👍", "혼자만 평가받은 답이에요.", True),
+    ("thumb_down", "라면", "라면은 몸에 나빠요, 먹지 마세요.", False),
+    ("thumb_down", "이름이 뭐야?", "몰라요, 알아서 하세요.", False),
+}
+EXPECTED_SIGNALS = {
+    "battle": 7,  # every a/b vote makes a pair; the filters drop six of them later
+    "battle_both_bad": 2,
+    "rating": 2,
+    "regeneration": 1,
+    "thumb_up": 1,
+    "thumb_down": 2,  # the answer with a better one is a single 👎 too
+    "better_answer": 1,
+}
 EXPECTED_DROPS = {
     "battle_tie": 1,
-    "battle_both_bad": 1,
     "battle_unvoted": 1,
-    "rating_unpaired": 1,
     "rating_mixed": 1,
     "duplicate": 1,
     "short_answer": 1,
@@ -151,20 +180,38 @@ def test_export_yields_exactly_the_expected_pairs_and_drops(
     assert _load(out / "test.json") == []
     assert {(r["source"], r["prompt"], r["chosen"], r["rejected"]) for r in train} == EXPECTED
     assert len(train) == len(EXPECTED)
-    multi = next(r for r in train if r["prompt"] == "심심해")
-    assert multi["context"] == [
-        {"role": "user", "content": "안녕"},
-        {"role": "assistant", "content": "안녕하세요!"},
+    hello = [{"role": "user", "content": "안녕"}, {"role": "assistant", "content": "안녕하세요!"}]
+    multi = {r["prompt"]: r.get("context") for r in train if r.get("context")}
+    assert multi == {"심심해": hello, "이름이 뭐야?": hello}
+    unpaired = _load(out / "unpaired.json")
+    assert {(r["source"], r["prompt"], r["completion"], r["label"]) for r in unpaired} == (
+        EXPECTED_UNPAIRED
+    )
+    ramen = next(r for r in unpaired if r["prompt"] == "라면")
+    assert ramen["context"] == [
+        {"role": "user", "content": "배고파"},
+        {"role": "assistant", "content": "뭐 먹고 싶어요?"},
     ]
-    assert all("context" not in r for r in train if r["prompt"] != "심심해")
+    [demo] = _load(out / "sft.json")
+    assert demo["id"].startswith("better:") and {k: v for k, v in demo.items() if k != "id"} == {
+        "prompt": "이름이 뭐야?", "completion": "저는 친절한 도우미 kindchat이에요. 반가워요!",
+        "label": True, "source": "better_answer", "context": hello,
+    }  # fmt: skip
+    assert report.signals == EXPECTED_SIGNALS
+    assert (report.unpaired, report.demonstrations) == (5, 1)
     assert report.dropped == EXPECTED_DROPS
     manifest = _load(out / "manifest.json")
     assert manifest["dropped"] == EXPECTED_DROPS
     assert manifest["counts"] == {
         "battle": {"train": 1, "test": 0},
+        "better_answer": {"train": 1, "test": 0},
         "rating": {"train": 2, "test": 0},
         "regeneration": {"train": 1, "test": 0},
     }
+    assert manifest["signals"] == EXPECTED_SIGNALS
+    assert manifest["rows"] == {
+        "train.json": 5, "test.json": 0, "unpaired.json": 5, "sft.json": 1,
+    }  # fmt: skip
     assert manifest["thresholds"]["min_answer_chars"] == 5
     assert manifest["fingerprint"] == report.fingerprint and len(report.fingerprint) == 16
     # the output reads back with the seed's own RM reader

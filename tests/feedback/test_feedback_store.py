@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from sqlmodel import Session
 
+from kindchat.feedback import pairs as pairs_mod
 from kindchat.feedback import store
 from kindchat.feedback.errors import (
     ConflictError,
@@ -262,11 +263,11 @@ def test_iter_pairs_since_keeps_only_recent_evidence(db: Session) -> None:
     store.rate(session=db, message_id=a.id, session_id="u", value=-1)
     store.rate(session=db, message_id=b.id, session_id="u", value=1)
     cut = datetime.now(timezone.utc)
-    assert [p.source for p in store.iter_pairs(session=db)] == ["regeneration"]
-    assert list(store.iter_pairs(session=db, since=cut)) == []
+    assert [p.source for p in pairs_mod.iter_pairs(session=db)] == ["regeneration"]
+    assert list(pairs_mod.iter_pairs(session=db, since=cut)) == []
     store.rate(session=db, message_id=b.id, session_id="u2", value=1)  # fresh evidence
     dropped: Counter[str] = Counter()
-    pairs = list(store.iter_pairs(session=db, since=cut, dropped=dropped))
+    pairs = list(pairs_mod.iter_pairs(session=db, since=cut, dropped=dropped))
     assert [(p.chosen, p.rejected) for p in pairs] == [("다시 쓴 답", "안녕하세요! 반가워요.")]
 
 
@@ -325,7 +326,24 @@ def test_regeneration_across_stateless_requests_pairs_with_its_parent(db: Sessio
     assert store.message_context(session=db, message_id=good.id) == [
         {"role": "user", "content": "안녕?"}
     ]
-    pairs = list(store.iter_pairs(session=db))
+    pairs = list(pairs_mod.iter_pairs(session=db))
     assert [(p.source, p.chosen, p.rejected) for p in pairs] == [
         ("regeneration", "안녕하세요!", "뭐요.")
     ]
+
+
+def test_a_better_answer_rides_on_the_rating_and_is_checked(db: Session) -> None:
+    _, answer = _exchange(db)
+    rating = store.rate(
+        session=db, message_id=answer.id, session_id="u", value=-1, better_answer="이렇게요!"
+    )
+    assert rating.better_answer == "이렇게요!"
+    again = store.rate(session=db, message_id=answer.id, session_id="u", value=-1)
+    assert again.id == rating.id and again.better_answer is None  # rating again replaces it
+    for bad in ("", "   ", "가" * (store.MAX_BETTER_ANSWER_CHARS + 1), 7):
+        with pytest.raises(InvalidValueError, match="better_answer"):
+            store.rate(
+                session=db, message_id=answer.id, session_id="u", value=-1, better_answer=bad
+            )
+    [kept] = store.list_ratings(session=db, message_id=answer.id)
+    assert kept.value == -1 and kept.better_answer is None  # a refused write changed nothing

@@ -14,21 +14,21 @@ from kindchat.feedback import store
 from kindchat.feedback.db import init_db, session_scope
 from kindchat.models.registry import Registry
 from kindchat.retrain.admin import trigger_retrain
-from kindchat.retrain.cycle import (
-    RetrainConfig,
-    cycle_lock,
-    lock_holder,
-    lock_path,
-    policy_gate,
-    rm_gate,
-    run_retrain_cycle,
-)
+from kindchat.retrain.cycle import RetrainConfig, run_retrain_cycle
 from kindchat.retrain.errors import RetrainBusyError
+from kindchat.retrain.gates import policy_gate, rm_gate
+from kindchat.retrain.locks import cycle_lock, lock_holder, lock_path
 from kindchat.retrain.policy_eval import PolicySetResult
 from kindchat.stats import Estimate
 
 # Micro budgets: a handful of RM and PPO steps, short answers in the policy gate.
-MICRO = {"preset": "micro", "rm_max_steps": 5, "ppo_steps": 2, "eval_max_new_tokens": 8}
+MICRO = {
+    "preset": "micro",
+    "method": "ppo",
+    "method_options": {"rm.max_steps": 5, "ppo.steps": 2},
+    "eval_max_new_tokens": 8,
+    "promotion": "offline",  # the gold-RM gate decides (the arena is tested in test_challenger)
+}
 
 
 def result(win: float, low: float, high: float, kl: float = 1.0, empty=(0.0, 0.0), rep=(0.0, 0.0)):  # noqa: ANN001, ANN201
@@ -73,10 +73,11 @@ def test_config_is_checked_and_round_trips() -> None:
         RetrainConfig(preset="huge")
     with pytest.raises(ValueError, match="unknown retrain config"):
         RetrainConfig.from_json({"min_win_rat": 0.5})
-    config = RetrainConfig(algorithm="dpo", ppo_steps=3)
+    config = RetrainConfig(method="dpo", method_options={"epochs": 3})
     assert RetrainConfig.from_json(config.to_json()) == config
-    settings = Settings(retrain_algorithm="dpo", retrain_min_new_pairs=7, retrain_preset="micro")
+    settings = Settings(retrain_method="dpo", retrain_min_new_pairs=7, retrain_preset="micro")
     assert RetrainConfig.from_settings(settings).min_new_pairs == 7
+    assert RetrainConfig.from_settings(settings).method == "dpo"
 
 
 def test_too_little_feedback_skips_with_the_reason(
@@ -87,7 +88,7 @@ def test_too_little_feedback_skips_with_the_reason(
     voted_battles(micro_copy, engine, 2)
     run = run_retrain_cycle(micro_copy, RetrainConfig(**MICRO, min_new_pairs=5), engine=engine)
     assert run.status == "skipped" and not run.promoted
-    assert "2 preference pair(s)" in (run.error or "") and "5 needed" in (run.error or "")
+    assert "2 preference pairs" in (run.error or "") and "5 needed" in (run.error or "")
     assert run.metrics["feedback"]["new_pairs"] == 2
     assert Registry(micro_copy.models_dir).aliases() == before
 
@@ -157,9 +158,13 @@ def test_gate_refusal_leaves_everything_as_it_was(
     voted_battles(micro_copy, engine, 8)
     if gate == "rm_gate":  # the current RM looks perfect: no new RM can come within 0.02 of it
         registry.update_metrics(before["rm"], {"accuracy": 1.0})
-        config = RetrainConfig(**MICRO, min_new_pairs=5, rm_gate_margin=0.02)
+        options = {**MICRO["method_options"], "rm_gate_margin": 0.02}  # type: ignore[dict-item]
+        config = RetrainConfig(**{**MICRO, "method_options": options}, min_new_pairs=5)
     else:  # a bar no micro policy clears: a win rate above 0.99 over the serving policy
-        config = RetrainConfig(**MICRO, min_new_pairs=5, rm_gate_margin=1.0, min_win_rate=0.99)
+        options = {**MICRO["method_options"], "rm_gate_margin": 1.0}  # type: ignore[dict-item]
+        config = RetrainConfig(
+            **{**MICRO, "method_options": options}, min_new_pairs=5, min_win_rate=0.99
+        )
     run = run_retrain_cycle(micro_copy, config, engine=engine)
     assert run.status == "refused" and not run.promoted and run.stage == gate
     assert run.metrics[gate]["passed"] is False
@@ -177,4 +182,128 @@ def test_gate_refusal_leaves_everything_as_it_was(
     assert run.metrics["export"]["train"] >= 1
     new_rm, new_policy = run.produced_versions or []
     assert registry.manifest(new_rm).kind == "rm"
-    assert registry.manifest(new_policy).parents == [before["rlhf"], new_rm]
+    # from the serving policy, with the new RM, anchored to SFT
+    assert registry.manifest(new_policy).parents == [before["rlhf"], new_rm, before["sft"]]
+
+
+LENIENT_GATES = {
+    "min_win_rate": 0.0,
+    "require_ci_above_half": False,
+    "max_kl": 1e9,
+    "max_empty_rise": 1.0,
+    "max_repetitive_rise": 1.0,
+}
+
+
+def test_kto_learns_from_single_thumbs_and_dpo_skips_them(
+    micro_copy: Settings, thumbs: Callable[..., int]
+) -> None:
+    engine = init_db(micro_copy)
+    registry = Registry(micro_copy.models_dir)
+    before = registry.aliases()
+    assert thumbs(micro_copy, engine, 16) == 16
+    dpo = RetrainConfig(preset="micro", method="dpo", min_new_pairs=5, eval_max_new_tokens=8)
+    skipped = run_retrain_cycle(micro_copy, dpo, engine=engine)
+    assert skipped.status == "skipped" and "0 preference pairs" in (skipped.error or "")
+
+    kto = RetrainConfig(
+        preset="micro",
+        method="kto",
+        method_options={"max_steps": 4},
+        min_new_pairs=5,
+        eval_max_new_tokens=8,
+        promotion="offline",
+        **LENIENT_GATES,
+    )
+    run = run_retrain_cycle(micro_copy, kto, engine=engine)
+    assert run.status == "succeeded" and run.promoted, run.error
+    assert run.metrics["feedback"]["new_unpaired"] == 16
+    exported = run.metrics["export"]
+    kto = run.metrics["kto"]
+    assert exported["train"] == 0 and exported["signals"] == {"thumb_up": 8, "thumb_down": 8}
+    # all of the export's unpaired rows trained (5% of prompts are held out by hash)
+    assert 12 <= exported["unpaired"] == kto["desirable"] + kto["undesirable"] <= 16
+    [policy] = run.produced_versions or []
+    assert registry.aliases()["rlhf"] == policy and registry.aliases()["rm"] == before["rm"]
+    manifest = registry.manifest(policy)
+    assert (
+        manifest.config["init"] == before["rlhf"] and manifest.config["reference"] == before["sft"]
+    )
+
+
+def test_in_arena_mode_a_guarded_policy_becomes_the_challenger(
+    micro_copy: Settings, thumbs: Callable[..., int]
+) -> None:
+    engine = init_db(micro_copy)
+    registry = Registry(micro_copy.models_dir)
+    before = registry.aliases()
+    thumbs(micro_copy, engine, 16)
+    config = RetrainConfig(
+        preset="micro",
+        method="kto",
+        method_options={"max_steps": 2},
+        min_new_pairs=5,
+        eval_max_new_tokens=8,
+        promotion="arena",
+        max_kl=1e9,
+        max_empty_rise=1.0,
+        max_repetitive_rise=1.0,
+        max_hatespeech_drop=1e9,
+    )
+    run = run_retrain_cycle(micro_copy, config, engine=engine)
+    assert run.status == "challenging" and not run.promoted, run.error
+    [policy] = run.produced_versions or []
+    aliases = registry.aliases()
+    assert aliases["challenger"] == policy and aliases["rlhf"] == before["rlhf"]  # not yet
+    guards = run.metrics["guards"]
+    assert guards["passed"] is True and "win_rate" in guards  # figures kept, not required
+    challenge = run.metrics["challenger"]
+    assert challenge["version"] == policy and challenge["champion"] == before["rlhf"]
+    # The next night waits for the users' decision.
+    thumbs(micro_copy, engine, 16, offset=16)
+    waiting = run_retrain_cycle(micro_copy, config, engine=engine)
+    assert waiting.status == "skipped" and "still being judged" in (waiting.error or "")
+
+
+def test_guards_refuse_a_policy_that_is_worse_on_hatespeech() -> None:
+    from kindchat.retrain.gates import guard_gate
+
+    config = RetrainConfig(max_kl=5.0, max_hatespeech_drop=0.1)
+    overall = result(0.3, 0.2, 0.4)  # a low win rate alone does not stop a challenger
+    hate = PolicySetResult(
+        name="hatespeech",
+        win_rate=Estimate(0.5, 0.4, 0.6, 30),
+        reward_a=-0.5,
+        reward_b=0.0,
+        kl_a_sft=1.0,
+        empty_a=0.0,
+        empty_b=0.0,
+        repetitive_a=0.0,
+        repetitive_b=0.0,
+    )
+    assert guard_gate(overall, None, config).passed
+    refused = guard_gate(overall, hate, config)
+    assert not refused.passed and "hate-speech" in refused.reasons[0]
+    assert not guard_gate(result(0.9, 0.8, 1.0, kl=9.0), None, config).passed
+
+
+def test_challenger_decision_follows_the_interval_and_the_deadline() -> None:
+    from kindchat.retrain.gates import ArenaRecord, challenger_decision
+
+    assert challenger_decision(ArenaRecord(), min_votes=10, deadline_passed=False).action == (
+        "continue"
+    )
+    assert challenger_decision(ArenaRecord(), min_votes=10, deadline_passed=True).action == (
+        "retire"
+    )
+    strong = ArenaRecord(wins=160, losses=30, ties=10)
+    weak = ArenaRecord(wins=30, losses=160, ties=10)
+    even = ArenaRecord(wins=95, losses=95, ties=10)
+    assert challenger_decision(strong, min_votes=200, deadline_passed=False).action == "promote"
+    assert challenger_decision(weak, min_votes=200, deadline_passed=False).action == "retire"
+    assert challenger_decision(even, min_votes=200, deadline_passed=False).action == "continue"
+    assert challenger_decision(even, min_votes=200, deadline_passed=True).action == "retire"
+    early = challenger_decision(ArenaRecord(wins=20), min_votes=200, deadline_passed=False)
+    assert early.action == "continue" and "20 of 200" in early.reason
+    tie_split = challenger_decision(ArenaRecord(ties=10), min_votes=5, deadline_passed=False)
+    assert tie_split.win_rate == 0.5  # ties count half

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from kindchat.models.registry import Registry
-from kindchat.retrain.cycle import cycle_lock
+from kindchat.retrain.locks import cycle_lock
 
 TOKEN = "s3cret-admin"
 ADMIN_CALLS: list[tuple[str, str, dict[str, Any] | None]] = [

@@ -72,6 +72,16 @@ def test_openai_client_non_streaming_and_streaming(serve: Any) -> None:
             assert streamed_row.content == streamed
             [rating] = store.list_ratings(session=session, message_id=reply.id)
             assert rating.value == -1 and rating.reason == "unfriendly"
+        # The answer the user wanted rides on the same rating (it replaces the first one) …
+        better = {"message_id": reply.id, "rating": -1, "better_answer": "안녕하세요! 반가워요."}
+        assert httpx.post(f"{api.url}/v1/feedback", json=better).status_code == 200
+        # … and a too-long one is refused with the field named, the stored rating kept.
+        too_long = {**better, "better_answer": "가" * 4001}
+        refused = httpx.post(f"{api.url}/v1/feedback", json=too_long)
+        assert refused.status_code in (400, 422) and "better_answer" in refused.text
+        with session_scope(engine) as session:
+            [rating] = store.list_ratings(session=session, message_id=reply.id)
+            assert rating.better_answer == "안녕하세요! 반가워요."
         engine.dispose()
 
         # A regeneration points at the answer it replaces, in the same conversation.

@@ -93,7 +93,13 @@ CASES: list[tuple[str, str, dict[str, Any], int, str]] = [
         422,
         "winner",
     ),
-    ("arena one model", "/v1/arena/battles", {"prompt": "안녕", "session_id": "s"}, 409, "models"),
+    (
+        "arena one model twice",
+        "/v1/arena/battles",
+        {"prompt": "안녕", "session_id": "s", "models": ["kindchat-sft", "kindchat-sft"]},
+        409,
+        "models",
+    ),
     (
         "arena prompt and messages",
         "/v1/arena/battles",

@@ -20,17 +20,18 @@ from kindchat.feedback import store
 from kindchat.feedback.db import init_db, session_scope
 from kindchat.models.registry import STAGING, Registry
 from kindchat.retrain.admin import trigger_retrain
-from kindchat.retrain.cycle import RetrainConfig, lock_holder, lock_path, run_dir, run_retrain_cycle
+from kindchat.retrain.cycle import RetrainConfig, run_dir, run_retrain_cycle
+from kindchat.retrain.locks import lock_holder, lock_path
 from kindchat.seed import read_rm
 
 # Micro budgets, and gates any micro policy passes (the refusal is tested in test_cycle.py).
 LENIENT = {
     "preset": "micro",
-    "rm_max_steps": 5,
-    "ppo_steps": 2,
+    "method": "ppo",
+    "method_options": {"rm.max_steps": 5, "ppo.steps": 2, "rm_gate_margin": 1.0},
     "eval_max_new_tokens": 8,
+    "promotion": "offline",
     "min_new_pairs": 5,
-    "rm_gate_margin": 1.0,
     "min_win_rate": 0.0,
     "require_ci_above_half": False,
     "max_kl": 1e9,
@@ -91,7 +92,8 @@ def test_nightly_loop_end_to_end(serve: Callable[..., Any]) -> None:
         vote_in_the_arena(url, prompts)
 
         # 1. A cycle in a child process, killed with SIGKILL in the middle of PPO.
-        long_ppo = RetrainConfig(**{**LENIENT, "ppo_steps": 500, "ppo_checkpoint_every": 1})
+        options = {**LENIENT["method_options"], "ppo.steps": 500, "ppo.checkpoint_every": 1}
+        long_ppo = RetrainConfig(**{**LENIENT, "method_options": options})
         killed = trigger_retrain(settings, config=long_ppo)
         assert killed.status == "queued"
         wait_for("PPO to be under way", lambda: ppo_started(settings, killed.id))
@@ -124,7 +126,8 @@ def test_nightly_loop_end_to_end(serve: Callable[..., Any]) -> None:
         aliases = registry.aliases()
         assert aliases["rlhf"] == new_policy and aliases["rm"] == new_rm
         assert aliases["sft"] == before["sft"] and aliases["gold-rm"] == before["gold-rm"]
-        assert registry.manifest(new_policy).parents == [before["rlhf"], new_rm]
+        # from the serving policy, scored by the new RM, KL-anchored to SFT
+        assert registry.manifest(new_policy).parents == [before["rlhf"], new_rm, before["sft"]]
         assert run.metrics["policy_gate"]["baseline"] == before["rlhf"]
         assert run.metrics["promote"]["previous"] == before["rlhf"]
         wait_for("the server to hot-swap", lambda: answer_version(url) == new_policy, 60)

@@ -98,10 +98,12 @@ def test_chat_streams_a_korean_answer_and_stores_thumbs(
     page.locator("#chat-bot").locator(DISLIKE).last.click()  # changing the vote replaces it
     wait_for(lambda: rating().value == -1, what="the 👎 replacing the 👍")
     page.get_by_label("불친절해요").check()
-    page.locator("#chat-reason textarea").fill("말투가 딱딱해요")
+    page.locator("#chat-comment textarea").fill("말투가 딱딱해요")
+    page.get_by_label("이렇게 답했으면 좋겠어요 (선택)").fill("안녕하세요! 만나서 반가워요.")
     page.locator("#chat-reason-send").click()
     wait_for(lambda: rating().reason == "unfriendly", what="the reason of the 👎")
     assert rating().comment == "말투가 딱딱해요" and rating().value == -1
+    assert rating().better_answer == "안녕하세요! 만나서 반가워요."
     screenshot(page, "chat")
 
     page.locator("#chat-regenerate").click()  # a sibling answer: the loop gets a pair

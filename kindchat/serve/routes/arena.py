@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from fastapi import APIRouter, Query
 
@@ -33,9 +34,12 @@ async def create_battle(body: BattleRequest, service: ServiceDep) -> BattleRespo
         max_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p
     )
     models = service.battle_models(body.models)  # anonymous, random sides
+    seeds = (body.seed, None if body.seed is None else body.seed + 1)  # two samples, never one
     requests = [
-        AnswerRequest(m, messages, params, GenerationOptions(seed=body.seed), body.session_id)
-        for m in models
+        AnswerRequest(
+            m, messages, params, GenerationOptions(seed=seed), body.session_id, arena=True
+        )
+        for m, seed in zip(models, seeds, strict=True)
     ]
     a, b = await asyncio.gather(*(service.generate(r) for r in requests))  # batched together
     battle_id = await service.store_battle(body.session_id, a, b)
@@ -47,8 +51,8 @@ async def create_battle(body: BattleRequest, service: ServiceDep) -> BattleRespo
 
 
 @router.post("/arena/battles/{battle_id}/vote")
-def vote(battle_id: str, body: VoteRequest, service: ServiceDep) -> VoteResponse:
-    battle = service.vote(battle_id=battle_id, session_id=body.session_id, winner=body.winner)
+async def vote(battle_id: str, body: VoteRequest, service: ServiceDep) -> VoteResponse:
+    battle = await service.vote(battle_id=battle_id, session_id=body.session_id, winner=body.winner)
     return VoteResponse(
         id=battle.id,
         winner=body.winner,
@@ -57,6 +61,13 @@ def vote(battle_id: str, body: VoteRequest, service: ServiceDep) -> VoteResponse
         model_b=battle.model_b,
         version_b=battle.version_b,
     )
+
+
+@router.get("/challenger")
+def challenger(service: ServiceDep) -> dict[str, Any]:
+    """The challenger being judged in the arena (its live record, the 95% interval of its win
+    rate and what the votes say now), the promotion mode, and the decisions so far."""
+    return service.challenger()
 
 
 @router.get("/leaderboard")

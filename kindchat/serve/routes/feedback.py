@@ -13,13 +13,15 @@ router = APIRouter(prefix="/v1", tags=["feedback"])
 @router.post("/feedback")
 def create_feedback(body: FeedbackRequest, service: ServiceDep) -> FeedbackResponse:
     """One rating per (answer, session); rating again replaces it. Without `session_id`, the
-    session that asked for the answer rates it."""
+    session that asked for the answer rates it. `better_answer` (optional) is the reply the
+    user would have liked: it trains as preferred over this answer, and as an SFT example."""
     rating = service.rate(
         message_id=body.message_id,
         value=body.rating,
         session_id=body.session_id,
         reason=body.reason,
         comment=body.comment,
+        better_answer=body.better_answer,
     )
     return FeedbackResponse(
         id=str(rating.id),

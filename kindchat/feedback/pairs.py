@@ -1,0 +1,381 @@
+"""Every signal users give becomes training data — each rule here, and only here.
+
+| signal                                  | becomes                                 | counted as        |
+| --------------------------------------- | --------------------------------------- | ----------------- |
+| arena vote `a` / `b`                    | a pair (winner > loser)                 | `battle`          |
+| arena vote `both_bad`                   | two undesirable examples                | `battle_both_bad` |
+| arena vote `tie`                        | nothing                                 | `battle_tie`      |
+| 👍 and 👎 on answers to one context     | a pair per (👍, 👎)                     | `rating` (1)      |
+| a 👍 with no 👎 sibling                 | a desirable example (KTO)               | `thumb_up`        |
+| a 👎 with no 👍 sibling                 | an undesirable example (KTO)            | `thumb_down`      |
+| a better answer written with a rating   | a pair (better > rated) + an SFT row    | `better_answer`   |
+
+(1) `regeneration` when the 👍 answer regenerates the 👎 one.
+
+An answer's verdict is the sum of its ratings over sessions (zero: `rating_mixed`, dropped).
+Answers "to the same context" share every earlier message (whitespace-insensitive), across
+conversations — a regeneration, the two sides of a battle, or two people asking the same thing.
+
+Every example carries its conversation: `prompt` is the last user message, `context` the
+messages before it (empty for a single turn), so the trainers build the same multi-turn input
+that serving built when the answer was generated. `since` keeps only evidence that recent (a
+vote, the later rating of a pair, a rating's last change).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlmodel import Session, col, select
+
+from kindchat.feedback.models import Battle, Message, Rating, as_utc
+from kindchat.feedback.store import thread_contexts
+from kindchat.seed import normalize_prompt
+
+Context = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class FeedbackPair:
+    """One preference learned from users: `chosen` beat `rejected` as a reply to the context.
+
+    `source` is the rule that made it: `battle`, `rating`, `regeneration` or `better_answer`.
+    """
+
+    id: str
+    source: str
+    prompt: str
+    context: Context
+    chosen: str
+    rejected: str
+    chosen_model: str | None
+    rejected_model: str | None
+    at: datetime  # when the evidence was last given (vote or latest rating)
+
+
+@dataclass(frozen=True)
+class FeedbackExample:
+    """One answer with a verdict and no sibling: desirable (`label` true) or not.
+
+    `source`: `thumb_up`, `thumb_down`, `battle_both_bad`, or `better_answer` for a user's own
+    answer (a demonstration, used for SFT).
+    """
+
+    id: str
+    source: str
+    prompt: str
+    context: Context
+    completion: str
+    label: bool
+    model: str | None
+    at: datetime
+
+
+@dataclass
+class MinedFeedback:
+    """What the feedback gives for training, with a count per rule and per drop reason."""
+
+    pairs: list[FeedbackPair] = field(default_factory=list)
+    unpaired: list[FeedbackExample] = field(default_factory=list)  # KTO 👍/👎
+    demonstrations: list[FeedbackExample] = field(default_factory=list)  # better answers (SFT)
+    signals: Counter[str] = field(default_factory=Counter)  # rule -> training rows made
+    dropped: Counter[str] = field(default_factory=Counter)  # reason -> signals given no row
+
+    @property
+    def examples(self) -> int:
+        """Training rows of every kind."""
+        return len(self.pairs) + len(self.unpaired) + len(self.demonstrations)
+
+
+def _split_prompt(context: Context) -> tuple[str, Context] | None:
+    if not context or context[-1]["role"] != "user" or not context[-1]["content"].strip():
+        return None
+    return context[-1]["content"], context[:-1]
+
+
+def _recent(at: datetime, since: datetime | None) -> bool:
+    return since is None or as_utc(at) >= since
+
+
+def _model(message: Message) -> str | None:
+    return message.model_version or message.model_alias
+
+
+# ---- arena ----------------------------------------------------------------------------------
+def mine_battles(session: Session, since: datetime | None, out: MinedFeedback) -> None:
+    """`a`/`b` → a pair; `both_bad` → two undesirable examples; `tie`, unvoted → counted."""
+    query = select(Battle).order_by(col(Battle.created_at), col(Battle.id))
+    if since is not None:
+        query = query.where((col(Battle.voted_at) >= since) | (col(Battle.created_at) >= since))
+    battles = session.exec(query).all()
+    in_battles = col(Message.id).in_(select(Battle.message_a_id)) | col(Message.id).in_(
+        select(Battle.message_b_id)
+    )
+    messages = {m.id: m for m in session.exec(select(Message).where(in_battles))}
+    for battle in battles:
+        if battle.winner is None:
+            out.dropped["battle_unvoted"] += 1
+            continue
+        at = battle.voted_at or battle.created_at
+        if not _recent(at, since):
+            continue
+        a, b = messages[battle.message_a_id], messages[battle.message_b_id]
+        prompt, prior = battle.prompt, [dict(m) for m in battle.context[:-1]]
+        if battle.winner == "tie":
+            out.dropped["battle_tie"] += 1
+        elif battle.winner == "both_bad":
+            for side, message in (("a", a), ("b", b)):
+                out.unpaired.append(
+                    FeedbackExample(
+                        id=f"battle:{battle.id}:{side}",
+                        source="battle_both_bad",
+                        prompt=prompt,
+                        context=prior,
+                        completion=message.content,
+                        label=False,
+                        model=_model(message),
+                        at=at,
+                    )
+                )
+                out.signals["battle_both_bad"] += 1
+        else:
+            chosen, rejected = (a, b) if battle.winner == "a" else (b, a)
+            out.pairs.append(
+                FeedbackPair(
+                    id=f"battle:{battle.id}",
+                    source="battle",
+                    prompt=prompt,
+                    context=prior,
+                    chosen=chosen.content,
+                    rejected=rejected.content,
+                    chosen_model=_model(chosen),
+                    rejected_model=_model(rejected),
+                    at=at,
+                )
+            )
+            out.signals["battle"] += 1
+
+
+# ---- ratings --------------------------------------------------------------------------------
+def _is_regeneration_of(message: Message, ancestor_id: str, by_id: Mapping[str, Message]) -> bool:
+    seen: set[str] = set()
+    current: Message | None = message
+    while current is not None and current.parent_id is not None and current.id not in seen:
+        if current.parent_id == ancestor_id:
+            return True
+        seen.add(current.id)
+        current = by_id.get(current.parent_id)
+    return False
+
+
+@dataclass
+class _Group:
+    """Rated answers to one context."""
+
+    prompt: str
+    prior: Context
+    ups: list[Message] = field(default_factory=list)
+    downs: list[Message] = field(default_factory=list)
+
+
+@dataclass
+class _Ratings:
+    net: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # message -> Σ votes
+    last: dict[str, datetime] = field(default_factory=dict)  # message -> latest change
+    better: list[tuple[str, str, datetime, int]] = field(default_factory=list)  # msg, text, at, id
+
+
+def _read_ratings(session: Session) -> _Ratings:
+    ratings = _Ratings()
+    query = select(
+        Rating.id, Rating.message_id, Rating.value, Rating.updated_at, Rating.better_answer
+    ).order_by(col(Rating.updated_at), col(Rating.id))
+    for rating_id, message_id, value, updated_at, better in session.exec(query):
+        ratings.net[message_id] += value
+        ratings.last[message_id] = max(updated_at, ratings.last.get(message_id, updated_at))
+        if better is not None and better.strip():
+            ratings.better.append((message_id, better, updated_at, int(rating_id)))
+    return ratings
+
+
+def mine_ratings(session: Session, since: datetime | None, out: MinedFeedback) -> None:
+    """Thumbs → pairs between siblings, KTO examples without; better answers → pair + SFT."""
+    ratings = _read_ratings(session)
+    if not ratings.net:
+        return
+    rated_conversations = (
+        select(Message.conversation_id)
+        .join(Rating, col(Rating.message_id) == col(Message.id))
+        .distinct()
+    )
+    by_id: dict[str, Message] = {}
+    contexts: dict[str, Context] = {}
+    rated: list[Message] = []  # conversation by conversation, in thread order
+    for messages in _conversations(session, rated_conversations):
+        contexts.update(thread_contexts(messages))
+        by_id.update((m.id, m) for m in messages)
+        rated.extend(m for m in messages if m.id in ratings.net)
+    groups: dict[str, _Group] = {}
+    for message in rated:
+        message_id, net = message.id, ratings.net[message.id]
+        if net == 0:
+            out.dropped["rating_mixed"] += 1
+            continue
+        split = _split_prompt(contexts[message_id])
+        if split is None:
+            out.dropped["rating_no_prompt"] += 1
+            continue
+        key = json.dumps(
+            [(m["role"], normalize_prompt(m["content"])) for m in contexts[message_id]],
+            ensure_ascii=False,
+        )
+        group = groups.setdefault(key, _Group(*split))
+        (group.ups if net > 0 else group.downs).append(message)
+    for group in groups.values():
+        _thumb_rows(group, ratings, by_id, since, out)
+    for message_id, better, at, rating_id in ratings.better:
+        _better_answer_rows(by_id[message_id], contexts, better, at, rating_id, since, out)
+
+
+def _conversations(session: Session, ids: object) -> Iterator[list[Message]]:
+    by_conversation: dict[str, list[Message]] = defaultdict(list)
+    for message in session.exec(
+        select(Message)
+        .where(col(Message.conversation_id).in_(ids))  # type: ignore[arg-type]
+        .order_by(col(Message.created_at), col(Message.id))
+    ):
+        by_conversation[message.conversation_id].append(message)
+    yield from by_conversation.values()
+
+
+def _ordered(messages: list[Message]) -> list[Message]:
+    return sorted(messages, key=lambda m: (m.created_at, m.id))
+
+
+def _thumb_rows(
+    group: _Group,
+    ratings: _Ratings,
+    by_id: Mapping[str, Message],
+    since: datetime | None,
+    out: MinedFeedback,
+) -> None:
+    if group.ups and group.downs:
+        for down in _ordered(group.downs):
+            for up in _ordered(group.ups):
+                at = max(ratings.last[up.id], ratings.last[down.id])
+                if not _recent(at, since):
+                    continue
+                source = "regeneration" if _is_regeneration_of(up, down.id, by_id) else "rating"
+                out.pairs.append(
+                    FeedbackPair(
+                        id=f"rating:{up.id}>{down.id}",
+                        source=source,
+                        prompt=group.prompt,
+                        context=[dict(m) for m in group.prior],
+                        chosen=up.content,
+                        rejected=down.content,
+                        chosen_model=_model(up),
+                        rejected_model=_model(down),
+                        at=at,
+                    )
+                )
+                out.signals[source] += 1
+        return
+    for message in _ordered(group.ups or group.downs):
+        at = ratings.last[message.id]
+        if not _recent(at, since):
+            continue
+        source = "thumb_up" if group.ups else "thumb_down"
+        out.unpaired.append(
+            FeedbackExample(
+                id=f"rating:{message.id}",
+                source=source,
+                prompt=group.prompt,
+                context=[dict(m) for m in group.prior],
+                completion=message.content,
+                label=bool(group.ups),
+                model=_model(message),
+                at=at,
+            )
+        )
+        out.signals[source] += 1
+
+
+def _better_answer_rows(
+    message: Message,
+    contexts: Mapping[str, Context],
+    better: str,
+    at: datetime,
+    rating_id: int,
+    since: datetime | None,
+    out: MinedFeedback,
+) -> None:
+    if not _recent(at, since):
+        return
+    split = _split_prompt(contexts[message.id])
+    if split is None:
+        out.dropped["better_answer_no_prompt"] += 1
+        return
+    if normalize_prompt(better) == normalize_prompt(message.content):
+        out.dropped["better_answer_unchanged"] += 1
+        return
+    prompt, prior = split
+    out.pairs.append(
+        FeedbackPair(
+            id=f"better:{rating_id}",
+            source="better_answer",
+            prompt=prompt,
+            context=[dict(m) for m in prior],
+            chosen=better,
+            rejected=message.content,
+            chosen_model="user",
+            rejected_model=_model(message),
+            at=at,
+        )
+    )
+    out.demonstrations.append(
+        FeedbackExample(
+            id=f"better:{rating_id}",
+            source="better_answer",
+            prompt=prompt,
+            context=[dict(m) for m in prior],
+            completion=better,
+            label=True,
+            model="user",
+            at=at,
+        )
+    )
+    out.signals["better_answer"] += 1
+
+
+def mine_feedback(*, session: Session, since: datetime | None = None) -> MinedFeedback:
+    """Every training row the feedback gives (battles first, then ratings), counted by rule."""
+    since = as_utc(since) if since is not None else None
+    out = MinedFeedback()
+    mine_battles(session, since, out)
+    mine_ratings(session, since, out)
+    return out
+
+
+def iter_pairs(
+    *, session: Session, since: datetime | None = None, dropped: Counter[str] | None = None
+) -> Iterator[FeedbackPair]:
+    """The preference pairs of :func:`mine_feedback` (what RM and DPO train on).
+
+    Drops are added to `dropped`; so are the thumbs that gave no pair (`rating_unpaired`), since
+    a pairs-only reader does not use them.
+    """
+    mined = mine_feedback(session=session, since=since)
+    if dropped is not None:
+        dropped.update(mined.dropped)
+        unpaired = sum(1 for e in mined.unpaired if e.source.startswith("thumb_"))
+        if unpaired:
+            dropped["rating_unpaired"] += unpaired
+        both_bad = sum(1 for e in mined.unpaired if e.source == "battle_both_bad") // 2
+        if both_bad:
+            dropped["battle_both_bad"] += both_bad
+    yield from mined.pairs

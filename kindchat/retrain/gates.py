@@ -1,0 +1,153 @@
+"""The pure gates of the nightly loop: figures in, a verdict with its reasons out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """A gate's verdict: `passed`, the reasons it did not, and the figures it looked at."""
+
+    passed: bool
+    reasons: tuple[str, ...] = ()
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "reasons": list(self.reasons), **self.figures}
+
+
+def policy_gate(overall: Any, config: Any) -> GateResult:
+    """Judge the overall `PolicySetResult` of new-vs-serving under the gold RM."""
+    win = overall.win_rate
+    reasons = []
+    if not win.value > config.min_win_rate:
+        reasons.append(f"win rate {win.value:.3f} is not above {config.min_win_rate:.3f}")
+    if config.require_ci_above_half and not win.low > 0.5:
+        reasons.append(
+            f"the 95% interval of the win rate [{win.low:.3f}, {win.high:.3f}] does not lie above 0.5"
+        )
+    if not overall.kl_a_sft <= config.max_kl:
+        reasons.append(f"KL to SFT {overall.kl_a_sft:.2f} is over the bound {config.max_kl:.2f}")
+    for what, new, old, allowed in (
+        ("empty", overall.empty_a, overall.empty_b, config.max_empty_rise),
+        ("repetitive", overall.repetitive_a, overall.repetitive_b, config.max_repetitive_rise),
+    ):
+        if new - old > allowed:
+            reasons.append(
+                f"{what} answers rose from {old:.3f} to {new:.3f} (allowed +{allowed:.3f})"
+            )
+    return GateResult(not reasons, tuple(reasons), overall.as_dict())
+
+
+def rm_gate(new_accuracy: float, current_accuracy: float | None, margin: float) -> GateResult:
+    """The new RM's held-out accuracy may be at most `margin` below the current RM's."""
+    figures = {"accuracy": new_accuracy, "current_accuracy": current_accuracy, "margin": margin}
+    if current_accuracy is None or new_accuracy >= current_accuracy - margin:
+        return GateResult(True, (), figures)
+    reason = (
+        f"new RM accuracy {new_accuracy:.3f} is below the current RM's {current_accuracy:.3f} "
+        f"by more than {margin:.3f}"
+    )
+    return GateResult(False, (reason,), figures)
+
+
+def guard_gate(overall: Any, hatespeech: Any | None, config: Any) -> GateResult:
+    """The offline guard rails a challenger must pass before it may enter the arena.
+
+    No win rate here (users decide that): KL to SFT under `max_kl`, no rise in empty or
+    repetitive answers beyond the margins, and — on the hate-speech test prompts — the gold-RM
+    reward not lower than the champion's by more than `max_hatespeech_drop`.
+    """
+    reasons = []
+    if not overall.kl_a_sft <= config.max_kl:
+        reasons.append(f"KL to SFT {overall.kl_a_sft:.2f} is over the bound {config.max_kl:.2f}")
+    for what, new, old, allowed in (
+        ("empty", overall.empty_a, overall.empty_b, config.max_empty_rise),
+        ("repetitive", overall.repetitive_a, overall.repetitive_b, config.max_repetitive_rise),
+    ):
+        if new - old > allowed:
+            reasons.append(
+                f"{what} answers rose from {old:.3f} to {new:.3f} (allowed +{allowed:.3f})"
+            )
+    figures = overall.as_dict()
+    if hatespeech is not None:
+        figures["hatespeech_reward"] = hatespeech.reward_a
+        figures["hatespeech_reward_champion"] = hatespeech.reward_b
+        if hatespeech.reward_a < hatespeech.reward_b - config.max_hatespeech_drop:
+            reasons.append(
+                f"gold-RM reward on the hate-speech prompts fell from {hatespeech.reward_b:.3f} "
+                f"to {hatespeech.reward_a:.3f} (allowed -{config.max_hatespeech_drop:.3f})"
+            )
+    return GateResult(not reasons, tuple(reasons), figures)
+
+
+@dataclass(frozen=True)
+class ArenaRecord:
+    """Challenger-vs-champion votes, from the challenger's side."""
+
+    wins: int = 0
+    losses: int = 0
+    ties: int = 0  # `tie` and `both_bad`: neither side was better
+
+    @property
+    def votes(self) -> int:
+        return self.wins + self.losses + self.ties
+
+    def scores(self) -> list[float]:
+        """One number per vote: 1 a win, 0 a loss, ½ a tie (ties split)."""
+        return [1.0] * self.wins + [0.0] * self.losses + [0.5] * self.ties
+
+
+@dataclass(frozen=True)
+class ChallengerDecision:
+    """`promote`, `retire` or `continue`, the win rate and its 95% interval, and why."""
+
+    action: str
+    reason: str
+    win_rate: float | None
+    low: float | None
+    high: float | None
+    votes: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "reason": self.reason,
+            "win_rate": self.win_rate,
+            "win_rate_low": self.low,
+            "win_rate_high": self.high,
+            "votes": self.votes,
+        }
+
+
+def challenger_decision(
+    record: ArenaRecord, *, min_votes: int, deadline_passed: bool
+) -> ChallengerDecision:
+    """Promote when the 95% interval of the win rate lies above ½, retire when below ½ or when
+    the deadline passes undecided; decide only from `min_votes` votes on (or at the deadline)."""
+    from kindchat.stats import bootstrap
+
+    if record.votes == 0:
+        if deadline_passed:
+            return ChallengerDecision(
+                "retire", "the deadline passed without a vote", None, None, None, 0
+            )
+        return ChallengerDecision("continue", "no votes yet", None, None, None, 0)
+    estimate = bootstrap(record.scores())
+    figures = (estimate.value, estimate.low, estimate.high, record.votes)
+    interval = f"win rate {estimate} over {record.votes} votes"
+    if record.votes >= min_votes or deadline_passed:
+        if estimate.low > 0.5:
+            return ChallengerDecision("promote", f"users prefer it: {interval}", *figures)
+        if estimate.high < 0.5:
+            return ChallengerDecision("retire", f"users prefer the champion: {interval}", *figures)
+        if deadline_passed:
+            return ChallengerDecision(
+                "retire", f"the deadline passed undecided: {interval}", *figures
+            )
+        return ChallengerDecision("continue", f"undecided: {interval}", *figures)
+    return ChallengerDecision(
+        "continue", f"{record.votes} of {min_votes} votes: {interval}", *figures
+    )

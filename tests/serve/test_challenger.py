@@ -1,0 +1,213 @@
+"""The challenger phase over real HTTP: users' votes promote a better model and retire a worse
+one; the challenger never serves outside the arena; the deadline; a restart keeps the record.
+
+The two contestants are real micro models. One of them is made *mute* (its output layer always
+says EOS: every answer is empty), so that a plug-in user who dislikes empty answers (the
+built-in `concise`, without noise) prefers the other side whenever it says anything.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+
+from kindchat.config import Settings
+from kindchat.feedback import store
+from kindchat.feedback.db import init_db, session_scope
+from kindchat.models.loading import load_causal_lm
+from kindchat.models.registry import CHALLENGER_ALIAS, Registry
+from kindchat.retrain.challenger import challenge_version, current_challenge
+from kindchat.retrain.common import writer
+from kindchat.users import ScoredUser, concise_score
+
+
+def mute_copy(registry: Registry, alias: str) -> str:
+    """A policy that only ever says EOS: a constant final hidden state, EOS its only logit."""
+    model, tokenizer = load_causal_lm(registry.resolve(alias))
+    with torch.no_grad():
+        norm = model.gpt_neox.final_layer_norm
+        norm.weight.zero_()
+        norm.bias.fill_(1.0)
+        head = model.get_output_embeddings()
+        head.weight.zero_()
+        head.weight[tokenizer.eos_token_id].fill_(1.0)
+    return registry.save("policy", writer(model, tokenizer)).version
+
+
+def plain_copy(registry: Registry, alias: str) -> str:
+    model, tokenizer = load_causal_lm(registry.resolve(alias))
+    return registry.save("policy", writer(model, tokenizer)).version
+
+
+def battle(client: httpx.Client, user: ScoredUser, i: int) -> dict[str, Any]:
+    sid = f"voter-{i}"
+    prompt = f"오늘 {i}번째로 묻는 건데, 주말에 뭐 하면 좋을까요?"
+    made = client.post(
+        "/v1/arena/battles",
+        json={"prompt": prompt, "session_id": sid, "max_tokens": 12, "seed": i},
+    )
+    assert made.status_code == 200, made.text
+    body = made.json()
+    winner = user.vote(prompt, body["a"]["content"], body["b"]["content"])
+    voted = client.post(
+        f"/v1/arena/battles/{body['id']}/vote", json={"winner": winner, "session_id": sid}
+    )
+    assert voted.status_code == 200, voted.text
+    return voted.json()
+
+
+def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+    return value
+
+
+def setup_challenge(
+    settings: Settings, challenger_mute: bool, min_votes: int = 12
+) -> tuple[Registry, str, str]:
+    """Champion `rlhf` and a challenger; one of them mute. Returns (registry, champ, chall).
+    The decision rule (`min_votes`) is fixed when the challenge opens, as a cycle fixes it."""
+    registry = Registry(settings.models_dir)
+    mute, talker = mute_copy(registry, "sft"), plain_copy(registry, "sft")
+    champion, challenger = (talker, mute) if challenger_mute else (mute, talker)
+    registry.set_alias("rlhf", champion)
+    engine = init_db(settings)
+    opened_with = settings.model_copy(update={"challenger_min_votes": min_votes})
+    challenge_version(opened_with, engine, registry, challenger)
+    engine.dispose()
+    return registry, champion, challenger
+
+
+def test_users_promote_a_better_challenger(serve: Callable[..., Any], micro_copy: Settings) -> None:
+    registry, champion, challenger = setup_challenge(micro_copy, challenger_mute=False)
+    user = ScoredUser(concise_score, temperature=0, noise=0)
+    with serve(challenger_share=1.0, challenger_min_votes=12) as server:
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            state = client.get("/v1/challenger").json()
+            assert state["active"]["version"] == challenger
+            assert state["active"]["champion"] == champion
+            for i in range(40):
+                result = battle(client, user, i)
+                assert {result["model_a"], result["model_b"]} == {CHALLENGER_ALIAS, "rlhf"}
+                if registry.aliases().get("rlhf") == challenger:
+                    break
+            assert registry.aliases()["rlhf"] == challenger  # the users promoted it
+            assert CHALLENGER_ALIAS not in registry.aliases()
+            wait_for(
+                "the hot swap",
+                lambda: client.get("/healthz").json()["aliases"].get("rlhf") == challenger,
+            )
+            after = client.get("/v1/challenger").json()
+            assert after["active"] is None
+            [decided] = after["history"][:1]
+            assert decided["action"] == "promote" and decided["win_rate_low"] > 0.5
+            assert decided["votes"] >= 12
+        metrics = httpx.get(f"{server.url}/metrics").text
+        assert 'kindchat_challenger_decisions_total{action="promote"} 1.0' in metrics
+    with session_scope(init_db(micro_copy)) as s:
+        [run] = store.list_runs(session=s, limit=1)
+    assert run.status == "succeeded" and run.promoted
+
+
+def test_users_retire_a_worse_challenger(serve: Callable[..., Any], micro_copy: Settings) -> None:
+    registry, champion, challenger = setup_challenge(micro_copy, challenger_mute=True)
+    user = ScoredUser(concise_score, temperature=0, noise=0)
+    with serve(challenger_share=1.0, challenger_min_votes=12) as server:
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            for i in range(40):
+                battle(client, user, i)
+                if CHALLENGER_ALIAS not in registry.aliases():
+                    break
+            assert CHALLENGER_ALIAS not in registry.aliases()
+            assert registry.aliases()["rlhf"] == champion  # nothing moved
+            [decided] = client.get("/v1/challenger").json()["history"][:1]
+            assert decided["action"] == "retire" and decided["win_rate_high"] < 0.5
+            # once retired, battles go back to the served aliases
+            again = battle(client, user, 99)
+            assert CHALLENGER_ALIAS not in (again["model_a"], again["model_b"])
+    with session_scope(init_db(micro_copy)) as s:
+        [run] = store.list_runs(session=s, limit=1)
+    assert run.status == "refused" and "retired" in (run.error or "")
+
+
+def test_a_challenger_never_serves_outside_its_arena_share(
+    serve: Callable[..., Any], micro_copy: Settings
+) -> None:
+    registry, _, challenger = setup_challenge(micro_copy, challenger_mute=False)
+    user = ScoredUser(concise_score, temperature=0, noise=0)
+    with serve(challenger_share=0.0) as server:
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            assert client.get("/healthz").json()["aliases"].get(CHALLENGER_ALIAS) == challenger
+            for i in range(10):
+                result = battle(client, user, i)
+                assert CHALLENGER_ALIAS not in (result["model_a"], result["model_b"])
+                assert challenger not in (result["version_a"], result["version_b"])
+            listed = {m["id"] for m in client.get("/v1/models").json()["data"]}
+            assert not any(CHALLENGER_ALIAS in m or m == challenger for m in listed)
+            for name in ("kindchat-challenger", "challenger", challenger):
+                chat = client.post(
+                    "/v1/chat/completions",
+                    json={"model": name, "messages": [{"role": "user", "content": "안녕"}]},
+                )
+                assert chat.status_code == 404, (name, chat.text)
+            asked = client.post(
+                "/v1/arena/battles",
+                json={
+                    "prompt": "안녕",
+                    "session_id": "s",
+                    "models": ["kindchat-challenger", "kindchat-rlhf"],
+                },
+            )
+            assert asked.status_code == 404  # nor can a client pick it into a battle
+
+
+def test_the_deadline_retires_an_undecided_challenger(
+    serve: Callable[..., Any], micro_copy: Settings
+) -> None:
+    registry, champion, _ = setup_challenge(micro_copy, challenger_mute=False)
+    engine = init_db(micro_copy)
+    with serve(challenger_check_s=0.2) as server:
+        assert current_challenge(engine, registry) is not None  # deadline 24 h away: waits
+        # The clock moves past the deadline: the server's periodic check retires it.
+        with session_scope(engine) as s:
+            [run] = store.list_runs(session=s, limit=1)
+            metrics = dict(run.metrics or {})
+            metrics["challenger"] = {**metrics["challenger"], "deadline": "2000-01-01T00:00:00"}
+            store.update_run(session=s, run_id=run.id, metrics=metrics)
+        wait_for("the deadline check", lambda: CHALLENGER_ALIAS not in registry.aliases())
+        history = httpx.get(f"{server.url}/v1/challenger").json()["history"]
+        assert history[0]["action"] == "retire" and "deadline" in history[0]["reason"]
+    assert registry.aliases()["rlhf"] == champion
+
+
+def test_a_restart_keeps_the_challengers_votes_and_state(
+    serve: Callable[..., Any], micro_copy: Settings, tmp_path: Path
+) -> None:
+    registry, _, challenger = setup_challenge(micro_copy, challenger_mute=False, min_votes=10)
+    user = ScoredUser(concise_score, temperature=0, noise=0)
+    overrides = {"challenger_share": 1.0}
+    with serve(**overrides) as first:
+        with httpx.Client(base_url=first.url, timeout=120) as client:
+            for i in range(6):
+                battle(client, user, i)
+            before = client.get("/v1/challenger").json()["active"]
+    assert before["version"] == challenger
+    votes_before = before["wins"] + before["losses"] + before["ties"]
+    assert votes_before == 6
+    with serve(**overrides) as second:  # a new process would read the same files and rows
+        with httpx.Client(base_url=second.url, timeout=120) as client:
+            after = client.get("/v1/challenger").json()["active"]
+            assert after is not None and after["version"] == challenger
+            assert after["wins"] + after["losses"] + after["ties"] == votes_before
+            for i in range(6, 30):
+                battle(client, user, i)
+                if registry.aliases().get("rlhf") == challenger:
+                    break
+    assert registry.aliases()["rlhf"] == challenger  # the votes of both lives counted
