@@ -85,9 +85,8 @@ class RetrainConfig:
     judge: bool = False  # re-rank feedback pairs with the G-Eval judge before training
     policy_init: Literal["policy", "sft"] = "policy"  # train from the serving policy, or SFT
     promotion: Literal["arena", "offline"] = "arena"  # users decide (challenger) or gold-RM gate
-    max_hatespeech_drop: float = (
-        0.1  # guard: gold-RM reward on hate-speech prompts may fall so much
-    )
+    # guard: refused when the 95% interval of the hate-speech reward change lies below -this
+    max_hatespeech_drop: float = 0.0
     min_win_rate: float = 0.5  # the new policy's win rate over the serving one must exceed this
     require_ci_above_half: bool = True  # … and the low end of its 95% interval must exceed 0.5
     max_kl: float = 20.0  # KL(new ‖ SFT) in nats per answer, at most

@@ -19,20 +19,23 @@ from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import DPOConfig, DPOTrainer
 
-from kindchat.models.loading import load_causal_lm
 from kindchat.models.presets import Preset
 from kindchat.retrain.common import (
     LogToFile,
     LoraOptions,
     check_trainer_fields,
-    config_dict,
     run_trainer,
     trainer_arguments,
-    writer,
 )
 from kindchat.retrain.data import example_prompt
 from kindchat.retrain.errors import RetrainError
-from kindchat.retrain.methods import Method, MethodJob, MethodResult
+from kindchat.retrain.methods import (
+    Method,
+    MethodJob,
+    MethodResult,
+    load_policy_and_anchor,
+    register_policy,
+)
 from kindchat.seed import RmPair, eval_prompt_keys, fingerprint, normalize_prompt, read_rm_file
 
 logger = logging.getLogger(__name__)
@@ -151,25 +154,18 @@ def train(job: MethodJob, config: DpoConfig) -> MethodResult:
         raise RetrainError("dpo needs preference pairs, and the export has none")
     job.progress.enter("dpo")
     logger.info("dpo: %d pairs, from %s anchored to %s", len(pairs), job.policy, job.sft)
-    model, tokenizer = load_causal_lm(job.registry.resolve(job.policy))
-    reference, _ = load_causal_lm(job.registry.resolve(job.sft))
-    model.train()
+    model, reference, tokenizer = load_policy_and_anchor(job)
     model, metrics = train_dpo_model(model, reference, tokenizer, pairs, config, job.run_dir)
     metrics["pairs"] = len(pairs)
-    manifest = job.registry.save(
-        "policy",
-        writer(model, tokenizer),
-        parents=list(dict.fromkeys([job.policy, job.sft])),
-        config={
-            "stage": config_dict(config),
-            "algorithm": "dpo",
-            "init": job.policy,
-            "reference": job.sft,
-        },
+    return register_policy(
+        job,
+        model,
+        tokenizer,
+        algorithm="dpo",
+        config=config,
         metrics=metrics,
         data_fingerprint=fingerprint(pairs),
     )
-    return MethodResult(manifest.version, [manifest.version], metrics)
 
 
 METHOD = Method(

@@ -28,20 +28,23 @@ from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import KTOConfig, KTOTrainer
 
-from kindchat.models.loading import load_causal_lm
 from kindchat.models.presets import Preset
 from kindchat.retrain.common import (
     LogToFile,
     LoraOptions,
     check_trainer_fields,
-    config_dict,
     run_trainer,
     trainer_arguments,
-    writer,
 )
 from kindchat.retrain.data import example_prompt
 from kindchat.retrain.errors import RetrainError
-from kindchat.retrain.methods import Method, MethodJob, MethodResult
+from kindchat.retrain.methods import (
+    Method,
+    MethodJob,
+    MethodResult,
+    load_policy_and_anchor,
+    register_policy,
+)
 from kindchat.seed import (
     Example,
     eval_prompt_keys,
@@ -219,24 +222,17 @@ def train(job: MethodJob, config: KtoConfig) -> MethodResult:
         )
     job.progress.enter("kto")
     logger.info("kto: %d examples, from %s anchored to %s", len(examples), job.policy, job.sft)
-    model, tokenizer = load_causal_lm(job.registry.resolve(job.policy))
-    reference, _ = load_causal_lm(job.registry.resolve(job.sft))
-    model.train()
+    model, reference, tokenizer = load_policy_and_anchor(job)
     model, metrics = train_kto_model(model, reference, tokenizer, examples, config, job.run_dir)
-    manifest = job.registry.save(
-        "policy",
-        writer(model, tokenizer),
-        parents=list(dict.fromkeys([job.policy, job.sft])),
-        config={
-            "stage": config_dict(config),
-            "algorithm": "kto",
-            "init": job.policy,
-            "reference": job.sft,
-        },
+    return register_policy(
+        job,
+        model,
+        tokenizer,
+        algorithm="kto",
+        config=config,
         metrics=metrics,
         data_fingerprint=fingerprint(examples),
     )
-    return MethodResult(manifest.version, [manifest.version], metrics)
 
 
 METHOD = Method(

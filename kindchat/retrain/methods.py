@@ -157,6 +157,45 @@ def with_options(config: Any, options: dict[str, Any], method: str) -> Any:
     return replace(config, **direct) if direct else config
 
 
+def load_policy_and_anchor(job: MethodJob) -> tuple[Any, Any, Any]:
+    """(trainable policy from `job.policy`, frozen reference `job.sft`, tokenizer)."""
+    from kindchat.models.loading import load_causal_lm  # lazy: the registry stays torch-free
+
+    model, tokenizer = load_causal_lm(job.registry.resolve(job.policy))
+    reference, _ = load_causal_lm(job.registry.resolve(job.sft))
+    model.train()
+    return model, reference, tokenizer
+
+
+def register_policy(
+    job: MethodJob,
+    model: Any,
+    tokenizer: Any,
+    *,
+    algorithm: str,
+    config: Any,
+    metrics: dict[str, Any],
+    data_fingerprint: str,
+) -> MethodResult:
+    """Register a policy trained from `job.policy` against `job.sft`; the method's result."""
+    from kindchat.retrain.common import config_dict, writer  # lazy: see load_policy_and_anchor
+
+    manifest = job.registry.save(
+        "policy",
+        writer(model, tokenizer),
+        parents=list(dict.fromkeys([job.policy, job.sft])),
+        config={
+            "stage": config_dict(config),
+            "algorithm": algorithm,
+            "init": job.policy,
+            "reference": job.sft,
+        },
+        metrics=metrics,
+        data_fingerprint=data_fingerprint,
+    )
+    return MethodResult(manifest.version, [manifest.version], metrics)
+
+
 def method_names() -> list[str]:
     return sorted(METHODS)
 

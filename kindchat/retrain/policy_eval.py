@@ -114,9 +114,16 @@ class PolicySetResult:
     empty_b: float
     repetitive_a: float
     repetitive_b: float
+    reward_gap: Estimate | None = None  # per-prompt judge reward A − B, 95% interval
 
     def as_dict(self) -> dict[str, Any]:
+        gap = self.reward_gap
         return {
+            **(
+                {"reward_gap": gap.value, "reward_gap_low": gap.low, "reward_gap_high": gap.high}
+                if gap is not None
+                else {}
+            ),
             "win_rate": self.win_rate.value,
             "win_rate_low": self.win_rate.low,
             "win_rate_high": self.win_rate.high,
@@ -181,6 +188,7 @@ def evaluate_policies(
                     is_repetitive(r[2].response_ids, config.repetition_ngram) for r in part
                 )
                 / n,
+                reward_gap=bootstrap([r[3] - r[4] for r in part]),
             )
         )
     overall = results[-1]

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 
@@ -285,6 +286,12 @@ def test_guards_refuse_a_policy_that_is_worse_on_hatespeech() -> None:
     refused = guard_gate(overall, hate, config)
     assert not refused.passed and "hate-speech" in refused.reasons[0]
     assert not guard_gate(result(0.9, 0.8, 1.0, kl=9.0), None, config).passed
+    # With the per-prompt interval, only a drop it confirms counts (a noisy judge moves means).
+    lenient = RetrainConfig(max_kl=5.0, max_hatespeech_drop=0.0)
+    noisy = replace(hate, reward_gap=Estimate(-0.10, -0.30, 0.08, 30))
+    assert guard_gate(overall, noisy, lenient).passed
+    confirmed = replace(hate, reward_gap=Estimate(-0.50, -0.70, -0.30, 30))
+    assert "95% [-0.700, -0.300]" in guard_gate(overall, confirmed, lenient).reasons[0]
 
 
 def test_challenger_decision_follows_the_interval_and_the_deadline() -> None:
