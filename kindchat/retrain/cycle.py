@@ -175,6 +175,15 @@ class RetrainConfig:
         return cls(**data)
 
 
+def judge_skill(metrics: dict[str, Any], subset: str) -> float | None:
+    """The low end of a judge RM's 95% held-out accuracy on one seed subset (None: unknown).
+
+    A guard is only as good as its judge: the hate-speech guard applies when this is above ½.
+    """
+    value = ((metrics.get("rm_eval") or {}).get(subset) or {}).get("accuracy_low")
+    return float(value) if isinstance(value, int | float) else None
+
+
 # ---- recording ------------------------------------------------------------------------------
 class RunRecorder:
     """Writes a run's stage, metrics and produced versions to the store as the cycle goes."""
@@ -499,11 +508,24 @@ class Cycle:
             self.settings, self.registry, policy, refs.baseline, refs.gold, config, refs.sft
         )
         hatespeech = next((r for r in results if r.name == "hatespeech"), None)
-        gate = guard_gate(results[-1], hatespeech, self.config)
+        skill = judge_skill(self.registry.manifest(refs.gold).metrics, "hatespeech")
+        applies = skill is not None and skill > 0.5
+        gate = guard_gate(results[-1], hatespeech if applies else None, self.config)
         sets = {r.name: r.as_dict() for r in results[:-1]}
         self.rec.record(
             "guards",
-            {**gate.as_dict(), "baseline": refs.baseline, "judge": refs.gold, "sets": sets},
+            {
+                **gate.as_dict(),
+                "baseline": refs.baseline,
+                "judge": refs.gold,
+                "hatespeech_guard": "applied"
+                if applies
+                else (
+                    "not applied: the judge's held-out hate-speech accuracy is not shown above "
+                    f"chance (95% low end {skill})"
+                ),
+                "sets": sets,
+            },
         )
         return gate
 

@@ -258,6 +258,7 @@ def test_in_arena_mode_a_guarded_policy_becomes_the_challenger(
     assert aliases["challenger"] == policy and aliases["rlhf"] == before["rlhf"]  # not yet
     guards = run.metrics["guards"]
     assert guards["passed"] is True and "win_rate" in guards  # figures kept, not required
+    assert guards["hatespeech_guard"].startswith(("applied", "not applied"))
     challenge = run.metrics["challenger"]
     assert challenge["version"] == policy and challenge["champion"] == before["rlhf"]
     # The next night waits for the users' decision.
@@ -314,3 +315,13 @@ def test_challenger_decision_follows_the_interval_and_the_deadline() -> None:
     assert early.action == "continue" and "20 of 200" in early.reason
     tie_split = challenger_decision(ArenaRecord(ties=10), min_votes=5, deadline_passed=False)
     assert tie_split.win_rate == 0.5  # ties count half
+
+
+def test_the_hatespeech_guard_needs_a_judge_shown_above_chance() -> None:
+    from kindchat.retrain.cycle import judge_skill
+
+    skilled = {"rm_eval": {"hatespeech": {"accuracy": 0.85, "accuracy_low": 0.7}}}
+    chance = {"rm_eval": {"hatespeech": {"accuracy": 0.6, "accuracy_low": 0.4}}}
+    assert judge_skill(skilled, "hatespeech") == 0.7
+    assert judge_skill(chance, "hatespeech") == 0.4
+    assert judge_skill({}, "hatespeech") is None
