@@ -82,13 +82,20 @@ class MinedFeedback:
     pairs: list[FeedbackPair] = field(default_factory=list)
     unpaired: list[FeedbackExample] = field(default_factory=list)  # KTO 👍/👎
     demonstrations: list[FeedbackExample] = field(default_factory=list)  # better answers (SFT)
-    signals: Counter[str] = field(default_factory=Counter)  # rule -> training rows made
+    signals: Counter[str] = field(default_factory=Counter)  # rule -> pairs/examples it made
     dropped: Counter[str] = field(default_factory=Counter)  # reason -> signals given no row
 
-    @property
-    def examples(self) -> int:
-        """Training rows of every kind."""
-        return len(self.pairs) + len(self.unpaired) + len(self.demonstrations)
+    def add_pair(self, pair: FeedbackPair) -> None:
+        self.pairs.append(pair)
+        self.signals[pair.source] += 1
+
+    def add_unpaired(self, example: FeedbackExample) -> None:
+        self.unpaired.append(example)
+        self.signals[example.source] += 1
+
+    def add_demonstration(self, example: FeedbackExample) -> None:
+        """A user's own answer; counted with the pair it also made (`better_answer`)."""
+        self.demonstrations.append(example)
 
 
 def _split_prompt(context: Context) -> tuple[str, Context] | None:
@@ -129,7 +136,7 @@ def mine_battles(session: Session, since: datetime | None, out: MinedFeedback) -
             out.dropped["battle_tie"] += 1
         elif battle.winner == "both_bad":
             for side, message in (("a", a), ("b", b)):
-                out.unpaired.append(
+                out.add_unpaired(
                     FeedbackExample(
                         id=f"battle:{battle.id}:{side}",
                         source="battle_both_bad",
@@ -141,10 +148,9 @@ def mine_battles(session: Session, since: datetime | None, out: MinedFeedback) -
                         at=at,
                     )
                 )
-                out.signals["battle_both_bad"] += 1
         else:
             chosen, rejected = (a, b) if battle.winner == "a" else (b, a)
-            out.pairs.append(
+            out.add_pair(
                 FeedbackPair(
                     id=f"battle:{battle.id}",
                     source="battle",
@@ -157,7 +163,6 @@ def mine_battles(session: Session, since: datetime | None, out: MinedFeedback) -
                     at=at,
                 )
             )
-            out.signals["battle"] += 1
 
 
 # ---- ratings --------------------------------------------------------------------------------
@@ -270,7 +275,7 @@ def _thumb_rows(
                 if not _recent(at, since):
                     continue
                 source = "regeneration" if _is_regeneration_of(up, down.id, by_id) else "rating"
-                out.pairs.append(
+                out.add_pair(
                     FeedbackPair(
                         id=f"rating:{up.id}>{down.id}",
                         source=source,
@@ -283,14 +288,13 @@ def _thumb_rows(
                         at=at,
                     )
                 )
-                out.signals[source] += 1
         return
     for message in _ordered(group.ups or group.downs):
         at = ratings.last[message.id]
         if not _recent(at, since):
             continue
         source = "thumb_up" if group.ups else "thumb_down"
-        out.unpaired.append(
+        out.add_unpaired(
             FeedbackExample(
                 id=f"rating:{message.id}",
                 source=source,
@@ -302,7 +306,6 @@ def _thumb_rows(
                 at=at,
             )
         )
-        out.signals[source] += 1
 
 
 def _better_answer_rows(
@@ -324,7 +327,7 @@ def _better_answer_rows(
         out.dropped["better_answer_unchanged"] += 1
         return
     prompt, prior = split
-    out.pairs.append(
+    out.add_pair(
         FeedbackPair(
             id=f"better:{rating_id}",
             source="better_answer",
@@ -337,7 +340,7 @@ def _better_answer_rows(
             at=at,
         )
     )
-    out.demonstrations.append(
+    out.add_demonstration(
         FeedbackExample(
             id=f"better:{rating_id}",
             source="better_answer",
@@ -349,7 +352,6 @@ def _better_answer_rows(
             at=at,
         )
     )
-    out.signals["better_answer"] += 1
 
 
 def mine_feedback(*, session: Session, since: datetime | None = None) -> MinedFeedback:
@@ -359,23 +361,3 @@ def mine_feedback(*, session: Session, since: datetime | None = None) -> MinedFe
     mine_battles(session, since, out)
     mine_ratings(session, since, out)
     return out
-
-
-def iter_pairs(
-    *, session: Session, since: datetime | None = None, dropped: Counter[str] | None = None
-) -> Iterator[FeedbackPair]:
-    """The preference pairs of :func:`mine_feedback` (what RM and DPO train on).
-
-    Drops are added to `dropped`; so are the thumbs that gave no pair (`rating_unpaired`), since
-    a pairs-only reader does not use them.
-    """
-    mined = mine_feedback(session=session, since=since)
-    if dropped is not None:
-        dropped.update(mined.dropped)
-        unpaired = sum(1 for e in mined.unpaired if e.source.startswith("thumb_"))
-        if unpaired:
-            dropped["rating_unpaired"] += unpaired
-        both_bad = sum(1 for e in mined.unpaired if e.source == "battle_both_bad") // 2
-        if both_bad:
-            dropped["battle_both_bad"] += both_bad
-    yield from mined.pairs

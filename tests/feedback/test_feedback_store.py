@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from datetime import datetime, timedelta, timezone
 from functools import partial
 from typing import Any
@@ -255,7 +254,7 @@ def test_stats_count_per_version_and_day_thumbs_and_votes(db: Session) -> None:
     assert (later.messages, later.ratings, later.voted_battles, later.thumbs) == (0, 0, 0, [])
 
 
-def test_iter_pairs_since_keeps_only_recent_evidence(db: Session) -> None:
+def test_mined_pairs_since_keeps_only_recent_evidence(db: Session) -> None:
     conv_id, a = _exchange(db)
     b = store.record_message(
         session=db, conversation_id=conv_id, role="assistant", content="다시 쓴 답", parent_id=a.id
@@ -263,11 +262,10 @@ def test_iter_pairs_since_keeps_only_recent_evidence(db: Session) -> None:
     store.rate(session=db, message_id=a.id, session_id="u", value=-1)
     store.rate(session=db, message_id=b.id, session_id="u", value=1)
     cut = datetime.now(timezone.utc)
-    assert [p.source for p in pairs_mod.iter_pairs(session=db)] == ["regeneration"]
-    assert list(pairs_mod.iter_pairs(session=db, since=cut)) == []
+    assert [p.source for p in pairs_mod.mine_feedback(session=db).pairs] == ["regeneration"]
+    assert pairs_mod.mine_feedback(session=db, since=cut).pairs == []
     store.rate(session=db, message_id=b.id, session_id="u2", value=1)  # fresh evidence
-    dropped: Counter[str] = Counter()
-    pairs = list(pairs_mod.iter_pairs(session=db, since=cut, dropped=dropped))
+    pairs = pairs_mod.mine_feedback(session=db, since=cut).pairs
     assert [(p.chosen, p.rejected) for p in pairs] == [("다시 쓴 답", "안녕하세요! 반가워요.")]
 
 
@@ -326,7 +324,7 @@ def test_regeneration_across_stateless_requests_pairs_with_its_parent(db: Sessio
     assert store.message_context(session=db, message_id=good.id) == [
         {"role": "user", "content": "안녕?"}
     ]
-    pairs = list(pairs_mod.iter_pairs(session=db))
+    pairs = pairs_mod.mine_feedback(session=db).pairs
     assert [(p.source, p.chosen, p.rejected) for p in pairs] == [
         ("regeneration", "안녕하세요!", "뭐요.")
     ]
