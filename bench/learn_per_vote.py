@@ -136,7 +136,6 @@ def main(argv: list[str] | None = None) -> int:
         job = MethodJob(
             settings=settings,
             registry=registry,
-            preset=preset,
             policy=served,
             sft=sft,
             rm=aliases.get("rm"),

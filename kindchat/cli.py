@@ -336,7 +336,6 @@ def train_kto_command(
     alias: Annotated[str | None, typer.Option(help="Point this alias at the new policy.")] = None,
 ) -> None:
     """KTO (TRL KTOTrainer) from single 👍/👎 and pairs of a feedback export."""
-    from kindchat.models.presets import get_preset
     from kindchat.retrain.common import LoraOptions, new_run_dir
     from kindchat.retrain.kto import KtoConfig
     from kindchat.retrain.kto import train as train_kto
@@ -363,7 +362,6 @@ def train_kto_command(
     job = MethodJob(
         settings=settings,
         registry=registry,
-        preset=get_preset("tiny"),  # unused by an explicit config
         policy=registry.version_of(init) or init,
         sft=registry.version_of(reference) or reference,
         rm=None,

@@ -34,7 +34,10 @@ import httpx
 from tqdm.auto import tqdm
 
 from kindchat.config import Settings
+from kindchat.feedback.db import init_db, session_scope
+from kindchat.feedback.store import get_run
 from kindchat.models.registry import Registry
+from kindchat.retrain.admin import trigger_retrain
 from kindchat.retrain.cycle import RetrainConfig
 from kindchat.seed import eval_prompt_keys, normalize_prompt, read_ppo_prompts, read_rm
 
@@ -87,7 +90,7 @@ def serve_in_thread(settings: Settings, timeout_s: float = 300.0) -> Iterator[st
     """A kindchat server on 127.0.0.1 in a daemon thread; yields its URL."""
     import uvicorn
 
-    from kindchat.serve.app import create_app
+    from kindchat.serve.app import create_app  # lazy: not needed with --url
 
     port = _free_port()
     config = uvicorn.Config(
@@ -224,7 +227,7 @@ def served_version(registry: Registry) -> str:
 
 def score_served(settings: Settings, users: Any, config: SimulateConfig) -> tuple[Any, Any]:
     """The users' mean score of the serving policy on the unseen test prompts; KL to SFT."""
-    from kindchat.retrain.user_eval import score_policy
+    from kindchat.retrain.user_eval import score_policy  # lazy: torch, only when scoring
 
     registry = Registry(settings.models_dir)
     prompts = [p.prompt for p in read_rm(settings.data_dir, "test")]
@@ -246,8 +249,6 @@ def run_night(
     config: SimulateConfig,
     retrain: RetrainConfig,
 ) -> NightReport:
-    from kindchat.retrain.admin import trigger_retrain
-
     start = time.perf_counter()
     registry = Registry(settings.models_dir)
     before = served_version(registry)
@@ -271,9 +272,6 @@ def run_night(
         if run.status == "challenging":
             pool = night_prompts(settings.data_dir, 2000, config.seed * 1000 + night + 500)
             challenger = judge_challenger(client, actor, config, night, pool)
-    from kindchat.feedback.db import init_db, session_scope
-    from kindchat.feedback.store import get_run
-
     with session_scope(init_db(settings)) as session:
         final = get_run(session=session, run_id=run.id)
     mean, kl = score_served(settings, users, config)

@@ -130,7 +130,7 @@ class GoldRmUser:
     """Prefers what the gold RM scores higher (kindchat's earlier simulated voter)."""
 
     def __init__(self, judge_dir: Path, max_length: int = 256, noise: float = 0.1) -> None:
-        from kindchat.models.loading import load_reward_model
+        from kindchat.models.loading import load_reward_model  # lazy: torch for gold-rm only
 
         self.model, self.tokenizer = load_reward_model(judge_dir)
         self.max_length = max_length
@@ -140,7 +140,7 @@ class GoldRmUser:
         )
 
     def _score(self, prompt: str, answer: str) -> float:
-        from kindchat.retrain.reward import score_texts
+        from kindchat.retrain.reward import score_texts  # lazy: see __init__
 
         with self._lock:
             return float(

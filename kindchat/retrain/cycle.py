@@ -345,7 +345,7 @@ class Cycle:
     def run(self) -> RetrainRunPublic:
         refs = Refs.resolve(self.registry, self.config)
         method = get_method(self.config.method)
-        method_config = self.config.method_config()
+        method_config = method.config(self.preset, **self.config.method_options)
         self.rec.record("start", {"refs": asdict(refs), "config": self.config.to_json()})
         skip = self.check_feedback(method)
         if skip is not None:
@@ -476,7 +476,6 @@ class Cycle:
         job = MethodJob(
             settings=self.settings,
             registry=self.registry,
-            preset=self.preset,
             policy=init,
             sft=refs.sft,
             rm=refs.rm,
@@ -495,18 +494,23 @@ class Cycle:
         )
         return result
 
-    def guard(self, refs: Refs, policy: str) -> GateResult:
-        """The offline guard rails before the arena (no win rate: the users decide that)."""
+    def evaluate(self, stage: str, refs: Refs, policy: str) -> list[Any]:
+        """Enter `stage` and compare `policy` with the serving one under the gold RM on the
+        unseen prompts: one `PolicySetResult` per seed subset, then `overall`."""
         from kindchat.retrain.policy_eval import PolicyEvalConfig
         from kindchat.retrain.stages import eval_policy
 
-        self.rec.enter("guards")
+        self.rec.enter(stage)
         config = PolicyEvalConfig(
             max_new_tokens=self.config.eval_max_new_tokens or self.preset.ppo.max_new_tokens
         )
-        results = eval_policy(
+        return eval_policy(
             self.settings, self.registry, policy, refs.baseline, refs.gold, config, refs.sft
         )
+
+    def guard(self, refs: Refs, policy: str) -> GateResult:
+        """The offline guard rails before the arena (no win rate: the users decide that)."""
+        results = self.evaluate("guards", refs, policy)
         hatespeech = next((r for r in results if r.name == "hatespeech"), None)
         skill = judge_skill(self.registry.manifest(refs.gold).metrics, "hatespeech")
         applies = skill is not None and skill > 0.5
@@ -546,16 +550,8 @@ class Cycle:
         self.rec.record("challenger", figures)
 
     def gate_policy(self, refs: Refs, policy: str) -> GateResult:
-        from kindchat.retrain.policy_eval import PolicyEvalConfig
-        from kindchat.retrain.stages import eval_policy
-
-        self.rec.enter("policy_gate")
-        config = PolicyEvalConfig(
-            max_new_tokens=self.config.eval_max_new_tokens or self.preset.ppo.max_new_tokens
-        )
-        results = eval_policy(
-            self.settings, self.registry, policy, refs.baseline, refs.gold, config, refs.sft
-        )
+        """The offline-promotion gate: win rate over the serving policy under the gold RM."""
+        results = self.evaluate("policy_gate", refs, policy)
         gate = policy_gate(results[-1], self.config)
         sets = {r.name: r.as_dict() for r in results[:-1]}
         self.rec.record(

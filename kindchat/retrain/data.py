@@ -17,6 +17,8 @@ from kindchat.models.template import (
     kullm_prompt,
 )
 from kindchat.seed import (
+    Example,
+    RmPair,
     SftRecord,
     corpus_texts,
     eval_prompt_keys,
@@ -26,6 +28,15 @@ from kindchat.seed import (
 )
 
 T = TypeVar("T")
+
+
+P = TypeVar("P", bound=RmPair | Example)
+
+
+def without_eval_prompts(items: Sequence[P], data_dir: Path) -> list[P]:
+    """`items` (pairs or examples) whose prompt is not one of the seed's evaluation prompts."""
+    keys = eval_prompt_keys(data_dir)
+    return [item for item in items if normalize_prompt(item.prompt) not in keys]
 
 
 def split_heldout(

@@ -27,7 +27,7 @@ from kindchat.retrain.common import (
     run_trainer,
     trainer_arguments,
 )
-from kindchat.retrain.data import example_prompt
+from kindchat.retrain.data import example_prompt, without_eval_prompts
 from kindchat.retrain.errors import RetrainError
 from kindchat.retrain.methods import (
     Method,
@@ -36,7 +36,7 @@ from kindchat.retrain.methods import (
     load_policy_and_anchor,
     register_policy,
 )
-from kindchat.seed import RmPair, eval_prompt_keys, fingerprint, normalize_prompt, read_rm_file
+from kindchat.seed import RmPair, fingerprint, read_rm_file
 
 logger = logging.getLogger(__name__)
 
@@ -125,10 +125,7 @@ def train_dpo_model(
 
 def feedback_pairs(path: Path | None, settings_data_dir: Path) -> list[RmPair]:
     """The night's pairs from an export's `train.json`, evaluation prompts left out."""
-    if path is None:
-        return []
-    keys = eval_prompt_keys(settings_data_dir)
-    return [p for p in read_rm_file(path) if normalize_prompt(p.prompt) not in keys]
+    return [] if path is None else without_eval_prompts(read_rm_file(path), settings_data_dir)
 
 
 def night_config(preset: Preset) -> DpoConfig:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from kindchat.stats import bootstrap
+
 
 @dataclass(frozen=True)
 class GateResult:
@@ -135,8 +137,6 @@ def challenger_decision(
 ) -> ChallengerDecision:
     """Promote when the 95% interval of the win rate lies above ½, retire when below ½ or when
     the deadline passes undecided; decide only from `min_votes` votes on (or at the deadline)."""
-    from kindchat.stats import bootstrap
-
     if record.votes == 0:
         if deadline_passed:
             return ChallengerDecision(

@@ -36,7 +36,7 @@ from kindchat.retrain.common import (
     run_trainer,
     trainer_arguments,
 )
-from kindchat.retrain.data import example_prompt
+from kindchat.retrain.data import example_prompt, without_eval_prompts
 from kindchat.retrain.errors import RetrainError
 from kindchat.retrain.methods import (
     Method,
@@ -47,9 +47,7 @@ from kindchat.retrain.methods import (
 )
 from kindchat.seed import (
     Example,
-    eval_prompt_keys,
     fingerprint,
-    normalize_prompt,
     read_examples_file,
     read_rm_file,
 )
@@ -207,12 +205,10 @@ def night_config(preset: Preset) -> KtoConfig:
 
 def train(job: MethodJob, config: KtoConfig) -> MethodResult:
     """KTO from the serving policy (`job.policy`) against SFT on the night's thumbs and pairs."""
-    keys = eval_prompt_keys(job.settings.data_dir)
-    examples = [
-        e
-        for e in examples_from_files(job.data.pairs, job.data.unpaired, config.use_pairs)
-        if normalize_prompt(e.prompt) not in keys
-    ]
+    examples = without_eval_prompts(
+        examples_from_files(job.data.pairs, job.data.unpaired, config.use_pairs),
+        job.settings.data_dir,
+    )
     if config.max_records is not None:
         examples = examples[: config.max_records]
     if len(examples) < config.batch_size:

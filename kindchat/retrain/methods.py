@@ -96,7 +96,6 @@ class MethodJob:
 
     settings: Settings
     registry: Registry
-    preset: Preset
     policy: str  # version the new policy starts from: the serving one (online, on-policy)
     sft: str  # the anchor: DPO/KTO's reference and PPO's KL target
     rm: str | None

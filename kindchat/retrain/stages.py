@@ -24,6 +24,7 @@ from kindchat.retrain.data import (
     base_corpus,
     load_sft_split,
     prompt_completion_dataset,
+    without_eval_prompts,
 )
 from kindchat.retrain.dpo import DpoConfig, train_dpo_model
 from kindchat.retrain.evaluate import response_perplexity
@@ -154,8 +155,7 @@ def rm_training_pairs(settings: Settings, config: RmConfig, gold: bool = False) 
     if gold:
         pairs.extend(geval_pairs(read_geval(settings.data_dir)))
     if config.exclude_eval_prompts:
-        keys = eval_prompt_keys(settings.data_dir)
-        pairs = [p for p in pairs if normalize_prompt(p.prompt) not in keys]
+        pairs = without_eval_prompts(pairs, settings.data_dir)
     seen: set[tuple[str, str, str, str]] = set()
     unique = []
     for p in pairs:

@@ -69,7 +69,6 @@ def job(settings: Settings, data: PreferenceData, run_dir: Path) -> MethodJob:
     return MethodJob(
         settings=settings,
         registry=registry,
-        preset=get_preset("micro"),
         policy=sft,
         sft=sft,
         rm=registry.aliases().get("rm"),
