@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from kindchat.config import Settings
+from kindchat.console import console, friendly
 from kindchat.logs import setup_logging
 
 logger = logging.getLogger("kindchat.cli")
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line
 
 app = typer.Typer(
     help="kindchat: a friendly, harmless Korean chat assistant improved by RLHF.",
@@ -32,44 +27,6 @@ eval_app = typer.Typer(help="Evaluate reward models and policies.", no_args_is_h
 app.add_typer(train_app, name="train")
 app.add_typer(models_app, name="models")
 app.add_typer(eval_app, name="eval")
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that are the user's to fix: shown as one line, exit code 2, no traceback."""
-    from kindchat.feedback.errors import FeedbackError
-    from kindchat.models.registry import RegistryError
-    from kindchat.models.template import ConversationError, PromptTooLongError
-    from kindchat.retrain.errors import RetrainError
-    from kindchat.seed import SeedDataError
-
-    return (
-        SeedDataError,
-        RegistryError,
-        FeedbackError,
-        RetrainError,
-        PromptTooLongError,
-        ConversationError,
-        FileNotFoundError,
-        ValueError,
-        FloatingPointError,
-    )
-
-
-def friendly(func: F) -> F:
-    """Turn user errors into a clear message and a non-zero exit instead of a stack trace."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except user_errors() as err:
-            logger.debug("command failed", exc_info=True)
-            err_console.print(f"[bold red]error:[/] {err}", highlight=False)
-            raise typer.Exit(2) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 @app.callback()

@@ -16,6 +16,7 @@ import typer
 from rich.table import Table
 
 from kindchat.config import Settings
+from kindchat.console import console, friendly
 from kindchat.feedback.errors import InvalidValueError
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,6 @@ def _counts_table(title: str, rows: dict[str, Any], *columns: str) -> Table:
 
 def register(app: typer.Typer) -> None:
     """Add `feedback` (export, stats, migrate), `judge` and `augment` to the kindchat CLI."""
-    from kindchat.cli import console, friendly
 
     feedback_app = typer.Typer(help="The feedback database and the reward data built from it.")
     app.add_typer(feedback_app, name="feedback", no_args_is_help=True)

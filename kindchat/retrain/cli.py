@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from kindchat.config import Settings
+from kindchat.console import console, friendly
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +103,6 @@ def _runs_table(runs: list[Any]) -> Table:
 
 def register(app: typer.Typer) -> None:
     """Add `retrain`, `simulate`, and `models promote|rollback` to the kindchat CLI."""
-    from kindchat.cli import console, friendly
 
     # The `models` group of the app being built (also right under `python -m kindchat.cli`).
     models_app = next(

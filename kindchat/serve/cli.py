@@ -8,13 +8,13 @@ from typing import Annotated
 import typer
 
 from kindchat.config import Settings
+from kindchat.console import friendly
 
 logger = logging.getLogger(__name__)
 
 
 def register(app: typer.Typer) -> None:
     """Add `serve` to the `kindchat` command line."""
-    from kindchat.cli import friendly
 
     @app.command()
     @friendly
