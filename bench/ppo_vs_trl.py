@@ -66,7 +66,7 @@ def run_trl(
 
     from kindchat.config import Settings
     from kindchat.models.registry import Registry
-    from kindchat.models.template import kullm_prompt
+    from kindchat.models.template import prompt_format
     from kindchat.models.tokenizer import load_tokenizer
     from kindchat.retrain.ppo import PpoConfig
     from kindchat.retrain.stages import ppo_prompts
@@ -77,9 +77,8 @@ def run_trl(
     tokenizer = load_tokenizer(sft)
     tokenizer.padding_side = "left"
     prompts = ppo_prompts(settings, PpoConfig())[: (steps + 1) * batch]
-    ids = [
-        tokenizer(kullm_prompt(p), add_special_tokens=False)["input_ids"][-128:] for p in prompts
-    ]
+    fmt = prompt_format(tokenizer)
+    ids = [tokenizer(fmt.single(p), add_special_tokens=False)["input_ids"][-128:] for p in prompts]
     dataset = Dataset.from_dict({"input_ids": ids})
     args = PPOConfig(
         output_dir=tempfile.mkdtemp(),

@@ -52,7 +52,12 @@ def _registry(settings: Settings) -> Any:
 @friendly
 def bootstrap(
     ctx: typer.Context,
-    preset: Annotated[str, typer.Option(help="micro (tests, <1 min) or tiny (demo).")] = "tiny",
+    preset: Annotated[
+        str,
+        typer.Option(
+            help="micro (tests, <1 min) or tiny (demo); micro-llama and tiny-llama: Llama family."
+        ),
+    ] = "tiny",
     if_missing: Annotated[bool, typer.Option(help="Do nothing if an `rlhf` alias exists.")] = False,
     until: Annotated[str, typer.Option(help="Last stage: base|sft|rm|gold-rm|ppo|eval.")] = "eval",
 ) -> None:
@@ -449,7 +454,7 @@ def generate(
         max_prompt_tokens,
     )
     from kindchat.models.loading import load_causal_lm
-    from kindchat.models.template import build_prompt
+    from kindchat.models.template import prompt_format
 
     hf_logging.disable_progress_bar()
     settings: Settings = ctx.obj
@@ -466,7 +471,7 @@ def generate(
     if seed is not None:
         torch.manual_seed(seed)
     params = fit_to_context(lm, params)
-    text = build_prompt(
+    text = prompt_format(tokenizer).prompt(
         [{"role": "user", "content": prompt}],
         lambda s: len(tokenizer(s, add_special_tokens=False)["input_ids"]),
         max_prompt_tokens(lm, params.max_new_tokens),

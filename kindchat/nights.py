@@ -29,7 +29,7 @@ from kindchat.feedback import store
 from kindchat.feedback.db import session_scope
 from kindchat.models.generation import SamplingParams, generate_batch
 from kindchat.models.loading import load_causal_lm
-from kindchat.models.template import build_prompt
+from kindchat.models.template import prompt_format
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ class Sampler:
 
     def __init__(self, model_dir: Path, config: NightConfig) -> None:
         self.model, self.tokenizer = load_causal_lm(model_dir)
+        self.format = prompt_format(self.tokenizer)
         self.params = SamplingParams(
             max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p
         )
@@ -71,7 +72,7 @@ class Sampler:
     def answer(self, conversations: Sequence[Messages]) -> list[str]:
         out: list[str] = []
         for start in range(0, len(conversations), self.batch_size):
-            batch = [build_prompt(c) for c in conversations[start : start + self.batch_size]]
+            batch = [self.format.prompt(c) for c in conversations[start : start + self.batch_size]]
             out.extend(
                 g.text for g in generate_batch(self.model, self.tokenizer, batch, self.params)
             )

@@ -37,7 +37,7 @@ from transformers import (
 )
 
 from kindchat.models.backends.base import BackendUnavailableError, FinishReason, QueueFullError
-from kindchat.models.generation import SamplingParams, left_pad, position_ids_for
+from kindchat.models.generation import SamplingParams, cache_kwarg, left_pad, position_ids_for
 
 logger = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ class BatchEngine:
         self.name = name
         self._forward = forward or model
         params = inspect.signature(model.forward).parameters
-        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        self._cache_kwarg = cache_kwarg(model)
         self._keep_kwarg = "logits_to_keep" in params
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id

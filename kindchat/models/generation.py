@@ -3,6 +3,7 @@ lean rollout sampler PPO uses (answers plus the logits that drew them)."""
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, replace
 
 import torch
@@ -67,6 +68,12 @@ def max_prompt_tokens(model: PreTrainedModel, max_new_tokens: int) -> int:
     return max(1, context_length(model) - max_new_tokens)
 
 
+def cache_kwarg(model: PreTrainedModel) -> str:
+    """The name `model.forward` takes its KV cache by (`cache` in newer architectures such as
+    Llama, `past_key_values` in older ones such as GPT-NeoX)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions that start at 0 on each row's first real token (left padding safe)."""
     return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
@@ -123,12 +130,13 @@ def sample_with_logits(
     """
     batch = input_ids.size(0)
     cache = DynamicCache()
+    cache_arg = {cache_kwarg(model): cache}
     positions = position_ids_for(attention_mask)
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=positions,
-        past_key_values=cache,
+        **cache_arg,
         use_cache=True,
         logits_to_keep=1,
     )
@@ -150,7 +158,7 @@ def sample_with_logits(
             input_ids=token[:, None],
             attention_mask=attention_mask,
             position_ids=position,
-            past_key_values=cache,
+            **cache_arg,
             use_cache=True,
         )
     return torch.stack(tokens, dim=1), torch.stack(logits, dim=1)
@@ -210,9 +218,15 @@ def generate_batch(
         model, tokenizer, input_ids.to(device), attention.to(device), params
     ).tolist()
     results = []
+    eos = tokenizer.eos_token_id
     for ids, response in zip(encoded, responses, strict=True):
-        response = [t for t in response if t != tokenizer.pad_token_id]
-        finished = tokenizer.eos_token_id in response
+        # Up to and including the first EOS: when pad == EOS (checkpoints without a pad token)
+        # the EOS must not be dropped as padding, or no answer would count as finished.
+        finished = eos in response
+        if finished:
+            response = response[: response.index(eos) + 1]
+        elif tokenizer.pad_token_id != eos:
+            response = [t for t in response if t != tokenizer.pad_token_id]
         text = tokenizer.decode(response, skip_special_tokens=True).strip()
         results.append(Generation(ids, response, text, finished))
     return results

@@ -1,14 +1,15 @@
 """Model shapes and training budgets of the embedded models (`micro` for tests, `tiny` for the demo).
 
-A real KULLM / Polyglot-Ko checkpoint is not a preset: pass its local directory wherever a model
-is asked for, and the same loader takes it.
+Each shape comes in two families: GPT-NeoX (KULLM v2 / Polyglot-Ko; `micro`, `tiny`) and Llama
+(KULLM3 / SOLAR and most Korean models of 2025–26; `micro-llama`, `tiny-llama`). A real
+checkpoint is not a preset: bring it in with `kindchat models import DIR`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from transformers import GPTNeoXConfig
+from transformers import GPTNeoXConfig, LlamaConfig, PretrainedConfig
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class PpoBudget:
 
 @dataclass(frozen=True)
 class Preset:
-    """A GPT-NeoX shape plus what bootstrap spends on each stage."""
+    """A model shape (GPT-NeoX or Llama) plus what bootstrap spends on each stage."""
 
     name: str
     vocab_size: int
@@ -50,8 +51,25 @@ class Preset:
     rm: StageBudget = field(default_factory=StageBudget)
     gold_rm: StageBudget = field(default_factory=StageBudget)  # the judge: other seed, more data
     ppo: PpoBudget = field(default_factory=PpoBudget)
+    architecture: str = "gpt_neox"  # or "llama"
 
-    def model_config(self, tokenizer_vocab: int, eos_id: int, pad_id: int) -> GPTNeoXConfig:
+    def model_config(self, tokenizer_vocab: int, eos_id: int, pad_id: int) -> PretrainedConfig:
+        if self.architecture == "llama":
+            return LlamaConfig(
+                vocab_size=tokenizer_vocab,
+                hidden_size=self.hidden_size,
+                num_hidden_layers=self.num_layers,
+                num_attention_heads=self.num_heads,
+                num_key_value_heads=max(1, self.num_heads // 2),  # grouped-query, as Llama 3
+                intermediate_size=8 * self.hidden_size // 3 // 32 * 32 or 4 * self.hidden_size,
+                max_position_embeddings=self.seq_len,
+                tie_word_embeddings=False,
+                bos_token_id=eos_id,
+                eos_token_id=eos_id,
+                pad_token_id=pad_id,
+            )
+        if self.architecture != "gpt_neox":
+            raise ValueError(f"unknown architecture {self.architecture!r}")
         return GPTNeoXConfig(
             vocab_size=tokenizer_vocab,
             hidden_size=self.hidden_size,
@@ -119,6 +137,15 @@ PRESETS: dict[str, Preset] = {
         ),
     ),
 }
+
+
+def _llama(preset: Preset) -> Preset:
+    """The same shape and budgets as a Llama (grouped-query attention, SwiGLU, RMSNorm)."""
+    return replace(preset, name=f"{preset.name}-llama", architecture="llama")
+
+
+PRESETS["micro-llama"] = _llama(PRESETS["micro"])
+PRESETS["tiny-llama"] = _llama(PRESETS["tiny"])
 
 
 def get_preset(name: str) -> Preset:

@@ -1,6 +1,13 @@
-"""The KULLM prompt template: one function used by training, serving and evaluation alike.
+"""How a conversation becomes a model's input text: one :class:`PromptFormat` per model.
 
-Single turn::
+A model whose tokenizer has a ``chat_template`` is prompted with it (``apply_chat_template``,
+system role included): that is what vLLM, SGLang and ``transformers serve`` do with the same
+directory. Every model kindchat trains is registered with the KULLM template below written as
+its ``chat_template`` (:data:`KULLM_CHAT_TEMPLATE`), so a registered directory serves as it is
+in any of them. A checkpoint without a chat template (a raw Polyglot-Ko, say) gets the same
+KULLM text, rendered here in Python.
+
+The KULLM v2 template, single turn::
 
     아래는 작업을 설명하는 명령어입니다. 요청을 적절히 완료하는 응답을 작성하세요.
 
@@ -10,18 +17,47 @@ Single turn::
     ### 응답:
 
 Multi-turn conversations stack the earlier turns (`### 명령어:` / `### 응답:` blocks) before the
-last user message; when a token budget is given the oldest turns are dropped first.
+last user message; a leading system message replaces the header line. When a token budget is
+given the oldest turns are dropped first.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 HEADER = "아래는 작업을 설명하는 명령어입니다. 요청을 적절히 완료하는 응답을 작성하세요."
 INSTRUCTION_TAG = "### 명령어:"
 RESPONSE_TAG = "### 응답:"
 TURN_SEPARATOR = "\n\n"
+
+# The KULLM template as a Jinja chat template: written into every model kindchat registers, so
+# that vLLM, SGLang or `transformers serve` prompt it exactly as kindchat does (a test checks that
+# it renders the same text as `render`).
+KULLM_CHAT_TEMPLATE = (
+    "{%- set ns = namespace(prev='') -%}"
+    "{%- if messages and messages[0]['role'] == 'system' and messages[0]['content'] | trim -%}"
+    "{{- messages[0]['content'] | trim -}}"
+    "{%- else -%}"
+    "{{- '" + HEADER + "' -}}"
+    "{%- endif -%}"
+    "{%- for message in messages -%}"
+    "{%- if loop.first and message['role'] == 'system' -%}"
+    "{%- elif message['role'] == 'user' -%}"
+    "{{- ('\\n\\n' if ns.prev == 'user' else '\\n\\n"
+    + INSTRUCTION_TAG
+    + "\\n') + message['content'] -}}"
+    "{%- set ns.prev = 'user' -%}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{{- ('\\n\\n' if ns.prev == 'assistant' else '\\n\\n"
+    + RESPONSE_TAG
+    + "\\n') + message['content'] -}}"
+    "{%- set ns.prev = 'assistant' -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '\\n\\n" + RESPONSE_TAG + "\\n' -}}{%- endif -%}"
+)
 
 Message = Mapping[str, str]  # OpenAI-style {"role": "system"|"user"|"assistant", "content": ...}
 
@@ -50,11 +86,6 @@ class Turn:
     assistant: str | None = None
 
 
-def kullm_prompt(prompt: str) -> str:
-    """The single-turn KULLM prompt for `prompt` (ends right after `### 응답:\\n`)."""
-    return render([Turn(prompt)])
-
-
 def render(turns: Sequence[Turn], header: str = HEADER) -> str:
     """Stack the turns in the KULLM template; the last turn must await an answer."""
     if not turns or turns[-1].assistant is not None:
@@ -66,16 +97,16 @@ def render(turns: Sequence[Turn], header: str = HEADER) -> str:
     return TURN_SEPARATOR.join(parts)
 
 
-def turns_from_messages(messages: Sequence[Message]) -> tuple[list[Turn], str]:
-    """Group OpenAI-style messages into turns; return them and the header to use.
+def turns_from_messages(messages: Sequence[Message]) -> tuple[list[Turn], str | None]:
+    """Group OpenAI-style messages into turns; return them and the system message, if any.
 
-    A leading `system` message replaces the template's header line. Consecutive messages of
+    A leading `system` message is the system prompt (blank: none). Consecutive messages of
     the same role are joined with a blank line.
     """
-    header = HEADER
+    system: str | None = None
     body = list(messages)
     if body and body[0].get("role") == "system":
-        header = body[0].get("content", "").strip() or HEADER
+        system = body[0].get("content", "").strip() or None
         body = body[1:]
     turns: list[Turn] = []
     pending_user: list[str] = []
@@ -102,36 +133,100 @@ def turns_from_messages(messages: Sequence[Message]) -> tuple[list[Turn], str]:
     if not pending_user or pending_assistant:
         raise ConversationError("the conversation must end with a user message")
     turns.append(Turn("\n\n".join(pending_user)))
-    return turns, header
+    return turns, system
 
 
-def conversation_prompt(
-    prompt: str,
-    context: Sequence[Message] = (),
-    count_tokens: Callable[[str], int] | None = None,
-    max_tokens: int | None = None,
-) -> str:
-    """The model input for `prompt` after the earlier messages `context` (a training example's
-    conversation): exactly what serving builds for the same messages. Empty context: the
-    single-turn :func:`kullm_prompt`."""
-    return build_prompt([*context, {"role": "user", "content": prompt}], count_tokens, max_tokens)
+def turns_to_messages(turns: Sequence[Turn], system: str | None = None) -> list[dict[str, str]]:
+    """The OpenAI-style messages of `turns` (after the system message, if any)."""
+    out = [{"role": "system", "content": system}] if system else []
+    for turn in turns:
+        out.append({"role": "user", "content": turn.user})
+        if turn.assistant is not None:
+            out.append({"role": "assistant", "content": turn.assistant})
+    return out
 
 
-def build_prompt(
-    messages: Sequence[Message],
-    count_tokens: Callable[[str], int] | None = None,
-    max_tokens: int | None = None,
-) -> str:
-    """The model input for a conversation, oldest turns dropped until it fits `max_tokens`.
+class PromptFormat:
+    """A model's prompt format: its tokenizer's chat template, else the KULLM template.
 
-    Raises :class:`PromptTooLongError` if even the last user message alone does not fit.
+    Get one with :func:`prompt_format`; training, serving and evaluation all build prompts
+    through it, so a model sees the same text in each.
     """
-    turns, header = turns_from_messages(messages)
-    if max_tokens is None or count_tokens is None:
-        return render(turns, header)
-    for start in range(len(turns)):
-        text = render(turns[start:], header)
-        needed = count_tokens(text)
-        if needed <= max_tokens:
-            return text
-    raise PromptTooLongError(needed, max_tokens)
+
+    def __init__(self, tokenizer: Any = None) -> None:
+        template = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
+        self._tokenizer = tokenizer if isinstance(template, str) and template else None
+        self.is_kullm = self._tokenizer is None or template == KULLM_CHAT_TEMPLATE
+
+    @property
+    def name(self) -> str:
+        """`kullm` (kindchat's template, in Python or as a chat template) or `chat_template`."""
+        return "kullm" if self.is_kullm else "chat_template"
+
+    def render(self, turns: Sequence[Turn], system: str | None = None) -> str:
+        """The input for `turns` (the last one awaiting its answer)."""
+        if not turns or turns[-1].assistant is not None:
+            raise ConversationError("the conversation must end with a user message")
+        if self._tokenizer is None:
+            return render(turns, system or HEADER)
+        from jinja2.exceptions import TemplateError
+
+        try:
+            text = self._tokenizer.apply_chat_template(
+                turns_to_messages(turns, system), tokenize=False, add_generation_prompt=True
+            )
+        except TemplateError as err:
+            raise ConversationError(
+                f"the model's chat template refused the conversation: {err}"
+            ) from None
+        return str(text)
+
+    def single(self, prompt: str) -> str:
+        """The input for one user message."""
+        return self.render([Turn(prompt)])
+
+    def prompt(
+        self,
+        messages: Sequence[Message],
+        count_tokens: Callable[[str], int] | None = None,
+        max_tokens: int | None = None,
+    ) -> str:
+        """The input for a conversation, oldest turns dropped until it fits `max_tokens`.
+
+        Raises :class:`PromptTooLongError` if even the last user message alone does not fit.
+        """
+        turns, system = turns_from_messages(messages)
+        if max_tokens is None or count_tokens is None:
+            return self.render(turns, system)
+        for start in range(len(turns)):
+            text = self.render(turns[start:], system)
+            needed = count_tokens(text)
+            if needed <= max_tokens:
+                return text
+        raise PromptTooLongError(needed, max_tokens)
+
+    def conversation(
+        self,
+        prompt: str,
+        context: Sequence[Message] = (),
+        count_tokens: Callable[[str], int] | None = None,
+        max_tokens: int | None = None,
+    ) -> str:
+        """The input for `prompt` after the earlier messages `context` (a training example's
+        conversation): exactly what serving builds for the same messages."""
+        return self.prompt(
+            [*context, {"role": "user", "content": prompt}], count_tokens, max_tokens
+        )
+
+
+KULLM = PromptFormat()  # the embedded default, for a model without a chat template
+
+
+def prompt_format(tokenizer: Any) -> PromptFormat:
+    """The one place that decides how `tokenizer`'s model is prompted."""
+    return PromptFormat(tokenizer)
+
+
+def kullm_prompt(prompt: str) -> str:
+    """The single-turn KULLM prompt for `prompt` (ends right after `### 응답:\\n`)."""
+    return KULLM.single(prompt)

@@ -6,7 +6,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from kindchat.models.template import KULLM_CHAT_TEMPLATE
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|padding|>"
@@ -18,7 +20,9 @@ def train_tokenizer(
     """Train a GPT-NeoX-style byte-level BPE on `texts`.
 
     `<|endoftext|>` is the EOS (and BOS, as in GPT-NeoX), `<|padding|>` the pad token. Byte-level
-    means any text, Korean or not, round-trips exactly.
+    means any text, Korean or not, round-trips exactly. The KULLM template is its chat template,
+    so every model built on it is prompted the same way here and in vLLM, SGLang or
+    `transformers serve`.
     """
     if vocab_size < 300:
         raise ValueError(
@@ -45,11 +49,16 @@ def train_tokenizer(
         padding_side="right",
         model_max_length=2048,
         clean_up_tokenization_spaces=False,
+        chat_template=KULLM_CHAT_TEMPLATE,
     )
 
 
-def load_tokenizer(path: Path) -> PreTrainedTokenizerFast:
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path))
-    if tokenizer.pad_token is None:  # real KULLM/Polyglot checkpoints may lack one
+def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    """The tokenizer saved in a model directory, whatever its kind (fast `tokenizer.json`, or a
+    SentencePiece `tokenizer.model` that transformers converts). A checkpoint without a pad
+    token pads with its EOS (Llama-family checkpoints): everything downstream keeps the EOS
+    that ends an answer apart from the padding after it."""
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -20,9 +20,6 @@ from kindchat.logs import STEPS_LOGGER
 logger = logging.getLogger(__name__)
 steps_logger = logging.getLogger(STEPS_LOGGER)
 
-# Modules of GPT-NeoX (KULLM / Polyglot-Ko) that LoRA adapts.
-NEOX_LORA_TARGETS = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
-
 
 @dataclass
 class LoraOptions:
@@ -44,7 +41,9 @@ class LoraOptions:
             r=self.r,
             lora_alpha=self.alpha,
             lora_dropout=self.dropout,
-            target_modules=NEOX_LORA_TARGETS,
+            # Every linear layer but the output head, whatever the architecture (peft finds
+            # them: GPT-NeoX's query_key_value/dense…, Llama's q/k/v/o and gate/up/down).
+            target_modules="all-linear",
             task_type=task_type,
         )
 

@@ -10,12 +10,7 @@ from typing import TypeVar
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from kindchat.models.template import (
-    Message,
-    PromptTooLongError,
-    conversation_prompt,
-    kullm_prompt,
-)
+from kindchat.models.template import Message, PromptTooLongError, prompt_format
 from kindchat.seed import (
     Example,
     RmPair,
@@ -96,11 +91,14 @@ def base_corpus(data_dir: Path, split: SftSplit, exclude_eval_prompts: bool = Tr
     return [t for t in corpus_texts(data_dir, frozenset(excluded)) if t not in heldout_outputs]
 
 
-def prompt_completion_dataset(records: Sequence[SftRecord]) -> Dataset:
-    """TRL's prompt/completion format in the KULLM template (TRL appends the EOS)."""
+def prompt_completion_dataset(
+    records: Sequence[SftRecord], tokenizer: PreTrainedTokenizerBase
+) -> Dataset:
+    """TRL's prompt/completion format, prompts in the model's format (TRL appends the EOS)."""
+    fmt = prompt_format(tokenizer)
     return Dataset.from_dict(
         {
-            "prompt": [kullm_prompt(r.prompt) for r in records],
+            "prompt": [fmt.single(r.prompt) for r in records],
             "completion": [r.output for r in records],
         }
     )
@@ -115,13 +113,14 @@ def example_prompt(
     """A training example's model input: its conversation in the template serving uses, the
     oldest turns dropped until it fits `max_tokens` (the last message alone may exceed it:
     the trainer then truncates, as it would a long single-turn prompt)."""
+    fmt = prompt_format(tokenizer)
     if not context or max_tokens is None:
-        return conversation_prompt(prompt, context)
+        return fmt.conversation(prompt, context)
 
     def count(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     try:
-        return conversation_prompt(prompt, context, count, max_tokens)
+        return fmt.conversation(prompt, context, count, max_tokens)
     except PromptTooLongError:
-        return conversation_prompt(prompt)
+        return fmt.single(prompt)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from kindchat.models.template import kullm_prompt
+from kindchat.models.template import prompt_format
 from kindchat.seed import SftRecord
 
 
@@ -27,10 +27,11 @@ def response_perplexity(
     model.eval()
     device = next(model.parameters()).device
     total_nll, total_tokens = 0.0, 0
+    fmt = prompt_format(tokenizer)
     for start in range(0, len(records), batch_size):
         rows = []
         for rec in records[start : start + batch_size]:
-            prompt = tokenizer(kullm_prompt(rec.prompt), add_special_tokens=False)["input_ids"]
+            prompt = tokenizer(fmt.single(rec.prompt), add_special_tokens=False)["input_ids"]
             answer = tokenizer(rec.output, add_special_tokens=False)["input_ids"]
             answer = answer + [tokenizer.eos_token_id]
             ids = (prompt + answer)[:max_length]

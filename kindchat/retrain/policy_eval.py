@@ -25,7 +25,7 @@ from kindchat.models.generation import (
     left_pad,
 )
 from kindchat.models.loading import load_causal_lm, load_reward_model
-from kindchat.models.template import kullm_prompt
+from kindchat.models.template import prompt_format
 from kindchat.retrain.ppo import response_logits
 from kindchat.retrain.ppo_math import logprobs_from_logits
 from kindchat.retrain.reward import score_texts
@@ -66,8 +66,9 @@ def sample_answers(
 ) -> list[Generation]:
     torch.manual_seed(config.seed)
     out: list[Generation] = []
+    fmt = prompt_format(tokenizer)
     for start in tqdm(range(0, len(prompts), config.batch_size), desc=desc, leave=False):
-        batch = [kullm_prompt(p) for p in prompts[start : start + config.batch_size]]
+        batch = [fmt.single(p) for p in prompts[start : start + config.batch_size]]
         out.extend(generate_batch(model, tokenizer, batch, config.sampling()))
     return out
 

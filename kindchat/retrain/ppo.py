@@ -36,7 +36,7 @@ from kindchat.models.generation import (
     sample_with_logits,
 )
 from kindchat.models.loading import load_causal_lm, load_reward_model
-from kindchat.models.template import kullm_prompt
+from kindchat.models.template import prompt_format
 from kindchat.retrain.common import LoraOptions, ensure_distributed_env
 from kindchat.retrain.ppo_math import (
     clipped_policy_loss,
@@ -340,7 +340,8 @@ class PpoTrainer:
         batch = [
             self.prompts[(start + i) % len(self.prompts)] for i in range(self.config.batch_size)
         ]
-        return [kullm_prompt(p) for p in batch]
+        fmt = prompt_format(self.models.tokenizer)
+        return [fmt.single(p) for p in batch]
 
     @torch.no_grad()
     def make_rollout(self, prompts: list[str]) -> Rollout:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers import GPTNeoXForCausalLM
+from transformers import AutoModelForCausalLM
 
 from kindchat.config import Settings
 from kindchat.models.loading import load_causal_lm, load_reward_model
@@ -61,7 +61,7 @@ logger = logging.getLogger(__name__)
 
 
 def train_base(settings: Settings, registry: Registry, preset: Preset) -> Manifest:
-    """Train the BPE tokenizer and a GPT-NeoX base LM from scratch on the seed text."""
+    """Train the BPE tokenizer and a base LM of the preset's architecture on the seed text."""
     budget = preset.base
     # Leave out every held-out SFT record (the full split), report perplexity on the sliced one.
     texts = base_corpus(settings.data_dir, load_sft_split(settings.data_dir))
@@ -75,7 +75,7 @@ def train_base(settings: Settings, registry: Registry, preset: Preset) -> Manife
     model_config = preset.model_config(
         len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id
     )
-    model = GPTNeoXForCausalLM(model_config)
+    model = AutoModelForCausalLM.from_config(model_config)
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("base LM: %.2fM parameters, preset %s", n_params / 1e6, preset.name)
     config = SftConfig(
@@ -97,7 +97,11 @@ def train_base(settings: Settings, registry: Registry, preset: Preset) -> Manife
     return registry.save(
         "base",
         writer(model, tokenizer),
-        config={"preset": preset.name, "stage": config_dict(config)},
+        config={
+            "preset": preset.name,
+            "architecture": preset.architecture,
+            "stage": config_dict(config),
+        },
         metrics=metrics,
         data_fingerprint=fingerprint(texts),
     )
@@ -123,7 +127,7 @@ def train_sft(settings: Settings, registry: Registry, base_ref: str, config: Sft
     ppl_before = response_perplexity(model, tokenizer, split.heldout, config.max_length)
     run_dir = new_run_dir(settings.runs_dir, "sft")
     model, metrics = train_causal_lm(
-        model, tokenizer, prompt_completion_dataset(split.train), config, run_dir, "sft"
+        model, tokenizer, prompt_completion_dataset(split.train, tokenizer), config, run_dir, "sft"
     )
     ppl_after = response_perplexity(model, tokenizer, split.heldout, config.max_length)
     metrics.update(

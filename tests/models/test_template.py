@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from kindchat.models.template import (
-    ConversationError,
-    PromptTooLongError,
-    build_prompt,
-    kullm_prompt,
-)
+from kindchat.models.template import KULLM, ConversationError, PromptTooLongError, kullm_prompt
+
+build_prompt = KULLM.prompt
 
 HEADER = "아래는 작업을 설명하는 명령어입니다. 요청을 적절히 완료하는 응답을 작성하세요."
 

@@ -13,7 +13,7 @@ from kindchat.feedback import store
 from kindchat.feedback.db import init_db, session_scope
 from kindchat.feedback.export import ExportConfig, export_reward_data
 from kindchat.models.registry import Registry
-from kindchat.models.template import build_prompt
+from kindchat.models.template import prompt_format
 from kindchat.models.tokenizer import load_tokenizer
 from kindchat.retrain.dpo import feedback_pairs, preference_dataset
 from kindchat.retrain.kto import examples_from_files, kto_dataset
@@ -77,11 +77,11 @@ def test_context_reaches_every_trainer_input(micro_settings: Settings, tmp_path:
         )
     data = PreferenceData.from_export(out)
     tokenizer = load_tokenizer(Registry(micro_settings.models_dir).resolve("sft"))
-    # What serving builds for this conversation (the backend's `build_prompt`).
-    served = build_prompt([*HISTORY, {"role": "user", "content": PROMPT}])
+    # What serving builds for this conversation (the backend's prompt format).
+    served = prompt_format(tokenizer).prompt([*HISTORY, {"role": "user", "content": PROMPT}])
     assert HISTORY[1]["content"] in served
 
-    served_other = build_prompt([*HISTORY, {"role": "user", "content": OTHER}])
+    served_other = prompt_format(tokenizer).prompt([*HISTORY, {"role": "user", "content": OTHER}])
 
     pairs = feedback_pairs(data.pairs, settings.data_dir)  # the 👍/👎 pair, the better answer
     assert len(pairs) == 2 and all(p.context == HISTORY for p in pairs)

@@ -2,8 +2,9 @@
 
 A backend turns OpenAI-style messages and :class:`SamplingParams` into an async stream of
 :class:`TextDelta`: text pieces as they are generated, with the token counts so far, the last one
-carrying the finish reason. The KULLM template is applied on our side by every backend
-(:meth:`GenerationBackend.render_prompt`), so a local model and a TGI server see the same prompt.
+carrying the finish reason. Local backends and `tgi` build the prompt on our side in the model's
+format (:meth:`GenerationBackend.render_prompt`); the `openai` backend sends the messages, and
+the server applies the chat template kindchat wrote into the registered model.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from kindchat.models.generation import SamplingParams
-from kindchat.models.template import Message, build_prompt
+from kindchat.models.template import KULLM, Message, PromptFormat
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class GenerationBackend(abc.ABC):
     """Messages + sampling parameters -> async stream of :class:`TextDelta`."""
 
     name: BackendName
+    prompt_format: PromptFormat = KULLM  # local backends: their model's own format
 
     @property
     @abc.abstractmethod
@@ -116,7 +118,7 @@ class GenerationBackend(abc.ABC):
     def render_prompt(
         self, messages: Sequence[Message], params: SamplingParams, max_input_tokens: int | None
     ) -> tuple[str, int]:
-        """The KULLM prompt (oldest turns dropped to fit) and its token count.
+        """The prompt in the model's format (oldest turns dropped to fit) and its token count.
 
         Raises :class:`InputTooLongError` when even the last user message does not fit.
         """
@@ -126,7 +128,7 @@ class GenerationBackend(abc.ABC):
         if max_input_tokens is not None:
             budget = min(budget, max_input_tokens)
         try:
-            prompt = build_prompt(messages, self.count_tokens, budget)
+            prompt = self.prompt_format.prompt(messages, self.count_tokens, budget)
         except PromptTooLongError as err:
             raise InputTooLongError(
                 f"the input needs {err.needed} tokens, over the limit of {err.budget} "

@@ -19,7 +19,7 @@ from kindchat.models.backends.base import (
 )
 from kindchat.models.engine import BatchEngine
 from kindchat.models.generation import SamplingParams, context_length
-from kindchat.models.template import Message
+from kindchat.models.template import Message, prompt_format
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ class LocalBackend(GenerationBackend):
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
+        self.prompt_format = prompt_format(tokenizer)
         self.label = label
         self.engine = BatchEngine(
             model,
