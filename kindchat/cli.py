@@ -517,6 +517,59 @@ def models_list(
         console.print("no versions yet: run `kindchat bootstrap`")
 
 
+@models_app.command("import")
+@friendly
+def models_import(
+    ctx: typer.Context,
+    source: Annotated[Path, typer.Argument(help="A local Hugging Face checkpoint directory.")],
+    kind: Annotated[str, typer.Option(help="sft, policy, base, or rm.")] = "sft",
+    alias: Annotated[str | None, typer.Option(help="Point this alias at the new version.")] = None,
+) -> None:
+    """Copy a local checkpoint into the registry, checked and with checksums.
+
+    Afterwards it is served, retrained and compared in the arena like a bootstrapped model.
+    """
+    from kindchat.models.importer import IMPORT_KINDS, import_checkpoint
+
+    if kind not in IMPORT_KINDS:
+        raise ValueError(f"unknown kind {kind!r}; choose from {', '.join(IMPORT_KINDS)}")
+    manifest = import_checkpoint(_registry(ctx.obj), source, kind, alias)  # type: ignore[arg-type]
+    config = manifest.config
+    console.print(
+        f"imported {source} as {manifest.version} ({config['architecture']}, "
+        f"{manifest.metrics['parameters'] / 1e6:.1f}M parameters, chat template: "
+        f"{config['chat_template']})" + (f"; alias {alias} -> {manifest.version}" if alias else ""),
+        highlight=False,
+    )
+
+
+@models_app.command("dummy")
+@friendly
+def models_dummy(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Argument(help="Directory to write the checkpoint to.")],
+    preset: Annotated[str, typer.Option(help="Shape: micro-llama, tiny-llama, micro, tiny.")] = (
+        "micro-llama"
+    ),
+    seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
+) -> None:
+    """Write a random-weight checkpoint shaped as a Llama-family release.
+
+    It has its own SentencePiece tokenizer and chat template: for serving benchmarks and to try
+    `models import`.
+    """
+    from kindchat.models.dummy import write_dummy_checkpoint
+    from kindchat.models.presets import get_preset
+    from kindchat.seed import corpus_texts
+
+    settings: Settings = ctx.obj
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"{out} exists and is not empty; choose a new directory")
+    texts = corpus_texts(settings.data_dir)[:4000]
+    write_dummy_checkpoint(out, get_preset(preset), texts, seed)
+    console.print(f"wrote a random-weight {preset} checkpoint to {out}", highlight=False)
+
+
 KEY_METRICS = ("heldout_ppl_before", "heldout_ppl", "accuracy", "win_rate", "reward_mean", "kl")
 
 

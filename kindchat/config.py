@@ -47,10 +47,25 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="Port of `kindchat serve` (0: any free).")
     backend: str = Field(
         "hf",
-        pattern="^(hf|deepspeed|tgi)$",
-        description="Generation backend: hf (transformers), deepspeed, or tgi (a server).",
+        pattern="^(hf|deepspeed|tgi|openai)$",
+        description=(
+            "Generation backend: hf (transformers, in process), deepspeed, openai (an "
+            "OpenAI-compatible server: vLLM, SGLang, llama.cpp, transformers serve), or tgi "
+            "(a Text Generation Inference server; in maintenance upstream since Dec 2025)."
+        ),
     )
     tgi_url: str | None = Field(None, description="TGI server URL for backend=tgi.")
+    openai_base_url: str | None = Field(
+        None, description="Base URL (…/v1) of the OpenAI-compatible server for backend=openai."
+    )
+    openai_api_key: str = Field("EMPTY", description="API key for backend=openai.")
+    openai_models: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Served model name per alias for backend=openai: 'alias=name' items, or one bare "
+            "name for every alias (empty: the server's first model)."
+        ),
+    )
     device: str | None = Field(None, description="Torch device for local backends (auto if unset).")
     torch_threads: int | None = Field(
         None, ge=1, description="CPU threads for torch in `serve` (unset: torch's default)."

@@ -44,13 +44,35 @@ def micro_settings(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> 
     return s
 
 
-@pytest.fixture
-def micro_copy(micro_settings: Settings, tmp_path: Path) -> Settings:
-    """A private, writable copy of the micro registry for one test."""
+@pytest.fixture(scope="session")
+def micro_llama_settings(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Settings:
+    """Like `micro_settings`, on the Llama family (preset `micro-llama`, ~50 s). Read-only."""
+    from kindchat.models.presets import get_preset
+    from kindchat.retrain.bootstrap import run_bootstrap
+
+    s = Settings(home=tmp_path_factory.mktemp("micro-llama") / "home", data_dir=data_dir)
+    run_bootstrap(s, get_preset("micro-llama"))
+    return s
+
+
+def copy_home(settings: Settings, tmp_path: Path) -> Settings:
+    """A private, writable copy of `settings`' registry and state under `tmp_path`."""
     import shutil
 
     home = tmp_path / "home"
-    shutil.copytree(micro_settings.home, home, ignore=shutil.ignore_patterns("logs", "runs"))
-    s = Settings(home=home, data_dir=micro_settings.data_dir)
+    shutil.copytree(settings.home, home, ignore=shutil.ignore_patterns("logs", "runs"))
+    s = Settings(home=home, data_dir=settings.data_dir)
     s.ensure_dirs()
     return s
+
+
+@pytest.fixture
+def micro_copy(micro_settings: Settings, tmp_path: Path) -> Settings:
+    """A private, writable copy of the micro registry for one test."""
+    return copy_home(micro_settings, tmp_path)
+
+
+@pytest.fixture
+def micro_llama_copy(micro_llama_settings: Settings, tmp_path: Path) -> Settings:
+    """A private, writable copy of the micro Llama registry for one test."""
+    return copy_home(micro_llama_settings, tmp_path)

@@ -21,7 +21,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,15 +117,16 @@ class ModelManager:
         settings: Settings,
         *,
         loader: Loader | None = None,
-        remote: GenerationBackend | None = None,
+        remote: Mapping[str, GenerationBackend] | None = None,
     ) -> None:
-        """`remote` (a TGI backend) serves every alias instead of loading registry versions."""
+        """`remote` (alias -> a TGI or OpenAI-compatible server) serves the aliases instead of
+        loading registry versions; the servers own their models (no hot swap here)."""
         if not settings.serve_aliases:
             raise ValueError("serve_aliases is empty; name at least one alias, e.g. ['sft']")
         self.settings = settings
         self.registry = Registry(settings.models_dir)
         self._loader = loader or default_loader(settings)
-        self._remote = remote
+        self._remote = dict(remote) if remote else None
         self._loaded: dict[str, LoadedModel] = {}
         self._aliases: dict[str, str] = {}
         self._lock = asyncio.Lock()
@@ -138,17 +139,25 @@ class ModelManager:
 
     @property
     def backend_name(self) -> str:
-        return self._remote.name if self._remote is not None else self.settings.backend
+        if self._remote:
+            return next(iter(self._remote.values())).name
+        return self.settings.backend
 
     # ---- lifecycle --------------------------------------------------------------------------
     async def start(self) -> ReloadReport:
         """Load what the served aliases point at; fail if nothing can be served."""
         if self._remote is not None:
-            await self._remote.start()
-            version = f"tgi:{getattr(self._remote, 'model_id', 'tgi')}"
-            self._loaded[version] = LoadedModel(version, self._remote)
-            self._aliases = {alias: version for alias in self.settings.serve_aliases}
-            report = ReloadReport(dict(self._aliases), loaded=[version], reason="start")
+            started: dict[int, str] = {}
+            for alias, backend in self._remote.items():
+                if id(backend) not in started:
+                    await backend.start()
+                    version = f"{backend.name}:{getattr(backend, 'model_id', backend.name)}"
+                    started[id(backend)] = version
+                    self._loaded[version] = LoadedModel(version, backend)
+                self._aliases[alias] = started[id(backend)]
+            report = ReloadReport(
+                dict(self._aliases), loaded=list(started.values()), reason="start"
+            )
         else:
             report = await self.reload("start")
         if not self._aliases:

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -21,23 +23,73 @@ from kindchat.serve.service import ChatService
 logger = logging.getLogger(__name__)
 
 
-def remote_backend(settings: Settings) -> GenerationBackend | None:
-    """The TGI backend when `settings.backend == "tgi"` (with a local tokenizer if one exists)."""
-    if settings.backend != "tgi":
-        return None
-    if not settings.tgi_url:
-        raise ValueError("backend tgi needs a server URL: set --tgi-url or KINDCHAT_TGI_URL")
-    from kindchat.models.backends.tgi import TgiBackend
+def _local_dir(settings: Settings, alias: str) -> Path | None:
+    """The directory of `alias` in the local registry (the one the server serves), if any."""
     from kindchat.models.registry import Registry, RegistryError
+
+    try:
+        return Registry(settings.models_dir).resolve(alias)
+    except (RegistryError, OSError):
+        logger.info("no local copy of %s; prompt tokens are estimated", alias)
+        return None
+
+
+def _local_tokenizer(settings: Settings, alias: str) -> Any:
     from kindchat.models.tokenizer import load_tokenizer
 
-    tokenizer = None
-    try:  # count tokens like the served model, if the registry holds one with that vocabulary
-        registry = Registry(settings.models_dir)
-        tokenizer = load_tokenizer(registry.resolve(settings.serve_aliases[-1]))
-    except (RegistryError, OSError, ValueError):
-        logger.info("no local tokenizer for TGI; prompt tokens are estimated")
-    return TgiBackend(settings.tgi_url, tokenizer=tokenizer)
+    path = _local_dir(settings, alias)
+    return load_tokenizer(path) if path is not None else None
+
+
+def served_model_names(settings: Settings) -> dict[str, str | None]:
+    """alias -> served model name for backend=openai, from `openai_models`."""
+    names: dict[str, str | None] = dict.fromkeys(settings.serve_aliases)
+    for item in settings.openai_models:
+        alias, sep, name = item.partition("=")
+        if not sep:
+            names = dict.fromkeys(settings.serve_aliases, item.strip())
+        elif alias.strip() not in names:
+            raise ValueError(
+                f"openai model {item!r} names alias {alias.strip()!r}, which is not served "
+                f"(served: {', '.join(settings.serve_aliases)})"
+            )
+        else:
+            names[alias.strip()] = name.strip() or None
+    return names
+
+
+def remote_backend(settings: Settings) -> dict[str, GenerationBackend] | None:
+    """alias -> remote backend for backend=tgi or openai (None for the local backends)."""
+    if settings.backend == "tgi":
+        if not settings.tgi_url:
+            raise ValueError("backend tgi needs a server URL: set --tgi-url or KINDCHAT_TGI_URL")
+        from kindchat.models.backends.tgi import TgiBackend
+
+        tgi = TgiBackend(
+            settings.tgi_url, tokenizer=_local_tokenizer(settings, settings.serve_aliases[-1])
+        )
+        return dict.fromkeys(settings.serve_aliases, tgi)
+    if settings.backend == "openai":
+        if not settings.openai_base_url:
+            raise ValueError(
+                "backend openai needs a server URL: set --openai-base-url or "
+                "KINDCHAT_OPENAI_BASE_URL (e.g. http://gpu-1:8000/v1 for vLLM)"
+            )
+        from kindchat.models.backends.openai_server import OpenAIBackend
+
+        by_name: dict[str | None, GenerationBackend] = {}
+        out: dict[str, GenerationBackend] = {}
+        for alias, name in served_model_names(settings).items():
+            if name not in by_name:
+                by_name[name] = OpenAIBackend(
+                    settings.openai_base_url,
+                    model=name,
+                    api_key=settings.openai_api_key,
+                    model_dir=_local_dir(settings, alias),
+                )
+            out[alias] = by_name[name]
+        return out
+    return None
 
 
 async def check_challenger(service: ChatService, interval_s: float) -> None:

@@ -23,10 +23,19 @@ def register(app: typer.Typer) -> None:
         host: Annotated[str | None, typer.Option(help="Listen address (KINDCHAT_HOST).")] = None,
         port: Annotated[int | None, typer.Option(help="Port (KINDCHAT_PORT).")] = None,
         backend: Annotated[
-            str | None, typer.Option(help="hf, deepspeed or tgi (KINDCHAT_BACKEND).")
+            str | None,
+            typer.Option(help="hf, deepspeed, openai (vLLM, SGLang…) or tgi (KINDCHAT_BACKEND)."),
         ] = None,
         tgi_url: Annotated[
             str | None, typer.Option(help="TGI server URL for --backend tgi.")
+        ] = None,
+        openai_base_url: Annotated[
+            str | None,
+            typer.Option(help="OpenAI-compatible server (…/v1) for --backend openai."),
+        ] = None,
+        openai_model: Annotated[
+            list[str] | None,
+            typer.Option(help="Served model name: NAME for every alias, or ALIAS=NAME; repeat."),
         ] = None,
         model_alias: Annotated[
             list[str] | None,
@@ -47,6 +56,8 @@ def register(app: typer.Typer) -> None:
             "port": port,
             "backend": backend,
             "tgi_url": tgi_url,
+            "openai_base_url": openai_base_url,
+            "openai_models": openai_model or None,
             "serve_aliases": model_alias or None,
             "max_batch_size": max_batch_size,
             "max_queue": max_queue,

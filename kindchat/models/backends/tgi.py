@@ -1,25 +1,25 @@
-"""The `tgi` backend: a Text Generation Inference server, through `huggingface_hub`.
+"""The `tgi` backend: a Text Generation Inference server, over its own streaming HTTP API.
 
-The KULLM template is applied here, so TGI receives exactly the prompt a local model would.
-Token counts come from TGI's stream details; the prompt is measured with the local tokenizer when
-one is given (a registered model with the same vocabulary), else by TGI's `input_length`.
+TGI went into maintenance in December 2025 and its repository was archived in March 2026; for
+new deployments choose the `openai` backend with vLLM or SGLang. This one keeps existing TGI
+deployments working. It speaks TGI's `/generate_stream` (server-sent events) with httpx directly:
+huggingface_hub's InferenceClient refuses every URL, local ones included, when `HF_HUB_OFFLINE=1`
+is set, as it is on air-gapped GPU clusters.
+
+The prompt is built here in the served model's format, so TGI receives exactly the prompt a local
+model would. Token counts come from TGI's stream details; the prompt is measured with the local
+tokenizer when one is given (a registered model with the same vocabulary), else by TGI's
+`input_length`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import httpx
-from huggingface_hub import AsyncInferenceClient
-from huggingface_hub.errors import (
-    HfHubHTTPError,
-    InferenceTimeoutError,
-    OverloadedError,
-    TextGenerationError,
-    ValidationError,
-)
 from transformers import PreTrainedTokenizerBase
 
 from kindchat.models.backends.base import (
@@ -32,26 +32,11 @@ from kindchat.models.backends.base import (
     TextDelta,
 )
 from kindchat.models.generation import SamplingParams
-from kindchat.models.template import Message
+from kindchat.models.template import Message, prompt_format
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CONTEXT = 2048
-
-
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    """Connection-level errors of httpx and of the HTTP client huggingface_hub uses (httpx2)."""
-    errors: list[type[BaseException]] = [httpx.HTTPError, OSError]
-    try:
-        import httpx2  # type: ignore[import-not-found]
-
-        errors.append(httpx2.HTTPError)
-    except ImportError:
-        pass
-    return tuple(errors)
-
-
-TRANSPORT_ERRORS = _transport_errors()
 
 
 class TgiBackend(GenerationBackend):
@@ -66,6 +51,8 @@ class TgiBackend(GenerationBackend):
     ) -> None:
         self.url = url.rstrip("/")
         self.tokenizer = tokenizer
+        if tokenizer is not None:
+            self.prompt_format = prompt_format(tokenizer)
         self.timeout = timeout
         self.model_id = "tgi"
         self._context = DEFAULT_CONTEXT
@@ -111,44 +98,65 @@ class TgiBackend(GenerationBackend):
             messages, params, min(limits) if limits else None
         )
         sample = params.do_sample and params.temperature > 0
+        parameters: dict[str, Any] = {
+            "max_new_tokens": params.max_new_tokens,
+            "do_sample": sample,
+            "details": True,
+            "stop": list(options.stop),
+            "seed": options.seed,
+        }
+        if sample:
+            parameters["temperature"] = params.temperature
+            if params.top_p < 1.0:
+                parameters["top_p"] = params.top_p
+            if params.top_k > 0:
+                parameters["top_k"] = params.top_k
+        if params.repetition_penalty != 1.0:
+            parameters["repetition_penalty"] = params.repetition_penalty
+        body = {"inputs": prompt, "parameters": parameters, "stream": True}
         completion = 0
-        async with AsyncInferenceClient(model=self.url, timeout=self.timeout) as client:
-            try:
-                chunks: Any = await client.text_generation(
-                    prompt,
-                    stream=True,
-                    details=True,
-                    max_new_tokens=params.max_new_tokens,
-                    do_sample=sample,
-                    temperature=params.temperature if sample else None,
-                    top_p=params.top_p if sample and params.top_p < 1.0 else None,
-                    top_k=params.top_k if sample and params.top_k > 0 else None,
-                    repetition_penalty=(
-                        params.repetition_penalty if params.repetition_penalty != 1.0 else None
-                    ),
-                    seed=options.seed,
-                )
-                async for chunk in chunks:
+        try:
+            async with (
+                httpx.AsyncClient(timeout=self.timeout) as client,
+                client.stream("POST", f"{self.url}/generate_stream", json=body) as response,
+            ):
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise _status_error(self.url, response)
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    event = json.loads(line[5:])
+                    if "error" in event:
+                        raise BackendUnavailableError(
+                            f"TGI server {self.url} failed: {event['error']}"
+                        )
+                    token, details = event.get("token") or {}, event.get("details")
                     finish: FinishReason | None = None
-                    if chunk.details is not None:
-                        finish = "length" if chunk.details.finish_reason == "length" else "stop"
-                        completion = chunk.details.generated_tokens
-                        prompt_tokens = getattr(chunk.details, "input_length", prompt_tokens)
-                    elif not chunk.token.special:
+                    if details is not None:
+                        finish = "length" if details.get("finish_reason") == "length" else "stop"
+                        completion = int(details.get("generated_tokens", completion))
+                        prompt_tokens = int(details.get("input_length", prompt_tokens))
+                    elif not token.get("special"):
                         completion += 1
-                    text = "" if chunk.token.special else chunk.token.text
+                    text = "" if token.get("special") else str(token.get("text", ""))
                     if text or finish:
                         yield TextDelta(text, prompt_tokens, completion, finish)
                     if finish:
                         return
-            except ValidationError as err:
-                raise InputTooLongError(f"the TGI server rejected the input: {err}") from None
-            except OverloadedError:
-                raise QueueFullError(0, 0, retry_after=2) from None
-            except (InferenceTimeoutError, TextGenerationError, HfHubHTTPError) as err:
-                raise BackendUnavailableError(f"TGI server {self.url} failed: {err}") from None
-            except TRANSPORT_ERRORS as err:
-                raise BackendUnavailableError(
-                    f"TGI server {self.url} is unreachable: {err}"
-                ) from None
+        except httpx.HTTPError as err:
+            raise BackendUnavailableError(f"TGI server {self.url} is unreachable: {err}") from None
         raise BackendUnavailableError(f"TGI server {self.url} ended the stream without details")
+
+
+def _status_error(url: str, response: httpx.Response) -> Exception:
+    """TGI's error statuses as kindchat's errors (422: the input; 429: busy; else: the server)."""
+    try:
+        message = str(response.json().get("error", response.text))
+    except ValueError:
+        message = response.text
+    if response.status_code == 422:
+        return InputTooLongError(f"the TGI server rejected the input: {message}")
+    if response.status_code == 429:
+        return QueueFullError(0, 0, retry_after=2)
+    return BackendUnavailableError(f"TGI server {url} failed ({response.status_code}): {message}")

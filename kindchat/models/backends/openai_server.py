@@ -1,0 +1,252 @@
+"""The `openai` backend: any OpenAI-compatible server (vLLM, SGLang, llama.cpp server, TGI's
+Messages API, `transformers serve`), through the official `openai` client.
+
+The server applies the model's chat template: every model kindchat registers carries one (the
+KULLM template unless it brought its own), so a registered directory served by vLLM prompts
+exactly as kindchat would. With the served model's tokenizer at hand (the registry holds the same
+directory), the oldest turns are dropped here until the conversation fits, as the local backends
+do; without it the server's own limit answers.
+
+Streaming with usage (`stream_options.include_usage`), `seed`, `stop` (cut here too, since not
+every server honours it, and the stream closed at once), and cancellation: leaving the iteration
+closes the HTTP stream, and vLLM, SGLang and `transformers serve` abort the request. Errors map to
+kindchat's: unreachable or failing server → :class:`BackendUnavailableError` (503), 429 →
+:class:`QueueFullError`, a rejected input → :class:`InputTooLongError` or
+:class:`ConversationError` (4xx).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import openai
+from transformers import PreTrainedTokenizerBase
+
+from kindchat.models.backends.base import (
+    BackendUnavailableError,
+    FinishReason,
+    GenerationBackend,
+    GenerationOptions,
+    InputTooLongError,
+    QueueFullError,
+    StopMatcher,
+    TextDelta,
+)
+from kindchat.models.generation import SamplingParams
+from kindchat.models.template import (
+    ConversationError,
+    Message,
+    PromptTooLongError,
+    prompt_format,
+    turns_from_messages,
+    turns_to_messages,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONTEXT = 4096
+LENGTH_WORDS = ("context", "length", "too long", "tokens")
+
+
+class OpenAIBackend(GenerationBackend):
+    name = "openai"
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        model: str | None = None,
+        api_key: str = "EMPTY",
+        model_dir: Path | None = None,
+        context_length: int | None = None,
+        timeout: float = 120.0,
+    ) -> None:
+        """`model`: the served model name (None: the server's first model). `model_dir`: the
+        served model's directory here (the registry's copy), for its tokenizer and context."""
+        self.base_url = base_url.rstrip("/")
+        self.model_id = model or ""
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        if model_dir is not None:
+            from transformers import AutoConfig
+
+            from kindchat.models.tokenizer import load_tokenizer
+
+            self.tokenizer = load_tokenizer(model_dir)
+            self.prompt_format = prompt_format(self.tokenizer)
+            config = AutoConfig.from_pretrained(str(model_dir))
+            context_length = context_length or getattr(config, "max_position_embeddings", None)
+        self._context = context_length or DEFAULT_CONTEXT
+        self._context_given = context_length is not None
+        self._extras = True  # vLLM's sampling extras (top_k, repetition_penalty, min_tokens)
+        self._client = openai.AsyncOpenAI(
+            base_url=self.base_url, api_key=api_key, timeout=timeout, max_retries=0
+        )
+
+    @property
+    def context_length(self) -> int:
+        return self._context
+
+    def count_tokens(self, text: str) -> int:
+        if self.tokenizer is not None:
+            return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return len(text.encode("utf-8")) // 3 + 1  # rough: a Hangul syllable is 3 bytes
+
+    async def start(self) -> None:
+        """Check the server lists the model (or take its first); unreachable -> 503 error."""
+        try:
+            page = await self._client.models.list()
+        except (openai.APIConnectionError, openai.APITimeoutError) as err:
+            raise BackendUnavailableError(
+                f"OpenAI-compatible server {self.base_url} is unreachable: {err}"
+            ) from None
+        except openai.APIStatusError as err:
+            raise BackendUnavailableError(
+                f"OpenAI-compatible server {self.base_url} failed to list models: {err}"
+            ) from None
+        served = list(page.data)
+        names = [m.id for m in served]
+        if not self.model_id:
+            if not names:
+                raise BackendUnavailableError(f"{self.base_url} serves no model")
+            self.model_id = names[0]
+        elif self.model_id not in names:
+            raise BackendUnavailableError(
+                f"{self.base_url} does not serve {self.model_id!r} (it serves: "
+                f"{', '.join(names) or 'nothing'}); set the served model name per alias"
+            )
+        card = next(m for m in served if m.id == self.model_id)
+        max_len = (card.model_extra or {}).get("max_model_len")  # vLLM and SGLang report it
+        if not self._context_given and isinstance(max_len, int) and max_len > 0:
+            self._context = max_len
+        logger.info(
+            "OpenAI-compatible server %s serves %s (context %d)",
+            self.base_url,
+            self.model_id,
+            self._context,
+        )
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    def fit_messages(
+        self, messages: Sequence[Message], params: SamplingParams, max_input_tokens: int | None
+    ) -> tuple[list[dict[str, str]], int | None]:
+        """The messages to send, oldest turns dropped to fit, and their prompt tokens (None
+        when no local tokenizer can count them)."""
+        turns, system = turns_from_messages(messages)
+        if self.tokenizer is None:
+            return turns_to_messages(turns, system), None
+        budget = max(1, self._context - params.max_new_tokens)
+        if max_input_tokens is not None:
+            budget = min(budget, max_input_tokens)
+        needed = 0
+        for start in range(len(turns)):
+            needed = self.count_tokens(self.prompt_format.render(turns[start:], system))
+            if needed <= budget:
+                return turns_to_messages(turns[start:], system), needed
+        err = PromptTooLongError(needed, budget)
+        raise InputTooLongError(
+            f"the input needs {err.needed} tokens, over the limit of {err.budget}; "
+            "shorten the last message or lower max_tokens"
+        )
+
+    async def stream(
+        self,
+        messages: Sequence[Message],
+        params: SamplingParams,
+        options: GenerationOptions | None = None,
+    ) -> AsyncIterator[TextDelta]:
+        options = options or GenerationOptions()
+        params = self.cap_params(params)
+        sent, prompt_tokens = self.fit_messages(messages, params, options.max_input_tokens)
+        sample = params.do_sample and params.temperature > 0
+        extra: dict[str, Any] = {}
+        if sample and params.top_k > 0:
+            extra["top_k"] = params.top_k
+        if params.repetition_penalty != 1.0:
+            extra["repetition_penalty"] = params.repetition_penalty
+        if options.min_tokens > 0:
+            extra["min_tokens"] = options.min_tokens
+        stop = StopMatcher(options.stop)
+        completion = 0
+        request: dict[str, Any] = {
+            "model": self.model_id,
+            "messages": sent,
+            "max_tokens": params.max_new_tokens,
+            "temperature": params.temperature if sample else 0.0,
+            "top_p": params.top_p if sample else 1.0,
+            "seed": options.seed,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        try:
+            try:
+                chunks = await self._client.chat.completions.create(
+                    **request, extra_body=(extra if self._extras else None) or None
+                )
+            except openai.UnprocessableEntityError:
+                if not extra or not self._extras:
+                    raise
+                # A server that takes only OpenAI's own fields (`transformers serve`): go on
+                # without the extras, for this request and the next.
+                logger.warning("%s refuses %s; sending OpenAI fields only", self.base_url, extra)
+                self._extras = False
+                chunks = await self._client.chat.completions.create(**request)
+            async with chunks:
+                finish: FinishReason | None = None
+                async for chunk in chunks:
+                    if chunk.usage is not None:
+                        completion = chunk.usage.completion_tokens
+                        prompt_tokens = chunk.usage.prompt_tokens
+                    for choice in chunk.choices:
+                        piece = choice.delta.content or ""
+                        if piece and chunk.usage is None:
+                            completion += 1  # one token per delta until usage says
+                        text = stop.feed(piece)
+                        if choice.finish_reason is not None:
+                            finish = "length" if choice.finish_reason == "length" else "stop"
+                            text += stop.feed("", final=True)
+                        if stop.stopped:
+                            finish = "stop"
+                        if text:
+                            yield TextDelta(text, prompt_tokens or 0, completion)
+                    if stop.stopped:
+                        break  # closing the stream aborts the request on the server
+                    if finish is not None and chunk.usage is not None:
+                        break
+            if finish is None:
+                raise BackendUnavailableError(
+                    f"{self.base_url} ended the stream without a finish reason"
+                )
+            yield TextDelta("", prompt_tokens or 0, completion, finish)
+        except openai.RateLimitError:
+            raise QueueFullError(0, 0, retry_after=2) from None
+        except openai.BadRequestError as err:
+            message = _message(err)
+            if any(word in message.lower() for word in LENGTH_WORDS):
+                raise InputTooLongError(f"the server rejected the input: {message}") from None
+            raise ConversationError(f"the server rejected the request: {message}") from None
+        except openai.NotFoundError as err:
+            raise BackendUnavailableError(
+                f"{self.base_url} does not serve {self.model_id!r}: {_message(err)}"
+            ) from None
+        except (openai.APIConnectionError, openai.APITimeoutError) as err:
+            raise BackendUnavailableError(f"{self.base_url} is unreachable: {err}") from None
+        except openai.APIStatusError as err:
+            raise BackendUnavailableError(
+                f"{self.base_url} failed ({err.status_code}): {_message(err)}"
+            ) from None
+
+
+def _message(err: openai.APIStatusError) -> str:
+    body = err.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return str(inner["message"])
+        if isinstance(body.get("detail"), str):
+            return str(body["detail"])
+    return str(err.message)
