@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 
 from kindchat.feedback import store
 from kindchat.feedback.db import init_db, session_scope
@@ -81,8 +82,15 @@ def ppo_started(settings: Any, run_id: str) -> bool:
     return log.is_file() and bool(log.read_text(encoding="utf-8").strip())
 
 
-def test_nightly_loop_end_to_end(serve: Callable[..., Any]) -> None:
-    with serve() as server:
+@pytest.mark.parametrize(
+    ("preset", "home"), [("micro", "micro_copy"), ("micro-llama", "micro_llama_copy")]
+)
+def test_nightly_loop_end_to_end(
+    serve: Callable[..., Any], request: pytest.FixtureRequest, preset: str, home: str
+) -> None:
+    """GPT-NeoX (KULLM v2) and Llama (KULLM3) families alike."""
+    lenient = {**LENIENT, "preset": preset}
+    with serve(settings=request.getfixturevalue(home)) as server:
         settings, url = server.settings, server.url
         registry = Registry(settings.models_dir)
         before = registry.aliases()
@@ -93,7 +101,7 @@ def test_nightly_loop_end_to_end(serve: Callable[..., Any]) -> None:
 
         # 1. A cycle in a child process, killed with SIGKILL in the middle of PPO.
         options = {**LENIENT["method_options"], "ppo.steps": 500, "ppo.checkpoint_every": 1}
-        long_ppo = RetrainConfig(**{**LENIENT, "method_options": options})
+        long_ppo = RetrainConfig(**{**lenient, "method_options": options})
         killed = trigger_retrain(settings, config=long_ppo)
         assert killed.status == "queued"
         wait_for("PPO to be under way", lambda: ppo_started(settings, killed.id))
@@ -110,7 +118,7 @@ def test_nightly_loop_end_to_end(serve: Callable[..., Any]) -> None:
         assert dead.status == "running" and dead.stage == "ppo"  # nobody lived to record it
 
         # 2. The next cycle cleans up after the dead one, then trains, passes and promotes.
-        run = run_retrain_cycle(settings, RetrainConfig(**LENIENT), engine=engine)
+        run = run_retrain_cycle(settings, RetrainConfig(**lenient), engine=engine)
         assert run.status == "succeeded" and run.promoted, run.error
         new_rm, new_policy = run.produced_versions or []
         with session_scope(engine) as session:

@@ -1,4 +1,5 @@
-"""The `tgi` backend end to end against a real TGI-protocol server on 127.0.0.1."""
+"""The `tgi` backend end to end against a real TGI-protocol server on 127.0.0.1 (TGI itself
+needs a GPU and is archived upstream; the server here speaks its HTTP API), in offline mode."""
 
 from __future__ import annotations
 
@@ -16,6 +17,16 @@ from kindchat.models.generation import SamplingParams
 from kindchat.models.template import RESPONSE_TAG, kullm_prompt
 
 ANSWER = "안녕하세요! 무엇을 도와드릴까요?"
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test here runs in offline mode, as air-gapped GPU clusters set it (it made
+    huggingface_hub's InferenceClient refuse even this local server)."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
 def test_backend_streams_with_kullm_template_and_counts(tgi_server: Any) -> None:
