@@ -1,12 +1,20 @@
-"""Load test of `kindchat serve`: concurrent streaming clients, batching vs one at a time.
+"""Load test of `kindchat serve` against its peers, on the same model directory, in one run.
 
-Starts the real HTTP server (uvicorn, in a subprocess) twice on the same registry: once with
-continuous batching (`max_batch_size` = clients) and once generating one request at a time
-(`max_batch_size` = 1, the others wait in the queue). Each of `--clients` clients streams
-`--requests` answers of exactly `--max-tokens` tokens (`min_tokens` = `max_tokens`, so both runs
-do the same work). Prints aggregate completion tokens/s and time to first token p50/p95.
+Servers, each a real HTTP server in a subprocess, one after the other:
 
-    python bench/serve_load.py --home /tmp/kc_tiny --alias sft
+1. kindchat with continuous batching (`max_batch_size` = clients);
+2. kindchat generating one request at a time (`max_batch_size` = 1);
+3. `transformers serve` on the same directory, without batching;
+4. `transformers serve --continuous-batching` (transformers' paged-attention batching; it
+   crashes on GPT-NeoX, so the default model is a Llama).
+
+Each of `--clients` clients streams `--requests` answers of up to `--max-tokens` tokens (kindchat
+gets `min_tokens` = `max_tokens`; `transformers serve` refuses that field, and a random-weight
+model rarely says EOS early: tokens/s counts the tokens each server reports). Prints aggregate
+completion tokens/s, time to first token p50/p95, and kindchat's ratio to each peer.
+
+    python bench/serve_load.py                                  # random-weight tiny-llama
+    python bench/serve_load.py --home /tmp/kc_tiny --alias sft  # a registered model
 """
 
 from __future__ import annotations
@@ -16,10 +24,12 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +45,7 @@ import sys, uvicorn
 from kindchat.config import Settings
 from kindchat.serve.app import create_app
 home, alias = sys.argv[1], sys.argv[2]
-batch, port, threads = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+batch, threads, port = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 settings = Settings(home=home, serve_aliases=[alias], max_batch_size=batch, max_queue=1024,
                     alias_poll_s=0, torch_threads=threads, log_level="WARNING")
 uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
@@ -74,14 +84,19 @@ def free_port() -> int:
 
 
 async def stream_one(
-    client: httpx.AsyncClient, model: str, prompt: str, max_tokens: int, seed: int
+    client: httpx.AsyncClient,
+    model: str,
+    prompt: str,
+    max_tokens: int,
+    seed: int,
+    extra: dict[str, object],
 ) -> tuple[float, int]:
     """(time to first token, completion tokens) of one streamed answer."""
     body = {
         "model": model,
         "messages": [{"role": "user", "content": prompt}],
         "max_tokens": max_tokens,
-        "min_tokens": max_tokens,
+        **{k: (max_tokens if v == "max_tokens" else v) for k, v in extra.items()},
         "temperature": 0.7,
         "seed": seed,
         "stream": True,
@@ -104,16 +119,21 @@ async def stream_one(
 
 
 async def load(
-    url: str, model: str, clients: int, requests: int, max_tokens: int
+    url: str, model: str, clients: int, requests: int, max_tokens: int, extra: dict[str, object]
 ) -> tuple[int, float, list[float]]:
     limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
-        await stream_one(client, model, PROMPTS[0], 8, 0)  # warm-up
+        await stream_one(client, model, PROMPTS[0], 8, 0, extra)  # warm-up
 
         async def user(index: int) -> list[tuple[float, int]]:
             return [
                 await stream_one(
-                    client, model, PROMPTS[(index + r) % len(PROMPTS)], max_tokens, index * 100 + r
+                    client,
+                    model,
+                    PROMPTS[(index + r) % len(PROMPTS)],
+                    max_tokens,
+                    index * 100 + r,
+                    extra,
                 )
                 for r in range(requests)
             ]
@@ -125,59 +145,131 @@ async def load(
     return sum(t for _, t in flat), seconds, [ttft for ttft, _ in flat]
 
 
-def run_mode(home: Path, alias: str, mode: str, batch: int, args: argparse.Namespace) -> RunResult:
+def run_server(
+    mode: str,
+    command: list[str],
+    health: str,
+    model: str,
+    batch: int,
+    args: argparse.Namespace,
+    extra: dict[str, object],
+) -> RunResult | str:
+    """Start `command` (listening on the port at its end), load it, stop it; the result, or why
+    the server could not be measured."""
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-c", SERVER, str(home), alias, str(batch), str(port), str(args.threads)]
-    )
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
+    log = open(args.log_dir / f"{mode.replace(' ', '_')}.log", "w")  # noqa: SIM115
+    server = subprocess.Popen([*command, str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 300
         while True:
             try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                if httpx.get(f"{url}{health}", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the {mode} server did not start")
+                return f"did not start (see {log.name})"
             time.sleep(0.2)
         logger.info("%s: %d clients x %d requests", mode, args.clients, args.requests)
-        tokens, seconds, ttft = asyncio.run(
-            load(url, f"kindchat-{alias}", args.clients, args.requests, args.max_tokens)
-        )
+        try:
+            tokens, seconds, ttft = asyncio.run(
+                load(url, model, args.clients, args.requests, args.max_tokens, extra)
+            )
+        except httpx.HTTPError as err:
+            return f"failed under load: {type(err).__name__} (see {log.name})"
     finally:
         server.terminate()
-        server.wait(30)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
     return RunResult(mode, batch, args.clients * args.requests, tokens, seconds, ttft)
+
+
+def prepare_model(args: argparse.Namespace) -> tuple[Path, str, Path]:
+    """(kindchat home, alias, model directory): the given registry, or a random-weight
+    checkpoint of `--preset` imported into a scratch registry."""
+    if args.home is not None:
+        from kindchat.models.registry import Registry
+
+        return args.home, args.alias, Registry(args.home / "models").resolve(args.alias)
+    from kindchat.config import Settings
+    from kindchat.models.dummy import write_dummy_checkpoint
+    from kindchat.models.importer import import_checkpoint
+    from kindchat.models.presets import get_preset
+    from kindchat.models.registry import Registry
+    from kindchat.seed import corpus_texts
+
+    scratch = Path(tempfile.mkdtemp(prefix="kc-bench-"))
+    settings = Settings(home=scratch / "home")
+    settings.ensure_dirs()
+    source = write_dummy_checkpoint(
+        scratch / args.preset, get_preset(args.preset), corpus_texts(settings.data_dir)[:4000]
+    )
+    registry = Registry(settings.models_dir)
+    manifest = import_checkpoint(registry, source, "sft", alias=args.alias)
+    return settings.home, args.alias, registry.path(manifest.version)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--home", type=Path, default=Path(os.environ.get("KINDCHAT_HOME", "var")))
+    parser.add_argument("--home", type=Path, default=None, help="A kindchat home (registry).")
     parser.add_argument("--alias", default="sft")
+    parser.add_argument("--preset", default="tiny-llama", help="Shape of the random model.")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=2, help="Answers per client.")
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads of the server (both runs)."
-    )
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of every server.")
+    parser.add_argument("--log-dir", type=Path, default=Path("logs/bench"))
+    parser.add_argument("--skip", nargs="*", default=[], help="Modes to leave out.")
     args = parser.parse_args()
+    args.log_dir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
-    runs = [
-        run_mode(args.home, args.alias, "batching", args.clients, args),
-        run_mode(args.home, args.alias, "one at a time", 1, args),
+    home, alias, directory = prepare_model(args)
+    kc_model = f"kindchat-{alias}"
+    transformers_cli = shutil.which("transformers") or str(
+        Path(sys.executable).with_name("transformers")
+    )
+
+    def kindchat(batch: int) -> list[str]:
+        return [sys.executable, "-c", SERVER, str(home), alias, str(batch), str(args.threads)]
+
+    def transformers_serve(*flags: str) -> list[str]:
+        return [transformers_cli, "serve", str(directory), *flags, "--port"]
+
+    exact = {"min_tokens": "max_tokens"}
+    plan = [
+        ("kindchat", kindchat(args.clients), "/healthz", kc_model, args.clients, exact),
+        ("kindchat one at a time", kindchat(1), "/healthz", kc_model, 1, exact),
+        ("transformers serve", transformers_serve(), "/v1/models", str(directory), 1, {}),
+        (
+            "transformers serve --continuous-batching",
+            transformers_serve("--continuous-batching"),
+            "/v1/models",
+            str(directory),
+            args.clients,
+            {},
+        ),
     ]
+    results: dict[str, RunResult | str] = {}
+    for mode, command, health, model, batch, extra in plan:
+        if mode in args.skip:
+            continue
+        results[mode] = run_server(mode, command, health, model, batch, args, extra)
+
     table = Table(
         title=f"{args.clients} streaming clients x {args.requests} answers x {args.max_tokens} "
-        f"tokens ({args.home}, alias {args.alias}, {args.threads} torch thread(s))"
+        f"tokens ({directory.name}, {args.threads} torch thread(s) per server)"
     )
     for column in (
-        "mode",
+        "server",
         "max batch",
         "answers",
         "tokens",
@@ -185,11 +277,21 @@ def main() -> None:
         "tokens/s",
         "TTFT p50 s",
         "TTFT p95 s",
+        "kindchat ×",
     ):
         table.add_column(column, justify="right")
-    for run in runs:
+    ours = results.get("kindchat")
+    for mode, run in results.items():
+        if isinstance(run, str):
+            table.add_row(mode, "", "", "", "", run, "", "", "")
+            continue
+        ratio = (
+            f"{ours.tokens_per_s / run.tokens_per_s:.2f}"
+            if isinstance(ours, RunResult) and run is not ours
+            else ""
+        )
         table.add_row(
-            run.mode,
+            mode,
             str(run.batch_size),
             str(run.requests),
             str(run.tokens),
@@ -197,10 +299,11 @@ def main() -> None:
             f"{run.tokens_per_s:.0f}",
             f"{statistics.median(run.ttft):.3f}",
             f"{run.ttft_pct(0.95):.3f}",
+            ratio,
         )
-    console = Console(width=120)
+    console = Console(width=160)
     console.print(table)
-    console.print(f"batching speed-up: {runs[0].tokens_per_s / runs[1].tokens_per_s:.1f}x tokens/s")
+    console.print("kindchat ×: kindchat's tokens/s divided by that server's (higher is better)")
 
 
 if __name__ == "__main__":
