@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from rich.console import Console
 from rich.logging import RichHandler
 
 STEPS_LOGGER = "kindchat.steps"
@@ -26,7 +27,10 @@ def setup_logging(logs_dir: Path, level: str = "INFO") -> Path:
             handler.close()
     file_handler = logging.FileHandler(log_file, encoding="utf-8")
     file_handler.setFormatter(logging.Formatter(_FILE_FORMAT))
-    console = RichHandler(show_path=False, rich_tracebacks=False, markup=False)
+    # Logs go to stderr, so that stdout carries only a command's output (`--json` stays JSON).
+    console = RichHandler(
+        console=Console(stderr=True), show_path=False, rich_tracebacks=False, markup=False
+    )
     # Per-step training logs go to the file only; the trainers print their own progress bars.
     console.addFilter(lambda record: not record.name.startswith(STEPS_LOGGER))
     for handler in (file_handler, console):

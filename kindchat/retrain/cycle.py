@@ -299,10 +299,20 @@ class Refs:
     @classmethod
     def resolve(cls, registry: Registry, config: RetrainConfig) -> Refs:
         aliases = registry.aliases()
-        for alias in (config.sft_alias, config.gold_alias):
+        for alias, how in (
+            (
+                config.sft_alias,
+                f"`kindchat models import DIR --kind sft --alias {config.sft_alias}`",
+            ),
+            (
+                config.gold_alias,
+                f"`kindchat train rm --init {config.sft_alias} --gold --alias {config.gold_alias}`",
+            ),
+        ):
             if alias not in aliases:
                 raise RetrainError(
-                    f"alias {alias!r} is missing; run `kindchat bootstrap` before retraining"
+                    f"alias {alias!r} is missing; run `kindchat bootstrap` before retraining, "
+                    f"or for a model of your own {how}"
                 )
         refs = cls(
             sft=aliases[config.sft_alias],
@@ -312,7 +322,10 @@ class Refs:
             base=aliases.get(config.base_alias),
         )
         if refs.rm is None and refs.base is None:
-            raise RetrainError(f"neither {config.rm_alias!r} nor {config.base_alias!r} exists")
+            raise RetrainError(
+                f"neither {config.rm_alias!r} nor {config.base_alias!r} exists; for a model of "
+                f"your own, `kindchat train rm --init {config.sft_alias} --alias {config.rm_alias}`"
+            )
         return refs
 
     @property
