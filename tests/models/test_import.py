@@ -121,3 +121,63 @@ def test_cli_imports_and_refuses_in_one_line(llama_dir: Path, settings: Settings
     assert refused.exit_code == 2
     assert "not a reward model" in refused.output and "Traceback" not in refused.output
     assert len(Registry(settings.models_dir).versions()) == 1
+
+
+def test_a_sentencepiece_only_checkpoint_imports_and_answers(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A Llama checkpoint that ships only a SentencePiece `tokenizer.model` (no tokenizer.json,
+    no pad token, no chat template) loads, imports, and answers in the KULLM format."""
+    import io
+
+    import sentencepiece as spm
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from kindchat.models.generation import SamplingParams, generate_batch
+    from kindchat.models.loading import load_causal_lm
+
+    source = tmp_path / "spm-llama"
+    source.mkdir()
+    model_file = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus_texts(settings.data_dir)[:1500]),
+        model_writer=model_file,
+        vocab_size=1500,
+        model_type="bpe",
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        character_coverage=0.995,
+        minloglevel=2,
+    )
+    (source / "tokenizer.model").write_bytes(model_file.getvalue())
+    (source / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>"})
+    )
+    tokenizer = load_tokenizer(source)
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id == 2
+    assert (
+        tokenizer.decode(tokenizer("반가워요", add_special_tokens=False)["input_ids"]) == "반가워요"
+    )
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    LlamaForCausalLM(config).save_pretrained(source)
+    registry = Registry(settings.models_dir)
+    manifest = import_checkpoint(registry, source, "sft")
+    assert manifest.config["chat_template"] == "kullm (written on import)"
+    model, loaded = load_causal_lm(registry.path(manifest.version))
+    prompt = prompt_format(loaded).single("안녕")
+    assert prompt.endswith("### 응답:\n")
+    [answer] = generate_batch(model, loaded, [prompt], SamplingParams(max_new_tokens=4))
+    assert 1 <= len(answer.response_ids) <= 4
