@@ -99,6 +99,9 @@ class ConversationBase(SQLModel):
         default=None, max_length=NAME_LENGTH, index=True, description="Browser/API session."
     )
     title: str | None = Field(default=None, max_length=200)
+    system_prompt: str | None = Field(
+        default=None, sa_type=Text, description="The persona: the system message of every turn."
+    )
 
 
 class ConversationCreate(ConversationBase):
@@ -110,11 +113,17 @@ class Conversation(ConversationBase, table=True):
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=ID_LENGTH)
     created_at: datetime = _time(index=True)
+    updated_at: datetime | None = _time(index=True, nullable=True)
+    deleted_at: datetime | None = _time(nullable=True)
+    share_token: str | None = Field(default=None, max_length=ID_LENGTH, unique=True, index=True)
 
 
 class ConversationPublic(ConversationBase):
     id: str
     created_at: datetime
+    updated_at: datetime | None = None
+    deleted_at: datetime | None = None
+    share_token: str | None = None
 
 
 # --- messages -------------------------------------------------------------------------------
@@ -137,9 +146,17 @@ class MessageBase(SQLModel):
         foreign_key="messages.id",
         index=True,
         max_length=ID_LENGTH,
-        description="The answer this one regenerates (same conversation, same context).",
+        description=(
+            "The message this one replaces: an answer it regenerates, or a user message it "
+            "edits (same conversation, same context; the old branch stays stored)."
+        ),
     )
     session_id: str | None = Field(default=None, max_length=NAME_LENGTH, index=True)
+    flagged: bool = Field(default=False, index=True, description="Moderation flagged it.")
+    flag_reason: str | None = Field(default=None, max_length=NAME_LENGTH)
+    finish_reason: str | None = Field(
+        default=None, max_length=32, description="stop, length, or stop_by_user."
+    )
 
 
 class MessageCreate(MessageBase):
@@ -213,6 +230,11 @@ class BattleBase(SQLModel):
     model_b: str | None = Field(default=None, max_length=NAME_LENGTH)
     version_b: str | None = Field(default=None, max_length=NAME_LENGTH)
     winner: str | None = Field(default=None, max_length=16, description="a, b, tie or both_bad.")
+    void_reason: str | None = Field(
+        default=None,
+        max_length=NAME_LENGTH,
+        description="Why the vote does not count (an answer gave its model away).",
+    )
 
 
 class BattleCreate(SQLModel):

@@ -9,8 +9,12 @@
 | a 👍 with no 👎 sibling                 | a desirable example (KTO)               | `thumb_up`        |
 | a 👎 with no 👍 sibling                 | an undesirable example (KTO)            | `thumb_down`      |
 | a better answer written with a rating   | a pair (better > rated) + an SFT row    | `better_answer`   |
+| 👍 after editing a message whose answer got 👎 | a pair (👍 > 👎) on the original message | `edit`       |
 
 (1) `regeneration` when the 👍 answer regenerates the 👎 one.
+
+Never training data (counted in `dropped`): a turn moderation flagged, and everything rated in
+a conversation after it (`flagged`); a battle whose answer gave its model away (`battle_voided`).
 
 An answer's verdict is the sum of its ratings over sessions (zero: `rating_mixed`, dropped).
 Answers "to the same context" share every earlier message (whitespace-insensitive), across
@@ -33,7 +37,7 @@ from datetime import datetime
 from sqlmodel import Session, col, select
 
 from kindchat.feedback.models import Battle, Message, Rating, as_utc
-from kindchat.feedback.store import thread_contexts
+from kindchat.feedback.store import thread_members
 from kindchat.seed import normalize_prompt
 
 Context = list[dict[str, str]]
@@ -123,14 +127,23 @@ def mine_battles(session: Session, since: datetime | None, out: MinedFeedback) -
         select(Battle.message_b_id)
     )
     messages = {m.id: m for m in session.exec(select(Message).where(in_battles))}
+    flagged_conversations = set(
+        session.exec(select(Message.conversation_id).where(col(Message.flagged)).distinct())
+    )
     for battle in battles:
         if battle.winner is None:
             out.dropped["battle_unvoted"] += 1
+            continue
+        if battle.void_reason is not None:
+            out.dropped["battle_voided"] += 1  # an answer gave its model away: not blind
             continue
         at = battle.voted_at or battle.created_at
         if not _recent(at, since):
             continue
         a, b = messages[battle.message_a_id], messages[battle.message_b_id]
+        if a.conversation_id in flagged_conversations or a.flagged or b.flagged:
+            out.dropped["flagged"] += 1  # moderation flagged the prompt or an answer
+            continue
         prompt, prior = battle.prompt, [dict(m) for m in battle.context[:-1]]
         if battle.winner == "tie":
             out.dropped["battle_tie"] += 1
@@ -219,14 +232,28 @@ def mine_ratings(session: Session, since: datetime | None, out: MinedFeedback) -
     )
     by_id: dict[str, Message] = {}
     contexts: dict[str, Context] = {}
+    tainted: set[str] = set()  # flagged, or answering a conversation with a flagged turn
+    answers_to: dict[str, list[Message]] = defaultdict(list)  # user message -> its answers
+    question_of: dict[str, Message] = {}  # answer -> the user message it replied to
     rated: list[Message] = []  # conversation by conversation, in thread order
     for messages in _conversations(session, rated_conversations):
-        contexts.update(thread_contexts(messages))
+        members, _ = thread_members(messages)
+        for message in messages:
+            context = members[message.id]
+            contexts[message.id] = [{"role": m.role, "content": m.content} for m in context]
+            if message.role == "assistant" and context and context[-1].role == "user":
+                answers_to[context[-1].id].append(message)
+                question_of[message.id] = context[-1]
+            if message.flagged or any(m.flagged for m in members[message.id]):
+                tainted.add(message.id)
         by_id.update((m.id, m) for m in messages)
         rated.extend(m for m in messages if m.id in ratings.net)
     groups: dict[str, _Group] = {}
     for message in rated:
         message_id, net = message.id, ratings.net[message.id]
+        if message_id in tainted:
+            out.dropped["flagged"] += 1
+            continue
         if net == 0:
             out.dropped["rating_mixed"] += 1
             continue
@@ -242,7 +269,10 @@ def mine_ratings(session: Session, since: datetime | None, out: MinedFeedback) -
         (group.ups if net > 0 else group.downs).append(message)
     for group in groups.values():
         _thumb_rows(group, ratings, by_id, since, out)
+    _edit_rows(rated, ratings, by_id, contexts, question_of, answers_to, tainted, since, out)
     for message_id, better, at, rating_id in ratings.better:
+        if message_id in tainted:
+            continue  # counted with its rating
         _better_answer_rows(by_id[message_id], contexts, better, at, rating_id, since, out)
 
 
@@ -306,6 +336,51 @@ def _thumb_rows(
                 at=at,
             )
         )
+
+
+def _edit_rows(
+    rated: list[Message],
+    ratings: _Ratings,
+    by_id: Mapping[str, Message],
+    contexts: Mapping[str, Context],
+    question_of: Mapping[str, Message],
+    answers_to: Mapping[str, list[Message]],
+    tainted: set[str],
+    since: datetime | None,
+    out: MinedFeedback,
+) -> None:
+    """A 👍 answer to an edited message beats a 👎 answer to the message before the edit.
+
+    The user rephrased because the first answer missed; what they liked after the edit is what
+    they wanted when they first asked. The pair takes the original message and its context."""
+    for liked in rated:
+        question = question_of.get(liked.id)
+        if ratings.net[liked.id] <= 0 or liked.id in tainted or question is None:
+            continue
+        original = by_id.get(question.parent_id) if question.parent_id else None
+        if original is None or original.role != "user":
+            continue
+        for disliked in answers_to.get(original.id, []):
+            if ratings.net.get(disliked.id, 0) >= 0 or disliked.id in tainted:
+                continue
+            at = max(ratings.last[liked.id], ratings.last[disliked.id])
+            split = _split_prompt(contexts[disliked.id])
+            if split is None or not _recent(at, since):
+                continue
+            prompt, prior = split
+            out.add_pair(
+                FeedbackPair(
+                    id=f"edit:{liked.id}>{disliked.id}",
+                    source="edit",
+                    prompt=prompt,
+                    context=[dict(m) for m in prior],
+                    chosen=liked.content,
+                    rejected=disliked.content,
+                    chosen_model=_model(liked),
+                    rejected_model=_model(disliked),
+                    at=at,
+                )
+            )
 
 
 def _better_answer_rows(

@@ -80,6 +80,7 @@ MAX_CONTENT_CHARS = 200_000
 MAX_BETTER_ANSWER_CHARS = 4_000  # a better answer a user writes: one reply, not a document
 MAX_LIST_LIMIT = 10_000
 P = TypeVar("P", bound=SQLModel)
+M = TypeVar("M", Message, MessagePublic)
 
 
 class _Unset(enum.Enum):
@@ -186,12 +187,19 @@ def _public(model: type[P], row: SQLModel) -> P:
 
 
 def create_conversation(
-    *, session: Session, session_id: str | None = None, title: str | None = None
+    *,
+    session: Session,
+    session_id: str | None = None,
+    title: str | None = None,
+    system_prompt: str | None = None,
 ) -> ConversationPublic:
     """Start a conversation (messages are added with :func:`record_message`)."""
     row = Conversation(
         session_id=_check_optional_str(session_id, "session_id"),
         title=_check_optional_str(title, "title", max_len=200),
+        system_prompt=_check_optional_str(
+            system_prompt, "system_prompt", max_len=MAX_CONTENT_CHARS
+        ),
     )
     public = _public(ConversationPublic, row)
     session.add(row)
@@ -203,6 +211,118 @@ def get_conversation(*, session: Session, conversation_id: str) -> ConversationP
     """The conversation, or :class:`NotFoundError`."""
     row = _get(session, Conversation, conversation_id, "conversation", "conversation_id")
     return _public(ConversationPublic, row)
+
+
+def _owned(session: Session, conversation_id: str, session_id: str) -> Conversation:
+    """The conversation if `session_id` started it and did not delete it; else 404 (the same
+    answer whether it does not exist or is someone else's)."""
+    row = session.get(Conversation, conversation_id)
+    if row is None or row.session_id != session_id or row.deleted_at is not None:
+        raise NotFoundError(
+            f"no conversation {conversation_id!r} in this session", field="conversation_id"
+        )
+    return row
+
+
+def list_conversations(
+    *, session: Session, session_id: str, limit: int = 50, offset: int = 0
+) -> list[ConversationPublic]:
+    """The session's conversations that were not deleted, most recently active first."""
+    _check_limit(limit, offset)
+    _check_str(session_id, "session_id", max_len=NAME_LENGTH)
+    query = (
+        select(Conversation)
+        .where(Conversation.session_id == session_id, col(Conversation.deleted_at).is_(None))
+        .order_by(
+            func.coalesce(col(Conversation.updated_at), col(Conversation.created_at)).desc(),
+            col(Conversation.id),
+        )
+        .offset(offset)
+        .limit(limit)
+    )
+    return [_public(ConversationPublic, row) for row in session.exec(query)]
+
+
+def conversation_thread(*, session: Session, conversation_id: str) -> list[MessagePublic]:
+    """The conversation as its user sees it now: the latest branch (edits and regenerations
+    replace what they replace; the old branches stay stored)."""
+    _get(session, Conversation, conversation_id, "conversation", "conversation_id")
+    rows = session.exec(
+        select(Message)
+        .where(Message.conversation_id == conversation_id)
+        .order_by(col(Message.created_at), col(Message.id))
+    ).all()
+    return [_public(MessagePublic, m) for m in thread_members(rows)[1]]
+
+
+def rename_conversation(
+    *, session: Session, conversation_id: str, session_id: str, title: str
+) -> ConversationPublic:
+    row = _owned(session, conversation_id, session_id)
+    row.title = _check_str(title.strip(), "title", max_len=200)
+    session.add(row)
+    session.commit()
+    return _public(ConversationPublic, row)
+
+
+def delete_conversation(
+    *, session: Session, conversation_id: str, session_id: str, forget: bool = False
+) -> None:
+    """Hide a conversation from its session. It stays training data unless `forget`: then its
+    messages, their ratings and battles are removed for good."""
+    row = _owned(session, conversation_id, session_id)
+    if not forget:
+        row.deleted_at = utcnow()
+        row.share_token = None
+        session.add(row)
+        session.commit()
+        return
+    ids = list(session.exec(select(Message.id).where(Message.conversation_id == row.id)))
+    if ids:
+        battles = session.exec(
+            select(Battle).where(
+                col(Battle.message_a_id).in_(ids) | col(Battle.message_b_id).in_(ids)
+            )
+        ).all()
+        for battle in battles:
+            session.delete(battle)
+        for rating in session.exec(select(Rating).where(col(Rating.message_id).in_(ids))).all():
+            session.delete(rating)
+        session.flush()
+        session.exec(update(Message).where(col(Message.id).in_(ids)).values(parent_id=None))
+        for message in session.exec(select(Message).where(col(Message.id).in_(ids))).all():
+            session.delete(message)
+        session.flush()
+    session.delete(row)
+    session.commit()
+
+
+def share_conversation(*, session: Session, conversation_id: str, session_id: str) -> str:
+    """A read-only link token for the conversation (the same one while it is shared)."""
+    import secrets
+
+    row = _owned(session, conversation_id, session_id)
+    if row.share_token is None:
+        row.share_token = secrets.token_urlsafe(24)
+        session.add(row)
+        session.commit()
+    return str(row.share_token)
+
+
+def shared_conversation(
+    *, session: Session, token: str
+) -> tuple[ConversationPublic, list[MessagePublic]]:
+    """The conversation a share token names and its current branch; 404 once unshared."""
+    row = session.exec(
+        select(Conversation).where(
+            Conversation.share_token == token, col(Conversation.deleted_at).is_(None)
+        )
+    ).first()
+    if row is None or not token:
+        raise NotFoundError("this share link does not exist or was withdrawn", field="token")
+    return _public(ConversationPublic, row), conversation_thread(
+        session=session, conversation_id=row.id
+    )
 
 
 def record_message(
@@ -220,15 +340,20 @@ def record_message(
     completion_tokens: int | None = None,
     parent_id: str | None = None,
     message_id: str | None = None,
+    flag_reason: str | None = None,
+    finish_reason: str | None = None,
 ) -> MessagePublic:
     """Append a message to a conversation and return it (its `id` can be the completion id).
 
-    `parent_id` marks an assistant message as a *regeneration* of an earlier assistant message:
-    it answers the same context. The parent may sit in this conversation (then the thread
-    continues from the regeneration) or in another one (e.g. serve stores each stateless request
-    as its own conversation, history included; the context is then this conversation's own
-    messages). `message_id` lets the caller choose
-    the id (e.g. an OpenAI-style `chatcmpl-…`); a new uuid4 hex is made otherwise.
+    `parent_id` marks a message as replacing an earlier one of the same role: an assistant
+    message *regenerates* an answer (it answers the same context), a user message *edits* an
+    earlier user message (a new branch from the same point; the old branch stays stored). The
+    parent may sit in this conversation (then the thread continues from the replacement) or in
+    another one (e.g. serve stores each stateless request as its own conversation, history
+    included; the context is then this conversation's own messages). `message_id` lets the
+    caller choose the id (e.g. an OpenAI-style `chatcmpl-…`); a new uuid4 hex is made otherwise.
+    `flag_reason` marks the message flagged by moderation (never training data);
+    `finish_reason` records how an answer ended (`stop_by_user` when the user stopped it).
 
     Raises NotFoundError (conversation or parent unknown), InvalidValueError (bad role, empty
     user message, negative counts, parent or message not an assistant message, …),
@@ -241,12 +366,13 @@ def record_message(
         _check_str(message_id, "message_id", max_len=ID_LENGTH)
     if params is not None and not isinstance(params, dict):
         raise InvalidValueError("params must be an object (dict) or null", field="params")
-    _get(session, Conversation, conversation_id, "conversation", "conversation_id")
+    conversation = _get(session, Conversation, conversation_id, "conversation", "conversation_id")
     if parent_id is not None:
         parent = _get(session, Message, parent_id, "message", "parent_id")
-        if role != "assistant" or parent.role != "assistant":
+        if role == "system" or parent.role != role:
             raise InvalidValueError(
-                "parent_id marks a regeneration: both messages must be assistant messages",
+                "parent_id marks a regeneration or an edit: both messages must be assistant "
+                "messages, or both user messages",
                 field="parent_id",
             )
     row = Message(
@@ -261,11 +387,18 @@ def record_message(
         prompt_tokens=_check_count(prompt_tokens, "prompt_tokens"),
         completion_tokens=_check_count(completion_tokens, "completion_tokens"),
         parent_id=parent_id,
+        flagged=flag_reason is not None,
+        flag_reason=_check_optional_str(flag_reason, "flag_reason"),
+        finish_reason=_check_optional_str(finish_reason, "finish_reason", max_len=32),
     )
     if message_id is not None:
         row.id = message_id
     public = _public(MessagePublic, row)
     session.add(row)
+    conversation.updated_at = utcnow()
+    if conversation.title is None and role == "user":
+        conversation.title = _title(content)
+    session.add(conversation)
     try:
         session.commit()
     except IntegrityError:
@@ -276,6 +409,12 @@ def record_message(
             ) from None
         raise
     return public
+
+
+def _title(text: str, limit: int = 40) -> str:
+    """A conversation's title: its first user message, on one line, cut at `limit` characters."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def get_message(*, session: Session, message_id: str) -> MessagePublic:
@@ -306,6 +445,27 @@ def list_messages(
     return [_public(MessagePublic, row) for row in session.exec(query)]
 
 
+def thread_members(
+    messages: Sequence[M],
+) -> tuple[dict[str, list[M]], list[M]]:
+    """For each message of ONE conversation, the messages it follows; and the thread as it
+    stands after the last message (the latest branch). See :func:`thread_contexts`."""
+    ordered = sorted(messages, key=lambda m: (m.created_at, m.id))
+    thread: list[M] = []
+    members: dict[str, list[M]] = {}
+    for message in ordered:
+        slot: int | None = None
+        if message.parent_id is not None:
+            slot = next((i for i, m in enumerate(thread) if m.id == message.parent_id), None)
+        elif message.role == "assistant" and thread and thread[-1].role == "assistant":
+            slot = len(thread) - 1
+        if slot is not None:
+            thread = thread[:slot]
+        members[message.id] = list(thread)
+        thread.append(message)
+    return members, thread
+
+
 def thread_contexts(messages: Sequence[Message | MessagePublic]) -> dict[str, list[dict[str, str]]]:
     """For each message of ONE conversation, the messages it follows (OpenAI-style dicts).
 
@@ -315,20 +475,11 @@ def thread_contexts(messages: Sequence[Message | MessagePublic]) -> dict[str, li
     assistant message recorded right after another assistant message (an alternative answer,
     e.g. the second side of a battle).
     """
-    ordered = sorted(messages, key=lambda m: (m.created_at, m.id))
-    thread: list[Message | MessagePublic] = []
-    contexts: dict[str, list[dict[str, str]]] = {}
-    for message in ordered:
-        slot: int | None = None
-        if message.parent_id is not None:
-            slot = next((i for i, m in enumerate(thread) if m.id == message.parent_id), None)
-        elif message.role == "assistant" and thread and thread[-1].role == "assistant":
-            slot = len(thread) - 1
-        if slot is not None:
-            thread = thread[:slot]
-        contexts[message.id] = [{"role": m.role, "content": m.content} for m in thread]
-        thread.append(message)
-    return contexts
+    members, _ = thread_members(messages)
+    return {
+        key: [{"role": m.role, "content": m.content} for m in thread]
+        for key, thread in members.items()
+    }
 
 
 def message_context(*, session: Session, message_id: str) -> list[dict[str, str]]:
