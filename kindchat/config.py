@@ -55,6 +55,14 @@ class Settings(BaseSettings):
         ),
     )
     tgi_url: str | None = Field(None, description="TGI server URL for backend=tgi.")
+    moderation_lexicon: Path | None = Field(
+        None, description="A moderation lexicon (JSON) instead of kindchat's (feedback/data)."
+    )
+    moderation_base_url: str | None = Field(
+        None, description="An OpenAI-compatible /moderations endpoint, asked after the lexicon."
+    )
+    moderation_api_key: str = Field("EMPTY", description="API key of the moderation endpoint.")
+    moderation_model: str | None = Field(None, description="Model of the moderation endpoint.")
     openai_base_url: str | None = Field(
         None, description="Base URL (…/v1) of the OpenAI-compatible server for backend=openai."
     )

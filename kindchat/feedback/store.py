@@ -586,8 +586,12 @@ def create_battle(
     context: Sequence[Mapping[str, str]],
     message_a_id: str,
     message_b_id: str,
+    void_reason: str | None = None,
 ) -> BattlePublic:
     """Open a side-by-side battle of two stored assistant answers to the same `context`.
+
+    `void_reason` says why its vote will not count (an answer gave its model away): the vote
+    is still taken, but rankings, the challenger and the export leave it out.
 
     `context` is the OpenAI-style message list both answered (ending with the user message);
     the models (alias and version) are copied from the two messages. Only `session_id` may vote.
@@ -616,6 +620,7 @@ def create_battle(
         version_a=a.model_version,
         model_b=b.model_alias,
         version_b=b.model_version,
+        void_reason=_check_optional_str(void_reason, "void_reason"),
     )
     public = _public(BattlePublic, row)
     session.add(row)
@@ -735,7 +740,7 @@ def feedback_stats(*, session: Session, since: datetime | None = None) -> Feedba
     )
     battle_rows = session.execute(
         sa_select(*sides, func.count())
-        .where(col(Battle.winner).isnot(None), *voted_since)
+        .where(col(Battle.winner).isnot(None), col(Battle.void_reason).is_(None), *voted_since)
         .group_by(*sides)
     ).all()
     tallies: dict[str | None, Counter[str]] = defaultdict(Counter)
@@ -774,9 +779,10 @@ def feedback_stats(*, session: Session, since: datetime | None = None) -> Feedba
 
 def battle_outcomes(*, session: Session, since: datetime | None = None) -> list[BattleOutcome]:
     """Voted battles in the order they were voted (what Elo reads); each side named by its
-    version, or its alias when the version is unknown. `since` by vote time."""
+    version, or its alias when the version is unknown. `since` by vote time. Voided battles
+    (an answer gave its model away) do not count."""
     since = _check_since(since)
-    query = select(Battle).where(col(Battle.winner).isnot(None))
+    query = select(Battle).where(col(Battle.winner).isnot(None), col(Battle.void_reason).is_(None))
     if since is not None:
         query = query.where(col(Battle.voted_at) >= since)
     query = query.order_by(col(Battle.voted_at), col(Battle.id))

@@ -89,6 +89,12 @@ class Metrics:
             ["action"],
             registry=self.registry,
         )
+        self.refusals = Counter(
+            "kindchat_moderation_flags",
+            "Messages moderation flagged: user turns refused (by category) and answers (answer:…).",
+            ["category"],
+            registry=self.registry,
+        )
         self.registry.register(_ManagerCollector(manager))
 
     def render(self) -> bytes:

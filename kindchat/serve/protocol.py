@@ -61,6 +61,16 @@ class ChatCompletionRequest(BaseModel):
     regenerate: str | None = Field(
         None, max_length=64, description="Id of an earlier answer this one regenerates."
     )
+    conversation_id: str | None = Field(
+        None,
+        max_length=64,
+        description="Continue this stored conversation of the `user` session (history, shares).",
+    )
+    edit_of: str | None = Field(
+        None,
+        max_length=64,
+        description="With conversation_id: the stored user message the last message edits.",
+    )
 
     @field_validator("stop")
     @classmethod
@@ -97,6 +107,9 @@ class ChatCompletionResponse(BaseModel):
     choices: list[ChatChoice]
     usage: Usage
     system_fingerprint: str | None = None
+    # kindchat extensions
+    conversation_id: str | None = Field(None, description="Where the exchange is stored.")
+    user_message_id: str | None = Field(None, description="The stored id of the last message.")
 
 
 class DeltaMessage(BaseModel):

@@ -24,10 +24,12 @@ from sqlmodel import Session
 from kindchat.config import Settings
 from kindchat.feedback import store
 from kindchat.feedback.db import session_scope
+from kindchat.feedback.errors import NotFoundError
 from kindchat.feedback.models import BattlePublic, RatingPublic, RetrainRunPublic
+from kindchat.feedback.moderation import ChainModerator, Verdict, load_moderator, refusal
 from kindchat.models.backends.base import GenerationOptions, StopMatcher, TextDelta
 from kindchat.models.generation import SamplingParams
-from kindchat.models.manager import Lease, ModelManager, ReloadReport
+from kindchat.models.manager import Lease, ModelManager, ModelName, ReloadReport
 from kindchat.models.registry import CHALLENGER_ALIAS
 from kindchat.serve.errors import (
     ConflictError,
@@ -60,6 +62,28 @@ class AnswerRequest:
     session_id: str | None = None
     regenerate: str | None = None
     arena: bool = False  # an arena side: may be the challenger
+    conversation_id: str | None = None  # continue this stored conversation (else a new one)
+    edit_of: str | None = None  # the stored user message the last message edits (a branch)
+
+
+STOP_BY_USER = "stop_by_user"  # an answer the user stopped (or left) before it ended
+
+
+class RefusalLease:
+    """What an answer refused by moderation holds instead of a model."""
+
+    version = "moderation"
+
+    def __init__(self, model: str) -> None:
+        self.name = ModelName(name=model, version=self.version, alias=None)
+
+    async def release(self) -> None:
+        return None
+
+
+async def _no_more() -> AsyncIterator[TextDelta]:
+    return
+    yield  # an async generator that ends at once
 
 
 @dataclass
@@ -68,7 +92,7 @@ class Answer:
 
     id: str
     request: AnswerRequest
-    lease: Lease
+    lease: Lease | RefusalLease
     stream: AsyncIterator[TextDelta]
     first: TextDelta
     started: float
@@ -77,6 +101,9 @@ class Answer:
     completion_tokens: int = 0
     finish_reason: FinishReason | None = None
     conversation_id: str | None = None
+    user_message_id: str | None = None  # the stored user message this answers
+    flag: Verdict | None = None  # moderation flagged the user's message: this is a refusal
+    stored: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -100,6 +127,12 @@ class ChatService:
         self.manager = manager
         self.db = db
         self.metrics = metrics
+        self.moderator: ChainModerator = load_moderator(
+            settings.moderation_lexicon,
+            settings.moderation_base_url,
+            settings.moderation_api_key,
+            settings.moderation_model,
+        )
 
     # ---- checks -----------------------------------------------------------------------------
     def check_messages(self, messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
@@ -160,6 +193,11 @@ class ChatService:
         if request.regenerate is not None:
             parent = await asyncio.to_thread(self._get_message, request.regenerate)
             conversation_id = parent.conversation_id
+        elif request.conversation_id is not None:
+            await asyncio.to_thread(self._check_conversation, request)
+        verdict = await asyncio.to_thread(self.moderator.check, request.messages[-1]["content"])
+        if verdict.flagged:
+            return self._refuse(request, verdict, conversation_id)
         started = time.perf_counter()
         lease = self.manager.acquire(request.model, arena=request.arena)
         try:
@@ -183,6 +221,38 @@ class ChatService:
             logger.info("%s: %s", request.model, lease.name.note)
         return answer
 
+    def _refuse(
+        self, request: AnswerRequest, verdict: Verdict, conversation_id: str | None
+    ) -> Answer:
+        """A kind refusal in place of a generation; the turn is stored flagged."""
+        text = refusal(verdict)
+        self.metrics.refusals.labels(verdict.category or "flagged").inc()
+        logger.info("refused a message flagged %s", verdict.reason)
+        first = TextDelta(text, 0, 0, "stop")
+        answer = Answer(
+            completion_id(),
+            request,
+            RefusalLease(request.model),
+            _no_more(),
+            first,
+            time.perf_counter(),
+        )
+        answer.conversation_id = conversation_id
+        answer.flag = verdict
+        return answer
+
+    def _check_conversation(self, request: AnswerRequest) -> None:
+        """The conversation to continue must be this session's (404 otherwise)."""
+        with session_scope(self.db) as session:
+            conversation = store.get_conversation(
+                session=session, conversation_id=str(request.conversation_id)
+            )
+            if conversation.session_id != request.session_id or conversation.deleted_at:
+                raise NotFoundError(
+                    f"no conversation {request.conversation_id!r} in this session",
+                    field="conversation_id",
+                )
+
     async def deltas(self, answer: Answer) -> AsyncGenerator[str, None]:
         """The answer's text pieces; totals are set on `answer` when it ends. Always releases."""
         stop = StopMatcher(answer.request.options.stop)
@@ -204,6 +274,8 @@ class ChatService:
                     break
                 delta = await anext(answer.stream, None)
         finally:
+            if answer.finish_reason is None:
+                answer.finish_reason = STOP_BY_USER  # closed early: the user stopped or left
             await _aclose(answer.stream)
             await answer.lease.release()
             self.metrics.tokens.labels(answer.version).inc(answer.completion_tokens)
@@ -224,9 +296,18 @@ class ChatService:
         return answer
 
     async def abandon(self, answer: Answer) -> None:
-        """Stop generating and release the model if nobody iterated the answer to its end."""
+        """Stop generating and release the model if nobody iterated the answer to its end; an
+        answer cut short (stop button, closed tab, dropped connection) is stored as far as it
+        got, with `finish_reason` `stop_by_user`."""
         await _aclose(answer.stream)
         await answer.lease.release()
+        if not answer.stored:
+            if answer.finish_reason is None:
+                answer.finish_reason = STOP_BY_USER
+            try:
+                await self.store(answer)
+            except Exception:  # the client is gone; keep serving the others
+                logger.exception("storing the stopped answer %s failed", answer.id)
 
     # ---- storage ----------------------------------------------------------------------------
     async def store(self, answer: Answer) -> None:
@@ -234,9 +315,17 @@ class ChatService:
         await asyncio.to_thread(self._store, answer)
 
     def _store(self, answer: Answer) -> None:
+        if answer.stored:
+            return
+        answer.stored = True
         with session_scope(self.db) as session:
-            if answer.conversation_id is None:
-                answer.conversation_id = self._record_context(session, answer.request)
+            if answer.conversation_id is None and answer.request.conversation_id is not None:
+                answer.conversation_id = answer.request.conversation_id
+                answer.user_message_id = self._record_turn(session, answer)
+            elif answer.conversation_id is None:
+                answer.conversation_id, answer.user_message_id = self._record_context(
+                    session, answer.request, answer.flag
+                )
             self._record_answer(session, answer, answer.conversation_id)
 
     async def store_battle(self, session_id: str, a: Answer, b: Answer) -> str:
@@ -245,33 +334,78 @@ class ChatService:
 
     def _store_battle(self, session_id: str, a: Answer, b: Answer) -> str:
         with session_scope(self.db) as session:
-            conversation_id = self._record_context(session, a.request)
+            conversation_id, _ = self._record_context(session, a.request, a.flag)
             for answer in (a, b):
+                answer.stored = True
+                answer.conversation_id = conversation_id
                 self._record_answer(session, answer, conversation_id)
+            leak = next(
+                (name for x in (a, b) if (name := self.moderator.reveals_identity(x.text))), None
+            )
+            void = (
+                f"flagged:{a.flag.category}"
+                if a.flag is not None
+                else (f"identity:{leak}" if leak else None)
+            )
+            if void:
+                logger.info("battle voided (%s): the vote will not count", void)
             battle = store.create_battle(
                 session=session,
                 session_id=session_id,
                 context=a.request.messages,
                 message_a_id=a.id,
                 message_b_id=b.id,
+                void_reason=void,
             )
             return battle.id
 
     @staticmethod
-    def _record_context(session: Session, request: AnswerRequest) -> str:
-        conversation = store.create_conversation(session=session, session_id=request.session_id)
-        for message in request.messages:
-            store.record_message(
+    def _record_context(
+        session: Session, request: AnswerRequest, flag: Verdict | None
+    ) -> tuple[str, str | None]:
+        """A new conversation holding the request's messages; its id and the last message's."""
+        messages = request.messages
+        system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
+        conversation = store.create_conversation(
+            session=session, session_id=request.session_id, system_prompt=system
+        )
+        last: str | None = None
+        for index, message in enumerate(messages):
+            final = index == len(messages) - 1
+            last = store.record_message(
                 session=session,
                 conversation_id=conversation.id,
                 role=message["role"],
                 content=message["content"],
                 session_id=request.session_id,
-            )
-        return conversation.id
+                flag_reason=flag.reason if final and flag is not None else None,
+            ).id
+        return conversation.id, last
+
+    @staticmethod
+    def _record_turn(session: Session, answer: Answer) -> str:
+        """The request's last message, appended to its stored conversation (an edit: as the
+        sibling of the message it edits); its id."""
+        request = answer.request
+        return store.record_message(
+            session=session,
+            conversation_id=str(request.conversation_id),
+            role="user",
+            content=request.messages[-1]["content"],
+            session_id=request.session_id,
+            parent_id=request.edit_of,
+            flag_reason=answer.flag.reason if answer.flag is not None else None,
+        ).id
 
     def _record_answer(self, session: Session, answer: Answer, conversation_id: str) -> None:
         request, params = answer.request, answer.request.params
+        if answer.flag is not None:
+            flag: str | None = "refusal"  # the answer to a flagged turn: never training data
+        else:
+            verdict = self.moderator.check(answer.text)
+            flag = verdict.reason
+            if verdict.flagged:
+                self.metrics.refusals.labels(f"answer:{verdict.category}").inc()
         store.record_message(
             session=session,
             conversation_id=conversation_id,
@@ -295,6 +429,8 @@ class ChatService:
             completion_tokens=answer.completion_tokens,
             parent_id=request.regenerate,
             message_id=answer.id,
+            flag_reason=flag,
+            finish_reason=answer.finish_reason,
         )
 
     def _get_message(self, message_id: str) -> Any:

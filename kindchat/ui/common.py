@@ -77,12 +77,24 @@ def model_choices(service: ChatService) -> list[tuple[str, str]]:
     return [(model_label(name), name.name) for name in service.manager.names()]
 
 
+_STORING: set[asyncio.Task[None]] = set()  # stopped answers being stored (kept referenced)
+
+
 async def stream_text(service: ChatService, answer: Answer) -> AsyncIterator[str]:
-    """The answer's text so far after each piece; stored when it ends (closed early: not)."""
-    async with contextlib.aclosing(service.deltas(answer)) as pieces:
-        async for _ in pieces:
-            yield answer.text
-    await service.store(answer)
+    """The answer's text so far after each piece; stored when it ends. Stopped early (the
+    stop button cancels the event, or the tab closed), it is stored as far as it got, with
+    `finish_reason` `stop_by_user`, in a task of its own so that the cancellation cannot cut
+    the write short."""
+    try:
+        async with contextlib.aclosing(service.deltas(answer)) as pieces:
+            async for _ in pieces:
+                yield answer.text
+        await service.store(answer)
+    finally:
+        if not answer.stored:
+            task = asyncio.get_running_loop().create_task(service.abandon(answer))
+            _STORING.add(task)
+            task.add_done_callback(_STORING.discard)
 
 
 async def run_blocking(fn: Callable[..., Any], /, **kwargs: Any) -> Any:

@@ -50,6 +50,8 @@ def answer_request(body: ChatCompletionRequest, service: ChatService) -> AnswerR
         ),
         session_id=body.user,
         regenerate=body.regenerate,
+        conversation_id=body.conversation_id,
+        edit_of=body.edit_of if body.conversation_id else None,
     )
 
 
@@ -66,7 +68,8 @@ async def create_chat_completion(
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             background=BackgroundTask(service.abandon, answer),  # runs after a disconnect too
         )
-    await until_done_or_disconnected(request, collect(answer, service))
+    if not await until_done_or_disconnected(request, collect(answer, service)):
+        await service.abandon(answer)  # stored as far as it got, stop_by_user
     return ChatCompletionResponse(
         id=answer.id,
         model=answer.version,
@@ -77,6 +80,8 @@ async def create_chat_completion(
             )
         ],
         usage=answer.usage,
+        conversation_id=answer.conversation_id,
+        user_message_id=answer.user_message_id,
     )
 
 
@@ -87,19 +92,21 @@ async def collect(answer: Answer, service: ChatService) -> None:
     await service.store(answer)
 
 
-async def until_done_or_disconnected(request: Request, work: Coroutine[Any, Any, None]) -> None:
-    """Await `work`; if the client goes away first, cancel it (which stops generation)."""
+async def until_done_or_disconnected(request: Request, work: Coroutine[Any, Any, None]) -> bool:
+    """Await `work`; if the client goes away first, cancel it (which stops generation). True
+    when the work finished."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(wait_for_disconnect(request))
     try:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
         if task.done():
             task.result()
-            return
+            return True
         logger.info("client disconnected; generation stopped")
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        return False
     finally:
         for pending in (task, watcher):
             if not pending.done():
