@@ -218,9 +218,7 @@ def _owned(session: Session, conversation_id: str, session_id: str) -> Conversat
     answer whether it does not exist or is someone else's)."""
     row = session.get(Conversation, conversation_id)
     if row is None or row.session_id != session_id or row.deleted_at is not None:
-        raise NotFoundError(
-            f"no conversation {conversation_id!r} in this session", field="conversation_id"
-        )
+        raise NotFoundError("conversation", conversation_id, field="conversation_id")
     return row
 
 
@@ -319,7 +317,7 @@ def shared_conversation(
         )
     ).first()
     if row is None or not token:
-        raise NotFoundError("this share link does not exist or was withdrawn", field="token")
+        raise NotFoundError("shared conversation", token, field="token")
     return _public(ConversationPublic, row), conversation_thread(
         session=session, conversation_id=row.id
     )

@@ -17,7 +17,7 @@ from kindchat.models.backends.base import GenerationBackend
 from kindchat.models.manager import Loader, ModelManager
 from kindchat.serve.errors import install_error_handlers
 from kindchat.serve.metrics import Metrics, MetricsMiddleware
-from kindchat.serve.routes import admin, arena, chat, feedback, health, models
+from kindchat.serve.routes import admin, arena, chat, conversations, feedback, health, models
 from kindchat.serve.service import ChatService
 
 logger = logging.getLogger(__name__)
@@ -161,8 +161,9 @@ def create_app(
     app.state.manager = manager
     app.state.metrics = metrics
     install_error_handlers(app, settings.retry_after_s)
-    for module in (chat, models, feedback, arena, health, admin):
+    for module in (chat, models, feedback, arena, conversations, health, admin):
         app.include_router(module.router)
+    app.include_router(conversations.pages)  # /shared/<token>: a read-only page
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     for extend in extensions:
         extend(app)

@@ -25,7 +25,13 @@ from kindchat.config import Settings
 from kindchat.feedback import store
 from kindchat.feedback.db import session_scope
 from kindchat.feedback.errors import NotFoundError
-from kindchat.feedback.models import BattlePublic, RatingPublic, RetrainRunPublic
+from kindchat.feedback.models import (
+    BattlePublic,
+    ConversationPublic,
+    MessagePublic,
+    RatingPublic,
+    RetrainRunPublic,
+)
 from kindchat.feedback.moderation import ChainModerator, Verdict, load_moderator, refusal
 from kindchat.models.backends.base import GenerationOptions, StopMatcher, TextDelta
 from kindchat.models.generation import SamplingParams
@@ -249,8 +255,7 @@ class ChatService:
             )
             if conversation.session_id != request.session_id or conversation.deleted_at:
                 raise NotFoundError(
-                    f"no conversation {request.conversation_id!r} in this session",
-                    field="conversation_id",
+                    "conversation", str(request.conversation_id), field="conversation_id"
                 )
 
     async def deltas(self, answer: Answer) -> AsyncGenerator[str, None]:
@@ -436,6 +441,50 @@ class ChatService:
     def _get_message(self, message_id: str) -> Any:
         with session_scope(self.db) as session:
             return store.get_message(session=session, message_id=message_id)
+
+    # ---- conversation history (the API routes and the UI both call these) ------------------
+    def conversations(self, session_id: str, limit: int = 50) -> list[ConversationPublic]:
+        with session_scope(self.db) as session:
+            return store.list_conversations(session=session, session_id=session_id, limit=limit)
+
+    def conversation(
+        self, conversation_id: str, session_id: str
+    ) -> tuple[ConversationPublic, list[MessagePublic]]:
+        """A conversation of `session_id` and its messages as the user last saw them."""
+        with session_scope(self.db) as session:
+            conversation = store.get_conversation(session=session, conversation_id=conversation_id)
+            if conversation.session_id != session_id or conversation.deleted_at is not None:
+                raise NotFoundError("conversation", conversation_id, field="conversation_id")
+            return conversation, store.conversation_thread(
+                session=session, conversation_id=conversation_id
+            )
+
+    def rename_conversation(
+        self, conversation_id: str, session_id: str, title: str
+    ) -> ConversationPublic:
+        with session_scope(self.db) as session:
+            return store.rename_conversation(
+                session=session, conversation_id=conversation_id, session_id=session_id, title=title
+            )
+
+    def delete_conversation(self, conversation_id: str, session_id: str, forget: bool) -> None:
+        with session_scope(self.db) as session:
+            store.delete_conversation(
+                session=session,
+                conversation_id=conversation_id,
+                session_id=session_id,
+                forget=forget,
+            )
+
+    def share_conversation(self, conversation_id: str, session_id: str) -> str:
+        with session_scope(self.db) as session:
+            return store.share_conversation(
+                session=session, conversation_id=conversation_id, session_id=session_id
+            )
+
+    def shared(self, token: str) -> tuple[ConversationPublic, list[MessagePublic]]:
+        with session_scope(self.db) as session:
+            return store.shared_conversation(session=session, token=token)
 
     # ---- feedback, arena and rankings (the API routes and the UI both call these) ------------
     def rate(

@@ -27,6 +27,7 @@ from kindchat.ui.leaderboard import build_leaderboard_tab
 logger = logging.getLogger(__name__)
 
 API_PREFIX = "/v1/"
+SHARE_PREFIX = "/shared/"  # read-only share pages, served by the API app
 SESSION_KEY = "kindchat-session"
 FONTS = [
     "NanumGothic",
@@ -80,7 +81,9 @@ class UiMount(Mount):
     gets the API's own 404/405 error JSON instead of the UI's."""
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        if scope["type"] in ("http", "websocket") and scope["path"].startswith(API_PREFIX):
+        if scope["type"] in ("http", "websocket") and scope["path"].startswith(
+            (API_PREFIX, SHARE_PREFIX)
+        ):
             return Match.NONE, {}
         return super().matches(scope)
 
