@@ -230,7 +230,11 @@ def list_conversations(
     _check_str(session_id, "session_id", max_len=NAME_LENGTH)
     query = (
         select(Conversation)
-        .where(Conversation.session_id == session_id, col(Conversation.deleted_at).is_(None))
+        .where(
+            Conversation.session_id == session_id,
+            col(Conversation.deleted_at).is_(None),
+            col(Conversation.title).isnot(None),  # started, not empty
+        )
         .order_by(
             func.coalesce(col(Conversation.updated_at), col(Conversation.created_at)).desc(),
             col(Conversation.id),

@@ -70,6 +70,7 @@ class AnswerRequest:
     arena: bool = False  # an arena side: may be the challenger
     conversation_id: str | None = None  # continue this stored conversation (else a new one)
     edit_of: str | None = None  # the stored user message the last message edits (a branch)
+    user_message_id: str | None = None  # the id to store the last message under (continuing)
 
 
 STOP_BY_USER = "stop_by_user"  # an answer the user stopped (or left) before it ended
@@ -400,6 +401,7 @@ class ChatService:
             session_id=request.session_id,
             parent_id=request.edit_of,
             flag_reason=answer.flag.reason if answer.flag is not None else None,
+            message_id=request.user_message_id,
         ).id
 
     def _record_answer(self, session: Session, answer: Answer, conversation_id: str) -> None:
@@ -443,6 +445,13 @@ class ChatService:
             return store.get_message(session=session, message_id=message_id)
 
     # ---- conversation history (the API routes and the UI both call these) ------------------
+    def start_conversation(self, session_id: str, system_prompt: str | None = None) -> str:
+        """An empty stored conversation (the UI's chats continue it turn by turn); its id."""
+        with session_scope(self.db) as session:
+            return store.create_conversation(
+                session=session, session_id=session_id, system_prompt=system_prompt
+            ).id
+
     def conversations(self, session_id: str, limit: int = 50) -> list[ConversationPublic]:
         with session_scope(self.db) as session:
             return store.list_conversations(session=session, session_id=session_id, limit=limit)

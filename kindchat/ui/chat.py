@@ -1,17 +1,23 @@
-"""The 채팅 tab: multi-turn streamed chat, 👍/👎 with an optional reason, regenerate, clear."""
+"""The 채팅 tab: multi-turn streamed chat with a stop button, edit and resend (branches),
+👍/👎 with an optional reason, regenerate, personas, and the history of the browser's
+conversations (reopen, rename, delete, export, share). All of it goes through `ChatService`."""
 
 from __future__ import annotations
 
+import json
 import logging
+import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
+from kindchat.feedback.models import new_id
 from kindchat.models.backends.base import GenerationOptions
 from kindchat.serve.protocol import ChatMessage
 from kindchat.serve.service import AnswerRequest, ChatService
-from kindchat.ui import strings
+from kindchat.ui import personas, strings
 from kindchat.ui.common import (
     OnLoad,
     ServiceRef,
@@ -32,30 +38,54 @@ def chatbot_update(state: ChatSession) -> Any:
 
 
 async def answer(
-    service: ChatService, state: ChatSession, model: str, regenerate: str | None = None
+    service: ChatService,
+    state: ChatSession,
+    model: str,
+    regenerate: str | None = None,
+    edit_of: str | None = None,
 ) -> AsyncIterator[ChatSession]:
     """Stream an answer to `state`'s conversation into a new last turn (or over the last
-    answer, which `regenerate` names: the new one is stored as its sibling)."""
+    answer, which `regenerate` names: the new one is stored as its sibling). The conversation
+    is stored as it goes: made on the first message, each turn appended (an edit as the sibling
+    of the message it edits), so the history survives a reload."""
     context = state.turns[:-1] if regenerate else state.turns
     messages = service.check_messages(
-        [ChatMessage(role=t.role, content=t.content) for t in context]
+        [
+            *([ChatMessage(role="system", content=state.persona)] if state.persona else []),
+            *(ChatMessage(role=t.role, content=t.content) for t in context),
+        ]
     )
+    if regenerate is None:
+        if state.conversation_id is None:
+            state.conversation_id = await run_blocking(
+                service.start_conversation,
+                session_id=state.session_id or "anonymous",
+                system_prompt=state.persona,
+            )
+        context[-1].message_id = context[-1].message_id or new_id()
     request = AnswerRequest(
         model=model or service.manager.default_name(),
         messages=messages,
         params=service.sampling(max_tokens=None, temperature=None, top_p=None),
         options=GenerationOptions(),
-        session_id=state.session_id or None,
+        session_id=state.session_id or "anonymous",
         regenerate=regenerate,
+        conversation_id=None if regenerate else state.conversation_id,
+        edit_of=edit_of,
+        user_message_id=None if regenerate else context[-1].message_id,
     )
     opened = await service.open(request)
-    turn = Turn(role="assistant", content="", model=opened.version)
+    turn = Turn(role="assistant", content="", message_id=opened.id, model=opened.version)
     state.turns = [*context, turn]
     async for text in stream_text(service, opened):
         turn.content = text
         yield state
-    turn.message_id = opened.id
     yield state
+
+
+def busy(visible: bool) -> tuple[Any, Any]:
+    """The stop button while an answer streams; the send button otherwise."""
+    return gr.update(visible=visible), gr.update(visible=not visible)
 
 
 async def send(
@@ -66,12 +96,36 @@ async def send(
     state.turns = [*before, Turn(role="user", content=text)]
     state.awaiting_reason = None
     try:
-        yield "", chatbot_update(state), state, gr.update(visible=False)
+        yield "", chatbot_update(state), state, gr.update(visible=False), *busy(True)
         async for current in answer(service, state, model):
-            yield "", chatbot_update(current), current, gr.update()
+            yield "", chatbot_update(current), current, gr.update(), *busy(True)
+        yield "", chatbot_update(state), state, gr.update(), *busy(False)
     except Exception as err:
         state.turns = before
-        yield text, chatbot_update(state), state, gr.update()
+        yield text, chatbot_update(state), state, gr.update(), *busy(False)
+        raise user_error(err) from err
+
+
+async def edit(
+    service: ChatService, state: ChatSession, data: gr.EditData, model: str
+) -> AsyncIterator[Update]:
+    """A user message edited in place: a new branch from it (the old one stays stored)."""
+    index = data.index if isinstance(data.index, int) else data.index[0]
+    old = state.turns[index] if 0 <= index < len(state.turns) else None
+    value = data.value if isinstance(data.value, str) else str(data.value.get("text", ""))
+    if old is None or old.role != "user" or not value.strip():
+        yield chatbot_update(state), state, gr.update(), *busy(False)
+        return
+    before = list(state.turns)
+    state.turns = [*before[:index], Turn(role="user", content=value)]
+    state.awaiting_reason = None
+    try:
+        async for current in answer(service, state, model, edit_of=old.message_id):
+            yield chatbot_update(current), current, gr.update(visible=False), *busy(True)
+        yield chatbot_update(state), state, gr.update(), *busy(False)
+    except Exception as err:
+        state.turns = before
+        yield chatbot_update(state), state, gr.update(), *busy(False)
         raise user_error(err) from err
 
 
@@ -80,17 +134,27 @@ async def regenerate(service: ChatService, state: ChatSession, model: str) -> As
     last = state.last_answer()
     if last is None:
         gr.Info(strings.NOTHING_TO_REGENERATE, duration=3)
-        yield chatbot_update(state), state, gr.update()
+        yield chatbot_update(state), state, gr.update(), *busy(False)
         return
     before = list(state.turns)
     state.awaiting_reason = None
     try:
         async for current in answer(service, state, model, regenerate=last.message_id):
-            yield chatbot_update(current), current, gr.update(visible=False)
+            yield chatbot_update(current), current, gr.update(visible=False), *busy(True)
+        yield chatbot_update(state), state, gr.update(), *busy(False)
     except Exception as err:
         state.turns = before
-        yield chatbot_update(state), state, gr.update()
+        yield chatbot_update(state), state, gr.update(), *busy(False)
         raise user_error(err) from err
+
+
+def stop(state: ChatSession) -> Update:
+    """The stop button: the answer so far stays (stored as `stop_by_user` by the stream)."""
+    last = state.turns[-1] if state.turns else None
+    if last is not None and last.role == "assistant":
+        last.stopped = True
+    gr.Info(strings.STOPPED, duration=3)
+    return chatbot_update(state), state, *busy(False)
 
 
 async def like(service: ChatService, state: ChatSession, data: gr.LikeData) -> Update:
@@ -141,15 +205,112 @@ async def send_reason(
 
 
 def clear(state: ChatSession) -> Update:
+    """A new, empty chat (the old one stays in the history)."""
     fresh = ChatSession(session_id=state.session_id)
     return chatbot_update(fresh), fresh, gr.update(visible=False), ""
+
+
+# ---- history ------------------------------------------------------------------------------
+def history_update(service: ChatService, state: ChatSession) -> Any:
+    """The history list: this session's conversations, newest first."""
+    if not state.session_id:
+        return gr.update(choices=[], value=None, info=strings.HISTORY_EMPTY)
+    rows = service.conversations(state.session_id)
+    return gr.update(
+        choices=[(c.title or strings.NEW_CHAT, c.id) for c in rows],
+        info=strings.HISTORY_INFO if rows else strings.HISTORY_EMPTY,
+        value=state.conversation_id if any(c.id == state.conversation_id for c in rows) else None,
+    )
+
+
+def open_conversation(service: ChatService, state: ChatSession, conversation_id: str) -> Update:
+    """Reopen a stored conversation where it was left (its latest branch)."""
+    if not conversation_id or conversation_id == state.conversation_id:
+        return chatbot_update(state), state, gr.update(), gr.update()
+    conversation, messages = service.conversation(conversation_id, state.session_id)
+    turns = [
+        Turn(
+            role=m.role,  # type: ignore[arg-type]
+            content=m.content,
+            message_id=m.id,
+            model=m.model_version,
+            stopped=m.finish_reason == "stop_by_user",
+        )
+        for m in messages
+        if m.role in ("user", "assistant")
+    ]
+    opened = ChatSession(
+        session_id=state.session_id,
+        turns=turns,
+        conversation_id=conversation.id,
+        persona=conversation.system_prompt,
+    )
+    return (
+        chatbot_update(opened),
+        opened,
+        gr.update(value=conversation.title or ""),
+        gr.update(value="", visible=False),
+    )
+
+
+def export_path(service: ChatService, state: ChatSession) -> str:
+    """The conversation as a JSON file (what `GET /v1/conversations/{id}` returns)."""
+    if state.conversation_id is None:
+        raise gr.Error(strings.NO_CONVERSATION)
+    conversation, messages = service.conversation(state.conversation_id, state.session_id)
+    data = {
+        "id": conversation.id,
+        "title": conversation.title,
+        "system_prompt": conversation.system_prompt,
+        "created_at": conversation.created_at.isoformat(),
+        "messages": [
+            {
+                "id": m.id,
+                "role": m.role,
+                "content": m.content,
+                "model": m.model_version,
+                "finish_reason": m.finish_reason,
+                "created_at": m.created_at.isoformat(),
+            }
+            for m in messages
+        ],
+    }
+    folder = Path(tempfile.mkdtemp(prefix="kindchat-export-"))
+    path = folder / f"kindchat-{conversation.id[:8]}.json"
+    path.write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
+    return str(path)
 
 
 def build_chat_tab(service: ServiceRef) -> OnLoad:
     """The chat tab's components and events; what it needs when a page opens."""
     state = gr.State(ChatSession())
-    with gr.Row():
-        with gr.Column(scale=4):
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=200, elem_id="chat-sidebar"):
+            new_chat = gr.Button(strings.NEW_CHAT, elem_id="chat-new")
+            history = gr.Radio(
+                choices=[],
+                label=strings.HISTORY_LABEL,
+                info=strings.HISTORY_EMPTY,
+                elem_id="chat-history",
+            )
+            with gr.Accordion(strings.MANAGE, open=False, elem_id="chat-manage"):
+                title = gr.Textbox(label=strings.RENAME_LABEL, elem_id="chat-title")
+                rename_button = gr.Button(strings.RENAME, size="sm", elem_id="chat-rename")
+                forget = gr.Checkbox(label=strings.FORGET, value=False, elem_id="chat-forget")
+                delete_button = gr.Button(
+                    strings.DELETE, size="sm", variant="stop", elem_id="chat-delete"
+                )
+                export_button = gr.Button(strings.EXPORT, size="sm", elem_id="chat-export")
+                export_file = gr.File(visible=False, elem_id="chat-export-file")
+                share_button = gr.Button(strings.SHARE, size="sm", elem_id="chat-share")
+                share_link = gr.Textbox(
+                    label=strings.SHARE_LINK_LABEL,
+                    visible=False,
+                    interactive=False,
+                    buttons=["copy"],
+                    elem_id="chat-share-link",
+                )
+        with gr.Column(scale=4, min_width=320):
             chatbot = gr.Chatbot(
                 label=strings.CHAT_LABEL,
                 placeholder=strings.CHAT_PLACEHOLDER,
@@ -158,6 +319,8 @@ def build_chat_tab(service: ServiceRef) -> OnLoad:
                 allow_tags=False,
                 feedback_options=("Like", "Dislike"),
                 buttons=["copy"],
+                editable="user",
+                autoscroll=True,
                 elem_id="chat-bot",
             )
             with gr.Group(visible=False, elem_id="chat-reason") as reason_box:
@@ -188,6 +351,9 @@ def build_chat_tab(service: ServiceRef) -> OnLoad:
                 send_button = gr.Button(
                     strings.SEND, variant="primary", scale=1, elem_id="chat-send"
                 )
+                stop_button = gr.Button(
+                    strings.STOP, variant="stop", scale=1, visible=False, elem_id="chat-stop"
+                )
         with gr.Column(scale=1, min_width=220):
             model = gr.Dropdown(
                 label=strings.MODEL_LABEL,
@@ -195,11 +361,34 @@ def build_chat_tab(service: ServiceRef) -> OnLoad:
                 choices=[],
                 elem_id="chat-model",
             )
+            persona = gr.Dropdown(
+                label=strings.PERSONA_LABEL,
+                info=strings.PERSONA_INFO,
+                choices=list(personas.PERSONAS),
+                value=personas.DEFAULT,
+                elem_id="chat-persona",
+            )
+            custom_persona = gr.Textbox(
+                label=strings.PERSONA_CUSTOM_LABEL,
+                placeholder=strings.PERSONA_CUSTOM_PLACEHOLDER,
+                visible=False,
+                lines=2,
+                elem_id="chat-persona-custom",
+            )
             regenerate_button = gr.Button(strings.REGENERATE, elem_id="chat-regenerate")
             clear_button = gr.Button(strings.CLEAR, elem_id="chat-clear")
+            gr.Markdown(strings.EDIT_HINT)
 
-    async def on_send(state: ChatSession, text: str, model: str) -> AsyncIterator[Update]:
+    async def on_send(
+        state: ChatSession, text: str, model: str, choice: str, custom: str
+    ) -> AsyncIterator[Update]:
+        if state.conversation_id is None:  # the persona is chosen per conversation
+            state.persona = personas.system_prompt(choice, custom)
         async for update in send(service(), state, text, model):
+            yield update
+
+    async def on_edit(state: ChatSession, data: gr.EditData, model: str) -> AsyncIterator[Update]:
+        async for update in edit(service(), state, data, model):
             yield update
 
     async def on_regenerate(state: ChatSession, model: str) -> AsyncIterator[Update]:
@@ -214,28 +403,99 @@ def build_chat_tab(service: ServiceRef) -> OnLoad:
     ) -> Update:
         return await send_reason(service(), state, reason, comment, better)
 
-    send_outputs = [text, chatbot, state, reason_box]
-    gr.on(
+    def on_history(state: ChatSession) -> Any:
+        return history_update(service(), state)
+
+    def on_open(state: ChatSession, conversation_id: str) -> Update:
+        try:
+            return open_conversation(service(), state, conversation_id)
+        except Exception as err:
+            raise user_error(err) from err
+
+    def on_rename(state: ChatSession, title: str) -> Any:
+        if state.conversation_id is None or not title.strip():
+            raise gr.Error(strings.NO_CONVERSATION)
+        try:
+            service().rename_conversation(state.conversation_id, state.session_id, title)
+        except Exception as err:
+            raise user_error(err) from err
+        return history_update(service(), state)
+
+    def on_delete(state: ChatSession, forget: bool) -> Update:
+        if state.conversation_id is None:
+            raise gr.Error(strings.NO_CONVERSATION)
+        try:
+            service().delete_conversation(state.conversation_id, state.session_id, forget)
+        except Exception as err:
+            raise user_error(err) from err
+        gr.Info(strings.DELETED, duration=3)
+        fresh = ChatSession(session_id=state.session_id)
+        return chatbot_update(fresh), fresh, history_update(service(), fresh)
+
+    def on_export(state: ChatSession) -> Any:
+        return gr.File(value=export_path(service(), state), visible=True)
+
+    def on_share(state: ChatSession, request: gr.Request) -> Any:
+        if state.conversation_id is None:
+            raise gr.Error(strings.NO_CONVERSATION)
+        token = service().share_conversation(state.conversation_id, state.session_id)
+        host = request.headers.get("host", "127.0.0.1")
+        scheme = request.headers.get("x-forwarded-proto", "http")
+        return gr.update(value=f"{scheme}://{host}/shared/{token}", visible=True)
+
+    def on_persona(choice: str) -> Any:
+        return gr.update(visible=choice == personas.CUSTOM)
+
+    running = [chatbot, state, reason_box, stop_button, send_button]
+    sent = gr.on(
         [text.submit, send_button.click],
         on_send,
-        [state, text, model],
-        send_outputs,
+        [state, text, model, persona, custom_persona],
+        [text, *running],
         concurrency_id="generate",
     )
-    regenerate_button.click(
-        on_regenerate, [state, model], [chatbot, state, reason_box], concurrency_id="generate"
+    edited = chatbot.edit(on_edit, [state, model], running, concurrency_id="generate")
+    regenerated = regenerate_button.click(
+        on_regenerate, [state, model], running, concurrency_id="generate"
     )
+    for event in (sent, edited, regenerated):
+        event.then(on_history, [state], [history])
+
+    def after_stop(state: ChatSession) -> Update:
+        # After the cancelled event's last update has landed: the buttons as when idle.
+        return on_history(state), *busy(False)
+
+    stop_button.click(
+        stop,
+        [state],
+        [chatbot, state, stop_button, send_button],
+        cancels=[sent, edited, regenerated],
+    ).then(after_stop, [state], [history, stop_button, send_button])
     chatbot.like(on_like, [state], [state, reason_box])
     send_reason_button.click(
         on_reason, [state, reason, comment, better], [state, reason_box, reason, comment, better]
     )
-    gr.on([clear_button.click, chatbot.clear], clear, [state], [chatbot, state, reason_box, text])
+    gr.on(
+        [clear_button.click, chatbot.clear, new_chat.click],
+        clear,
+        [state],
+        [chatbot, state, reason_box, text],
+    ).then(on_history, [state], [history])
+    history.input(on_open, [state, history], [chatbot, state, title, share_link])
+    rename_button.click(on_rename, [state, title], [history])
+    delete_button.click(on_delete, [state, forget], [chatbot, state, history])
+    export_button.click(on_export, [state], [export_file])
+    share_button.click(on_share, [state], [share_link])
+    persona.change(on_persona, [persona], [custom_persona])
 
     def on_load(session_id: str) -> Update:
         served = service()
         choices = model_choices(served)
-        return ChatSession(session_id=session_id), gr.Dropdown(
-            choices=choices, value=served.manager.default_name()
+        fresh = ChatSession(session_id=session_id)
+        return (
+            fresh,
+            gr.Dropdown(choices=choices, value=served.manager.default_name()),
+            history_update(served, fresh),
         )
 
-    return OnLoad(on_load, [], [state, model])
+    return OnLoad(on_load, [], [state, model, history])

@@ -22,6 +22,7 @@ class Turn:
     message_id: str | None = None
     model: str | None = None  # the version that answered
     rating: int | None = None  # this session's 👍 (1) / 👎 (-1)
+    stopped: bool = False  # the user stopped this answer mid-way
 
 
 @dataclass
@@ -31,10 +32,13 @@ class ChatSession:
     session_id: str = ""
     turns: list[Turn] = field(default_factory=list)
     awaiting_reason: str | None = None  # answer id whose 👎 may get a reason
+    conversation_id: str | None = None  # the stored conversation (made on the first message)
+    persona: str | None = None  # the system message of this conversation
 
     def messages(self, upto: int | None = None) -> list[ChatMessage]:
-        """The conversation for the service (the first `upto` turns)."""
-        return [ChatMessage(role=t.role, content=t.content) for t in self.turns[:upto]]
+        """The conversation for the service (the persona, then the first `upto` turns)."""
+        system = [ChatMessage(role="system", content=self.persona)] if self.persona else []
+        return [*system, *(ChatMessage(role=t.role, content=t.content) for t in self.turns[:upto])]
 
     def last_answer(self) -> Turn | None:
         if self.turns and self.turns[-1].role == "assistant" and self.turns[-1].message_id:
