@@ -214,6 +214,9 @@ class VoteResponse(BaseModel):
     version_a: str | None
     model_b: str | None
     version_b: str | None
+    void_reason: str | None = Field(
+        None, description="Why this vote does not count (an answer gave its model away)."
+    )
 
 
 class LeaderboardRow(BaseModel):

@@ -134,7 +134,8 @@ async def vote(service: ChatService, state: ArenaRound, verdict: str) -> Update:
         a=f"{result.model_a} · {result.version_a}", b=f"{result.model_b} · {result.version_b}"
     )
     mine = strings.ARENA_YOUR_VOTE.format(verdict=strings.ARENA_VERDICTS[verdict])
-    return state, f"{reveal}  \n{mine}", *vote_buttons(False)
+    void = f"  \n{strings.ARENA_VOIDED}" if result.void_reason else ""
+    return state, f"{reveal}  \n{mine}{void}", *vote_buttons(False)
 
 
 def new_round(state: ArenaRound) -> Update:

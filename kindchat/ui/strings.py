@@ -93,6 +93,9 @@ ARENA_VERDICTS = {
     "both_bad": "둘 다 별로",
 }
 ARENA_YOUR_VOTE = "내 선택: {verdict}"
+ARENA_VOIDED = (
+    "⚠️ 이 대결은 답변에 모델 이름이 드러났거나 안전하지 않은 질문이라 순위에 반영되지 않아요."
+)
 ARENA_NO_BATTLE = "아직 진행 중인 대결이 없어요. 먼저 질문을 보내 주세요."
 ARENA_SAME_MODEL = "서로 다른 두 모델을 골라 주세요."
 

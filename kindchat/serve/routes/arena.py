@@ -60,6 +60,7 @@ async def vote(battle_id: str, body: VoteRequest, service: ServiceDep) -> VoteRe
         version_a=battle.version_a,
         model_b=battle.model_b,
         version_b=battle.version_b,
+        void_reason=battle.void_reason,
     )
 
 
