@@ -570,6 +570,49 @@ def models_dummy(
     console.print(f"wrote a random-weight {preset} checkpoint to {out}", highlight=False)
 
 
+@models_app.command("gc")
+@friendly
+def models_gc(
+    ctx: typer.Context,
+    keep: Annotated[
+        int, typer.Option(help="History entries per alias, and refused runs, to keep.")
+    ] = 2,
+    min_age_hours: Annotated[float, typer.Option(help="Never remove younger versions.")] = 1.0,
+    dry_run: Annotated[bool, typer.Option(help="Only print what would be removed.")] = False,
+) -> None:
+    """Remove model versions nothing can reach: no alias, no recent history, no kept child.
+
+    An alias target is never removed; nor are the versions of the last --keep refused retrain
+    runs and of runs still in progress.
+    """
+    from kindchat.feedback import store
+    from kindchat.feedback.db import init_db, session_scope
+    from kindchat.models.gc import run_gc
+
+    settings: Settings = ctx.obj
+    protected: set[str] = set()
+    with session_scope(init_db(settings)) as session:
+        refused = store.list_runs(session=session, status="refused", limit=max(keep, 1))[:keep]
+        live = [
+            run
+            for status in ("queued", "running", "challenging")
+            for run in store.list_runs(session=session, status=status, limit=100)
+        ]
+    for run in [*refused, *live]:
+        protected.update(run.produced_versions or [])
+    plan = run_gc(
+        _registry(settings), keep, protected, min_age_s=min_age_hours * 3600, dry_run=dry_run
+    )
+    verb = "would remove" if dry_run else "removed"
+    for manifest in plan.remove:
+        console.print(f"{verb} {manifest.version} ({manifest.kind}, {manifest.created})")
+    console.print(
+        f"{verb} {len(plan.remove)} versions, {plan.bytes_freed / 1e6:.1f} MB; "
+        f"kept {len(plan.keep)}",
+        highlight=False,
+    )
+
+
 KEY_METRICS = ("heldout_ppl_before", "heldout_ppl", "accuracy", "win_rate", "reward_mean", "kl")
 
 

@@ -218,6 +218,20 @@ class Registry:
     def aliases(self) -> dict[str, str]:
         return dict(self._read_aliases()["aliases"])
 
+    def alias_state(self) -> dict[str, Any]:
+        """Aliases and each alias's history (oldest first), as stored."""
+        return self._read_aliases()
+
+    @contextmanager
+    def aliases_locked(self) -> Iterator[None]:
+        """Hold the alias lock without changing anything: no alias moves meanwhile (gc)."""
+        with (self.root / ".aliases.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
     def set_alias(self, alias: str, version: str) -> str | None:
         """Point `alias` at `version` atomically; return the version it pointed at before."""
         self.manifest(version)
