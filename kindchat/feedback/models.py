@@ -14,7 +14,18 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
-from sqlalchemy import JSON, DateTime, Dialect, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Dialect,
+    Float,
+    LargeBinary,
+    Table,
+    Text,
+    Unicode,
+    UniqueConstraint,
+)
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -287,6 +298,18 @@ class RetrainRunPublic(RetrainRunBase):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+
+# --- the scheduler's job table --------------------------------------------------------------
+# APScheduler's own schema (its SQLAlchemyJobStore reads and writes it); declared here so that
+# the migrations create it and the schema check covers it. The scheduler finds it in place.
+SCHEDULER_JOBS = Table(
+    "apscheduler_jobs",
+    SQLModel.metadata,
+    Column("id", Unicode(191), primary_key=True),
+    Column("next_run_time", Float(25), index=True),
+    Column("job_state", LargeBinary, nullable=False),
+)
 
 
 # --- statistics (not tables) ----------------------------------------------------------------

@@ -31,10 +31,12 @@ from kindchat.feedback.judge import CRITERIA, TRUTHFULNESS
 from kindchat.feedback.llm import ChatClient, EndpointConfig
 
 
-@pytest.fixture
-def fb_settings(tmp_path: Path, data_dir: Path) -> Settings:
-    """Settings with an empty home (the database file lives there)."""
-    return Settings(home=tmp_path / "home", data_dir=data_dir)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def fb_settings(tmp_path: Path, data_dir: Path, request: pytest.FixtureRequest) -> Settings:
+    """Settings with an empty home and an empty database: every store test runs on SQLite (the
+    file lives in the home) and on a real PostgreSQL server."""
+    url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
+    return Settings(home=tmp_path / "home", data_dir=data_dir, db_url=url)
 
 
 @pytest.fixture

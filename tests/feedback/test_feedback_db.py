@@ -33,7 +33,7 @@ def test_migrates_an_empty_database_to_head(fb_settings: Settings) -> None:
     assert not db_file.exists()
     engine = init_db(fb_settings)
     assert db_file.is_file()
-    assert current_revision(engine) == head_revision() == "0003"
+    assert current_revision(engine) == head_revision() == "0004"
     assert set(inspect(engine).get_table_names()) == TABLES
     uniques = inspect(engine).get_unique_constraints("ratings")
     assert [u["column_names"] for u in uniques] == [["message_id", "session_id"]]

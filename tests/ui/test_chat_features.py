@@ -29,6 +29,11 @@ SUBMIT = 'button[aria-label="제출"], button[aria-label="Submit"]'
 def send_chat(page: Any, text: str) -> None:
     page.locator("#chat-input textarea").fill(text)
     page.locator("#chat-send").click()
+    page.wait_for_function(  # the answer has begun (the user's message and a reply are shown)
+        "([sel, text]) => { const u = document.querySelectorAll(sel); "
+        "return u.length && u[u.length - 1].innerText.trim() === text }",
+        arg=[USERS, text],
+    )
 
 
 def messages_where(db: Engine, *where: Any) -> list[Message]:
@@ -45,7 +50,8 @@ def conversation_of(db: Engine, text: str) -> Conversation | None:
 
 
 def settled(page: Any) -> None:
-    """The answer has ended: the send button is back."""
+    """The answer has ended: the stop button is gone and the send button is back."""
+    page.locator("#chat-stop").wait_for(state="hidden", timeout=60_000)
     page.locator("#chat-send").wait_for(state="visible", timeout=60_000)
 
 
@@ -132,6 +138,8 @@ def test_history_survives_a_reload_and_shares_read_only(
     assert conversation is not None
     assert conversation.system_prompt == personas.PERSONAS["친구처럼"]  # the persona, stored
     page.locator("#chat-new").click()
+    page.wait_for_function("sel => !document.querySelectorAll(sel).length", arg=USERS)
+    page.wait_for_function("() => document.querySelector('#chat-input textarea').value === ''")
     send_chat(page, "김치찌개 레시피 알려줘")
     settled(page)
     wait_for(

@@ -13,10 +13,10 @@ import abc
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 from kindchat.models.generation import SamplingParams
-from kindchat.models.template import KULLM, Message, PromptFormat
+from kindchat.models.template import KULLM, Message, PromptFormat, prompt_format
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +137,29 @@ class GenerationBackend(abc.ABC):
                 + "); shorten the last message or lower max_tokens"
             ) from None
         return prompt, self.count_tokens(prompt)
+
+
+class RemoteBackend(GenerationBackend):
+    """A model served by another process (TGI, an OpenAI-compatible server). With the served
+    model's tokenizer at hand (the registry holds the same directory) tokens are counted and
+    prompts built exactly; without it, tokens are estimated."""
+
+    tokenizer: Any = None
+    _context: int = 2048
+
+    def use_tokenizer(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        if tokenizer is not None:
+            self.prompt_format = prompt_format(tokenizer)
+
+    @property
+    def context_length(self) -> int:
+        return self._context
+
+    def count_tokens(self, text: str) -> int:
+        if self.tokenizer is not None:
+            return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return len(text.encode("utf-8")) // 3 + 1  # rough: a Hangul syllable is 3 bytes
 
 
 class IncrementalDecoder:

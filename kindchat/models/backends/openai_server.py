@@ -23,15 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import openai
-from transformers import PreTrainedTokenizerBase
 
 from kindchat.models.backends.base import (
     BackendUnavailableError,
     FinishReason,
-    GenerationBackend,
     GenerationOptions,
     InputTooLongError,
     QueueFullError,
+    RemoteBackend,
     StopMatcher,
     TextDelta,
 )
@@ -40,7 +39,6 @@ from kindchat.models.template import (
     ConversationError,
     Message,
     PromptTooLongError,
-    prompt_format,
     turns_from_messages,
     turns_to_messages,
 )
@@ -51,7 +49,7 @@ DEFAULT_CONTEXT = 4096
 LENGTH_WORDS = ("context", "length", "too long", "tokens")
 
 
-class OpenAIBackend(GenerationBackend):
+class OpenAIBackend(RemoteBackend):
     name = "openai"
 
     def __init__(
@@ -68,14 +66,12 @@ class OpenAIBackend(GenerationBackend):
         served model's directory here (the registry's copy), for its tokenizer and context."""
         self.base_url = base_url.rstrip("/")
         self.model_id = model or ""
-        self.tokenizer: PreTrainedTokenizerBase | None = None
         if model_dir is not None:
             from transformers import AutoConfig
 
             from kindchat.models.tokenizer import load_tokenizer
 
-            self.tokenizer = load_tokenizer(model_dir)
-            self.prompt_format = prompt_format(self.tokenizer)
+            self.use_tokenizer(load_tokenizer(model_dir))
             config = AutoConfig.from_pretrained(str(model_dir))
             context_length = context_length or getattr(config, "max_position_embeddings", None)
         self._context = context_length or DEFAULT_CONTEXT
@@ -84,15 +80,6 @@ class OpenAIBackend(GenerationBackend):
         self._client = openai.AsyncOpenAI(
             base_url=self.base_url, api_key=api_key, timeout=timeout, max_retries=0
         )
-
-    @property
-    def context_length(self) -> int:
-        return self._context
-
-    def count_tokens(self, text: str) -> int:
-        if self.tokenizer is not None:
-            return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        return len(text.encode("utf-8")) // 3 + 1  # rough: a Hangul syllable is 3 bytes
 
     async def start(self) -> None:
         """Check the server lists the model (or take its first); unreachable -> 503 error."""

@@ -25,21 +25,21 @@ from transformers import PreTrainedTokenizerBase
 from kindchat.models.backends.base import (
     BackendUnavailableError,
     FinishReason,
-    GenerationBackend,
     GenerationOptions,
     InputTooLongError,
     QueueFullError,
+    RemoteBackend,
     TextDelta,
 )
 from kindchat.models.generation import SamplingParams
-from kindchat.models.template import Message, prompt_format
+from kindchat.models.template import Message
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CONTEXT = 2048
 
 
-class TgiBackend(GenerationBackend):
+class TgiBackend(RemoteBackend):
     name = "tgi"
 
     def __init__(
@@ -50,22 +50,11 @@ class TgiBackend(GenerationBackend):
         timeout: float = 120.0,
     ) -> None:
         self.url = url.rstrip("/")
-        self.tokenizer = tokenizer
-        if tokenizer is not None:
-            self.prompt_format = prompt_format(tokenizer)
+        self.use_tokenizer(tokenizer)
         self.timeout = timeout
         self.model_id = "tgi"
         self._context = DEFAULT_CONTEXT
         self._max_input: int | None = None
-
-    @property
-    def context_length(self) -> int:
-        return self._context
-
-    def count_tokens(self, text: str) -> int:
-        if self.tokenizer is not None:
-            return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        return len(text.encode("utf-8")) // 3 + 1  # rough: a Hangul syllable is 3 bytes
 
     async def start(self) -> None:
         """Read the server's `/info` (model id and token limits); unreachable -> 503 error."""
