@@ -805,14 +805,16 @@ def feedback_per_day(*, session: Session, since: datetime | None = None) -> list
     since = _check_since(since)
     days: dict[str, DayFeedback] = {}
     rated = func.date(Rating.updated_at)
-    rating_query = sa_select(rated, col(Rating.value) > 0, func.count()).group_by(
-        rated, col(Rating.value) > 0
+    # Grouped by the value itself (+1/-1): PostgreSQL cannot match `value > $1` in the select
+    # list with `value > $2` in GROUP BY.
+    rating_query = sa_select(rated, col(Rating.value), func.count()).group_by(
+        rated, col(Rating.value)
     )
     if since is not None:
         rating_query = rating_query.where(col(Rating.updated_at) >= since)
-    for day, up, n in session.execute(rating_query).all():
+    for day, value, n in session.execute(rating_query).all():
         row = days.setdefault(str(day), DayFeedback(day=str(day)))
-        if up:
+        if value > 0:
             row.thumbs_up += int(n)
         else:
             row.thumbs_down += int(n)
