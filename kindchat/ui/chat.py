@@ -118,9 +118,18 @@ async def edit(
         return
     before = list(state.turns)
     state.turns = [*before[:index], Turn(role="user", content=value)]
+    async for update in _streamed(service, state, model, before, edit_of=old.message_id):
+        yield update
+
+
+async def _streamed(
+    service: ChatService, state: ChatSession, model: str, before: list[Turn], **how: Any
+) -> AsyncIterator[Update]:
+    """Stream an answer into the chat (`how`: an edit or a regeneration); on an error the
+    turns go back to `before`."""
     state.awaiting_reason = None
     try:
-        async for current in answer(service, state, model, edit_of=old.message_id):
+        async for current in answer(service, state, model, **how):
             yield chatbot_update(current), current, gr.update(visible=False), *busy(True)
         yield chatbot_update(state), state, gr.update(), *busy(False)
     except Exception as err:
@@ -136,16 +145,10 @@ async def regenerate(service: ChatService, state: ChatSession, model: str) -> As
         gr.Info(strings.NOTHING_TO_REGENERATE, duration=3)
         yield chatbot_update(state), state, gr.update(), *busy(False)
         return
-    before = list(state.turns)
-    state.awaiting_reason = None
-    try:
-        async for current in answer(service, state, model, regenerate=last.message_id):
-            yield chatbot_update(current), current, gr.update(visible=False), *busy(True)
-        yield chatbot_update(state), state, gr.update(), *busy(False)
-    except Exception as err:
-        state.turns = before
-        yield chatbot_update(state), state, gr.update(), *busy(False)
-        raise user_error(err) from err
+    async for update in _streamed(
+        service, state, model, list(state.turns), regenerate=last.message_id
+    ):
+        yield update
 
 
 def stop(state: ChatSession) -> Update:
