@@ -95,22 +95,15 @@ def ensure_distributed_env() -> None:
         os.environ.setdefault(key, value)
 
 
-def trainer_arguments(
-    run_dir: Path,
-    *,
-    batch_size: int,
-    learning_rate: float,
-    epochs: float,
-    max_steps: int,
-    seed: int,
-    deepspeed: Path | None = None,
-    warmup_ratio: float = 0.05,
-    gradient_checkpointing: bool = False,
-) -> dict[str, Any]:
-    """Keyword arguments shared by every HF/TRL trainer config kindchat builds.
+def trainer_arguments(run_dir: Path, config: Any, warmup_ratio: float = 0.05) -> dict[str, Any]:
+    """Keyword arguments shared by every HF/TRL trainer config kindchat builds, from the fields
+    every stage config has (`batch_size`, `learning_rate`, `epochs`, `max_steps`, `seed`,
+    `deepspeed`, `gradient_checkpointing`: the fields :func:`check_trainer_fields` checks).
 
     Logs every 10 steps, or about 10 times in a short run, so loss curves exist for both.
     """
+    batch_size, max_steps = config.batch_size, config.max_steps
+    deepspeed: Path | None = config.deepspeed
     logging_steps = max(1, min(10, max_steps // 10)) if max_steps > 0 else 10
     if deepspeed is not None:
         if not Path(deepspeed).is_file():
@@ -120,8 +113,8 @@ def trainer_arguments(
         "output_dir": str(run_dir),
         "per_device_train_batch_size": batch_size,
         "per_device_eval_batch_size": batch_size,
-        "learning_rate": learning_rate,
-        "num_train_epochs": epochs,
+        "learning_rate": config.learning_rate,
+        "num_train_epochs": config.epochs,
         "max_steps": max_steps,
         "lr_scheduler_type": "cosine",
         "warmup_steps": warmup_ratio,
@@ -129,13 +122,13 @@ def trainer_arguments(
         "logging_steps": logging_steps,
         "save_strategy": "no",
         "report_to": [],
-        "seed": seed,
+        "seed": config.seed,
         "use_cpu": not torch.cuda.is_available(),
         # transformers 5 turns bf16 autocast on by default, CPU included; keep fp32 on CPU.
         "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         "fp16": False,
         # TRL turns activation checkpointing on by default: memory for ~30% more compute.
-        "gradient_checkpointing": gradient_checkpointing,
+        "gradient_checkpointing": config.gradient_checkpointing,
         "dataloader_num_workers": 0,
         "deepspeed": str(deepspeed) if deepspeed is not None else None,
         "disable_tqdm": False,

@@ -91,16 +91,7 @@ def train_dpo_model(
 ) -> tuple[PreTrainedModel, dict[str, Any]]:
     """Optimise the DPO loss against the frozen `reference`; LoRA merged before returning."""
     args = DPOConfig(
-        **trainer_arguments(
-            run_dir,
-            batch_size=config.batch_size,
-            learning_rate=config.learning_rate,
-            epochs=config.epochs,
-            max_steps=config.max_steps,
-            seed=config.seed,
-            deepspeed=config.deepspeed,
-            gradient_checkpointing=config.gradient_checkpointing,
-        ),
+        **trainer_arguments(run_dir, config),
         beta=config.beta,
         max_length=config.max_length,
         truncation_mode="keep_start",

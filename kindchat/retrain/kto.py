@@ -148,16 +148,7 @@ def train_kto_model(
         [e.label for e in examples], config.balance_weights
     )
     args = KTOConfig(
-        **trainer_arguments(
-            run_dir,
-            batch_size=config.batch_size,
-            learning_rate=config.learning_rate,
-            epochs=config.epochs,
-            max_steps=config.max_steps,
-            seed=config.seed,
-            deepspeed=config.deepspeed,
-            gradient_checkpointing=config.gradient_checkpointing,
-        ),
+        **trainer_arguments(run_dir, config),
         beta=config.beta,
         max_length=config.max_length,
         desirable_weight=desirable_weight,

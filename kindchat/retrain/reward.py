@@ -175,16 +175,7 @@ def train_reward_model(
 ) -> tuple[PreTrainedModel, dict[str, Any]]:
     """Train `model` on the pairwise loss −log σ(r_chosen − r_rejected) with RewardTrainer."""
     args = RewardConfig(
-        **trainer_arguments(
-            run_dir,
-            batch_size=config.batch_size,
-            learning_rate=config.learning_rate,
-            epochs=config.epochs,
-            max_steps=config.max_steps,
-            seed=config.seed,
-            deepspeed=config.deepspeed,
-            gradient_checkpointing=config.gradient_checkpointing,
-        ),
+        **trainer_arguments(run_dir, config),
         max_length=config.max_length,
         center_rewards_coefficient=config.center_rewards_coefficient,
         dataset_num_proc=None,

@@ -60,16 +60,7 @@ def train_causal_lm(
     Returns the trained model (LoRA merged in, if used) and the train metrics.
     """
     args = SFTConfig(
-        **trainer_arguments(
-            run_dir,
-            batch_size=config.batch_size,
-            learning_rate=config.learning_rate,
-            epochs=config.epochs,
-            max_steps=config.max_steps,
-            seed=config.seed,
-            deepspeed=config.deepspeed,
-            gradient_checkpointing=config.gradient_checkpointing,
-        ),
+        **trainer_arguments(run_dir, config),
         max_length=config.max_length,
         packing=packing,
         packing_strategy="wrapped",
