@@ -213,7 +213,15 @@ def get_conversation(*, session: Session, conversation_id: str) -> ConversationP
     return _public(ConversationPublic, row)
 
 
-def _owned(session: Session, conversation_id: str, session_id: str) -> Conversation:
+def owned_conversation(
+    *, session: Session, conversation_id: str, session_id: str | None
+) -> ConversationPublic:
+    """The conversation if `session_id` started it and did not delete it; else NotFoundError
+    (the same answer whether it does not exist or is someone else's)."""
+    return _public(ConversationPublic, _owned(session, conversation_id, session_id))
+
+
+def _owned(session: Session, conversation_id: str, session_id: str | None) -> Conversation:
     """The conversation if `session_id` started it and did not delete it; else 404 (the same
     answer whether it does not exist or is someone else's)."""
     row = session.get(Conversation, conversation_id)

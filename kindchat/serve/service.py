@@ -24,7 +24,6 @@ from sqlmodel import Session
 from kindchat.config import Settings
 from kindchat.feedback import store
 from kindchat.feedback.db import session_scope
-from kindchat.feedback.errors import NotFoundError
 from kindchat.feedback.models import (
     BattlePublic,
     ConversationPublic,
@@ -251,13 +250,11 @@ class ChatService:
     def _check_conversation(self, request: AnswerRequest) -> None:
         """The conversation to continue must be this session's (404 otherwise)."""
         with session_scope(self.db) as session:
-            conversation = store.get_conversation(
-                session=session, conversation_id=str(request.conversation_id)
+            store.owned_conversation(
+                session=session,
+                conversation_id=str(request.conversation_id),
+                session_id=request.session_id,
             )
-            if conversation.session_id != request.session_id or conversation.deleted_at:
-                raise NotFoundError(
-                    "conversation", str(request.conversation_id), field="conversation_id"
-                )
 
     async def deltas(self, answer: Answer) -> AsyncGenerator[str, None]:
         """The answer's text pieces; totals are set on `answer` when it ends. Always releases."""
@@ -461,9 +458,9 @@ class ChatService:
     ) -> tuple[ConversationPublic, list[MessagePublic]]:
         """A conversation of `session_id` and its messages as the user last saw them."""
         with session_scope(self.db) as session:
-            conversation = store.get_conversation(session=session, conversation_id=conversation_id)
-            if conversation.session_id != session_id or conversation.deleted_at is not None:
-                raise NotFoundError("conversation", conversation_id, field="conversation_id")
+            conversation = store.owned_conversation(
+                session=session, conversation_id=conversation_id, session_id=session_id
+            )
             return conversation, store.conversation_thread(
                 session=session, conversation_id=conversation_id
             )
