@@ -146,6 +146,19 @@ def turns_to_messages(turns: Sequence[Turn], system: str | None = None) -> list[
     return out
 
 
+@dataclass(frozen=True)
+class Fitted:
+    """A conversation fitted to a token budget: what is kept, as text, and its tokens."""
+
+    turns: list[Turn]
+    system: str | None
+    text: str
+    tokens: int | None
+
+    def messages(self) -> list[dict[str, str]]:
+        return turns_to_messages(self.turns, self.system)
+
+
 class PromptFormat:
     """A model's prompt format: its tokenizer's chat template, else the KULLM template.
 
@@ -195,14 +208,27 @@ class PromptFormat:
 
         Raises :class:`PromptTooLongError` if even the last user message alone does not fit.
         """
+        return self.fit(messages, count_tokens, max_tokens).text
+
+    def fit(
+        self,
+        messages: Sequence[Message],
+        count_tokens: Callable[[str], int] | None = None,
+        max_tokens: int | None = None,
+    ) -> Fitted:
+        """The turns kept (oldest dropped until the input fits `max_tokens`), their input text
+        and its token count (None without `count_tokens`).
+
+        Raises :class:`PromptTooLongError` if even the last user message alone does not fit.
+        """
         turns, system = turns_from_messages(messages)
         if max_tokens is None or count_tokens is None:
-            return self.render(turns, system)
+            return Fitted(turns, system, self.render(turns, system), None)
         for start in range(len(turns)):
             text = self.render(turns[start:], system)
             needed = count_tokens(text)
             if needed <= max_tokens:
-                return text
+                return Fitted(turns[start:], system, text, needed)
         raise PromptTooLongError(needed, max_tokens)
 
     def conversation(

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from kindchat.models.generation import SamplingParams
-from kindchat.models.template import KULLM, Message, PromptFormat, prompt_format
+from kindchat.models.template import KULLM, Fitted, Message, PromptFormat, prompt_format
 
 logger = logging.getLogger(__name__)
 
@@ -122,13 +122,25 @@ class GenerationBackend(abc.ABC):
 
         Raises :class:`InputTooLongError` when even the last user message does not fit.
         """
+        fitted = self.fit_input(messages, params, max_input_tokens)
+        tokens = fitted.tokens if fitted.tokens is not None else self.count_tokens(fitted.text)
+        return fitted.text, tokens
+
+    def fit_input(
+        self, messages: Sequence[Message], params: SamplingParams, max_input_tokens: int | None
+    ) -> Fitted:
+        """The conversation fitted beside `max_new_tokens` in the context (and under
+        `max_input_tokens`): oldest turns dropped, counted in the model's tokens.
+
+        Raises :class:`InputTooLongError` when even the last user message does not fit.
+        """
         from kindchat.models.template import PromptTooLongError
 
         budget = max(1, self.context_length - params.max_new_tokens)
         if max_input_tokens is not None:
             budget = min(budget, max_input_tokens)
         try:
-            prompt = self.prompt_format.prompt(messages, self.count_tokens, budget)
+            return self.prompt_format.fit(messages, self.count_tokens, budget)
         except PromptTooLongError as err:
             raise InputTooLongError(
                 f"the input needs {err.needed} tokens, over the limit of {err.budget} "
@@ -136,7 +148,6 @@ class GenerationBackend(abc.ABC):
                 + (f", max_input_tokens {max_input_tokens}" if max_input_tokens else "")
                 + "); shorten the last message or lower max_tokens"
             ) from None
-        return prompt, self.count_tokens(prompt)
 
 
 class RemoteBackend(GenerationBackend):

@@ -38,7 +38,6 @@ from kindchat.models.generation import SamplingParams
 from kindchat.models.template import (
     ConversationError,
     Message,
-    PromptTooLongError,
     turns_from_messages,
     turns_to_messages,
 )
@@ -123,22 +122,11 @@ class OpenAIBackend(RemoteBackend):
     ) -> tuple[list[dict[str, str]], int | None]:
         """The messages to send, oldest turns dropped to fit, and their prompt tokens (None
         when no local tokenizer can count them)."""
-        turns, system = turns_from_messages(messages)
         if self.tokenizer is None:
+            turns, system = turns_from_messages(messages)
             return turns_to_messages(turns, system), None
-        budget = max(1, self._context - params.max_new_tokens)
-        if max_input_tokens is not None:
-            budget = min(budget, max_input_tokens)
-        needed = 0
-        for start in range(len(turns)):
-            needed = self.count_tokens(self.prompt_format.render(turns[start:], system))
-            if needed <= budget:
-                return turns_to_messages(turns[start:], system), needed
-        err = PromptTooLongError(needed, budget)
-        raise InputTooLongError(
-            f"the input needs {err.needed} tokens, over the limit of {err.budget}; "
-            "shorten the last message or lower max_tokens"
-        )
+        fitted = self.fit_input(messages, params, max_input_tokens)
+        return fitted.messages(), fitted.tokens
 
     async def stream(
         self,
