@@ -20,7 +20,10 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import make_url
+
 from kindchat.config import Settings
+from kindchat.feedback.db import database_url
 from kindchat.retrain.errors import RetrainBusyError
 
 LOCK_FILE = "retrain.lock"
@@ -66,8 +69,9 @@ def advisory_lock(url: str, key: int = ADVISORY_KEY) -> Iterator[None]:
 
 
 def _database_lock(settings: Settings) -> Any:
-    url = settings.db_url or ""
-    return advisory_lock(url) if url.startswith("postgresql") else nullcontext()
+    url = database_url(settings)
+    postgres = make_url(url).get_backend_name() == "postgresql"
+    return advisory_lock(url) if postgres else nullcontext()
 
 
 @contextmanager
