@@ -16,6 +16,7 @@ import gradio as gr
 from kindchat.feedback.models import new_id
 from kindchat.models.backends.base import GenerationOptions
 from kindchat.serve.protocol import ChatMessage
+from kindchat.serve.routes.conversations import detail
 from kindchat.serve.service import AnswerRequest, ChatService
 from kindchat.ui import personas, strings
 from kindchat.ui.common import (
@@ -260,27 +261,12 @@ def export_path(service: ChatService, state: ChatSession) -> str:
     """The conversation as a JSON file (what `GET /v1/conversations/{id}` returns)."""
     if state.conversation_id is None:
         raise gr.Error(strings.NO_CONVERSATION)
-    conversation, messages = service.conversation(state.conversation_id, state.session_id)
-    data = {
-        "id": conversation.id,
-        "title": conversation.title,
-        "system_prompt": conversation.system_prompt,
-        "created_at": conversation.created_at.isoformat(),
-        "messages": [
-            {
-                "id": m.id,
-                "role": m.role,
-                "content": m.content,
-                "model": m.model_version,
-                "finish_reason": m.finish_reason,
-                "created_at": m.created_at.isoformat(),
-            }
-            for m in messages
-        ],
-    }
+    data = detail(*service.conversation(state.conversation_id, state.session_id))
     folder = Path(tempfile.mkdtemp(prefix="kindchat-export-"))
-    path = folder / f"kindchat-{conversation.id[:8]}.json"
-    path.write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
+    path = folder / f"kindchat-{data.id[:8]}.json"
+    path.write_text(
+        json.dumps(data.model_dump(mode="json"), ensure_ascii=False, indent=2), encoding="utf-8"
+    )
     return str(path)
 
 
