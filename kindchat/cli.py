@@ -45,7 +45,7 @@ def main(
 def _registry(settings: Settings) -> Any:
     from kindchat.models.registry import Registry
 
-    return Registry(settings.models_dir)
+    return Registry.for_settings(settings)
 
 
 @app.command()

@@ -22,6 +22,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KINDCHAT_", extra="ignore")
 
     home: Path = Field(Path("var"), description="State: models, database, logs, runs.")
+    registry_dir: Path | None = Field(
+        None,
+        description="The model registry; default $KINDCHAT_HOME/models. Several hosts point this "
+        "at one shared directory (NFS, a volume) and keep their own home.",
+    )
     data_dir: Path = Field(
         DEFAULT_DATA_DIR, description="Seed data (sft/, rm/, geval_scores/, ppo/)."
     )
@@ -107,6 +112,12 @@ class Settings(BaseSettings):
     retrain_misfire_grace_s: int = Field(
         3600, ge=1, description="A run missed while down still starts this many seconds late."
     )
+    retrain_leader_check_s: float = Field(
+        15.0,
+        gt=0,
+        description="How often a server that does not lead the schedule checks whether the "
+        "leader is gone (and takes over).",
+    )
     retrain_preset: str = Field("tiny", description="Budgets of a retrain cycle (micro, tiny).")
     retrain_method: str = Field(
         "kto",
@@ -140,7 +151,7 @@ class Settings(BaseSettings):
 
     @cached_property
     def models_dir(self) -> Path:
-        return self.home / "models"
+        return self.registry_dir if self.registry_dir is not None else self.home / "models"
 
     @cached_property
     def logs_dir(self) -> Path:

@@ -229,7 +229,7 @@ def score_served(settings: Settings, users: Any, config: SimulateConfig) -> tupl
     """The users' mean score of the serving policy on the unseen test prompts; KL to SFT."""
     from kindchat.retrain.user_eval import score_policy  # lazy: torch, only when scoring
 
-    registry = Registry(settings.models_dir)
+    registry = Registry.for_settings(settings)
     prompts = [p.prompt for p in read_rm(settings.data_dir, "test")]
     scores = score_policy(
         registry.resolve(served_version(registry)),
@@ -250,7 +250,7 @@ def run_night(
     retrain: RetrainConfig,
 ) -> NightReport:
     start = time.perf_counter()
-    registry = Registry(settings.models_dir)
+    registry = Registry.for_settings(settings)
     before = served_version(registry)
     prompts = night_prompts(settings.data_dir, config.votes, config.seed * 1000 + night)
     n_arena = round(len(prompts) * config.arena_share)
@@ -289,7 +289,7 @@ def run_night(
         },
         challenger=challenger,
         served_before=before,
-        served_after=served_version(Registry(settings.models_dir)),
+        served_after=served_version(Registry.for_settings(settings)),
         score=mean.as_dict(),
         kl_sft=kl,
         seconds=time.perf_counter() - start,
@@ -333,7 +333,7 @@ def simulate(
 ) -> list[NightReport]:
     """Run `config.nights` nights (own server unless `url`); one report per night."""
     mean, kl = score_served(settings, users, config)
-    start_version = served_version(Registry(settings.models_dir))
+    start_version = served_version(Registry.for_settings(settings))
     logger.info("start: %s, users' score %s, KL %.3f", start_version, mean, kl or 0.0)
     reports = [NightReport(0, {}, {}, None, start_version, start_version, mean.as_dict(), kl, 0.0)]
     server = serve_in_thread(settings) if url is None else _given(url)

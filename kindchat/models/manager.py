@@ -124,7 +124,7 @@ class ModelManager:
         if not settings.serve_aliases:
             raise ValueError("serve_aliases is empty; name at least one alias, e.g. ['sft']")
         self.settings = settings
-        self.registry = Registry(settings.models_dir)
+        self.registry = Registry.for_settings(settings)
         self._loader = loader or default_loader(settings)
         self._remote = dict(remote) if remote else None
         self._loaded: dict[str, LoadedModel] = {}

@@ -9,13 +9,14 @@ Layout::
 
 A version is written under `.staging/`, its manifest (with the sha256 of every file) last, and
 then renamed into place in one step: a half-written version is never listed. `aliases.json` is
-replaced atomically (write + rename) under a file lock, keeping each alias's history so a
-promotion can be rolled back.
+replaced atomically (write + rename) under the `registry-aliases` lock of :mod:`kindchat.locks`
+(a file lock, plus an advisory lock when the database is PostgreSQL, so servers and training
+nodes on several hosts sharing the registry move aliases one at a time), keeping each alias's
+history so a promotion can be rolled back.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -23,12 +24,15 @@ import os
 import secrets
 import shutil
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+
+from kindchat.config import Settings
+from kindchat.locks import LockBusyError, held, postgres_url
 
 logger = logging.getLogger(__name__)
 
@@ -76,10 +80,21 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+ALIAS_LOCK = "registry-aliases"
+ALIAS_LOCK_WAIT_S = 60.0  # alias moves are quick; waiting longer means a stuck holder
+
+
 class Registry:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, lock_url: str | None = None) -> None:
+        """`lock_url`: a PostgreSQL URL whose advisory lock guards alias moves across hosts."""
         self.root = root
+        self.lock_url = lock_url
         self.root.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Registry:
+        """The registry of `settings.models_dir`, locking through the database when shared."""
+        return cls(settings.models_dir, lock_url=postgres_url(settings))
 
     # ---- versions -------------------------------------------------------------------------
     def new_version_id(self, kind: ModelKind) -> str:
@@ -197,14 +212,10 @@ class Registry:
     # ---- aliases --------------------------------------------------------------------------
     @contextmanager
     def _aliases_locked(self) -> Iterator[dict[str, Any]]:
-        with (self.root / ".aliases.lock").open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                state = self._read_aliases()
-                yield state
-                write_json_atomic(self.root / ALIASES, state)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with self.aliases_locked():
+            state = self._read_aliases()
+            yield state
+            write_json_atomic(self.root / ALIASES, state)
 
     def _read_aliases(self) -> dict[str, Any]:
         path = self.root / ALIASES
@@ -225,12 +236,19 @@ class Registry:
     @contextmanager
     def aliases_locked(self) -> Iterator[None]:
         """Hold the alias lock without changing anything: no alias moves meanwhile (gc)."""
-        with (self.root / ".aliases.lock").open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with ExitStack() as stack:
             try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+                stack.enter_context(
+                    held(
+                        ALIAS_LOCK,
+                        self.root / ".aliases.lock",
+                        url=self.lock_url,
+                        wait=ALIAS_LOCK_WAIT_S,
+                    )
+                )
+            except LockBusyError as err:
+                raise RegistryError(f"the aliases are locked by {err.holder}; try again") from None
+            yield
 
     def set_alias(self, alias: str, version: str) -> str | None:
         """Point `alias` at `version` atomically; return the version it pointed at before."""

@@ -25,7 +25,7 @@ from kindchat.feedback.models import RetrainRun, RetrainRunPublic, as_utc, utcno
 from kindchat.models.registry import Registry, RegistryError
 from kindchat.retrain.cycle import STALE_QUEUED, RetrainConfig
 from kindchat.retrain.errors import PromotionError, RetrainBusyError
-from kindchat.retrain.locks import lock_holder
+from kindchat.retrain.locks import lock_holder, queue_lock
 
 logger = logging.getLogger(__name__)
 
@@ -76,9 +76,10 @@ def trigger_retrain(
     config = config or RetrainConfig.from_settings(settings)
     if force:
         config = RetrainConfig.from_json({**config.to_json(), "min_new_pairs": 0})
-    _check_idle(settings, engine)
-    with session_scope(engine) as session:
-        run = store.create_run(session=session, status="queued")
+    with queue_lock(settings):  # two servers triggered at once queue one run
+        _check_idle(settings, engine)
+        with session_scope(engine) as session:
+            run = store.create_run(session=session, status="queued")
     from kindchat.retrain.worker import spawn_cycle
 
     process = spawn_cycle(settings, config, run.id)
@@ -107,14 +108,14 @@ def retrain_state(settings: Settings) -> dict[str, Any]:
     """Whether a cycle holds the lock now, and the served aliases."""
     return {
         "running": lock_holder(settings),
-        "aliases": Registry(settings.models_dir).aliases(),
+        "aliases": Registry.for_settings(settings).aliases(),
     }
 
 
 def promote(settings: Settings, version: str, alias: str) -> AliasChange:
     """Point `alias` at `version` (atomic; the server hot-swaps). An RM alias takes RMs only,
     a policy alias language models only."""
-    registry = Registry(settings.models_dir)
+    registry = Registry.for_settings(settings)
     manifest = registry.manifest(version)  # UnknownModelError when there is no such version
     current = registry.aliases().get(alias)
     if current is not None and registry.is_version(current):
@@ -131,7 +132,7 @@ def promote(settings: Settings, version: str, alias: str) -> AliasChange:
 
 def rollback(settings: Settings, alias: str) -> AliasChange:
     """Point `alias` back at the version it had before its last change."""
-    registry = Registry(settings.models_dir)
+    registry = Registry.for_settings(settings)
     current = registry.aliases().get(alias)
     if current is None:
         raise PromotionError(f"there is no alias {alias!r} to roll back")

@@ -62,7 +62,7 @@ def ppo_config(preset: Preset) -> PpoConfig:
 def run_bootstrap(settings: Settings, preset: Preset, until: str = "eval") -> BootstrapReport:
     """Run the stages in order up to and including `until` (base, sft, rm, gold-rm, ppo, eval)."""
     settings.ensure_dirs()
-    registry = Registry(settings.models_dir)
+    registry = Registry.for_settings(settings)
     registry.prune_staging()
     report = BootstrapReport(preset.name)
 

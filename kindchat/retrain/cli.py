@@ -274,7 +274,7 @@ def register(app: typer.Typer) -> None:
         )
         extra: dict[str, Any] = {}
         if users == "gold-rm":
-            extra["judge_dir"] = Registry(settings.models_dir).resolve(retrain.gold_alias)
+            extra["judge_dir"] = Registry.for_settings(settings).resolve(retrain.gold_alias)
         plugin = load_users(users, **extra)
         reports = simulate(settings, plugin, config, retrain, url=url)
         if as_json:

@@ -10,12 +10,15 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, is_dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
 from kindchat.logs import STEPS_LOGGER
+from kindchat.models.registry import Manifest
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 steps_logger = logging.getLogger(STEPS_LOGGER)
@@ -70,11 +73,52 @@ def writer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> Callab
     return write
 
 
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world size) as a launcher (`deepspeed`, `torchrun`) set them; (0, 1) alone."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _process_group() -> Any:
+    """`torch.distributed`, its group started as DeepSpeed starts it for the launcher's
+    processes (gloo on CPU, NCCL on GPUs) — the trainers join the same group later."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        import deepspeed
+
+        deepspeed.init_distributed()
+    return dist
+
+
+def _from_rank_zero(make: Callable[[], T]) -> T:
+    """`make()` on rank 0 only; every rank of a distributed run gets rank 0's result."""
+    rank, world = distributed_rank()
+    if world == 1:
+        return make()
+    dist = _process_group()
+    box = [make() if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]  # type: ignore[return-value]
+
+
 def new_run_dir(runs_dir: Path, stage: str) -> Path:
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
-    path = runs_dir / f"{stage}-{stamp}"
-    path.mkdir(parents=True, exist_ok=False)
+    """A fresh `runs/<stage>-<time>`; under a launcher, the one rank 0 made, on every rank."""
+
+    def make() -> Path:
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
+        path = runs_dir / f"{stage}-{stamp}"
+        path.mkdir(parents=True, exist_ok=False)
+        return path
+
+    path = _from_rank_zero(make)
+    path.mkdir(parents=True, exist_ok=True)  # other nodes' disks
     return path
+
+
+def register_once(save: Callable[[], Manifest]) -> Manifest:
+    """Register a trained model once: rank 0 saves (as HF trainers save from the main process
+    only) and the other ranks of a distributed run get its manifest."""
+    return _from_rank_zero(save)
 
 
 def config_dict(config: Any) -> dict[str, Any]:
@@ -95,6 +139,20 @@ def ensure_distributed_env() -> None:
         os.environ.setdefault(key, value)
 
 
+def check_zero_stage(path: Path) -> None:
+    """ZeRO-3 partitions the weights across processes, and kindchat saves from rank 0: refuse it
+    under a launcher rather than register a model with missing weights."""
+    try:
+        stage = json.loads(path.read_text(encoding="utf-8")).get("zero_optimization", {})
+    except ValueError as err:
+        raise ValueError(f"DeepSpeed config {path} is not JSON: {err}") from None
+    if distributed_rank()[1] > 1 and int(stage.get("stage", 0)) >= 3:
+        raise ValueError(
+            f"{path}: ZeRO stage 3 under several processes is not supported (the weights are "
+            "partitioned, and rank 0 saves the model); use stage 2"
+        )
+
+
 def trainer_arguments(run_dir: Path, config: Any, warmup_ratio: float = 0.05) -> dict[str, Any]:
     """Keyword arguments shared by every HF/TRL trainer config kindchat builds, from the fields
     every stage config has (`batch_size`, `learning_rate`, `epochs`, `max_steps`, `seed`,
@@ -109,6 +167,9 @@ def trainer_arguments(run_dir: Path, config: Any, warmup_ratio: float = 0.05) ->
         if not Path(deepspeed).is_file():
             raise FileNotFoundError(f"DeepSpeed config {deepspeed} does not exist")
         ensure_distributed_env()
+        check_zero_stage(Path(deepspeed))
+        rank, world = distributed_rank()
+        logger.info("deepspeed %s: rank %d of %d, run dir %s", deepspeed, rank, world, run_dir)
     return {
         "output_dir": str(run_dir),
         "per_device_train_batch_size": batch_size,

@@ -610,7 +610,7 @@ def run_retrain_cycle(
     config = config or RetrainConfig.from_settings(settings)
     settings.ensure_dirs()
     engine = engine or init_db(settings)
-    registry = registry or Registry(settings.models_dir)
+    registry = registry or Registry.for_settings(settings)
     try:
         with cycle_lock(settings):
             fail_stale_runs(settings, engine, registry, keep=run_id)

@@ -1,33 +1,24 @@
-"""One retrain cycle (or challenger decision) at a time: across processes, and across hosts.
+"""The retrain loop's locks, on :mod:`kindchat.locks` (advisory on PostgreSQL, plus a file).
 
-- Always: an exclusive non-blocking `flock` on `$KINDCHAT_HOME/retrain.lock`, released by the
-  kernel if the holder dies; the file names the holder (`pid …`).
-- On PostgreSQL (`KINDCHAT_DB_URL`), first a session-level advisory lock
-  (`pg_try_advisory_lock`) on a connection held for the whole cycle: several servers on
-  several hosts sharing the database run one cycle at a time, and the database frees the lock
-  when the holder's connection dies. The holder is named by its connection's
-  `application_name` (`kindchat pid … on host`).
+- `cycle_lock`: one retrain cycle (or challenger decision) at a time, across the hosts that
+  share the database; held by the cycle's process for the whole cycle.
+- `queue_lock`: held for the moment a trigger checks that nothing runs and records its queued
+  run, so two servers triggered at once queue one run, not two.
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
-import socket
-import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-from sqlalchemy.engine import make_url
 
 from kindchat.config import Settings
-from kindchat.feedback.db import database_url
+from kindchat.locks import LockBusyError, held, postgres_url
 from kindchat.retrain.errors import RetrainBusyError
 
 LOCK_FILE = "retrain.lock"
-ADVISORY_KEY = zlib.crc32(b"kindchat:retrain-cycle")  # the advisory lock's id (fits a bigint)
+QUEUE_LOCK_FILE = "retrain-queue.lock"
+QUEUE_WAIT_S = 30.0  # a trigger waits this long for another trigger's check-and-queue
 
 
 def lock_path(settings: Settings) -> Path:
@@ -35,66 +26,30 @@ def lock_path(settings: Settings) -> Path:
 
 
 @contextmanager
-def advisory_lock(url: str, key: int = ADVISORY_KEY) -> Iterator[None]:
-    """A PostgreSQL session advisory lock held while the block runs, or RetrainBusyError."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.pool import NullPool
-
-    me = f"kindchat pid {os.getpid()} on {socket.gethostname()}"
-    engine = create_engine(url, poolclass=NullPool, connect_args={"application_name": me[:63]})
+def cycle_lock(settings: Settings) -> Iterator[None]:
+    """Hold the retrain lock, or raise :class:`RetrainBusyError` at once if someone else does."""
     try:
-        with engine.connect() as connection:
-            got = connection.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
-            connection.commit()
-            if not got:
-                holder = connection.execute(
-                    text(
-                        "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a "
-                        "ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
-                        "AND l.objid = :k"
-                    ),
-                    {"k": key},
-                ).scalar()
-                raise RetrainBusyError(
-                    f"a retrain cycle is running already ({holder or 'another server'}); "
-                    "wait for it to finish"
-                )
-            try:
-                yield
-            finally:
-                connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                connection.commit()
-    finally:
-        engine.dispose()
-
-
-def _database_lock(settings: Settings) -> Any:
-    url = database_url(settings)
-    postgres = make_url(url).get_backend_name() == "postgresql"
-    return advisory_lock(url) if postgres else nullcontext()
+        with held("retrain-cycle", lock_path(settings), url=postgres_url(settings)):
+            yield
+    except LockBusyError as err:
+        raise RetrainBusyError(
+            f"a retrain cycle is running already ({err.holder}); wait for it to finish"
+        ) from None
 
 
 @contextmanager
-def cycle_lock(settings: Settings) -> Iterator[None]:
-    """Hold the retrain lock, or raise :class:`RetrainBusyError` at once if someone else does."""
-    settings.home.mkdir(parents=True, exist_ok=True)
-    with _database_lock(settings), lock_path(settings).open("a+", encoding="utf-8") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise RetrainBusyError(
-                f"a retrain cycle is running already ({holder}); wait for it to finish"
-            ) from None
-        try:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"pid {os.getpid()}")
-            handle.flush()
+def queue_lock(settings: Settings) -> Iterator[None]:
+    """Serialise triggers (check idle, record the queued run) across servers."""
+    try:
+        with held(
+            "retrain-queue",
+            settings.home / QUEUE_LOCK_FILE,
+            url=postgres_url(settings),
+            wait=QUEUE_WAIT_S,
+        ):
             yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    except LockBusyError as err:
+        raise RetrainBusyError(f"another retrain trigger is being queued ({err.holder})") from None
 
 
 def lock_holder(settings: Settings) -> str | None:

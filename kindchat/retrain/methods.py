@@ -177,20 +177,26 @@ def register_policy(
     data_fingerprint: str,
 ) -> MethodResult:
     """Register a policy trained from `job.policy` against `job.sft`; the method's result."""
-    from kindchat.retrain.common import config_dict, writer  # lazy: see load_policy_and_anchor
+    from kindchat.retrain.common import (  # lazy: see load_policy_and_anchor
+        config_dict,
+        register_once,
+        writer,
+    )
 
-    manifest = job.registry.save(
-        "policy",
-        writer(model, tokenizer),
-        parents=list(dict.fromkeys([job.policy, job.sft])),
-        config={
-            "stage": config_dict(config),
-            "algorithm": algorithm,
-            "init": job.policy,
-            "reference": job.sft,
-        },
-        metrics=metrics,
-        data_fingerprint=data_fingerprint,
+    manifest = register_once(
+        lambda: job.registry.save(
+            "policy",
+            writer(model, tokenizer),
+            parents=list(dict.fromkeys([job.policy, job.sft])),
+            config={
+                "stage": config_dict(config),
+                "algorithm": algorithm,
+                "init": job.policy,
+                "reference": job.sft,
+            },
+            metrics=metrics,
+            data_fingerprint=data_fingerprint,
+        )
     )
     return MethodResult(manifest.version, [manifest.version], metrics)
 

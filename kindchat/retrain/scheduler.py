@@ -4,13 +4,15 @@ A `BackgroundScheduler` keeps one cron job (default nightly 03:00 Asia/Seoul) in
 `SQLAlchemyJobStore` in the feedback database (table `apscheduler_jobs`, created by APScheduler
 itself), so the job and its next run time survive restarts; a run missed while the server was
 down starts late within `retrain_misfire_grace_s`, several missed runs coalesce into one, and one
-instance runs at a time. Two servers on one database both fire: the retrain lock lets one train
-and the other logs that it is busy. The job runs the cycle in a niced child process and waits.
+instance runs at a time. Several servers on one database elect one leader through it (see
+:class:`RetrainScheduler`): the night fires once. The job runs the cycle in a niced child
+process and waits; should a cycle run already (an admin trigger), it logs that it is busy.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -23,12 +25,15 @@ from sqlalchemy import Engine
 
 from kindchat.config import Settings
 from kindchat.feedback.db import init_db
+from kindchat.locks import Lease, postgres_url
 from kindchat.retrain.errors import RetrainBusyError
 
 logger = logging.getLogger(__name__)
 
 JOB_ID = "kindchat-retrain"
 JOB_TABLE = "apscheduler_jobs"
+LEADER_LOCK = "retrain-scheduler"
+LEADER_FILE = "scheduler.lock"
 SECRET_FIELDS = ("admin_token", "judge_api_key")  # never pickled into the job store
 
 
@@ -68,29 +73,79 @@ def scheduled_retrain(settings_data: dict[str, Any]) -> None:
 
 
 class RetrainScheduler:
-    """The server's retrain schedule; `start()` in the lifespan, `shutdown()` on exit."""
+    """The server's retrain schedule; `start()` in the lifespan, `shutdown()` on exit.
+
+    Only the leader runs the scheduler: the server holding the `retrain-scheduler` lease (an
+    advisory lock on PostgreSQL, so one leader across hosts; a file lock in the home on
+    SQLite). The others check every `retrain_leader_check_s` and take over when the leader's
+    lease goes (its process or connection died); a night missed meanwhile still runs within
+    the misfire grace time, from the stored job.
+    """
 
     def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
         self.settings = settings
         self.engine = engine if engine is not None else init_db(settings)
         self.trigger = cron_trigger(settings)
-        self.scheduler = BackgroundScheduler(
+        self.lease = Lease(LEADER_LOCK, settings.home / LEADER_FILE, url=postgres_url(settings))
+        self.scheduler: BackgroundScheduler | None = None
+        self._stop = threading.Event()
+        self._watch: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def is_leader(self) -> bool:
+        return self.scheduler is not None and self.scheduler.running
+
+    def start(self) -> Job | None:
+        """Lead at once if nobody else does (the job, else None), and keep watching."""
+        job = self._step()
+        self._watch = threading.Thread(
+            target=self._watch_leader, name="retrain-leader", daemon=True
+        )
+        self._watch.start()
+        return job
+
+    def _watch_leader(self) -> None:
+        while not self._stop.wait(self.settings.retrain_leader_check_s):
+            try:
+                self._step()
+            except Exception:  # a database hiccup must not end the watch
+                logger.exception("retrain scheduler: leadership check failed")
+
+    def _step(self) -> Job | None:
+        with self._lock:
+            if self._stop.is_set():
+                return None
+            if self.lease.holding:
+                if not self.lease.alive():
+                    logger.warning("retrain scheduler: lost the leader lease; following now")
+                    self._stop_scheduler()
+                return None
+            if not self.lease.acquire():
+                return None
+            logger.info("retrain scheduler: this server leads the schedule")
+            try:
+                return self._start_scheduler()
+            except Exception:
+                self.lease.release()
+                raise
+
+    def _start_scheduler(self) -> Job:
+        """Start, keeping the stored job (and its next run time) when nothing about it changed."""
+        scheduler = BackgroundScheduler(
             jobstores={"default": SQLAlchemyJobStore(engine=self.engine, tablename=JOB_TABLE)},
             job_defaults={
                 "max_instances": 1,
                 "coalesce": True,
-                "misfire_grace_time": settings.retrain_misfire_grace_s,
+                "misfire_grace_time": self.settings.retrain_misfire_grace_s,
             },
             timezone=self.trigger.timezone,
         )
-
-    def start(self) -> Job:
-        """Start, keeping the stored job (and its next run time) when nothing about it changed."""
-        self.scheduler.start(paused=True)
+        scheduler.start(paused=True)
         kwargs = {"settings_data": job_settings(self.settings)}
-        job = self.scheduler.get_job(JOB_ID)
+        job = scheduler.get_job(JOB_ID)
         if job is None or str(job.trigger) != str(self.trigger) or job.kwargs != kwargs:
-            job = self.scheduler.add_job(
+            job = scheduler.add_job(
                 scheduled_retrain,
                 self.trigger,
                 id=JOB_ID,
@@ -98,25 +153,42 @@ class RetrainScheduler:
                 kwargs=kwargs,
                 replace_existing=True,
             )
-        self.scheduler.resume()
+        scheduler.resume()
+        self.scheduler = scheduler
         logger.info("retrain scheduled (%s); next run %s", self.trigger, self.next_run_time())
         return job
 
     def next_run_time(self) -> datetime | None:
+        if self.scheduler is None:
+            return stored_next_run_time(self.settings, self.engine)
         job = self.scheduler.get_job(JOB_ID)
         return job.next_run_time if job is not None else None
 
-    def shutdown(self, wait: bool = False) -> None:
+    def state(self) -> dict[str, Any]:
+        """Whether this server leads the schedule, and the next run (for status pages)."""
+        return {"leader": self.is_leader, "next_run": self.next_run_time()}
+
+    def _stop_scheduler(self, wait: bool = False) -> None:
         """Stop; a job due at this very moment stays due in the store (it runs after restart).
 
         APScheduler 3 processes due jobs once more while shutting down and, failing to submit
         them, moves their next run time on; detaching the job store first prevents that.
         """
-        if not self.scheduler.running:
+        scheduler, self.scheduler = self.scheduler, None
+        if scheduler is None or not scheduler.running:
             return
-        self.scheduler.pause()
-        self.scheduler.remove_jobstore("default")
-        self.scheduler.shutdown(wait=wait)
+        scheduler.pause()
+        scheduler.remove_jobstore("default")
+        scheduler.shutdown(wait=wait)
+
+    def shutdown(self, wait: bool = False) -> None:
+        """Stop scheduling and give up the lease (another server takes over)."""
+        self._stop.set()
+        with self._lock:
+            self._stop_scheduler(wait)
+            self.lease.release()
+        if self._watch is not None and self._watch is not threading.current_thread():
+            self._watch.join(5)
 
 
 def stored_next_run_time(settings: Settings, engine: Engine | None = None) -> datetime | None:

@@ -19,7 +19,7 @@ from kindchat.models.loading import load_causal_lm, load_reward_model
 from kindchat.models.presets import Preset
 from kindchat.models.registry import Manifest, Registry
 from kindchat.models.tokenizer import load_tokenizer, train_tokenizer
-from kindchat.retrain.common import config_dict, new_run_dir, writer
+from kindchat.retrain.common import config_dict, new_run_dir, register_once, writer
 from kindchat.retrain.data import (
     base_corpus,
     load_sft_split,
@@ -94,16 +94,18 @@ def train_base(settings: Settings, registry: Registry, preset: Preset) -> Manife
     metrics["heldout_ppl"] = response_perplexity(model, tokenizer, split.heldout, preset.seq_len)
     metrics["parameters"] = n_params
 
-    return registry.save(
-        "base",
-        writer(model, tokenizer),
-        config={
-            "preset": preset.name,
-            "architecture": preset.architecture,
-            "stage": config_dict(config),
-        },
-        metrics=metrics,
-        data_fingerprint=fingerprint(texts),
+    return register_once(
+        lambda: registry.save(
+            "base",
+            writer(model, tokenizer),
+            config={
+                "preset": preset.name,
+                "architecture": preset.architecture,
+                "stage": config_dict(config),
+            },
+            metrics=metrics,
+            data_fingerprint=fingerprint(texts),
+        )
     )
 
 
@@ -136,13 +138,15 @@ def train_sft(settings: Settings, registry: Registry, base_ref: str, config: Sft
     logger.info("sft: held-out perplexity %.2f -> %.2f", ppl_before, ppl_after)
     parent = registry.version_of(base_ref)
 
-    return registry.save(
-        "sft",
-        writer(model, tokenizer),
-        parents=[parent] if parent else [],
-        config={"stage": config_dict(config), "base": str(base_ref)},
-        metrics=metrics,
-        data_fingerprint=fingerprint(split.train),
+    return register_once(
+        lambda: registry.save(
+            "sft",
+            writer(model, tokenizer),
+            parents=[parent] if parent else [],
+            config={"stage": config_dict(config), "base": str(base_ref)},
+            metrics=metrics,
+            data_fingerprint=fingerprint(split.train),
+        )
     )
 
 
@@ -214,13 +218,15 @@ def train_rm(
     logger.info("rm accuracy on held-out pairs: %.3f", metrics["accuracy"])
     parent = registry.version_of(init_ref)
 
-    return registry.save(
-        "rm",
-        writer(model, tokenizer),
-        parents=[parent] if parent else [],
-        config={"stage": config_dict(config), "init": init_ref, "gold": gold},
-        metrics=metrics,
-        data_fingerprint=fingerprint(pairs),
+    return register_once(
+        lambda: registry.save(
+            "rm",
+            writer(model, tokenizer),
+            parents=[parent] if parent else [],
+            config={"stage": config_dict(config), "init": init_ref, "gold": gold},
+            metrics=metrics,
+            data_fingerprint=fingerprint(pairs),
+        )
     )
 
 
@@ -285,19 +291,21 @@ def train_ppo(
         writer(actor, tokenizer)(path)
         shutil.copy(run_dir / LOG_FILE, path / LOG_FILE)
 
-    return registry.save(
-        "policy",
-        write,
-        parents=parents,
-        config={
-            "stage": config_dict(config),
-            "algorithm": "ppo",
-            "sft": sft_ref,
-            "rm": rm_ref,
-            "reference": reference_ref or sft_ref,
-        },
-        metrics=metrics,
-        data_fingerprint=fingerprint(prompts),
+    return register_once(
+        lambda: registry.save(
+            "policy",
+            write,
+            parents=parents,
+            config={
+                "stage": config_dict(config),
+                "algorithm": "ppo",
+                "sft": sft_ref,
+                "rm": rm_ref,
+                "reference": reference_ref or sft_ref,
+            },
+            metrics=metrics,
+            data_fingerprint=fingerprint(prompts),
+        )
     )
 
 
@@ -318,13 +326,15 @@ def train_dpo(settings: Settings, registry: Registry, sft_ref: str, config: DpoC
     model, metrics = train_dpo_model(model, reference, tokenizer, pairs, config, run_dir)
     parent = registry.version_of(sft_ref)
 
-    return registry.save(
-        "policy",
-        writer(model, tokenizer),
-        parents=[parent] if parent else [],
-        config={"stage": config_dict(config), "algorithm": "dpo", "sft": sft_ref},
-        metrics=metrics,
-        data_fingerprint=fingerprint(pairs),
+    return register_once(
+        lambda: registry.save(
+            "policy",
+            writer(model, tokenizer),
+            parents=[parent] if parent else [],
+            config={"stage": config_dict(config), "algorithm": "dpo", "sft": sft_ref},
+            metrics=metrics,
+            data_fingerprint=fingerprint(pairs),
+        )
     )
 
 

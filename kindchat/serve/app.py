@@ -28,7 +28,7 @@ def _local_dir(settings: Settings, alias: str) -> Path | None:
     from kindchat.models.registry import Registry, RegistryError
 
     try:
-        return Registry(settings.models_dir).resolve(alias)
+        return Registry.for_settings(settings).resolve(alias)
     except (RegistryError, OSError):
         logger.info("no local copy of %s; prompt tokens are estimated", alias)
         return None

@@ -261,6 +261,9 @@ class Health(BaseModel):
     queued: int
     running: int
     failures: dict[str, str]
+    scheduler: Literal["off", "leader", "follower"] = Field(
+        "off", description="The nightly retrain schedule here: off, or leading/following it."
+    )
 
 
 class ReloadResponse(BaseModel):

@@ -50,7 +50,7 @@ def collect(service: ChatService) -> DashboardData:
         stats = store.feedback_stats(session=session)
         per_day = store.feedback_per_day(session=session)
         runs = store.list_runs(session=session, limit=50)
-    registry = Registry(service.settings.models_dir)
+    registry = Registry.for_settings(service.settings)
     versions = registry.versions()
     data = DashboardData(stats, per_day, runs, versions, registry.aliases())
     data.challenger = service.challenger()

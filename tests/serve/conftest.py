@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request
@@ -71,6 +76,71 @@ def serve(request: pytest.FixtureRequest) -> Iterator[ServeFactory]:
             yield server
 
     yield start
+
+
+class ServerProcess:
+    """`python -m kindchat serve` in its own process (so that it can be killed with SIGKILL),
+    configured through the environment as an operator would; its log in `log_path`."""
+
+    def __init__(self, settings: Settings, log_path: Path, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.settings = settings
+        self.log_path = log_path
+        self.env = {
+            **os.environ,
+            "KINDCHAT_HOME": str(settings.home),
+            "KINDCHAT_DATA_DIR": str(settings.data_dir),
+            "KINDCHAT_ALIAS_POLL_S": "0.2",
+            "KINDCHAT_LOG_LEVEL": "INFO",
+            **({"KINDCHAT_DB_URL": settings.db_url} if settings.db_url else {}),
+            **(
+                {"KINDCHAT_REGISTRY_DIR": str(settings.registry_dir)}
+                if settings.registry_dir
+                else {}
+            ),
+            **env,
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> ServerProcess:
+        command = [sys.executable, "-m", "kindchat", "serve", "--host", "127.0.0.1"]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [*command, "--port", str(self.port)], env=self.env, stdout=log, stderr=log
+            )
+        deadline = time.monotonic() + 180
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"kindchat serve exited: {self.log()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"kindchat serve did not start in 180 s: {self.log()[-3000:]}")
+            time.sleep(0.2)
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def health(self) -> dict[str, Any]:
+        return httpx.get(f"{self.url}/healthz", timeout=10).json()
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(30)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(30)
 
 
 # ---- a TGI-protocol server ----------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -105,7 +106,7 @@ def test_nightly_loop_end_to_end(
         killed = trigger_retrain(settings, config=long_ppo)
         assert killed.status == "queued"
         wait_for("PPO to be under way", lambda: ppo_started(settings, killed.id))
-        pid = int(lock_path(settings).read_text(encoding="utf-8").split()[-1])
+        pid = int(re.search(r"pid (\d+)", lock_path(settings).read_text(encoding="utf-8"))[1])
         niceness = os.getpriority(os.PRIO_PROCESS, 0)
         assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, niceness + settings.retrain_nice)
         os.kill(pid, signal.SIGKILL)

@@ -1,18 +1,65 @@
-"""Two kindchat servers sharing one PostgreSQL and one registry directory: feedback given on
-either lands once, and an alias moved in the registry hot-swaps both."""
+"""Several kindchat servers, one database, one registry: what an SRE running three hosts needs.
+
+- Two servers sharing one PostgreSQL and one registry directory: feedback given on either lands
+  once, and an alias moved in the registry hot-swaps both.
+- `kill -9` of one of two server processes under feedback load from 8 clients loses no
+  acknowledged write, the other answers throughout and takes over the nightly schedule (one
+  leader, elected through the database) — on SQLite (one host, one home) and PostgreSQL (two
+  hosts' homes). Figures go to `test-artifacts/scale_out-<db>.json`; `bench/scale_out.py` runs
+  this longer and prints them as a table.
+- Retrain triggered on both servers at the same moment queues one run.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+from sqlmodel import select
 
 from kindchat.config import Settings
 from kindchat.feedback import store
 from kindchat.feedback.db import init_db, session_scope
+from kindchat.feedback.models import TERMINAL_RUN_STATUSES, Rating
 from kindchat.models.registry import Registry
 
+from .conftest import ServerProcess  # type: ignore[import-not-found]
 from .test_retrain_loop import answer_version, wait_for  # type: ignore[import-not-found]
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+TOKEN = "scale-out-admin"
+CLIENTS = 8
+LOAD_S = float(os.environ.get("KINDCHAT_SCALE_OUT_SECONDS", "4"))  # the bench runs it longer
+
+
+def two_hosts(micro_copy: Settings, tmp_path: Path, db_url: str | None) -> list[Settings]:
+    """SQLite (`db_url` None): two servers on one host, one home. PostgreSQL: two hosts, each
+    with its own home, sharing the database and the registry directory."""
+    if db_url is None:
+        return [micro_copy, micro_copy]
+    return [
+        Settings(
+            home=tmp_path / name,
+            data_dir=micro_copy.data_dir,
+            db_url=db_url,
+            registry_dir=micro_copy.models_dir,
+        )
+        for name in ("host-a", "host-b")
+    ]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def hosts(request: pytest.FixtureRequest, micro_copy: Settings, tmp_path: Path) -> list[Settings]:
+    url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
+    return two_hosts(micro_copy, tmp_path, url)
 
 
 def test_two_servers_one_database_one_registry(
@@ -42,9 +89,174 @@ def test_two_servers_one_database_one_registry(
         history = httpx.get(f"{b.url}/v1/conversations", params={"user": "s1"}).json()
         assert [c["id"] for c in history] == [reply["conversation_id"]]  # seen from the other
 
-        registry = Registry(shared.models_dir)
+        registry = Registry.for_settings(shared)
         target = registry.aliases()["sft"]
         assert answer_version(a.url) == answer_version(b.url) == registry.aliases()["rlhf"]
         registry.set_alias("rlhf", target)  # e.g. a promotion by the retrain job
         wait_for("server a to hot-swap", lambda: answer_version(a.url) == target, 60)
         wait_for("server b to hot-swap", lambda: answer_version(b.url) == target, 60)
+
+
+def answers_to_rate(settings: Settings, count: int) -> list[str]:
+    """Assistant messages to rate, written straight into the shared store."""
+    with session_scope(init_db(settings)) as session:
+        conversation = store.create_conversation(session=session, session_id="seed")
+        return [
+            store.record_message(
+                session=session,
+                conversation_id=conversation.id,
+                role="assistant",
+                content=f"답변 {i}",
+            ).id
+            for i in range(count)
+        ]
+
+
+class FeedbackLoad:
+    """`CLIENTS` threads, each rating over HTTP as new sessions as fast as answers come back;
+    even clients call server a, odd ones server b. Every 200 is an acknowledged write."""
+
+    def __init__(self, urls: list[str], messages: list[str]) -> None:
+        self.urls = urls
+        self.messages = messages
+        self.stop = threading.Event()
+        self.acknowledged: list[list[tuple[str, str, int]]] = [[] for _ in range(CLIENTS)]
+        self.failed = [0] * CLIENTS
+        self.threads = [threading.Thread(target=self.client, args=(i,)) for i in range(CLIENTS)]
+
+    def client(self, index: int) -> None:
+        url = self.urls[index % len(self.urls)]
+        with httpx.Client(timeout=10) as http:
+            sent = 0
+            while not self.stop.is_set():
+                sent += 1
+                message = self.messages[sent % len(self.messages)]
+                session_id, value = f"c{index}-{sent}", 1 if sent % 3 else -1
+                try:
+                    reply = http.post(
+                        f"{url}/v1/feedback",
+                        json={"message_id": message, "rating": value, "session_id": session_id},
+                    )
+                except httpx.TransportError:
+                    self.failed[index] += 1
+                    time.sleep(0.05)
+                    continue
+                if reply.status_code == 200:
+                    self.acknowledged[index].append((message, session_id, value))
+                else:
+                    self.failed[index] += 1
+
+    def __enter__(self) -> FeedbackLoad:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(30)
+
+    def acked(self, server: int) -> list[tuple[str, str, int]]:
+        return [row for i, rows in enumerate(self.acknowledged) if i % 2 == server for row in rows]
+
+    def failures(self, server: int) -> int:
+        return sum(n for i, n in enumerate(self.failed) if i % 2 == server)
+
+
+def servers(stack: ExitStack, hosts: list[Settings], tmp_path: Path, **env: str) -> Iterator[Any]:
+    for name, settings in zip("ab", hosts, strict=True):
+        yield stack.enter_context(ServerProcess(settings, tmp_path / f"serve-{name}.log", **env))
+
+
+def leaders(*running: ServerProcess) -> list[str]:
+    return [server.health()["scheduler"] for server in running]
+
+
+def test_kill_9_of_one_of_two_servers_under_feedback_load(
+    hosts: list[Settings], tmp_path: Path
+) -> None:
+    database = "postgresql" if hosts[0].db_url else "sqlite"
+    messages = answers_to_rate(hosts[0], 16)
+    schedule = {"KINDCHAT_RETRAIN_SCHEDULE": "1", "KINDCHAT_RETRAIN_LEADER_CHECK_S": "0.5"}
+    with ExitStack() as stack:
+        started = servers(stack, hosts, tmp_path, **schedule)
+        a = next(started)
+        wait_for("server a to lead the schedule", lambda: a.health()["scheduler"] == "leader", 30)
+        b = next(started)
+        assert leaders(a, b) == ["leader", "follower"]  # one leader through the database
+
+        with FeedbackLoad([a.url, b.url], messages) as load:
+            time.sleep(LOAD_S / 2)
+            a.kill()  # SIGKILL under load: no shutdown handler runs
+            killed_at = len(load.acked(0))
+            time.sleep(LOAD_S / 2)
+        # The other server answered throughout, and took the schedule over.
+        assert load.failures(1) == 0, b.log()[-3000:]
+        wait_for(
+            "server b to take the schedule over", lambda: b.health()["scheduler"] == "leader", 30
+        )
+
+    acknowledged = load.acked(0) + load.acked(1)
+    with session_scope(init_db(hosts[0])) as session:
+        stored = {(r.message_id, r.session_id, r.value) for r in session.exec(select(Rating)).all()}
+    lost = [row for row in acknowledged if row not in stored]
+    figures = {
+        "database": database,
+        "clients": CLIENTS,
+        "seconds": LOAD_S,
+        "acknowledged": len(acknowledged),
+        "acknowledged_by_killed_server": killed_at,
+        "acknowledged_by_survivor": len(load.acked(1)),
+        "present": len(stored),
+        "lost": len(lost),
+        "writes_per_s": round(len(acknowledged) / LOAD_S, 1),
+        "survivor_failures": load.failures(1),
+    }
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / f"scale_out-{database}.json").write_text(json.dumps(figures), encoding="utf-8")
+    print(figures)
+    assert killed_at > 0 and len(load.acked(1)) > 0
+    assert lost == []
+    # Writes the killed server committed but could not acknowledge: at most one per client.
+    assert len(stored) - len(acknowledged) <= CLIENTS // 2
+
+
+def test_retrain_triggered_on_two_servers_at_once_runs_once(
+    micro_copy: Settings, tmp_path: Path, postgres_url: str
+) -> None:
+    hosts = two_hosts(micro_copy, tmp_path, postgres_url)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    with ExitStack() as stack:
+        a, b = servers(stack, hosts, tmp_path, KINDCHAT_ADMIN_TOKEN=TOKEN)
+        for _ in range(2):
+            barrier = threading.Barrier(2)
+            replies: dict[str, httpx.Response] = {}
+
+            def trigger(
+                server: ServerProcess,
+                barrier: threading.Barrier = barrier,
+                replies: dict[str, httpx.Response] = replies,
+            ) -> None:
+                barrier.wait()
+                replies[server.url] = httpx.post(
+                    f"{server.url}/v1/admin/retrain", headers=headers, timeout=60
+                )
+
+            threads = [threading.Thread(target=trigger, args=(s,)) for s in (a, b)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(90)
+            codes = sorted(reply.status_code for reply in replies.values())
+            assert codes == [202, 409], {u: r.text for u, r in replies.items()}
+            refused = next(r for r in replies.values() if r.status_code == 409)
+            assert "retrain" in refused.json()["error"]["message"]
+            run = next(r for r in replies.values() if r.status_code == 202).json()
+
+            def finished(run_id: str = run["id"]) -> bool:
+                runs = httpx.get(f"{b.url}/v1/admin/retrain-runs", headers=headers).json()
+                return next(r for r in runs if r["id"] == run_id)["status"] in TERMINAL_RUN_STATUSES
+
+            wait_for("the queued run to finish", finished, 180)
+        runs = httpx.get(f"{a.url}/v1/admin/retrain-runs", headers=headers).json()
+        assert len(runs) == 2  # one per round, whichever server took it

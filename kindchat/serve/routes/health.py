@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -13,9 +13,10 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-def healthz(manager: ManagerDep) -> Health:
+def healthz(manager: ManagerDep, request: Request) -> Health:
     """`degraded` when a model version failed to load (the previous one is still serving)."""
     status = manager.status()
+    scheduler = getattr(request.app.state, "scheduler", None)
     queue = manager.queue_stats()
     return Health(
         status="degraded" if status["failures"] else "ok",
@@ -25,6 +26,7 @@ def healthz(manager: ManagerDep) -> Health:
         queued=queue["queued"],
         running=queue["running"],
         failures=status["failures"],
+        scheduler="off" if scheduler is None else "leader" if scheduler.is_leader else "follower",
     )
 
 
