@@ -53,3 +53,27 @@ def test_sqlite_homes_lock_by_file(tmp_path: Path) -> None:
                 pass
         with cycle_lock(Settings(home=tmp_path / "b")):  # another host's disk: its own lock
             pass
+
+
+def test_alias_moves_take_turns_across_hosts(tmp_path: Path, postgres_url: str) -> None:
+    """Two hosts' registries (their file locks differ) sharing one PostgreSQL: while one moves
+    aliases, the other waits for the advisory lock."""
+    import threading
+
+    from kindchat.models.registry import Registry
+
+    host_a = Registry(tmp_path / "a", lock_url=postgres_url)
+    host_b = Registry(tmp_path / "b", lock_url=postgres_url)
+    entered: list[int] = []
+
+    def move_on_b() -> None:
+        with host_b.aliases_locked():
+            entered.append(1)
+
+    with host_a.aliases_locked():
+        waiter = threading.Thread(target=move_on_b)
+        waiter.start()
+        time.sleep(1.0)
+        assert entered == []  # still waiting on the other host's lock
+    waiter.join(10)
+    assert entered == [1]
