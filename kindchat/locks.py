@@ -29,11 +29,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from kindchat.config import Settings
+from kindchat.errors import BusyError
 
 POLL_S = 0.05  # how often a waiting lock tries again
 
 
-class LockBusyError(Exception):
+class LockBusyError(BusyError):
     """Someone else holds the lock; `holder` names them (`pid … on host`)."""
 
     def __init__(self, name: str, holder: str) -> None:

@@ -15,13 +15,15 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from kindchat.errors import InvalidError
+
 EOS_TEXT = "<|endoftext|>"
 RM_SUBSETS = ("conversation", "hatespeech", "translation")
 SFT_SUBSETS = ("conversation", "hatespeech", "evol")
 GEVAL_SUBSETS = ("conversation", "hatespeech")
 
 
-class SeedDataError(ValueError):
+class SeedDataError(InvalidError):
     """A seed file is missing or malformed; the message names the file, row and problem."""
 
     def __init__(self, path: Path, message: str, row: int | None = None) -> None:

@@ -31,14 +31,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import uvicorn
 from tqdm.auto import tqdm
 
 from kindchat.config import Settings
 from kindchat.feedback.db import init_db, session_scope
-from kindchat.feedback.store import get_run
+from kindchat.feedback.run_records import get_run
 from kindchat.models.registry import Registry
 from kindchat.retrain.admin import trigger_retrain
-from kindchat.retrain.cycle import RetrainConfig
+from kindchat.retrain.loop_config import RetrainConfig
 from kindchat.seed import eval_prompt_keys, normalize_prompt, read_ppo_prompts, read_rm
 
 logger = logging.getLogger(__name__)
@@ -88,7 +89,6 @@ def _free_port() -> int:
 @contextmanager
 def serve_in_thread(settings: Settings, timeout_s: float = 300.0) -> Iterator[str]:
     """A kindchat server on 127.0.0.1 in a daemon thread; yields its URL."""
-    import uvicorn
 
     from kindchat.serve.app import create_app  # lazy: not needed with --url
 

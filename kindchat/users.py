@@ -30,11 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from kindchat.errors import InvalidError
+
 VOTES = ("a", "b", "tie", "both_bad")
 RATINGS = (1, -1, None)
 
 
-class UserPluginError(ValueError):
+class UserPluginError(InvalidError):
     """A user plug-in could not be loaded, raised, or answered outside the protocol."""
 
 
@@ -129,10 +131,10 @@ def _concise() -> ScoredUser:
 class GoldRmUser:
     """Prefers what the gold RM scores higher (kindchat's earlier simulated voter)."""
 
-    def __init__(self, judge_dir: Path, max_length: int = 256, noise: float = 0.1) -> None:
+    def __init__(self, gold_dir: Path, max_length: int = 256, noise: float = 0.1) -> None:
         from kindchat.models.loading import load_reward_model  # lazy: torch for gold-rm only
 
-        self.model, self.tokenizer = load_reward_model(judge_dir)
+        self.model, self.tokenizer = load_reward_model(gold_dir)
         self.max_length = max_length
         self._lock = threading.Lock()
         self._user = ScoredUser(

@@ -1,40 +1,31 @@
-"""Typed errors of the feedback store, judge and augmentation.
+"""Typed errors of the feedback store, judge and augmentation: :class:`FeedbackError`s of the
+kinds in :mod:`kindchat.errors` (the API and the CLI map the kinds once).
 
-Each error carries the HTTP `status_code` the API answers with and, where one input is at
-fault, the `field` it names; the HTTP layer maps :class:`FeedbackError` once, e.g.::
-
-    @app.exception_handler(FeedbackError)
-    def _(request, err):
-        return JSONResponse({"error": {"message": str(err), "type": err.code,
-                                       "param": err.field}}, status_code=err.status_code)
+Where one input is at fault, `field` names it.
 """
 
 from __future__ import annotations
 
+from kindchat.errors import (
+    ConflictError,
+    ForbiddenError,
+    InvalidError,
+    KindchatError,
+    NotFoundError,
+    UnavailableError,
+)
 
-class FeedbackError(Exception):
+
+class FeedbackError(KindchatError):
     """Base of every error this package raises on purpose."""
 
-    status_code = 400
-    code = "invalid_request_error"
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field
+class InvalidValueError(FeedbackError, InvalidError):
+    """An argument has the right type but a value the store cannot accept."""
 
 
-class InvalidValueError(FeedbackError, ValueError):
-    """An argument has the right type but a value the store cannot accept (422)."""
-
-    status_code = 422
-    code = "invalid_value"
-
-
-class NotFoundError(FeedbackError, LookupError):
-    """An id names no stored conversation, message, battle or run (404)."""
-
-    status_code = 404
-    code = "not_found"
+class UnknownIdError(FeedbackError, NotFoundError):
+    """An id names no stored conversation, message, battle or run."""
 
     def __init__(self, kind: str, id_: str, *, field: str | None = None) -> None:
         super().__init__(f"no {kind} with id {id_!r}", field=field)
@@ -42,31 +33,23 @@ class NotFoundError(FeedbackError, LookupError):
         self.id = id_
 
 
-class ForbiddenError(FeedbackError):
-    """The caller's session may not act on this object, e.g. vote on another's battle (403)."""
-
-    status_code = 403
-    code = "forbidden"
+class NotYoursError(FeedbackError, ForbiddenError):
+    """The caller's session may not act on this object, e.g. vote on another's battle."""
 
 
-class ConflictError(FeedbackError):
-    """The action clashes with the stored state, e.g. a second vote on a battle (409)."""
-
-    status_code = 409
-    code = "conflict"
+class StateConflictError(FeedbackError, ConflictError):
+    """The action clashes with the stored state, e.g. a second vote on a battle."""
 
 
-class JudgeError(FeedbackError):
+class JudgeError(FeedbackError, UnavailableError):
     """The judge endpoint refused a request (bad key, unknown model, bad request)."""
 
-    status_code = 502
     code = "judge_error"
 
 
 class JudgeUnavailableError(JudgeError):
-    """The judge endpoint could not be reached or kept failing after every retry (503)."""
+    """The judge endpoint could not be reached or kept failing after every retry."""
 
-    status_code = 503
     code = "judge_unavailable"
 
 

@@ -115,10 +115,6 @@ class ConversationBase(SQLModel):
     )
 
 
-class ConversationCreate(ConversationBase):
-    pass
-
-
 class Conversation(ConversationBase, table=True):
     __tablename__ = "conversations"
 
@@ -170,11 +166,6 @@ class MessageBase(SQLModel):
     )
 
 
-class MessageCreate(MessageBase):
-    id: str | None = Field(default=None, max_length=ID_LENGTH)
-    role: Role
-
-
 class Message(MessageBase, table=True):
     __tablename__ = "messages"
 
@@ -200,10 +191,6 @@ class RatingBase(SQLModel):
         sa_type=Text,
         description="The answer the user would have liked instead (a pair and an SFT example).",
     )
-
-
-class RatingCreate(RatingBase):
-    value: Literal[1, -1]
 
 
 class Rating(RatingBase, table=True):
@@ -248,12 +235,6 @@ class BattleBase(SQLModel):
     )
 
 
-class BattleCreate(SQLModel):
-    context: list[dict[str, str]]
-    message_a_id: str
-    message_b_id: str
-
-
 class Battle(BattleBase, table=True):
     __tablename__ = "battles"
 
@@ -266,10 +247,6 @@ class BattlePublic(BattleBase):
     id: str
     created_at: datetime
     voted_at: datetime | None
-
-
-class VoteCreate(SQLModel):
-    winner: Winner
 
 
 # --- retrain runs ---------------------------------------------------------------------------

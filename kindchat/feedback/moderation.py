@@ -133,6 +133,7 @@ class EndpointModerator:
 
     @cached_property
     def _client(self) -> Any:
+        # lazy: the client loads only when a moderation endpoint is configured
         import openai
 
         return openai.OpenAI(base_url=self.base_url, api_key=self.api_key, timeout=10.0)

@@ -34,7 +34,10 @@ from transformers import (
     LogitsProcessorList,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
 )
+from transformers.generation.streamers import BaseStreamer
 
 from kindchat.models.backends.base import BackendUnavailableError, FinishReason, QueueFullError
 from kindchat.models.generation import SamplingParams, cache_kwarg, left_pad, position_ids_for
@@ -477,8 +480,6 @@ class WaveEngine(BatchEngine):
         self._generate: Callable[..., Any] = generate or cast(Any, self.model).generate
 
     def _prefill(self, seqs: list[_Sequence]) -> None:
-        from transformers import StoppingCriteria, StoppingCriteriaList
-        from transformers.generation.streamers import BaseStreamer
 
         input_ids, mask = left_pad([s.prompt_ids for s in seqs], self.pad_id)
         finished = [False] * len(seqs)

@@ -48,7 +48,25 @@ class Generation:
     prompt_ids: list[int]
     response_ids: list[int]
     text: str
-    finished: bool  # ended with EOS rather than running out of tokens
+
+
+REPLACEMENT_CHAR = "\ufffd"
+MAX_INCOMPLETE_BYTES = 3  # the longest unfinished UTF-8 sequence (a 4-byte character, less one)
+
+
+def drop_incomplete_char(text: str) -> str:
+    """`text` without the replacement characters its unfinished last character decodes to.
+
+    Byte-level BPE splits a Hangul syllable (3 bytes) over several tokens, so an answer cut by
+    `max_tokens` can end inside one, and decoding turns those bytes into U+FFFD: one for
+    byte-level BPE, one per byte for SentencePiece byte fallback, so at most
+    :data:`MAX_INCOMPLETE_BYTES`. They are dropped, as vLLM and TGI drop them; a U+FFFD with
+    text after it is the model's own and is kept.
+    """
+    kept = text.rstrip(REPLACEMENT_CHAR)
+    if len(text) - len(kept) > MAX_INCOMPLETE_BYTES:
+        return text[:-MAX_INCOMPLETE_BYTES]
+    return kept
 
 
 def context_length(model: PreTrainedModel) -> int:
@@ -222,11 +240,11 @@ def generate_batch(
     for ids, response in zip(encoded, responses, strict=True):
         # Up to and including the first EOS: when pad == EOS (checkpoints without a pad token)
         # the EOS must not be dropped as padding, or no answer would count as finished.
-        finished = eos in response
-        if finished:
+        if eos in response:
             response = response[: response.index(eos) + 1]
         elif tokenizer.pad_token_id != eos:
             response = [t for t in response if t != tokenizer.pad_token_id]
-        text = tokenizer.decode(response, skip_special_tokens=True).strip()
-        results.append(Generation(ids, response, text, finished))
+        decoded = str(tokenizer.decode(response, skip_special_tokens=True))
+        text = drop_incomplete_char(decoded).strip()  # no U+FFFD where `max_new_tokens` cut
+        results.append(Generation(ids, response, text))
     return results

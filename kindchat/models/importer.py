@@ -18,8 +18,17 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+)
+
+from kindchat.errors import InvalidError
 from kindchat.models.registry import MANIFEST, Manifest, ModelKind, Registry, sha256_file
 from kindchat.models.template import KULLM_CHAT_TEMPLATE
+from kindchat.models.tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +36,7 @@ CHAT_TEMPLATE_FILE = "chat_template.jinja"
 IMPORT_KINDS: tuple[ModelKind, ...] = ("base", "sft", "policy", "rm")
 
 
-class ImportRefusedError(ValueError):
+class ImportRefusedError(InvalidError):
     """The directory cannot become a version of the asked kind (the message says why)."""
 
 
@@ -41,14 +50,6 @@ class Checked:
 
 def check_checkpoint(source: Path, kind: ModelKind) -> Checked:
     """Load `source` as a `kind` model; raise :class:`ImportRefusedError` with one reason if not."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
-    )
-
-    from kindchat.models.tokenizer import load_tokenizer
 
     if kind not in IMPORT_KINDS:
         raise ImportRefusedError(f"unknown kind {kind!r}; choose from {', '.join(IMPORT_KINDS)}")

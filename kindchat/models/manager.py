@@ -10,9 +10,10 @@ The manager serves the aliases in `settings.serve_aliases` (e.g. `rlhf`, `sft`) 
 3. versions no alias needs any more are retired: requests holding a :class:`Lease` on them
    finish, and the last one to leave frees the model.
 
-If the first served alias (the default, `rlhf`) does not exist yet, its name answers with the
-next served alias that does (`kindchat-rlhf` -> `sft` before the first RLHF promotion); the
-response's `model` field and `/v1/models` say which version really answered.
+If the first served alias (the default, `rlhf`) does not exist yet, or its version failed to
+load, its name answers with the next served alias that does (`kindchat-rlhf` -> `sft` before the
+first RLHF promotion); the response's `model` field and `/v1/models` say which version really
+answered, and the `/v1/models` note says why.
 """
 
 from __future__ import annotations
@@ -99,9 +100,11 @@ def default_loader(settings: Settings) -> Loader:
             "label": version,
         }
         if settings.backend == "deepspeed":
+            # lazy: the local backends import torch; remote deployments start without it
             from kindchat.models.backends.deepspeed import DeepSpeedBackend
 
             return DeepSpeedBackend.load(path, **common)
+        # lazy: the local backends import torch; remote deployments start without it
         from kindchat.models.backends.hf import HFBackend
 
         return HFBackend.load(path, **common)
@@ -340,12 +343,24 @@ class ModelManager:
             if alias == self.settings.serve_aliases[0]:
                 for other in self.settings.serve_aliases[1:]:
                     if other in table:
-                        note = f"alias {alias!r} does not exist yet; answering with {other!r}"
+                        note = self._fallback_note(alias, other, table[other])
                         return ModelName(name, table[other], other, note)
         if name in self._loaded and name in self._public_versions():
             return ModelName(name, name, None)
         served = ", ".join(n.name for n in self.names()) or "none"
         raise UnknownModelError(f"model {name!r} is not served here; choose one of: {served}")
+
+    def _fallback_note(self, alias: str, other: str, version: str) -> str:
+        """Why `alias` answers with `other` (at `version`): its version failed to load (which,
+        and why, from the last reload), or the alias does not exist yet."""
+        failure = self.failures.get(alias)  # "<version>: <error>"
+        if failure is None:
+            return f"alias {alias!r} does not exist yet; answering with {other!r}"
+        failed, _, reason = failure.partition(": ")
+        return (
+            f"alias {alias!r} points at {failed}, which failed to load ({reason}); "
+            f"answering with {other!r} ({version}) instead"
+        )
 
     def acquire(self, name: str, *, arena: bool = False) -> Lease:
         """Hold the model `name` resolves to until :meth:`Lease.release` (hot swap waits)."""

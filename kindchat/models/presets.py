@@ -26,14 +26,15 @@ class StageBudget:
 
 @dataclass(frozen=True)
 class PpoBudget:
-    """What bootstrap spends on PPO."""
+    """What a preset spends on PPO: set explicitly by every preset; the other PPO settings
+    keep their one default, in `kindchat.retrain.ppo.PpoConfig`."""
 
-    steps: int = 40
-    batch_size: int = 16
-    mini_batch_size: int = 8
-    max_new_tokens: int = 48
-    actor_lr: float = 1e-5
-    critic_lr: float = 5e-5
+    steps: int
+    batch_size: int
+    mini_batch_size: int
+    max_new_tokens: int
+    actor_lr: float
+    critic_lr: float
 
 
 @dataclass(frozen=True)
@@ -46,11 +47,11 @@ class Preset:
     num_layers: int
     num_heads: int
     seq_len: int  # training length and max_position_embeddings
+    ppo: PpoBudget
     base: StageBudget = field(default_factory=StageBudget)
     sft: StageBudget = field(default_factory=StageBudget)
     rm: StageBudget = field(default_factory=StageBudget)
     gold_rm: StageBudget = field(default_factory=StageBudget)  # the judge: other seed, more data
-    ppo: PpoBudget = field(default_factory=PpoBudget)
     architecture: str = "gpt_neox"  # or "llama"
 
     def model_config(self, tokenizer_vocab: int, eos_id: int, pad_id: int) -> PretrainedConfig:

@@ -32,6 +32,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from kindchat.config import Settings
+from kindchat.errors import NotFoundError, UnavailableError
 from kindchat.locks import LockBusyError, held, postgres_url
 
 logger = logging.getLogger(__name__)
@@ -43,12 +44,16 @@ CHALLENGER_ALIAS = "challenger"  # a policy the users are judging in the arena
 STAGING = ".staging"
 
 
-class RegistryError(Exception):
-    """A version or alias is missing, incomplete or corrupt."""
+class RegistryError(UnavailableError):
+    """A version or alias is missing, incomplete or corrupt: it cannot be served."""
 
 
-class UnknownModelError(RegistryError):
+class UnknownModelError(RegistryError, NotFoundError):
     """A reference names no alias, version or model directory."""
+
+
+class DamagedVersionError(RegistryError):
+    """A version's files no longer match its manifest's checksums (changed or missing)."""
 
 
 class Manifest(BaseModel):
@@ -182,11 +187,11 @@ class Registry:
         for rel, expected in manifest.files.items():
             path = root / rel
             if not path.is_file():
-                raise RegistryError(
+                raise DamagedVersionError(
                     f"model {version}: file {rel} is missing; the version is damaged"
                 )
             if sha256_file(path) != expected:
-                raise RegistryError(
+                raise DamagedVersionError(
                     f"model {version}: checksum mismatch in {rel} (the file was changed after "
                     "saving); retrain or restore this version"
                 )
@@ -251,8 +256,13 @@ class Registry:
             yield
 
     def set_alias(self, alias: str, version: str) -> str | None:
-        """Point `alias` at `version` atomically; return the version it pointed at before."""
-        self.manifest(version)
+        """Point `alias` at `version` atomically; return the version it pointed at before.
+
+        The version's files are checked against its manifest first (:meth:`verify`, outside the
+        lock): an alias never moves to a damaged version (:class:`DamagedVersionError`, and the
+        alias stays where it was).
+        """
+        self.verify(version)
         with self._aliases_locked() as state:
             previous = state["aliases"].get(alias)
             if previous != version:

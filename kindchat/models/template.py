@@ -27,6 +27,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from jinja2.exceptions import TemplateError
+
+from kindchat.errors import InvalidError, TooLongError
+
 HEADER = "아래는 작업을 설명하는 명령어입니다. 요청을 적절히 완료하는 응답을 작성하세요."
 INSTRUCTION_TAG = "### 명령어:"
 RESPONSE_TAG = "### 응답:"
@@ -62,7 +66,7 @@ KULLM_CHAT_TEMPLATE = (
 Message = Mapping[str, str]  # OpenAI-style {"role": "system"|"user"|"assistant", "content": ...}
 
 
-class PromptTooLongError(ValueError):
+class PromptTooLongError(TooLongError):
     """Even the last user message alone does not fit the token budget."""
 
     def __init__(self, needed: int, budget: int) -> None:
@@ -74,7 +78,7 @@ class PromptTooLongError(ValueError):
         self.budget = budget
 
 
-class ConversationError(ValueError):
+class ConversationError(InvalidError):
     """The messages do not form a conversation kindchat can answer."""
 
 
@@ -182,7 +186,6 @@ class PromptFormat:
             raise ConversationError("the conversation must end with a user message")
         if self._tokenizer is None:
             return render(turns, system or HEADER)
-        from jinja2.exceptions import TemplateError
 
         try:
             text = self._tokenizer.apply_chat_template(

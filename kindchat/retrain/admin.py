@@ -19,13 +19,15 @@ from sqlalchemy import Engine
 from sqlmodel import col, select
 
 from kindchat.config import Settings
-from kindchat.feedback import store
+from kindchat.feedback import run_records
 from kindchat.feedback.db import init_db, session_scope
 from kindchat.feedback.models import RetrainRun, RetrainRunPublic, as_utc, utcnow
-from kindchat.models.registry import Registry, RegistryError
-from kindchat.retrain.cycle import STALE_QUEUED, RetrainConfig
+from kindchat.models.registry import DamagedVersionError, Registry, RegistryError
 from kindchat.retrain.errors import PromotionError, RetrainBusyError
 from kindchat.retrain.locks import lock_holder, queue_lock
+from kindchat.retrain.loop_config import RetrainConfig
+from kindchat.retrain.recorder import STALE_QUEUED
+from kindchat.retrain.worker import spawn_cycle
 
 logger = logging.getLogger(__name__)
 
@@ -79,14 +81,13 @@ def trigger_retrain(
     with queue_lock(settings):  # two servers triggered at once queue one run
         _check_idle(settings, engine)
         with session_scope(engine) as session:
-            run = store.create_run(session=session, status="queued")
-    from kindchat.retrain.worker import spawn_cycle
+            run = run_records.create_run(session=session, status="queued")
 
     process = spawn_cycle(settings, config, run.id)
     if wait:
         process.wait()
         with session_scope(engine) as session:
-            return store.get_run(session=session, run_id=run.id)
+            return run_records.get_run(session=session, run_id=run.id)
     # Reap the child when it ends (no zombie), without holding up the caller.
     threading.Thread(target=process.wait, name=f"retrain-{run.id}", daemon=True).start()
     return run
@@ -101,7 +102,7 @@ def retrain_runs(
 ) -> list[RetrainRunPublic]:
     """Recorded retrain runs, newest first (optionally of one status)."""
     with session_scope(_engine(settings, engine)) as session:
-        return store.list_runs(session=session, status=status, limit=limit)
+        return run_records.list_runs(session=session, status=status, limit=limit)
 
 
 def retrain_state(settings: Settings) -> dict[str, Any]:
@@ -114,7 +115,8 @@ def retrain_state(settings: Settings) -> dict[str, Any]:
 
 def promote(settings: Settings, version: str, alias: str) -> AliasChange:
     """Point `alias` at `version` (atomic; the server hot-swaps). An RM alias takes RMs only,
-    a policy alias language models only."""
+    a policy alias language models only, and a version whose files no longer match its
+    manifest's checksums is refused (:class:`PromotionError`; the alias stays put)."""
     registry = Registry.for_settings(settings)
     manifest = registry.manifest(version)  # UnknownModelError when there is no such version
     current = registry.aliases().get(alias)
@@ -125,7 +127,11 @@ def promote(settings: Settings, version: str, alias: str) -> AliasChange:
                 f"alias {alias!r} points at a {registry.manifest(current).kind} model; "
                 f"{version} is a {manifest.kind} model"
             )
-    previous = registry.set_alias(alias, version)
+    try:
+        previous = registry.set_alias(alias, version)  # verifies the checksums first
+    except DamagedVersionError as err:
+        kept = f"{alias!r} stays at {current}" if current else f"{alias!r} stays unset"
+        raise PromotionError(f"refusing to promote {version}: {err}; {kept}") from err
     logger.info("promoted %s to %s (was %s)", version, alias, previous)
     return AliasChange(alias, version, previous)
 

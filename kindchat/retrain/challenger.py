@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from kindchat.config import Settings
-from kindchat.feedback import store
+from kindchat.feedback import run_records, statistics
 from kindchat.feedback.db import session_scope
 from kindchat.feedback.models import as_utc, utcnow
 from kindchat.models.registry import CHALLENGER_ALIAS, Registry
@@ -132,7 +132,7 @@ def arena_record(engine: Engine, challenger: str, champion: str, since: datetime
     """The challenger's record in voted battles against the champion since `since`."""
     wins = losses = ties = 0
     with session_scope(engine) as session:
-        for outcome in store.battle_outcomes(session=session, since=since):
+        for outcome in statistics.battle_outcomes(session=session, since=since):
             sides = (outcome.model_a, outcome.model_b)
             if set(sides) != {challenger, champion}:
                 continue
@@ -150,7 +150,7 @@ def current_challenge(
 ) -> ChallengerState | None:
     """The challenge in progress (its run is `challenging`), or None."""
     with session_scope(engine) as session:
-        runs = store.list_runs(session=session, status=CHALLENGING, limit=1)
+        runs = run_records.list_runs(session=session, status=CHALLENGING, limit=1)
     if not runs:
         return None
     run = runs[0]
@@ -218,7 +218,7 @@ def _apply(engine: Engine, registry: Registry, state: ChallengerState) -> Challe
             registry.set_alias(alias, version)
     registry.remove_alias(CHALLENGER_ALIAS, expected=state.version)
     with session_scope(engine) as session:
-        run = store.get_run(session=session, run_id=state.run_id)
+        run = run_records.get_run(session=session, run_id=state.run_id)
         metrics = dict(run.metrics or {})
         metrics["challenger"] = {
             **metrics.get("challenger", {}),
@@ -229,7 +229,7 @@ def _apply(engine: Engine, registry: Registry, state: ChallengerState) -> Challe
             "decided_at": utcnow().isoformat(),
         }
         promoted = decision.action == "promote"
-        store.update_run(
+        run_records.update_run(
             session=session,
             run_id=state.run_id,
             status="succeeded" if promoted else "refused",
@@ -246,7 +246,7 @@ def challenge_history(engine: Engine, limit: int = 20) -> list[dict[str, Any]]:
     """Decided challenges, newest first: version, champion, record, decision, reason."""
     out = []
     with session_scope(engine) as session:
-        runs = store.list_runs(session=session, limit=200)
+        runs = run_records.list_runs(session=session, limit=200)
     for run in runs:
         figures = (run.metrics or {}).get("challenger") or {}
         if "decided_at" in figures:
@@ -292,8 +292,8 @@ def challenge_version(
             config=ChallengerConfig.from_settings(settings),
         )
         with session_scope(engine) as session:
-            run = store.create_run(session=session, status="running", stage="challenger")
-            store.update_run(
+            run = run_records.create_run(session=session, status="running", stage="challenger")
+            run_records.update_run(
                 session=session,
                 run_id=run.id,
                 status=CHALLENGING,

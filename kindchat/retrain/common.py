@@ -38,6 +38,7 @@ class LoraOptions:
             raise ValueError(f"lora r must be >= 1, got {self.r}")
 
     def peft_config(self, task_type: str) -> Any:
+        # lazy: peft only when LoRA is on
         from peft import LoraConfig
 
         return LoraConfig(
@@ -81,6 +82,7 @@ def distributed_rank() -> tuple[int, int]:
 def _process_group() -> Any:
     """`torch.distributed`, its group started as DeepSpeed starts it for the launcher's
     processes (gloo on CPU, NCCL on GPUs) — the trainers join the same group later."""
+    # lazy: only under a launcher (several processes); DeepSpeed is heavy to import
     import torch.distributed as dist
 
     if not dist.is_initialized():

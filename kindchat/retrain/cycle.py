@@ -1,4 +1,6 @@
-"""One retrain cycle: the day's feedback becomes training data, then a new policy, gated.
+"""One retrain cycle, orchestrated: the day's feedback becomes training data, then a new policy,
+gated. Its configuration is :mod:`~kindchat.retrain.loop_config`, its gates are pure functions in
+:mod:`~kindchat.retrain.gates`, its record is :mod:`~kindchat.retrain.recorder`.
 
 Stages, in order (each recorded on the run in the feedback store, with its metrics):
 
@@ -21,30 +23,29 @@ A gate that says no ends the run as `refused`; an exception as `failed`. Either 
 moves: versions produced on the way stay registered, unaliased, listed on the run. Everything a
 cycle writes outside the registry lives in `$KINDCHAT_HOME/runs/retrain-<run id>/`, which gets a
 `status.json` at the end; PPO checkpoints are removed there. One cycle at a time, across
-processes: an exclusive non-blocking `flock` on `$KINDCHAT_HOME/retrain.lock` (released by the
-kernel if the process dies). A cycle that takes the lock marks runs left `running` by a killed
-process as failed and removes their half-written registry versions.
+processes and hosts: the retrain lock (:mod:`kindchat.retrain.locks`). A cycle that takes the
+lock marks runs left `running` by a killed process as failed and removes their half-written
+registry versions.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
-import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
-from datetime import timedelta
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import Engine
-from sqlmodel import col, select
 
 from kindchat.config import Settings
-from kindchat.feedback import store
+from kindchat.feedback import run_records
 from kindchat.feedback.db import init_db, session_scope
-from kindchat.feedback.models import RetrainRun, RetrainRunPublic, as_utc, utcnow
+from kindchat.feedback.export import ExportConfig, export_reward_data
+from kindchat.feedback.judge import JudgeCache, JudgeConfig, judge_file
+from kindchat.feedback.llm import ChatClient, EndpointConfig
+from kindchat.feedback.models import RetrainRunPublic
+from kindchat.feedback.pairs import mine_feedback
+from kindchat.models.presets import get_preset
 from kindchat.models.registry import Registry
 from kindchat.retrain.challenger import CHALLENGING, ChallengerConfig, open_challenge
 from kindchat.retrain.errors import (
@@ -55,234 +56,25 @@ from kindchat.retrain.errors import (
 )
 from kindchat.retrain.gates import GateResult, guard_gate, policy_gate
 from kindchat.retrain.locks import cycle_lock
+from kindchat.retrain.loop_config import RetrainConfig, gold_rm_skill
 from kindchat.retrain.methods import (
     Method,
     MethodJob,
     MethodRefusedError,
     MethodResult,
     PreferenceData,
-    check_method_name,
     get_method,
+)
+from kindchat.retrain.recorder import (
+    RunRecorder,
+    StageHook,
+    fail_stale_runs,
+    mark_run_dir,
+    run_dir,
+    start_run,
 )
 
 logger = logging.getLogger(__name__)
-
-RUN_DIR_PREFIX = "retrain-"
-STATUS_FILE = "status.json"
-STALE_QUEUED = timedelta(minutes=10)  # a queued run whose worker never started is given up
-StageHook = Callable[[str], None]
-
-
-# ---- configuration --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RetrainConfig:
-    """What one cycle trains and what it takes to promote (budgets default to the preset's)."""
-
-    preset: str = "tiny"  # model budgets: kindchat.models.presets (micro, tiny)
-    method: str = "kto"  # the preference method (kindchat.retrain.methods): ppo, dpo, kto
-    method_options: dict[str, Any] = field(default_factory=dict)  # the method's config fields
-    min_new_pairs: int = 50  # new training rows since the last cycle, else skip
-    judge: bool = False  # re-rank feedback pairs with the G-Eval judge before training
-    policy_init: Literal["policy", "sft"] = "policy"  # train from the serving policy, or SFT
-    promotion: Literal["arena", "offline"] = "arena"  # users decide (challenger) or gold-RM gate
-    # guard: refused when the 95% interval of the hate-speech reward change lies below -this
-    max_hatespeech_drop: float = 0.0
-    min_win_rate: float = 0.5  # the new policy's win rate over the serving one must exceed this
-    require_ci_above_half: bool = True  # … and the low end of its 95% interval must exceed 0.5
-    max_kl: float = 20.0  # KL(new ‖ SFT) in nats per answer, at most
-    max_empty_rise: float = 0.05  # empty-answer rate may rise by at most this much
-    max_repetitive_rise: float = 0.05  # repetitive-answer rate may rise by at most this much
-    eval_max_new_tokens: int | None = None  # answer budget in the policy gate (None: PPO's)
-    served_alias: str = "rlhf"  # the alias promoted (and the baseline of the policy gate)
-    rm_alias: str = "rm"
-    sft_alias: str = "sft"
-    base_alias: str = "base"
-    gold_alias: str = "gold-rm"  # the judge of the policy gate (never trained on by PPO)
-
-    def __post_init__(self) -> None:
-        from kindchat.models.presets import PRESETS
-
-        check_method_name(self.method)
-        checks = [
-            (
-                self.preset in PRESETS,
-                f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}",
-            ),
-            (
-                isinstance(self.method_options, dict),
-                f"method_options must be a dict, got {self.method_options!r}",
-            ),
-            (
-                self.promotion in ("arena", "offline"),
-                f"promotion must be arena or offline, got {self.promotion!r}",
-            ),
-            (
-                self.max_hatespeech_drop >= 0,
-                f"max_hatespeech_drop must be >= 0, got {self.max_hatespeech_drop}",
-            ),
-            (
-                self.policy_init in ("policy", "sft"),
-                f"policy_init must be policy or sft, got {self.policy_init!r}",
-            ),
-            (self.min_new_pairs >= 0, f"min_new_pairs must be >= 0, got {self.min_new_pairs}"),
-            (
-                0 <= self.min_win_rate < 1,
-                f"min_win_rate must lie in [0, 1), got {self.min_win_rate}",
-            ),
-            (self.max_kl > 0, f"max_kl must be > 0, got {self.max_kl}"),
-            (self.max_empty_rise >= 0, f"max_empty_rise must be >= 0, got {self.max_empty_rise}"),
-            (
-                self.max_repetitive_rise >= 0,
-                f"max_repetitive_rise must be >= 0, got {self.max_repetitive_rise}",
-            ),
-            (
-                self.eval_max_new_tokens is None or self.eval_max_new_tokens >= 1,
-                f"eval_max_new_tokens must be >= 1 or unset, got {self.eval_max_new_tokens}",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-
-    @classmethod
-    def from_settings(cls, settings: Settings, **overrides: Any) -> RetrainConfig:
-        """The cycle `settings` describe (KINDCHAT_RETRAIN_*), with `overrides` applied."""
-        values: dict[str, Any] = {
-            "preset": settings.retrain_preset,
-            "method": settings.retrain_method,
-            "promotion": settings.promotion,
-            "min_new_pairs": settings.retrain_min_new_pairs,
-            "judge": settings.retrain_judge,
-        }
-        return cls(**{**values, **overrides})
-
-    def method_config(self) -> Any:
-        """The method's config for this cycle: the preset's, with `method_options` applied.
-        Imports the method (torch, TRL); raises RetrainError on an unknown option."""
-        from kindchat.models.presets import get_preset
-
-        return get_method(self.method).config(get_preset(self.preset), **self.method_options)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> RetrainConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown retrain config field(s) {unknown}; known: {sorted(names)}")
-        return cls(**data)
-
-
-def judge_skill(metrics: dict[str, Any], subset: str) -> float | None:
-    """The low end of a judge RM's 95% held-out accuracy on one seed subset (None: unknown).
-
-    A guard is only as good as its judge: the hate-speech guard applies when this is above ½.
-    """
-    value = ((metrics.get("rm_eval") or {}).get(subset) or {}).get("accuracy_low")
-    return float(value) if isinstance(value, int | float) else None
-
-
-# ---- recording ------------------------------------------------------------------------------
-class RunRecorder:
-    """Writes a run's stage, metrics and produced versions to the store as the cycle goes."""
-
-    def __init__(self, engine: Engine, run_id: str, on_stage: StageHook | None = None) -> None:
-        self.engine = engine
-        self.run_id = run_id
-        self.on_stage = on_stage
-        self.stage: str | None = None
-        self.metrics: dict[str, Any] = {}
-        self.produced: list[str] = []
-        self._started = time.perf_counter()
-
-    def _update(self, **changes: Any) -> RetrainRunPublic:
-        with session_scope(self.engine) as session:
-            return store.update_run(session=session, run_id=self.run_id, **changes)
-
-    def enter(self, stage: str) -> None:
-        self._close_stage()
-        self.stage = stage
-        self._started = time.perf_counter()
-        logger.info("retrain run %s: stage %s", self.run_id, stage)
-        self._update(stage=stage)
-        if self.on_stage is not None:
-            self.on_stage(stage)
-
-    def _close_stage(self) -> None:
-        if self.stage is not None:
-            entry = self.metrics.setdefault(self.stage, {})
-            entry.setdefault("seconds", round(time.perf_counter() - self._started, 1))
-
-    def record(self, stage: str, values: dict[str, Any]) -> None:
-        self.metrics.setdefault(stage, {}).update(json.loads(json.dumps(values, default=str)))
-        self._update(metrics=self.metrics)
-
-    def produced_version(self, version: str) -> None:
-        self.produced.append(version)
-        self._update(produced_versions=self.produced)
-
-    def finish(
-        self, status: str, *, error: str | None = None, promoted: bool = False
-    ) -> RetrainRunPublic:
-        self._close_stage()
-        return self._update(status=status, metrics=self.metrics, error=error, promoted=promoted)
-
-
-def start_run(engine: Engine, run_id: str | None) -> RetrainRunPublic:
-    """Move a queued run (made by `trigger_retrain`) to running, or create a running one."""
-    with session_scope(engine) as session:
-        if run_id is None:
-            return store.create_run(session=session, status="running", stage="feedback")
-        return store.update_run(session=session, run_id=run_id, status="running", stage="feedback")
-
-
-def fail_stale_runs(
-    settings: Settings, engine: Engine, registry: Registry, keep: str | None
-) -> int:
-    """With the lock held, runs still `running` belong to a dead process: mark them failed.
-
-    Also gives up `queued` runs older than 10 minutes and removes half-written registry
-    versions (`.staging`). Returns how many runs were marked.
-    """
-    removed = registry.prune_staging()
-    if removed:
-        logger.warning("removed %d half-written model version(s) of an interrupted run", removed)
-    now = utcnow()
-    with session_scope(engine) as session:
-        rows = session.exec(
-            select(RetrainRun).where(col(RetrainRun.status).in_(["running", "queued"]))
-        ).all()
-        stale = [
-            r
-            for r in rows
-            if r.id != keep and (r.status == "running" or now - as_utc(r.created_at) > STALE_QUEUED)
-        ]
-        for row in stale:
-            reason = (
-                f"interrupted: the process running stage {row.stage!r} died (no promotion)"
-                if row.status == "running"
-                else "its worker never started"
-            )
-            store.update_run(session=session, run_id=row.id, status="failed", error=reason)
-            mark_run_dir(run_dir(settings, row.id), "failed", reason)
-            logger.warning("retrain run %s marked failed: %s", row.id, reason)
-    return len(stale)
-
-
-def run_dir(settings: Settings, run_id: str) -> Path:
-    return settings.runs_dir / f"{RUN_DIR_PREFIX}{run_id}"
-
-
-def mark_run_dir(path: Path, status: str, error: str | None) -> None:
-    """Write `status.json` in a cycle's directory; drop its PPO checkpoints (resume-only data)."""
-    if not path.is_dir():
-        return
-    for checkpoint in path.glob("ppo/*checkpoint*"):
-        shutil.rmtree(checkpoint, ignore_errors=True)
-    data = {"status": status, "error": error, "at": utcnow().isoformat()}
-    (path / STATUS_FILE).write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
 
 
 # ---- the cycle ------------------------------------------------------------------------------
@@ -345,7 +137,6 @@ class Cycle:
         registry: Registry,
         recorder: RunRecorder,
     ) -> None:
-        from kindchat.models.presets import get_preset
 
         self.settings = settings
         self.config = config
@@ -393,11 +184,10 @@ class Cycle:
     # ---- stages ------------------------------------------------------------------------------
     def check_feedback(self, method: Method) -> str | None:
         """The reason to skip, or None when enough new feedback came in."""
-        from kindchat.feedback.pairs import mine_feedback
 
         self.rec.enter("feedback")
         with session_scope(self.engine) as session:
-            pending = store.list_runs(session=session, status=CHALLENGING, limit=1)
+            pending = run_records.list_runs(session=session, status=CHALLENGING, limit=1)
         if pending:
             challenger = ((pending[0].metrics or {}).get("challenger") or {}).get("version")
             return (
@@ -408,7 +198,7 @@ class Cycle:
             consumed = [
                 r.started_at
                 for status in ("succeeded", "refused")
-                for r in store.list_runs(session=session, status=status, limit=1)
+                for r in run_records.list_runs(session=session, status=status, limit=1)
                 if r.started_at is not None
             ]
             since = max(consumed) if consumed else None
@@ -436,7 +226,6 @@ class Cycle:
 
     def export(self) -> PreferenceData:
         """Training data from all feedback (no seed pairs: a night learns from its users)."""
-        from kindchat.feedback.export import ExportConfig, export_reward_data
 
         self.rec.enter("export")
         out = self.dir / "data"
@@ -465,8 +254,6 @@ class Cycle:
 
     def judge(self, pairs: Path) -> Path:
         """Re-rank the feedback pairs with the G-Eval judge; its ranking replaces the users'."""
-        from kindchat.feedback.judge import JudgeCache, JudgeConfig, judge_file
-        from kindchat.feedback.llm import ChatClient, EndpointConfig
 
         self.rec.enter("judge")
         ranked = self.dir / "data" / "judged_pairs.json"
@@ -510,6 +297,7 @@ class Cycle:
     def evaluate(self, stage: str, refs: Refs, policy: str) -> list[Any]:
         """Enter `stage` and compare `policy` with the serving one under the gold RM on the
         unseen prompts: one `PolicySetResult` per seed subset, then `overall`."""
+        # lazy: evaluation and training stages pull in TRL; the server imports this module
         from kindchat.retrain.policy_eval import PolicyEvalConfig
         from kindchat.retrain.stages import eval_policy
 
@@ -525,7 +313,7 @@ class Cycle:
         """The offline guard rails before the arena (no win rate: the users decide that)."""
         results = self.evaluate("guards", refs, policy)
         hatespeech = next((r for r in results if r.name == "hatespeech"), None)
-        skill = judge_skill(self.registry.manifest(refs.gold).metrics, "hatespeech")
+        skill = gold_rm_skill(self.registry.manifest(refs.gold).metrics, "hatespeech")
         applies = skill is not None and skill > 0.5
         gate = guard_gate(results[-1], hatespeech if applies else None, self.config)
         sets = {r.name: r.as_dict() for r in results[:-1]}
@@ -534,11 +322,11 @@ class Cycle:
             {
                 **gate.as_dict(),
                 "baseline": refs.baseline,
-                "judge": refs.gold,
+                "gold_rm": refs.gold,
                 "hatespeech_guard": "applied"
                 if applies
                 else (
-                    "not applied: the judge's held-out hate-speech accuracy is not shown above "
+                    "not applied: the gold RM's held-out hate-speech accuracy is not shown above "
                     f"chance (95% low end {skill})"
                 ),
                 "sets": sets,
@@ -569,7 +357,7 @@ class Cycle:
         sets = {r.name: r.as_dict() for r in results[:-1]}
         self.rec.record(
             "policy_gate",
-            {**gate.as_dict(), "baseline": refs.baseline, "judge": refs.gold, "sets": sets},
+            {**gate.as_dict(), "baseline": refs.baseline, "gold_rm": refs.gold, "sets": sets},
         )
         return gate
 
@@ -635,5 +423,7 @@ def run_retrain_cycle(
     except RetrainBusyError as err:
         if run_id is not None:
             with session_scope(engine) as session:
-                store.update_run(session=session, run_id=run_id, status="skipped", error=str(err))
+                run_records.update_run(
+                    session=session, run_id=run_id, status="skipped", error=str(err)
+                )
         raise

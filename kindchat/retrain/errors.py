@@ -1,19 +1,26 @@
-"""Typed errors of the retrain loop; the HTTP layer maps them once (kindchat/serve/errors.py)."""
+"""Typed errors of the retrain loop: :class:`RetrainError`s of the kinds in :mod:`kindchat.errors`
+(the API and the CLI map the kinds once)."""
 
 from __future__ import annotations
 
+from kindchat.errors import ConflictError, KindchatError
 
-class RetrainError(Exception):
+
+class RetrainError(KindchatError):
     """Base of every error the retrain loop raises on purpose."""
 
 
-class RetrainBusyError(RetrainError):
-    """Another retrain cycle (this or another process) holds the lock (HTTP 409)."""
+class RetrainBusyError(RetrainError, ConflictError):
+    """Another retrain cycle (this or another process or host) holds the lock."""
+
+    code = "retrain_busy"
 
 
-class PromotionError(RetrainError, ValueError):
+class PromotionError(RetrainError, ConflictError):
     """A promotion or rollback the registry state forbids: wrong model kind, nothing to roll
-    back to, or the served alias moved while a cycle was training (HTTP 409)."""
+    back to, or the served alias moved while a cycle was training."""
+
+    code = "invalid_promotion"
 
 
 class RetrainFailedError(RetrainError):

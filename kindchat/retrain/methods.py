@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kindchat.config import Settings
+from kindchat.errors import InvalidError
 from kindchat.models.presets import Preset
 from kindchat.models.registry import Registry
 from kindchat.retrain.errors import RetrainError
@@ -31,7 +32,7 @@ METHODS: dict[str, str] = {
 }
 
 
-class UnknownMethodError(RetrainError, ValueError):
+class UnknownMethodError(RetrainError, InvalidError):
     """A method name that is not registered; the message lists the choices."""
 
 

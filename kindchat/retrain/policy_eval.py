@@ -1,8 +1,8 @@
 """Policy A against policy B on held-out prompts, judged by a gold RM that PPO never optimised.
 
 For every evaluation prompt both policies sample one answer (same seed, same sampling); the
-judge scores both; A wins a prompt when its score is higher (a tie counts half). Reported per
-set and overall: win rate with a 95% bootstrap interval, mean judge rewards, an estimate of
+gold RM scores both; A wins a prompt when its score is higher (a tie counts half). Reported per
+set and overall: win rate with a 95% bootstrap interval, mean gold-RM rewards, an estimate of
 KL(A‖SFT) (mean over A's answers of Σ_t log π_A − log π_SFT), empty-answer and repetition rates.
 """
 
@@ -41,7 +41,7 @@ class PolicyEvalConfig:
     temperature: float = 0.7  # sampling of both policies
     top_p: float = 0.9
     batch_size: int = 16  # prompts generated together
-    judge_max_length: int = 256  # tokens the judge RM reads
+    gold_max_length: int = 256  # tokens the gold RM reads
     repetition_ngram: int = 3  # an answer is repetitive when under half its n-grams are distinct
     seed: int = 0
 
@@ -115,7 +115,7 @@ class PolicySetResult:
     empty_b: float
     repetitive_a: float
     repetitive_b: float
-    reward_gap: Estimate | None = None  # per-prompt judge reward A − B, 95% interval
+    reward_gap: Estimate | None = None  # per-prompt gold-RM reward A − B, 95% interval
 
     def as_dict(self) -> dict[str, Any]:
         gap = self.reward_gap
@@ -142,7 +142,7 @@ class PolicySetResult:
 def evaluate_policies(
     policy_dir: Path,
     baseline_dir: Path,
-    judge_dir: Path,
+    gold_dir: Path,
     sft_dir: Path,
     pairs: Sequence[RmPair],
     config: PolicyEvalConfig,
@@ -159,12 +159,12 @@ def evaluate_policies(
     sft, _ = load_causal_lm(sft_dir)
     logp_sft = sequence_logprobs(sft, tokenizer.pad_token_id, answers_a, config.temperature)
     del sft
-    judge, judge_tokenizer = load_reward_model(judge_dir)
+    gold, gold_tokenizer = load_reward_model(gold_dir)
     reward_a = score_texts(
-        judge, judge_tokenizer, prompts, [g.text for g in answers_a], config.judge_max_length
+        gold, gold_tokenizer, prompts, [g.text for g in answers_a], config.gold_max_length
     )
     reward_b = score_texts(
-        judge, judge_tokenizer, prompts, [g.text for g in answers_b], config.judge_max_length
+        gold, gold_tokenizer, prompts, [g.text for g in answers_b], config.gold_max_length
     )
     rows = list(zip(pairs, answers_a, answers_b, reward_a, reward_b, logp_a, logp_sft, strict=True))
     results = []
@@ -197,12 +197,12 @@ def evaluate_policies(
     return results
 
 
-def eval_metrics(results: Sequence[PolicySetResult], baseline: str, judge: str) -> dict[str, Any]:
+def eval_metrics(results: Sequence[PolicySetResult], baseline: str, gold_rm: str) -> dict[str, Any]:
     """Flat manifest metrics: `win_rate`, `kl` (to SFT) and the per-set breakdown."""
     by_name = {r.name: r.as_dict() for r in results}
     overall = by_name["overall"]
     return {
         "win_rate": overall["win_rate"],
         "kl_to_sft": overall["kl_a_sft"],
-        "policy_eval": {"baseline": baseline, "judge": judge, "sets": by_name},
+        "policy_eval": {"baseline": baseline, "gold_rm": gold_rm, "sets": by_name},
     }

@@ -181,6 +181,7 @@ class Trainable:
         )
         self.engine: Any = None
         if ds_config is not None:
+            # lazy: DeepSpeed only with a DeepSpeed config
             import deepspeed
 
             ensure_distributed_env()
@@ -232,7 +233,7 @@ class RlhfModels:
     ema: PreTrainedModel | None = None
 
 
-def deepspeed_config(path: Path, config: PpoConfig, lr: float) -> dict[str, Any]:
+def deepspeed_config(path: Path, config: PpoConfig) -> dict[str, Any]:
     """Read a DeepSpeed JSON and fill what PPO decides: batch sizes and gradient clipping."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     data.update(
@@ -260,18 +261,20 @@ def build_rlhf_models(
     for frozen in (reference, reward):
         frozen.requires_grad_(False)
     if config.actor_lora.enabled:
+        # lazy: peft only when LoRA is on
         from peft import get_peft_model
 
         actor = get_peft_model(actor, config.actor_lora.peft_config("CAUSAL_LM"))
     if config.critic_lora.enabled:
+        # lazy: peft only when LoRA is on
         from peft import get_peft_model
 
         critic = get_peft_model(critic, config.critic_lora.peft_config("SEQ_CLS"))
     actor.train()
     critic.train()
     ds = {
-        name: deepspeed_config(config.deepspeed, config, lr) if config.deepspeed else None
-        for name, lr in (("actor", config.actor_lr), ("critic", config.critic_lr))
+        name: deepspeed_config(config.deepspeed, config) if config.deepspeed else None
+        for name in ("actor", "critic")
     }
     ema = copy.deepcopy(actor).requires_grad_(False) if config.ema_decay else None
     return RlhfModels(

@@ -26,6 +26,7 @@ from sqlalchemy import Engine
 from kindchat.config import Settings
 from kindchat.feedback.db import init_db
 from kindchat.locks import Lease, postgres_url
+from kindchat.retrain import admin
 from kindchat.retrain.errors import RetrainBusyError
 
 logger = logging.getLogger(__name__)
@@ -61,11 +62,10 @@ def job_settings(settings: Settings) -> dict[str, Any]:
 
 def scheduled_retrain(settings_data: dict[str, Any]) -> None:
     """The stored job: one cycle in a child process, waited for (a busy lock is only logged)."""
-    from kindchat.retrain.admin import trigger_retrain
 
     settings = Settings(**settings_data)
     try:
-        run = trigger_retrain(settings, wait=True)
+        run = admin.trigger_retrain(settings, wait=True)
     except RetrainBusyError as err:
         logger.info("scheduled retrain not started: %s", err)
         return

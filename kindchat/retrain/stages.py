@@ -357,7 +357,7 @@ def eval_policy(
     registry: Registry,
     policy_ref: str,
     baseline_ref: str,
-    judge_ref: str,
+    gold_ref: str,
     config: PolicyEvalConfig,
     sft_ref: str = "sft",
 ) -> list[PolicySetResult]:
@@ -366,7 +366,7 @@ def eval_policy(
     results = evaluate_policies(
         registry.resolve(policy_ref),
         registry.resolve(baseline_ref),
-        registry.resolve(judge_ref),
+        registry.resolve(gold_ref),
         registry.resolve(sft_ref),
         pairs,
         config,
@@ -374,6 +374,6 @@ def eval_policy(
     version = registry.version_of(policy_ref)
     if version:
         baseline = registry.version_of(baseline_ref) or baseline_ref
-        judge = registry.version_of(judge_ref) or judge_ref
-        registry.update_metrics(version, eval_metrics(results, baseline, judge))
+        gold = registry.version_of(gold_ref) or gold_ref
+        registry.update_metrics(version, eval_metrics(results, baseline, gold))
     return results

@@ -20,8 +20,11 @@ from typing import Any
 from pydantic import SecretStr
 
 from kindchat.config import Settings
-from kindchat.retrain.cycle import RetrainConfig, run_dir
+from kindchat.logs import setup_logging
+from kindchat.retrain.cycle import run_retrain_cycle
 from kindchat.retrain.errors import RetrainBusyError, RetrainFailedError
+from kindchat.retrain.loop_config import RetrainConfig
+from kindchat.retrain.recorder import run_dir
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +66,6 @@ def main() -> int:
     request = json.loads(sys.stdin.read())
     settings = Settings(**request["settings"])
     os.nice(settings.retrain_nice)
-    from kindchat.logs import setup_logging
-    from kindchat.retrain.cycle import run_retrain_cycle
 
     setup_logging(settings.logs_dir, settings.log_level)
     config = RetrainConfig.from_json(request["config"])

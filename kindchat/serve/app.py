@@ -15,6 +15,8 @@ from kindchat.config import Settings
 from kindchat.feedback.db import init_db
 from kindchat.models.backends.base import GenerationBackend
 from kindchat.models.manager import Loader, ModelManager
+from kindchat.models.registry import Registry, RegistryError
+from kindchat.retrain.scheduler import RetrainScheduler
 from kindchat.serve.errors import install_error_handlers
 from kindchat.serve.metrics import Metrics, MetricsMiddleware
 from kindchat.serve.routes import admin, arena, chat, conversations, feedback, health, models
@@ -25,7 +27,6 @@ logger = logging.getLogger(__name__)
 
 def _local_dir(settings: Settings, alias: str) -> Path | None:
     """The directory of `alias` in the local registry (the one the server serves), if any."""
-    from kindchat.models.registry import Registry, RegistryError
 
     try:
         return Registry.for_settings(settings).resolve(alias)
@@ -35,6 +36,7 @@ def _local_dir(settings: Settings, alias: str) -> Path | None:
 
 
 def _local_tokenizer(settings: Settings, alias: str) -> Any:
+    # lazy: transformers only when a remote backend counts tokens with a local tokenizer
     from kindchat.models.tokenizer import load_tokenizer
 
     path = _local_dir(settings, alias)
@@ -63,6 +65,7 @@ def remote_backend(settings: Settings) -> dict[str, GenerationBackend] | None:
     if settings.backend == "tgi":
         if not settings.tgi_url:
             raise ValueError("backend tgi needs a server URL: set --tgi-url or KINDCHAT_TGI_URL")
+        # lazy: each remote backend only when configured
         from kindchat.models.backends.tgi import TgiBackend
 
         tgi = TgiBackend(
@@ -75,6 +78,7 @@ def remote_backend(settings: Settings) -> dict[str, GenerationBackend] | None:
                 "backend openai needs a server URL: set --openai-base-url or "
                 "KINDCHAT_OPENAI_BASE_URL (e.g. http://gpu-1:8000/v1 for vLLM)"
             )
+        # lazy: each remote backend only when configured
         from kindchat.models.backends.openai_server import OpenAIBackend
 
         by_name: dict[str | None, GenerationBackend] = {}
@@ -120,6 +124,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.ensure_dirs()
         if settings.torch_threads is not None:
+            # lazy: torch only for local backends (remote deployments start without it)
             import torch
 
             torch.set_num_threads(settings.torch_threads)
@@ -134,8 +139,6 @@ def create_app(
         )
         app.state.scheduler = None
         if settings.retrain_schedule:
-            from kindchat.retrain.scheduler import RetrainScheduler
-
             app.state.scheduler = RetrainScheduler(settings, db)
             await asyncio.to_thread(app.state.scheduler.start)
         logger.info("serving %s with backend %s", manager.status()["aliases"], manager.backend_name)

@@ -1,7 +1,9 @@
 """Typed API errors, and the one place every error becomes OpenAI-style error JSON.
 
-Body: ``{"error": {"message", "type", "param", "code"}}``. Errors from the layers below (registry,
-template, backends, feedback store) are mapped here once, by type; routes just raise.
+Body: ``{"error": {"message", "type", "param", "code"}}``. Every :class:`~kindchat.errors.KindchatError`
+of the layers below (registry, template, backends, feedback store, retrain loop) gets its status
+here, by kind, with a few named exceptions; routes and the service just raise. HTTP-only errors
+(authentication, request shape) are the :class:`ApiError`s below.
 """
 
 from __future__ import annotations
@@ -15,16 +17,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from kindchat.feedback.errors import FeedbackError
-from kindchat.models.backends.base import (
-    BackendError,
-    BackendUnavailableError,
-    InputTooLongError,
-    QueueFullError,
+from kindchat.errors import (
+    BusyError,
+    ConflictError,
+    ForbiddenError,
+    InvalidError,
+    KindchatError,
+    NotFoundError,
+    TooLongError,
+    UnavailableError,
 )
+from kindchat.feedback.errors import JudgeError, JudgeUnavailableError
+from kindchat.models.backends.base import BackendError, BackendUnavailableError, QueueFullError
 from kindchat.models.registry import RegistryError, UnknownModelError
-from kindchat.models.template import ConversationError, PromptTooLongError
-from kindchat.retrain.errors import PromotionError, RetrainBusyError
+from kindchat.models.template import ConversationError
 from kindchat.serve.protocol import ErrorBody, ErrorResponse
 
 logger = logging.getLogger(__name__)
@@ -67,16 +73,6 @@ class PermissionDeniedError(ApiError):
     type = "permission_error"
 
 
-class NotFoundError(ApiError):
-    status_code = 404
-    type = "not_found_error"
-
-
-class ConflictError(ApiError):
-    status_code = 409
-    type = "conflict_error"
-
-
 class PayloadTooLargeError(ApiError):
     status_code = 413
     code = "context_length_exceeded"
@@ -88,11 +84,6 @@ class OverloadedError(ApiError):
     code = "server_busy"
 
 
-class ServiceUnavailableError(ApiError):
-    status_code = 503
-    type = "service_unavailable"
-
-
 @dataclass(frozen=True)
 class Mapping:
     status_code: int
@@ -101,24 +92,37 @@ class Mapping:
     param: str | None = None
 
 
-# Errors of the layers below, by type (first match wins, so subclasses come first).
-FOREIGN: list[tuple[type[Exception], Mapping]] = [
-    (RetrainBusyError, Mapping(409, "conflict_error", "retrain_busy")),
-    (PromotionError, Mapping(409, "conflict_error", "invalid_promotion")),
+class AdminDisabledError(ForbiddenError):
+    """An admin action while no admin token is configured."""
+
+    code = "admin_disabled"
+
+
+class AdminTokenError(ForbiddenError):
+    """An admin action with a wrong admin token."""
+
+    code = "invalid_admin_token"
+
+
+# Statuses of the layers' errors: a few named ones first, then by kind (first match wins).
+BY_TYPE: list[tuple[type[Exception], Mapping]] = [
     (UnknownModelError, Mapping(404, "not_found_error", "model_not_found", "model")),
     (RegistryError, Mapping(503, "service_unavailable", "model_unavailable", "model")),
-    (
-        InputTooLongError,
-        Mapping(413, "invalid_request_error", "context_length_exceeded", "messages"),
-    ),
-    (
-        PromptTooLongError,
-        Mapping(413, "invalid_request_error", "context_length_exceeded", "messages"),
-    ),
+    (TooLongError, Mapping(413, "invalid_request_error", "context_length_exceeded", "messages")),
     (ConversationError, Mapping(400, "invalid_request_error", "invalid_messages", "messages")),
     (QueueFullError, Mapping(429, "rate_limit_error", "server_busy")),
     (BackendUnavailableError, Mapping(503, "service_unavailable", "backend_unavailable")),
     (BackendError, Mapping(503, "service_unavailable", "backend_error")),
+    (JudgeUnavailableError, Mapping(503, "service_unavailable")),
+    (JudgeError, Mapping(502, "service_unavailable")),
+    # the kinds
+    (InvalidError, Mapping(422, "invalid_request_error")),
+    (NotFoundError, Mapping(404, "not_found_error")),
+    (ForbiddenError, Mapping(403, "permission_error")),
+    (ConflictError, Mapping(409, "conflict_error")),
+    (BusyError, Mapping(429, "rate_limit_error")),
+    (UnavailableError, Mapping(503, "service_unavailable")),
+    (KindchatError, Mapping(400, "invalid_request_error")),
 ]
 
 
@@ -140,17 +144,14 @@ def to_api_error(err: BaseException, default_retry_after: int = 2) -> ApiError |
     """The :class:`ApiError` for a known error of a lower layer, else None."""
     if isinstance(err, ApiError):
         return err
-    if isinstance(err, FeedbackError):
-        api = ApiError(str(err), param=err.field, code=err.code)
-        api.status_code = err.status_code
-        api.type = "invalid_request_error" if err.status_code < 500 else "service_unavailable"
-        return api
-    for kind, mapping in FOREIGN:
+    for kind, mapping in BY_TYPE:
         if isinstance(err, kind):
             retry = None
             if mapping.status_code in (429, 503):
-                retry = max(getattr(err, "retry_after", 0) or 0, default_retry_after)
-            api = ApiError(str(err), param=mapping.param, code=mapping.code, retry_after=retry)
+                retry = max(int(getattr(err, "retry_after", 0) or 0), default_retry_after)
+            field = getattr(err, "field", None)
+            code = mapping.code or getattr(err, "code", None)
+            api = ApiError(str(err), param=field or mapping.param, code=code, retry_after=retry)
             api.status_code = mapping.status_code
             api.type = mapping.type
             return api
@@ -199,8 +200,7 @@ def install_error_handlers(app: FastAPI, default_retry_after: int = 2) -> None:
         (RequestValidationError, handle_validation),
         (StarletteHTTPException, handle_http),
         (ApiError, handle_known),
-        (FeedbackError, handle_known),
-        *((kind, handle_known) for kind, _ in FOREIGN),
+        (KindchatError, handle_known),
         (Exception, handle_known),  # anything else: 500, logged with its traceback
     ]
     for kind, handler in handlers:

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from kindchat.feedback.models import DayFeedback, FeedbackStats, RetrainRunPublic
+from kindchat.models.registry import Manifest
 
 Role = Literal["system", "user", "assistant"]
 FinishReason = Literal["stop", "length"]
@@ -303,3 +306,16 @@ class AliasChangeResponse(BaseModel):
     alias: str
     version: str = Field(description="The version the alias points at now.")
     previous: str | None = Field(description="The version it pointed at before.")
+
+
+class Dashboard(BaseModel):
+    """What the dashboard shows (`GET /v1/admin/dashboard`, and the UI's 대시보드 tab)."""
+
+    stats: FeedbackStats
+    per_day: list[DayFeedback]
+    runs: list[RetrainRunPublic]
+    versions: list[Manifest]
+    aliases: dict[str, str]
+    ppo_version: str | None = Field(None, description="The newest policy with a PPO log.")
+    ppo_log: list[dict[str, float]] = Field(default_factory=list)
+    challenger: dict[str, Any] = Field(default_factory=dict)

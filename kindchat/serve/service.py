@@ -22,7 +22,8 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from kindchat.config import Settings
-from kindchat.feedback import store
+from kindchat.errors import ConflictError
+from kindchat.feedback import run_records, statistics, store
 from kindchat.feedback.db import session_scope
 from kindchat.feedback.models import (
     BattlePublic,
@@ -36,14 +37,24 @@ from kindchat.models.backends.base import GenerationOptions, StopMatcher, TextDe
 from kindchat.models.generation import SamplingParams
 from kindchat.models.manager import Lease, ModelManager, ModelName, ReloadReport
 from kindchat.models.registry import CHALLENGER_ALIAS
+from kindchat.retrain import admin
+from kindchat.retrain.challenger import challenge_history, current_challenge, decide_challenge
 from kindchat.serve.errors import (
-    ConflictError,
+    AdminDisabledError,
+    AdminTokenError,
     InvalidRequestError,
     PayloadTooLargeError,
 )
 from kindchat.serve.leaderboard import LEADERBOARDS, Evidence, pairwise
 from kindchat.serve.metrics import Metrics
-from kindchat.serve.protocol import ChatMessage, FinishReason, Leaderboard, Usage, completion_id
+from kindchat.serve.protocol import (
+    ChatMessage,
+    Dashboard,
+    FinishReason,
+    Leaderboard,
+    Usage,
+    completion_id,
+)
 
 if TYPE_CHECKING:
     from kindchat.retrain.admin import AliasChange
@@ -539,10 +550,10 @@ class ChatService:
                 "an arena battle needs two different model versions; only "
                 f"{sorted({n.version for n in names})} served (promote an `rlhf` model or pass "
                 "`models`)",
-                param="models",
+                field="models",
             )
         if not names:
-            raise ConflictError("no model is served", param="models")
+            raise ConflictError("no model is served", field="models")
         if len(names) < 2:
             # One version served: two independent samples of it (on-policy pairs, the data
             # online DPO wants); the leaderboard leaves such battles out.
@@ -578,7 +589,6 @@ class ChatService:
     async def decide_challenge(self) -> Any:
         """Apply what the votes support now (promote / retire) and swap at once, before the
         next battle is drawn; None when undecided, or when another process is deciding."""
-        from kindchat.retrain.challenger import decide_challenge
 
         decision = await asyncio.to_thread(
             decide_challenge, self.settings, self.db, self.manager.registry
@@ -590,7 +600,6 @@ class ChatService:
 
     def challenger(self) -> dict[str, Any]:
         """The challenge in progress (record, interval, what the votes say now) and history."""
-        from kindchat.retrain.challenger import challenge_history, current_challenge
 
         state = current_challenge(self.db, self.manager.registry)
         return {
@@ -600,6 +609,34 @@ class ChatService:
             "history": challenge_history(self.db),
         }
 
+    def dashboard(self) -> Dashboard:
+        """Feedback per day and per version, retrain runs, versions and aliases, the newest PPO
+        curves, the challenge (blocking: call it in a thread)."""
+        # lazy: retrain.ppo pulls in the training stack (TRL, peft), which serving never needs
+        from kindchat.retrain.ppo import LOG_FILE as PPO_LOG_FILE
+        from kindchat.retrain.ppo import read_log as read_ppo_log
+
+        with session_scope(self.db) as session:
+            stats = statistics.feedback_stats(session=session)
+            per_day = statistics.feedback_per_day(session=session)
+            runs = run_records.list_runs(session=session, limit=50)
+        registry = self.manager.registry
+        versions = registry.versions()
+        data = Dashboard(
+            stats=stats,
+            per_day=per_day,
+            runs=runs,
+            versions=versions,
+            aliases=registry.aliases(),
+            challenger=self.challenger(),
+        )
+        for manifest in reversed([m for m in versions if m.kind == "policy"]):
+            directory = registry.root / manifest.version
+            if (directory / PPO_LOG_FILE).is_file():
+                data.ppo_version, data.ppo_log = manifest.version, read_ppo_log(directory)
+                break
+        return data
+
     def leaderboard(self, method: str = "tallies") -> Leaderboard:
         """Rows ranked by `method` (tallies, elo, bt) and the win-rate matrix's cells."""
         if method not in LEADERBOARDS:
@@ -608,30 +645,44 @@ class ChatService:
                 param="method",
             )
         with session_scope(self.db) as session:
-            stats = store.feedback_stats(session=session)
-            outcomes = [o for o in store.battle_outcomes(session=session) if o.model_a != o.model_b]
+            stats = statistics.feedback_stats(session=session)
+            outcomes = [
+                o for o in statistics.battle_outcomes(session=session) if o.model_a != o.model_b
+            ]
         rows = LEADERBOARDS[method](Evidence(stats, outcomes))
         return Leaderboard(method=method, rows=rows, pairs=pairwise(outcomes))
 
-    # ---- admin (the dashboard's buttons; callers check the token with `is_admin`) -----------
-    def is_admin(self, token: str | None) -> bool:
-        """Whether `token` is the configured admin token (never, when none is configured)."""
+    # ---- admin (the API's admin routes and the dashboard's buttons check here first) -------
+    def check_admin(self, token: str | None) -> None:
+        """The one admin check: AdminDisabledError when no admin token is configured,
+        AdminTokenError when `token` is missing or is not it (compared in constant time)."""
         expected = self.settings.admin_token
-        if expected is None or not token:
+        if expected is None:
+            raise AdminDisabledError(
+                "admin routes are off; set KINDCHAT_ADMIN_TOKEN to enable them"
+            )
+        if not token or not secrets.compare_digest(
+            token.encode(), expected.get_secret_value().encode()
+        ):
+            raise AdminTokenError("the admin token is wrong")
+
+    def is_admin(self, token: str | None) -> bool:
+        """Whether :meth:`check_admin` lets `token` through."""
+        try:
+            self.check_admin(token)
+        except (AdminDisabledError, AdminTokenError):
             return False
-        return secrets.compare_digest(token.encode(), expected.get_secret_value().encode())
+        return True
 
     async def promote(self, version: str, alias: str) -> tuple[AliasChange, ReloadReport]:
         """Point `alias` at `version` (:func:`kindchat.retrain.admin.promote`: kind checks,
         atomic) and hot-swap now; the change and what the swap loaded or failed to load."""
-        from kindchat.retrain import admin
 
         change = await asyncio.to_thread(admin.promote, self.settings, version, alias)
         return change, await self.manager.reload("promote")
 
     async def rollback(self, alias: str) -> tuple[AliasChange, ReloadReport]:
         """Point `alias` back at its previous version and hot-swap now."""
-        from kindchat.retrain import admin
 
         change = await asyncio.to_thread(admin.rollback, self.settings, alias)
         return change, await self.manager.reload("rollback")
@@ -639,7 +690,6 @@ class ChatService:
     async def trigger_retrain(self, *, force: bool = False) -> RetrainRunPublic:
         """Queue one retrain cycle in a low-priority child process; the run (`queued`).
         `force` ignores the minimum of new feedback; a cycle already running -> 409."""
-        from kindchat.retrain import admin
 
         return await asyncio.to_thread(
             admin.trigger_retrain, self.settings, engine=self.db, force=force

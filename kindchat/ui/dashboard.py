@@ -1,26 +1,25 @@
 """The 대시보드 tab: feedback per day, 👍 ratio per version, retrain runs, the latest PPO curves,
 RM accuracy per version; admin actions (promote, roll back, retrain) behind the admin token.
 
-Data come from the feedback store and the model registry, as the API's; admin actions call the
-service's `promote` / `rollback` / `trigger_retrain`, which re-check nothing: every handler here
-checks the token itself (`ChatService.is_admin`) before calling them.
+Everything comes from the service, as the API's `GET /v1/admin/dashboard` does
+(`ChatService.dashboard`); admin actions call the service's `promote` / `rollback` /
+`trigger_retrain` after the one admin check (`ChatService.check_admin`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
 import pandas as pd
 
-from kindchat.feedback import store
-from kindchat.feedback.db import session_scope
 from kindchat.feedback.models import DayFeedback, FeedbackStats, RetrainRunPublic
 from kindchat.models.manager import ReloadReport
-from kindchat.models.registry import Manifest, Registry
+from kindchat.models.registry import Manifest
+from kindchat.serve.errors import AdminDisabledError, AdminTokenError
+from kindchat.serve.protocol import Dashboard
 from kindchat.serve.service import ChatService
 from kindchat.ui import strings
 from kindchat.ui.common import OnLoad, ServiceRef, run_blocking, user_error
@@ -28,38 +27,6 @@ from kindchat.ui.common import OnLoad, ServiceRef, run_blocking, user_error
 logger = logging.getLogger(__name__)
 
 PROMOTABLE_KINDS = ("policy", "sft", "rm")
-
-
-@dataclass
-class DashboardData:
-    stats: FeedbackStats
-    per_day: list[DayFeedback]
-    runs: list[RetrainRunPublic]
-    versions: list[Manifest]
-    aliases: dict[str, str]
-    ppo_version: str | None = None
-    ppo_log: list[dict[str, float]] = field(default_factory=list)
-    challenger: dict[str, Any] = field(default_factory=dict)
-
-
-def collect(service: ChatService) -> DashboardData:
-    """Everything the dashboard shows, read once (blocking: run it in a thread)."""
-    from kindchat.retrain.ppo import LOG_FILE, read_log
-
-    with session_scope(service.db) as session:
-        stats = store.feedback_stats(session=session)
-        per_day = store.feedback_per_day(session=session)
-        runs = store.list_runs(session=session, limit=50)
-    registry = Registry.for_settings(service.settings)
-    versions = registry.versions()
-    data = DashboardData(stats, per_day, runs, versions, registry.aliases())
-    data.challenger = service.challenger()
-    for manifest in reversed([m for m in versions if m.kind == "policy"]):
-        directory = registry.root / manifest.version
-        if (directory / LOG_FILE).is_file():
-            data.ppo_version, data.ppo_log = manifest.version, read_log(directory)
-            break
-    return data
 
 
 def per_day_frame(days: list[DayFeedback]) -> pd.DataFrame:
@@ -158,7 +125,7 @@ def rm_frame(versions: list[Manifest], aliases: dict[str, str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def totals(data: DashboardData) -> str:
+def totals(data: Dashboard) -> str:
     s = data.stats
     aliases = ", ".join(f"{a} → {v}" for a, v in sorted(data.aliases.items()))
     counts = strings.TOTALS.format(
@@ -217,7 +184,7 @@ def challenger_frame(history: list[dict[str, Any]]) -> pd.DataFrame:
 
 async def refresh(service: ChatService) -> tuple[Any, ...]:
     try:
-        data = await run_blocking(collect, service=service)
+        data = await run_blocking(service.dashboard)
     except Exception as err:
         raise user_error(err) from err
     title = (
@@ -241,10 +208,13 @@ async def refresh(service: ChatService) -> tuple[Any, ...]:
 
 # ---- admin ------------------------------------------------------------------------------------
 def check_admin(service: ChatService, token: str) -> None:
-    if service.settings.admin_token is None:
-        raise gr.Error(strings.ADMIN_DISABLED)
-    if not service.is_admin(token):
-        raise gr.Error(strings.ADMIN_WRONG)
+    """The service's admin check, its refusals in Korean."""
+    try:
+        service.check_admin(token)
+    except AdminDisabledError:
+        raise gr.Error(strings.ADMIN_DISABLED) from None
+    except AdminTokenError:
+        raise gr.Error(strings.ADMIN_WRONG) from None
 
 
 def unlock(service: ChatService, token: str) -> tuple[Any, str]:

@@ -159,7 +159,6 @@ COL_ACCURACY = "정확도"
 COL_ACCURACY_CI = "95% 구간"
 COL_ALIASES = "별칭"
 COL_GOLD = "판정용(골드)"
-NO_DATA = "아직 데이터가 없어요."
 TOTALS = "대화 {conversations}개 · 메시지 {messages}개 · 평가 {ratings}개 · 대결 {battles}개 (투표 {voted}개)"
 ALIASES_NOW = "현재 별칭: {aliases}"
 

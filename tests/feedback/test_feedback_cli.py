@@ -11,10 +11,9 @@ import typer
 from sqlmodel import Session
 from typer.testing import CliRunner
 
-from kindchat.cli import main
+from kindchat.cli import app as cli_app
 from kindchat.config import Settings
 from kindchat.feedback import store
-from kindchat.feedback.cli import register
 from kindchat.feedback.db import init_db
 
 runner = CliRunner()
@@ -22,11 +21,8 @@ runner = CliRunner()
 
 @pytest.fixture
 def app() -> typer.Typer:
-    """A CLI with the real `main` callback and this package's commands, as the lead wires it."""
-    cli = typer.Typer(pretty_exceptions_enable=False)
-    cli.callback()(main)
-    register(cli)
-    return cli
+    """The real CLI (its `main` callback reads the settings)."""
+    return cli_app
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ from sqlalchemy import Engine, func
 from sqlmodel import Session, select
 
 from kindchat.config import Settings
+from kindchat.errors import ConflictError
 from kindchat.feedback import store
 from kindchat.feedback.db import create_db_engine, database_url, init_db
-from kindchat.feedback.errors import ConflictError
 from kindchat.feedback.models import Message, Rating
 
 THREADS = 8

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 from sqlmodel import Session
 
-from kindchat.feedback import store
+from kindchat.feedback import statistics, store
 
 
 def _two_answers(db: Session) -> tuple[str, str]:
@@ -37,13 +37,13 @@ def test_battle_outcomes_in_vote_order_named_by_version_or_alias(db: Session) ->
     ]
     store.vote(session=db, battle_id=opened[1].id, session_id="s1", winner="a")
     store.vote(session=db, battle_id=opened[0].id, session_id="s1", winner="tie")
-    outcomes = store.battle_outcomes(session=db)  # the third is unvoted: left out
+    outcomes = statistics.battle_outcomes(session=db)  # the third is unvoted: left out
     assert [(o.model_a, o.model_b, o.winner) for o in outcomes] == [
         ("sft", "v2", "a"),
         ("v2", "sft", "tie"),
     ]
     later = datetime.now(timezone.utc) + timedelta(hours=1)
-    assert store.battle_outcomes(session=db, since=later) == []
+    assert statistics.battle_outcomes(session=db, since=later) == []
 
 
 def test_feedback_per_day_counts_thumbs_and_votes(db: Session) -> None:
@@ -59,9 +59,12 @@ def test_feedback_per_day_counts_thumbs_and_votes(db: Session) -> None:
         message_a_id=a,
         message_b_id=b,
     )
-    assert store.feedback_per_day(session=db)[0].votes == 0
+    assert statistics.feedback_per_day(session=db)[0].votes == 0
     store.vote(session=db, battle_id=battle.id, session_id="s1", winner="b")
     today = datetime.now(timezone.utc).date().isoformat()
-    days = store.feedback_per_day(session=db)
+    days = statistics.feedback_per_day(session=db)
     assert [(d.day, d.thumbs_up, d.thumbs_down, d.votes) for d in days] == [(today, 2, 1, 1)]
-    assert store.feedback_per_day(session=db, since=datetime.now(timezone.utc) + timedelta(1)) == []
+    assert (
+        statistics.feedback_per_day(session=db, since=datetime.now(timezone.utc) + timedelta(1))
+        == []
+    )

@@ -9,16 +9,12 @@ from typing import Any
 import pytest
 from sqlmodel import Session
 
+from kindchat.errors import ConflictError, ForbiddenError, NotFoundError
 from kindchat.feedback import pairs as pairs_mod
-from kindchat.feedback import store
-from kindchat.feedback.errors import (
-    ConflictError,
-    FeedbackError,
-    ForbiddenError,
-    InvalidValueError,
-    NotFoundError,
-)
+from kindchat.feedback import run_records, statistics, store
+from kindchat.feedback.errors import FeedbackError, InvalidValueError
 from kindchat.feedback.models import MessagePublic
+from kindchat.serve.errors import to_api_error
 
 
 def _exchange(
@@ -122,8 +118,11 @@ def _bad_calls(db: Session, conv_id: str, user_id: str, reply_id: str) -> list[A
             NotFoundError,
             lambda: store.vote(session=db, battle_id="nope", session_id="s", winner="a"),
         ),
-        (NotFoundError, lambda: store.get_run(session=db, run_id="nope")),
-        (NotFoundError, lambda: store.update_run(session=db, run_id="nope", status="running")),
+        (NotFoundError, lambda: run_records.get_run(session=db, run_id="nope")),
+        (
+            NotFoundError,
+            lambda: run_records.update_run(session=db, run_id="nope", status="running"),
+        ),
         (NotFoundError, lambda: msg(role="assistant", content="x", parent_id="nope")),
         (InvalidValueError, lambda: msg(role="robot", content="x")),
         (InvalidValueError, lambda: msg(role="user", content="  ")),
@@ -151,11 +150,11 @@ def _bad_calls(db: Session, conv_id: str, user_id: str, reply_id: str) -> list[A
             InvalidValueError,
             lambda: store.vote(session=db, battle_id="any", session_id="s", winner="c"),
         ),
-        (InvalidValueError, lambda: store.create_run(session=db, status="done")),
+        (InvalidValueError, lambda: run_records.create_run(session=db, status="done")),
         (InvalidValueError, lambda: store.list_messages(session=db, limit=0)),
         (InvalidValueError, lambda: store.list_ratings(session=db, offset=-1)),
         (InvalidValueError, lambda: store.list_battles(session=db, since="yesterday")),
-        (InvalidValueError, lambda: store.list_runs(session=db, status="weird")),
+        (InvalidValueError, lambda: run_records.list_runs(session=db, status="weird")),
     ]
 
 
@@ -173,7 +172,8 @@ def test_every_bad_input_raises_its_typed_error(db: Session) -> None:
         with pytest.raises(error) as caught:
             call()
         assert isinstance(caught.value, FeedbackError), index
-        assert caught.value.status_code == expected_status[error], index
+        api = to_api_error(caught.value)  # statuses live in serve/errors.py only
+        assert api is not None and api.status_code == expected_status[error], index
         assert str(caught.value), index
     # nothing half-stored by the failed calls
     assert len(store.list_messages(session=db)) == 2
@@ -238,7 +238,7 @@ def test_stats_count_per_version_and_day_thumbs_and_votes(db: Session) -> None:
         session=db, session_id="s1", context=ctx, message_a_id=a.id, message_b_id=b.id
     )
 
-    stats = store.feedback_stats(session=db)
+    stats = statistics.feedback_stats(session=db)
     today = datetime.now(timezone.utc).date().isoformat()
     assert (stats.conversations, stats.messages, stats.ratings) == (1, 4, 4)
     assert (stats.battles, stats.voted_battles) == (5, 4)
@@ -250,7 +250,9 @@ def test_stats_count_per_version_and_day_thumbs_and_votes(db: Session) -> None:
         v.model_version: (v.battles, v.wins, v.losses, v.ties, v.both_bad) for v in stats.votes
     }
     assert votes == {"v1": (4, 2, 0, 1, 1), "v2": (4, 0, 2, 1, 1)}
-    later = store.feedback_stats(session=db, since=datetime.now(timezone.utc) + timedelta(hours=1))
+    later = statistics.feedback_stats(
+        session=db, since=datetime.now(timezone.utc) + timedelta(hours=1)
+    )
     assert (later.messages, later.ratings, later.voted_battles, later.thumbs) == (0, 0, 0, [])
 
 
@@ -270,16 +272,16 @@ def test_mined_pairs_since_keeps_only_recent_evidence(db: Session) -> None:
 
 
 def test_retrain_runs_lifecycle(db: Session) -> None:
-    run = store.create_run(session=db)
+    run = run_records.create_run(session=db)
     assert (run.status, run.started_at, run.finished_at, run.promoted) == (
         "queued",
         None,
         None,
         False,
     )
-    running = store.update_run(session=db, run_id=run.id, status="running", stage="export")
+    running = run_records.update_run(session=db, run_id=run.id, status="running", stage="export")
     assert running.started_at is not None and running.stage == "export"
-    done = store.update_run(
+    done = run_records.update_run(
         session=db,
         run_id=run.id,
         status="succeeded",
@@ -289,17 +291,17 @@ def test_retrain_runs_lifecycle(db: Session) -> None:
         promoted=True,
     )
     assert done.finished_at is not None and done.metrics == {"win_rate": 0.61}
-    assert store.update_run(session=db, run_id=run.id, error="note").stage == "ppo"
+    assert run_records.update_run(session=db, run_id=run.id, error="note").stage == "ppo"
     with pytest.raises(ConflictError):
-        store.update_run(session=db, run_id=run.id, status="running")
+        run_records.update_run(session=db, run_id=run.id, status="running")
     with pytest.raises(InvalidValueError):
-        store.update_run(session=db, run_id=run.id, promoted="yes")  # type: ignore[arg-type]
+        run_records.update_run(session=db, run_id=run.id, promoted="yes")  # type: ignore[arg-type]
     with pytest.raises(InvalidValueError):
-        store.update_run(session=db, run_id=run.id, produced_versions="v1")  # type: ignore[arg-type]
-    skipped = store.create_run(session=db, status="skipped", stage="export")
+        run_records.update_run(session=db, run_id=run.id, produced_versions="v1")  # type: ignore[arg-type]
+    skipped = run_records.create_run(session=db, status="skipped", stage="export")
     assert skipped.finished_at is not None
-    assert [r.id for r in store.list_runs(session=db)] == [skipped.id, run.id]
-    assert [r.id for r in store.list_runs(session=db, status="succeeded")] == [run.id]
+    assert [r.id for r in run_records.list_runs(session=db)] == [skipped.id, run.id]
+    assert [r.id for r in run_records.list_runs(session=db, status="succeeded")] == [run.id]
 
 
 def test_regeneration_across_stateless_requests_pairs_with_its_parent(db: Session) -> None:

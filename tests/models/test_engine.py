@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from kindchat.config import Settings
-from kindchat.models.backends.base import QueueFullError
+from kindchat.models.backends.base import (
+    GenerationOptions,
+    IncrementalDecoder,
+    QueueFullError,
+    TextDelta,
+)
+from kindchat.models.backends.hf import HFBackend
 from kindchat.models.engine import BatchEngine, WaveEngine
 from kindchat.models.generation import SamplingParams
 from kindchat.models.loading import load_causal_lm
@@ -141,3 +147,65 @@ def test_submit_checks_context(lm: tuple, tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="exceed the context"):
         asyncio.run(over())
+
+
+def test_answer_cut_inside_a_syllable_never_ends_in_a_broken_character(lm: tuple) -> None:
+    """Byte-level BPE splits a rare syllable over tokens; a cut between them drops the
+    incomplete bytes (held back while streaming, dropped at the end), never U+FFFD."""
+    _, tokenizer = lm
+    full = "저는 호랑이 뷁똠퓇 반갑습니다"
+    ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+
+    def decode(part: list[int]) -> str:
+        return str(tokenizer.decode(part, skip_special_tokens=True))
+
+    cuts = [k for k in range(1, len(ids)) if decode(ids[:k]).endswith("\ufffd")]
+    assert len(cuts) >= 3, "the micro tokenizer no longer splits these syllables"
+    for cut in range(1, len(ids) + 1):
+        decoder = IncrementalDecoder(decode)
+        pieces = [decoder.push(t, final=i == cut - 1) for i, t in enumerate(ids[:cut])]
+        text = "".join(pieces)
+        assert "\ufffd" not in text, (cut, pieces)
+        assert full.startswith(text), (cut, text)
+        assert text == decode(ids[:cut]).rstrip("\ufffd")  # every complete character came
+    # The last event of a stream may carry no token (a finish after the last one).
+    decoder = IncrementalDecoder(decode)
+    pieces = [decoder.push(t) for t in ids[: cuts[0]]] + [decoder.push(None, final=True)]
+    assert "".join(pieces) == decode(ids[: cuts[0]]).rstrip("\ufffd")
+    # A replacement character the model really wrote, inside the text, is kept.
+    middle = tokenizer("저는 \ufffd요", add_special_tokens=False)["input_ids"]
+    decoder = IncrementalDecoder(decode)
+    pieces = [decoder.push(t, final=i == len(middle) - 1) for i, t in enumerate(middle)]
+    assert "".join(pieces) == "저는 \ufffd요"
+
+
+def test_length_cut_answers_have_no_broken_character(lm: tuple) -> None:
+    """End to end through the hf backend: answers cut by short `max_tokens` (many of them
+    inside a syllable), many seeds; no delta and no answer ends in U+FFFD. (A U+FFFD inside an
+    answer would be the model's own bytes and is kept; tempered sampling keeps those rare.)"""
+    model, tokenizer = lm
+    backend = HFBackend(model, tokenizer, max_batch_size=8, max_queue=64)
+    messages = [{"role": "user", "content": "자기소개를 해 주세요"}]
+
+    async def one(n: int, seed: int) -> list[TextDelta]:
+        params = SamplingParams(max_new_tokens=n, temperature=0.8, top_k=50)
+        options = GenerationOptions(seed=seed, min_tokens=n)
+        return [d async for d in backend.stream(messages, params, options)]
+
+    async def run() -> list[list[TextDelta]]:
+        await backend.start()
+        try:
+            cuts = [one(n, seed) for n in range(1, 9) for seed in range(10)]
+            return list(await asyncio.gather(*cuts))
+        finally:
+            await backend.close()
+
+    answers = asyncio.run(run())
+    assert all(a[-1].finish_reason == "length" for a in answers)
+    broken = [
+        [d.text for d in a]
+        for a in answers
+        if any(d.text.endswith("\ufffd") for d in a)
+        or "".join(d.text for d in a).endswith("\ufffd")
+    ]
+    assert not broken, broken

@@ -79,6 +79,23 @@ def test_tampered_file_fails_loading(tmp_path: Path) -> None:
         registry.resolve(m.version)
 
 
+def test_alias_never_moves_to_a_damaged_version(tmp_path: Path) -> None:
+    """Moving an alias verifies the version's checksums first: a damaged version is refused
+    and the alias (and its history) stay as they were."""
+    registry = Registry(tmp_path)
+    good = registry.save("policy", write_model).version
+    bad = registry.save("policy", write_model).version
+    registry.set_alias("rlhf", good)
+    with (tmp_path / bad / "model.safetensors").open("ab") as handle:
+        handle.write(b"\x00\x01")  # damaged after saving
+    with pytest.raises(RegistryError, match=f"model {bad}: checksum mismatch in model.safetensors"):
+        registry.set_alias("rlhf", bad)
+    (tmp_path / bad / "config.json").unlink()
+    with pytest.raises(RegistryError, match="config.json is missing"):
+        registry.set_alias("nightly", bad)
+    assert registry.alias_state() == {"aliases": {"rlhf": good}, "history": {}}
+
+
 def test_aliases_history_and_rollback(tmp_path: Path) -> None:
     registry = Registry(tmp_path)
     a = registry.save("policy", write_model).version

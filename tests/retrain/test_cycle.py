@@ -11,14 +11,15 @@ from dataclasses import replace
 import pytest
 
 from kindchat.config import Settings
-from kindchat.feedback import store
+from kindchat.feedback import run_records
 from kindchat.feedback.db import init_db, session_scope
 from kindchat.models.registry import Registry
 from kindchat.retrain.admin import trigger_retrain
-from kindchat.retrain.cycle import RetrainConfig, run_retrain_cycle
+from kindchat.retrain.cycle import run_retrain_cycle
 from kindchat.retrain.errors import RetrainBusyError
 from kindchat.retrain.gates import policy_gate, rm_gate
 from kindchat.retrain.locks import cycle_lock, lock_holder, lock_path
+from kindchat.retrain.loop_config import RetrainConfig
 from kindchat.retrain.policy_eval import PolicySetResult
 from kindchat.stats import Estimate
 
@@ -121,7 +122,7 @@ def test_two_cycles_started_together_one_runs_one_is_refused(micro_copy: Setting
         thread.join(60)
     assert outcome["run"].status == "skipped"  # type: ignore[attr-defined]
     with session_scope(engine) as session:
-        assert len(store.list_runs(session=session)) == 1  # the refused one left no run
+        assert len(run_records.list_runs(session=session)) == 1  # the refused one left no run
 
 
 def test_a_lock_held_by_another_process_refuses_a_cycle(settings: Settings) -> None:
@@ -318,10 +319,10 @@ def test_challenger_decision_follows_the_interval_and_the_deadline() -> None:
 
 
 def test_the_hatespeech_guard_needs_a_judge_shown_above_chance() -> None:
-    from kindchat.retrain.cycle import judge_skill
+    from kindchat.retrain.loop_config import gold_rm_skill
 
     skilled = {"rm_eval": {"hatespeech": {"accuracy": 0.85, "accuracy_low": 0.7}}}
     chance = {"rm_eval": {"hatespeech": {"accuracy": 0.6, "accuracy_low": 0.4}}}
-    assert judge_skill(skilled, "hatespeech") == 0.7
-    assert judge_skill(chance, "hatespeech") == 0.4
-    assert judge_skill({}, "hatespeech") is None
+    assert gold_rm_skill(skilled, "hatespeech") == 0.7
+    assert gold_rm_skill(chance, "hatespeech") == 0.4
+    assert gold_rm_skill({}, "hatespeech") is None

@@ -49,7 +49,7 @@ def test_bootstrap_registers_the_whole_pipeline(micro_settings: Settings) -> Non
     policy = registry.manifest(aliases["rlhf"])
     assert policy.parents == [aliases["sft"], aliases["rm"]]
     sets = policy.metrics["policy_eval"]["sets"]
-    assert policy.metrics["policy_eval"]["judge"] == aliases["gold-rm"]
+    assert policy.metrics["policy_eval"]["gold_rm"] == aliases["gold-rm"]
     overall = sets["overall"]
     assert overall["n"] == 100
     assert overall["win_rate_low"] <= overall["win_rate"] <= overall["win_rate_high"]

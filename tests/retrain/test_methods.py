@@ -21,9 +21,9 @@ from kindchat.models.loading import load_causal_lm
 from kindchat.models.presets import get_preset
 from kindchat.models.registry import Registry
 from kindchat.models.template import kullm_prompt
-from kindchat.retrain.cycle import RetrainConfig
 from kindchat.retrain.dpo import DpoConfig
 from kindchat.retrain.kto import KtoConfig, class_weights
+from kindchat.retrain.loop_config import RetrainConfig
 from kindchat.retrain.methods import (
     METHODS,
     MethodJob,

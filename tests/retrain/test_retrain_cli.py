@@ -46,6 +46,22 @@ def test_promote_and_rollback_from_the_command_line(micro_copy: Settings) -> Non
     assert code == 2 and "rm model" in out and registry.aliases()["rlhf"] == old
 
 
+def test_promoting_a_damaged_version_is_refused(micro_copy: Settings) -> None:
+    """A version whose files no longer match its manifest's checksums is not promoted: one
+    line, exit 2, and the alias stays where it was."""
+    registry = Registry(micro_copy.models_dir)
+    before = registry.alias_state()
+    candidate = copy_of(registry, "rlhf")
+    weights = next(registry.path(candidate).glob("*.safetensors"))
+    with weights.open("ab") as handle:
+        handle.write(b"\x00" * 16)  # damaged after saving
+    code, out = kindchat(micro_copy, "models", "promote", candidate, "--alias", "rlhf")
+    assert code == 2, out
+    [error] = [line for line in out.splitlines() if "error:" in line]  # one line, no traceback
+    assert "checksum mismatch" in error and candidate in error and "Traceback" not in out
+    assert registry.alias_state() == before
+
+
 def test_retrain_run_skips_and_status_shows_it(micro_copy: Settings) -> None:
     code, out = kindchat(micro_copy, "retrain", "run", "--preset", "micro", "--min-new-pairs", "3")
     assert code == 0, out

@@ -18,6 +18,7 @@ ADMIN_CALLS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("POST", "/v1/admin/promote", {"version": "x", "alias": "rlhf"}),
     ("POST", "/v1/admin/rollback", {"alias": "rlhf"}),
     ("GET", "/v1/admin/retrain-runs", None),
+    ("GET", "/v1/admin/dashboard", None),
 ]
 
 
@@ -41,6 +42,15 @@ def test_admin_calls_without_or_with_a_wrong_token_are_refused(serve: Callable[.
             assert wrong.json()["error"]["code"] == "invalid_admin_token"
         bogus = call(server.url, "GET", "/v1/admin/retrain-runs?status=bogus", None, TOKEN)
         assert bogus.status_code == 422 and bogus.json()["error"]["param"] == "status"
+        # The dashboard's data, as the UI tab gets it from the same service method.
+        board = call(server.url, "GET", "/v1/admin/dashboard", None, TOKEN)
+        assert board.status_code == 200, board.text
+        data = board.json()
+        registry = Registry(server.settings.models_dir)
+        assert data["aliases"] == registry.aliases()
+        assert {v["version"] for v in data["versions"]} == {m.version for m in registry.versions()}
+        assert data["ppo_version"] in data["aliases"].values() and data["ppo_log"]
+        assert data["stats"]["messages"] == 0 and data["runs"] == []
 
 
 def test_admin_is_off_without_a_configured_token(serve: Callable[..., Any]) -> None:
@@ -99,3 +109,20 @@ def test_promote_rollback_and_retrain_through_the_admin_api(
         # The niced child process ran the cycle: too little feedback, so it skipped.
         assert run["status"] == "skipped" and "1000 needed" in run["error"]
         assert registry.aliases()["rlhf"] == old
+
+
+def test_promoting_a_damaged_version_through_the_admin_api_is_refused(
+    serve: Callable[..., Any], new_version: Callable[..., str]
+) -> None:
+    with serve(admin_token=TOKEN) as server:
+        registry = Registry(server.settings.models_dir)
+        old = registry.aliases()["rlhf"]
+        candidate = new_version(server.settings)
+        weights = next(registry.path(candidate).glob("*.safetensors"))
+        with weights.open("ab") as handle:
+            handle.write(b"\x00" * 16)  # damaged after saving
+        refused = call(server.url, "POST", "/v1/admin/promote", {"version": candidate}, TOKEN)
+        assert 400 <= refused.status_code < 500, refused.text
+        message = refused.json()["error"]["message"]
+        assert "checksum mismatch" in message and candidate in message
+        assert registry.aliases()["rlhf"] == old and served_version(server.url) == old

@@ -17,7 +17,7 @@ import httpx
 import torch
 
 from kindchat.config import Settings
-from kindchat.feedback import store
+from kindchat.feedback import run_records
 from kindchat.feedback.db import init_db, session_scope
 from kindchat.models.loading import load_causal_lm
 from kindchat.models.registry import CHALLENGER_ALIAS, Registry
@@ -112,7 +112,7 @@ def test_users_promote_a_better_challenger(serve: Callable[..., Any], micro_copy
         metrics = httpx.get(f"{server.url}/metrics").text
         assert 'kindchat_challenger_decisions_total{action="promote"} 1.0' in metrics
     with session_scope(init_db(micro_copy)) as s:
-        [run] = store.list_runs(session=s, limit=1)
+        [run] = run_records.list_runs(session=s, limit=1)
     assert run.status == "succeeded" and run.promoted
 
 
@@ -133,7 +133,7 @@ def test_users_retire_a_worse_challenger(serve: Callable[..., Any], micro_copy: 
             again = battle(client, user, 99)
             assert CHALLENGER_ALIAS not in (again["model_a"], again["model_b"])
     with session_scope(init_db(micro_copy)) as s:
-        [run] = store.list_runs(session=s, limit=1)
+        [run] = run_records.list_runs(session=s, limit=1)
     assert run.status == "refused" and "retired" in (run.error or "")
 
 
@@ -177,10 +177,10 @@ def test_the_deadline_retires_an_undecided_challenger(
         assert current_challenge(engine, registry) is not None  # deadline 24 h away: waits
         # The clock moves past the deadline: the server's periodic check retires it.
         with session_scope(engine) as s:
-            [run] = store.list_runs(session=s, limit=1)
+            [run] = run_records.list_runs(session=s, limit=1)
             metrics = dict(run.metrics or {})
             metrics["challenger"] = {**metrics["challenger"], "deadline": "2000-01-01T00:00:00"}
-            store.update_run(session=s, run_id=run.id, metrics=metrics)
+            run_records.update_run(session=s, run_id=run.id, metrics=metrics)
         wait_for("the deadline check", lambda: CHALLENGER_ALIAS not in registry.aliases())
         history = httpx.get(f"{server.url}/v1/challenger").json()["history"]
         assert history[0]["action"] == "retire" and "deadline" in history[0]["reason"]

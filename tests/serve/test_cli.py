@@ -1,4 +1,4 @@
-"""`kindchat serve` registers on a typer app and passes its flags into Settings."""
+"""`kindchat serve` passes its flags into Settings."""
 
 from __future__ import annotations
 
@@ -7,18 +7,18 @@ from typing import Any
 import typer
 from typer.testing import CliRunner
 
+from kindchat.cli import serve as serve_cli
 from kindchat.config import Settings
-from kindchat.serve.cli import register
 
 
 def test_serve_command_flags(monkeypatch: Any, settings: Settings) -> None:
-    app = typer.Typer()
+    app = typer.Typer()  # the real command under a callback that hands it these settings
 
     @app.callback()
     def main(ctx: typer.Context) -> None:
         ctx.obj = settings
 
-    register(app)
+    app.command("serve")(serve_cli.serve)
     seen: dict[str, Any] = {}
 
     def fake_run(asgi: Any, **kwargs: Any) -> None:  # uvicorn is outside what we test here

@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from kindchat.feedback import store
+from kindchat.errors import NotFoundError
+from kindchat.feedback import statistics, store
 from kindchat.feedback.db import init_db, session_scope
 from kindchat.feedback.export import ExportConfig, export_reward_data
 from kindchat.feedback.models import Message
@@ -166,7 +167,7 @@ def test_a_stopped_stream_is_stored_with_stop_by_user(serve: Any) -> None:
                 try:
                     message = store.get_message(session=session, message_id=answer_id)
                     break
-                except store.NotFoundError:
+                except NotFoundError:
                     pass
             assert time.monotonic() < deadline, "the stopped answer was never stored"
             time.sleep(0.2)
@@ -224,7 +225,7 @@ def test_identity_leaks_void_battles(settings: Any) -> None:
                 void_reason=void,
             )
             store.vote(session=session, battle_id=battle.id, session_id="s", winner="a")
-        assert len(store.battle_outcomes(session=session)) == 1  # the voided one not counted
+        assert len(statistics.battle_outcomes(session=session)) == 1  # the voided one not counted
 
 
 def test_arena_battle_on_a_harmful_prompt_is_refused_and_voided(serve: Any) -> None:
@@ -242,4 +243,4 @@ def test_arena_battle_on_a_harmful_prompt_is_refused_and_voided(serve: Any) -> N
         ).json()
         assert vote["void_reason"] == "flagged:violence"
         with session_scope(init_db(server.settings)) as session:
-            assert store.battle_outcomes(session=session) == []
+            assert statistics.battle_outcomes(session=session) == []

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from kindchat.config import Settings
 from kindchat.models.registry import Registry
@@ -88,7 +89,7 @@ def test_alias_moved_mid_traffic(micro_copy: Settings, serve: Any, new_version: 
 
 
 def test_version_that_fails_to_load_leaves_old_serving(
-    micro_copy: Settings, serve: Any, new_version: Any
+    micro_copy: Settings, serve: Any, new_version: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     registry = Registry(micro_copy.models_dir)
     old = registry.version_of("sft")
@@ -96,6 +97,9 @@ def test_version_that_fails_to_load_leaves_old_serving(
     weights = next(Path(registry.path(broken)).glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:-100])  # damaged after saving
     with serve(admin_token="t", serve_aliases=["sft"]) as api:
+        # `set_alias` refuses a damaged version; this alias moves past that check (as one
+        # written by hand or by an older kindchat would), and the server must cope.
+        monkeypatch.setattr(registry, "verify", lambda version: registry.root / version)
         registry.set_alias("sft", broken)
         deadline = time.monotonic() + 30
         while httpx.get(f"{api.url}/healthz").json()["status"] != "degraded":
@@ -119,3 +123,24 @@ def test_version_that_fails_to_load_leaves_old_serving(
         assert "checksum mismatch" in report["failed"]["sft"] and report["aliases"]["sft"] == old
         metrics = httpx.get(f"{api.url}/metrics").text
         assert "kindchat_model_load_failures_total 2.0" in metrics
+
+
+def test_models_say_why_an_alias_whose_version_failed_falls_back(
+    micro_copy: Settings, serve: Any
+) -> None:
+    """`rlhf` exists, but its version is damaged: `/v1/models` says that version failed to load
+    (and why) and which model answers instead, not that the alias does not exist."""
+    registry = Registry(micro_copy.models_dir)
+    broken, sft = registry.version_of("rlhf"), registry.version_of("sft")
+    assert broken is not None and sft is not None and broken != sft
+    weights = next(Path(registry.path(broken)).glob("*.safetensors"))
+    with weights.open("ab") as handle:
+        handle.write(b"\x00" * 16)  # damaged after the alias moved there
+    with serve(serve_aliases=["rlhf", "sft"]) as api:
+        models = httpx.get(f"{api.url}/v1/models", timeout=30).json()["data"]
+        card = next(m for m in models if m["id"] == "kindchat-rlhf")
+        note = card["note"]
+        assert card["version"] == sft and card["alias"] == "sft"
+        assert "does not exist" not in note, note
+        assert broken in note and "failed to load" in note and "checksum mismatch" in note, note
+        assert "'sft'" in note and sft in note, note

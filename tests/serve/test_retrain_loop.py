@@ -18,12 +18,14 @@ from typing import Any
 import httpx
 import pytest
 
-from kindchat.feedback import store
+from kindchat.feedback import run_records
 from kindchat.feedback.db import init_db, session_scope
 from kindchat.models.registry import STAGING, Registry
 from kindchat.retrain.admin import trigger_retrain
-from kindchat.retrain.cycle import RetrainConfig, run_dir, run_retrain_cycle
+from kindchat.retrain.cycle import run_retrain_cycle
 from kindchat.retrain.locks import lock_holder, lock_path
+from kindchat.retrain.loop_config import RetrainConfig
+from kindchat.retrain.recorder import run_dir
 from kindchat.seed import read_rm
 
 # Micro budgets, and gates any micro policy passes (the refusal is tested in test_cycle.py).
@@ -115,7 +117,7 @@ def test_nightly_loop_end_to_end(
         assert answer_version(url) == before["rlhf"]  # serving never noticed
         engine = init_db(settings)
         with session_scope(engine) as session:
-            dead = store.get_run(session=session, run_id=killed.id)
+            dead = run_records.get_run(session=session, run_id=killed.id)
         assert dead.status == "running" and dead.stage == "ppo"  # nobody lived to record it
 
         # 2. The next cycle cleans up after the dead one, then trains, passes and promotes.
@@ -123,7 +125,7 @@ def test_nightly_loop_end_to_end(
         assert run.status == "succeeded" and run.promoted, run.error
         new_rm, new_policy = run.produced_versions or []
         with session_scope(engine) as session:
-            dead = store.get_run(session=session, run_id=killed.id)
+            dead = run_records.get_run(session=session, run_id=killed.id)
         assert dead.status == "failed" and "interrupted" in (dead.error or "")
         dead_dir = run_dir(settings, killed.id)
         assert json.loads((dead_dir / "status.json").read_text())["status"] == "failed"

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
-from kindchat.feedback import store
+from kindchat.feedback import run_records, store
 from kindchat.feedback.db import session_scope
 from kindchat.feedback.models import MessagePublic
 from kindchat.models.registry import Registry
@@ -188,8 +188,8 @@ def seed_feedback(url: str, db: Engine) -> None:
             json={"message_id": battle["a"]["message_id"], "rating": 1 if round_ % 2 else -1},
         ).raise_for_status()
     with session_scope(db) as session:
-        run = store.create_run(session=session, status="running", stage="ppo")
-        store.update_run(
+        run = run_records.create_run(session=session, status="running", stage="ppo")
+        run_records.update_run(
             session=session,
             run_id=run.id,
             status="succeeded",

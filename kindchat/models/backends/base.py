@@ -15,8 +15,16 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from kindchat.models.generation import SamplingParams
-from kindchat.models.template import KULLM, Fitted, Message, PromptFormat, prompt_format
+from kindchat.errors import BusyError, TooLongError, UnavailableError
+from kindchat.models.generation import REPLACEMENT_CHAR, SamplingParams, drop_incomplete_char
+from kindchat.models.template import (
+    KULLM,
+    Fitted,
+    Message,
+    PromptFormat,
+    PromptTooLongError,
+    prompt_format,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -24,11 +32,11 @@ FinishReason = Literal["stop", "length"]
 BackendName = Literal["hf", "deepspeed", "tgi"]
 
 
-class BackendError(Exception):
+class BackendError(UnavailableError):
     """Generation failed for a reason that is not the caller's input."""
 
 
-class QueueFullError(BackendError):
+class QueueFullError(BackendError, BusyError):
     """The engine's waiting queue is full; the caller should retry after `retry_after` seconds."""
 
     def __init__(self, queued: int, limit: int, retry_after: int = 1) -> None:
@@ -36,7 +44,7 @@ class QueueFullError(BackendError):
             f"the server is busy: {queued} requests are already waiting (limit {limit}); "
             f"retry in {retry_after} s"
         )
-        self.retry_after = retry_after
+        self.retry_after: float | None = retry_after
 
 
 class BackendUnavailableError(BackendError):
@@ -44,10 +52,10 @@ class BackendUnavailableError(BackendError):
 
     def __init__(self, message: str, retry_after: int = 5) -> None:
         super().__init__(message)
-        self.retry_after = retry_after
+        self.retry_after: float | None = retry_after
 
 
-class InputTooLongError(ValueError):
+class InputTooLongError(TooLongError):
     """The prompt does not fit the model's context (or the configured token limit)."""
 
 
@@ -134,7 +142,6 @@ class GenerationBackend(abc.ABC):
 
         Raises :class:`InputTooLongError` when even the last user message does not fit.
         """
-        from kindchat.models.template import PromptTooLongError
 
         budget = max(1, self.context_length - params.max_new_tokens)
         if max_input_tokens is not None:
@@ -177,7 +184,9 @@ class IncrementalDecoder:
     """Turn a growing list of token ids into text deltas without splitting UTF-8 characters.
 
     Byte-level BPE splits a Korean syllable over several tokens; a delta is held back while the
-    decoded text ends in the replacement character.
+    decoded text ends in the replacement character, until a later token completes it. At the
+    end (`final`: EOS, or a cut by `max_tokens`) an unfinished last character is dropped
+    (:func:`~kindchat.models.generation.drop_incomplete_char`), never sent as U+FFFD.
     """
 
     def __init__(self, decode: Callable[[list[int]], str]) -> None:
@@ -189,10 +198,12 @@ class IncrementalDecoder:
         if token_id is not None:
             self._ids.append(token_id)
         text = self._decode(self._ids)
-        if not final and text.endswith("\ufffd"):
-            return ""
+        if text.endswith(REPLACEMENT_CHAR):
+            if not final:
+                return ""
+            text = drop_incomplete_char(text)
         delta = text[self._emitted :]
-        self._emitted = len(text)
+        self._emitted = max(self._emitted, len(text))
         return delta
 
 

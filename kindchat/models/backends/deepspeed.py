@@ -36,6 +36,7 @@ class DeepSpeedBackend(LocalBackend):
         label: str = "model",
     ) -> DeepSpeedBackend:
         """Load the model and hand it to DeepSpeed; `kernel_inject` defaults to "on CUDA"."""
+        # lazy: DeepSpeed is heavy and probes accelerators on import; only this backend needs it
         import deepspeed
 
         dev = pick_device(device)

@@ -66,6 +66,7 @@ class OpenAIBackend(RemoteBackend):
         self.base_url = base_url.rstrip("/")
         self.model_id = model or ""
         if model_dir is not None:
+            # lazy: transformers only when a local copy of the served model is there to count tokens
             from transformers import AutoConfig
 
             from kindchat.models.tokenizer import load_tokenizer

@@ -1,4 +1,5 @@
-"""`/v1/admin/*`: reload, retrain, promote, roll back, retrain runs — all behind the bearer token.
+"""`/v1/admin/*`: reload, retrain, promote, roll back, retrain runs, the dashboard — all behind
+the bearer token.
 
 The token check is the router's one dependency (`require_admin`), so no route can forget it.
 The routes only translate HTTP to the service (`ChatService.promote`, …), the path the UI uses
@@ -16,6 +17,7 @@ from kindchat.retrain import admin as retrain_admin
 from kindchat.serve.deps import ManagerDep, ServiceDep, SettingsDep, require_admin
 from kindchat.serve.protocol import (
     AliasChangeResponse,
+    Dashboard,
     PromoteRequest,
     ReloadResponse,
     RetrainRequest,
@@ -73,3 +75,10 @@ async def rollback(body: RollbackRequest, service: ServiceDep) -> AliasChangeRes
     """Point an alias back at its previous version; it serves when this returns."""
     change, _ = await service.rollback(body.alias)
     return AliasChangeResponse(**change.as_dict())
+
+
+@router.get("/dashboard")
+async def dashboard(service: ServiceDep) -> Dashboard:
+    """What the UI's dashboard shows: feedback per day and version, retrain runs, versions and
+    aliases, the newest PPO curves, the challenge."""
+    return await asyncio.to_thread(service.dashboard)

@@ -1,0 +1,70 @@
+"""`kindchat serve`: the API server with the UI."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+from kindchat.cli.common import friendly
+from kindchat.config import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@friendly
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(help="Listen address (KINDCHAT_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (KINDCHAT_PORT).")] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(help="hf, deepspeed, openai (vLLM, SGLang…) or tgi (KINDCHAT_BACKEND)."),
+    ] = None,
+    tgi_url: Annotated[str | None, typer.Option(help="TGI server URL for --backend tgi.")] = None,
+    openai_base_url: Annotated[
+        str | None,
+        typer.Option(help="OpenAI-compatible server (…/v1) for --backend openai."),
+    ] = None,
+    openai_model: Annotated[
+        list[str] | None,
+        typer.Option(help="Served model name: NAME for every alias, or ALIAS=NAME; repeat."),
+    ] = None,
+    model_alias: Annotated[
+        list[str] | None,
+        typer.Option(help="Alias to serve as kindchat-<alias>; repeat; first is default."),
+    ] = None,
+    max_batch_size: Annotated[int | None, typer.Option(help="Sequences per batch.")] = None,
+    max_queue: Annotated[int | None, typer.Option(help="Waiting requests, then 429.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 …")] = None,
+) -> None:
+    """Serve the chat UI at / and the OpenAI-compatible API (chat, feedback, arena) at /v1."""
+    import uvicorn
+
+    from kindchat.app import create_product_app
+
+    base: Settings = ctx.obj
+    overrides = {
+        "host": host,
+        "port": port,
+        "backend": backend,
+        "tgi_url": tgi_url,
+        "openai_base_url": openai_base_url,
+        "openai_models": openai_model or None,
+        "serve_aliases": model_alias or None,
+        "max_batch_size": max_batch_size,
+        "max_queue": max_queue,
+        "device": device,
+    }
+    settings = base.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    settings = Settings.model_validate(settings.model_dump())  # re-check the overrides
+    url = f"http://{settings.host}:{settings.port}"
+    logger.info("kindchat: chat UI at %s/ · API at %s/v1 (%s)", url, url, settings.backend)
+    uvicorn.run(
+        create_product_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=30,
+    )

@@ -1,0 +1,319 @@
+"""`kindchat train sft|rm|ppo|dpo|kto` (one stage, one registered version) and `kindchat bootstrap`."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from kindchat.cli.common import console, friendly, registry_of
+from kindchat.config import Settings
+
+logger = logging.getLogger(__name__)
+
+app = typer.Typer(help="Train one stage and register the result.", no_args_is_help=True)
+
+
+@friendly
+def bootstrap(
+    ctx: typer.Context,
+    preset: Annotated[
+        str,
+        typer.Option(
+            help="micro (tests, <1 min) or tiny (demo); micro-llama and tiny-llama: Llama family."
+        ),
+    ] = "tiny",
+    if_missing: Annotated[bool, typer.Option(help="Do nothing if an `rlhf` alias exists.")] = False,
+    until: Annotated[str, typer.Option(help="Last stage: base|sft|rm|gold-rm|ppo|eval.")] = "eval",
+) -> None:
+    """Train the embedded models from the seed data: tokenizer, base LM, SFT, RM, gold RM, PPO."""
+    from kindchat.models.presets import get_preset
+    from kindchat.retrain.bootstrap import run_bootstrap
+
+    settings: Settings = ctx.obj
+    chosen = get_preset(preset)
+    if if_missing and "rlhf" in registry_of(settings).aliases():
+        console.print("models already bootstrapped (alias `rlhf` exists); nothing to do")
+        return
+    report = run_bootstrap(settings, chosen, until=until)
+    table = Table(title=f"bootstrap ({report.preset}) in {report.total_seconds:.0f} s")
+    for column in ("stage", "version", "seconds"):
+        table.add_column(column)
+    for name, version in report.versions.items():
+        table.add_row(name, version, f"{report.seconds[name]:.0f}")
+    console.print(table)
+
+
+@app.command("sft")
+@friendly
+def train_sft_command(
+    ctx: typer.Context,
+    base: Annotated[str, typer.Option(help="Base LM: alias, version id or directory.")] = "base",
+    epochs: float = 1.0,
+    max_steps: Annotated[int, typer.Option(help="Optimiser steps; -1 runs --epochs.")] = -1,
+    batch_size: int = 8,
+    learning_rate: float = 5e-4,
+    max_length: int = 256,
+    max_records: Annotated[int | None, typer.Option(help="Train on a slice.")] = None,
+    full_loss: Annotated[bool, typer.Option(help="Loss on prompt tokens too.")] = False,
+    include_eval_prompts: Annotated[
+        bool, typer.Option(help="Do not hold out rm/*_test prompts.")
+    ] = False,
+    lora: Annotated[bool, typer.Option(help="Train LoRA adapters (merged on save).")] = False,
+    lora_r: int = 8,
+    deepspeed: Annotated[Path | None, typer.Option(help="DeepSpeed JSON config.")] = None,
+    alias: Annotated[str | None, typer.Option(help="Point this alias at the new version.")] = None,
+) -> None:
+    """Supervised fine-tuning on the seed SFT data in the KULLM template."""
+    from kindchat.retrain.common import LoraOptions
+    from kindchat.retrain.sft import SftConfig
+    from kindchat.retrain.stages import train_sft
+
+    settings: Settings = ctx.obj
+    config = SftConfig(
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        max_length=max_length,
+        max_records=max_records,
+        completion_only_loss=not full_loss,
+        exclude_eval_prompts=not include_eval_prompts,
+        lora=LoraOptions(enabled=lora, r=lora_r),
+        deepspeed=deepspeed,
+    )
+    registry = registry_of(settings)
+    manifest = train_sft(settings, registry, base, config)
+    if alias:
+        registry.set_alias(alias, manifest.version)
+    console.print(
+        f"registered {manifest.version}: held-out perplexity "
+        f"{manifest.metrics['heldout_ppl_before']:.2f} -> {manifest.metrics['heldout_ppl']:.2f}"
+    )
+
+
+@app.command("rm")
+@friendly
+def train_rm_command(
+    ctx: typer.Context,
+    init: Annotated[
+        str, typer.Option(help="LM (or RM) to start from: alias, version, dir.")
+    ] = "base",
+    epochs: float = 1.0,
+    max_steps: Annotated[int, typer.Option(help="Optimiser steps; -1 runs --epochs.")] = -1,
+    batch_size: int = 8,
+    learning_rate: float = 1e-4,
+    max_length: int = 256,
+    max_records: Annotated[int | None, typer.Option(help="Train on a slice.")] = None,
+    extra_data: Annotated[list[Path] | None, typer.Option(help="More pair files (export).")] = None,
+    gold: Annotated[
+        bool, typer.Option(help="Also learn from all G-Eval pairs (the judge).")
+    ] = False,
+    lora: bool = False,
+    deepspeed: Annotated[Path | None, typer.Option(help="DeepSpeed JSON config.")] = None,
+    seed: int = 0,
+    alias: Annotated[str | None, typer.Option(help="Point this alias at the new version.")] = None,
+) -> None:
+    """Pairwise reward model (TRL RewardTrainer) on the seed RM data; evaluated and registered."""
+    from kindchat.retrain.common import LoraOptions
+    from kindchat.retrain.reward import RmConfig
+    from kindchat.retrain.stages import train_rm
+
+    settings: Settings = ctx.obj
+    config = RmConfig(
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        max_length=max_length,
+        max_records=max_records,
+        extra_data=list(extra_data or []),
+        lora=LoraOptions(enabled=lora),
+        deepspeed=deepspeed,
+        seed=seed,
+    )
+    registry = registry_of(settings)
+    manifest = train_rm(settings, registry, init, config, gold=gold)
+    if alias:
+        registry.set_alias(alias, manifest.version)
+    console.print(f"registered {manifest.version}: accuracy {manifest.metrics['accuracy']:.3f}")
+
+
+@app.command("ppo")
+@friendly
+def train_ppo_command(
+    ctx: typer.Context,
+    sft: Annotated[str, typer.Option(help="Actor and reference init.")] = "sft",
+    rm: Annotated[str, typer.Option(help="Reward model (and critic init).")] = "rm",
+    # No numbers here: PpoConfig holds the defaults, the preset's budget overrides some of them,
+    # and an option given here overrides both.
+    preset: Annotated[
+        str, typer.Option(help="Start from this preset's PPO budget (micro, tiny, …).")
+    ] = "tiny",
+    steps: int | None = None,
+    batch_size: int | None = None,
+    mini_batch_size: int | None = None,
+    ppo_epochs: int | None = None,
+    max_new_tokens: int | None = None,
+    actor_lr: float | None = None,
+    critic_lr: float | None = None,
+    kl_coef: float | None = None,
+    reward_clip: float | None = None,
+    ema: Annotated[
+        float | None, typer.Option(help="Keep an EMA of the actor (e.g. 0.992).")
+    ] = None,
+    lora: Annotated[bool, typer.Option(help="LoRA on actor and critic.")] = False,
+    deepspeed: Annotated[Path | None, typer.Option(help="DeepSpeed (ZeRO) JSON config.")] = None,
+    checkpoint_every: int | None = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory.")] = None,
+    seed: int | None = None,
+    alias: Annotated[str | None, typer.Option(help="Point this alias at the new policy.")] = None,
+) -> None:
+    """PPO as in DeepSpeed-Chat step 3; logs each step to ppo_log.jsonl; registers a policy."""
+    from kindchat.models.presets import get_preset
+    from kindchat.retrain.bootstrap import ppo_config
+    from kindchat.retrain.common import LoraOptions
+    from kindchat.retrain.stages import train_ppo
+
+    settings: Settings = ctx.obj
+    given = {
+        "steps": steps,
+        "batch_size": batch_size,
+        "mini_batch_size": mini_batch_size,
+        "ppo_epochs": ppo_epochs,
+        "max_new_tokens": max_new_tokens,
+        "actor_lr": actor_lr,
+        "critic_lr": critic_lr,
+        "kl_coef": kl_coef,
+        "reward_clip": reward_clip,
+        "ema_decay": ema,
+        "checkpoint_every": checkpoint_every,
+        "seed": seed,
+    }
+    config = dataclasses.replace(
+        ppo_config(get_preset(preset)),
+        **{k: v for k, v in given.items() if v is not None},
+        actor_lora=LoraOptions(enabled=lora),
+        critic_lora=LoraOptions(enabled=lora),
+        deepspeed=deepspeed,
+    )
+    registry = registry_of(settings)
+    manifest = train_ppo(settings, registry, sft, rm, config, resume=resume)
+    if alias:
+        registry.set_alias(alias, manifest.version)
+    m = manifest.metrics
+    console.print(
+        f"registered {manifest.version}: reward {m['reward_start']:.3f} -> "
+        f"{m['reward_end']:.3f}, KL {m['kl_end']:.3f} (run {m['run_dir']})"
+    )
+
+
+@app.command("dpo")
+@friendly
+def train_dpo_command(
+    ctx: typer.Context,
+    sft: Annotated[str, typer.Option(help="Policy init and frozen reference.")] = "sft",
+    epochs: float = 1.0,
+    max_steps: int = -1,
+    batch_size: int = 8,
+    learning_rate: float = 5e-5,
+    beta: float = 0.1,
+    max_length: int = 256,
+    max_records: int | None = None,
+    extra_data: Annotated[list[Path] | None, typer.Option(help="More pair files (export).")] = None,
+    lora: bool = False,
+    deepspeed: Annotated[Path | None, typer.Option(help="DeepSpeed JSON config.")] = None,
+    alias: Annotated[str | None, typer.Option(help="Point this alias at the new policy.")] = None,
+) -> None:
+    """DPO (TRL DPOTrainer) from the same pairwise data: the RM-free alternative to PPO."""
+    from kindchat.retrain.common import LoraOptions
+    from kindchat.retrain.dpo import DpoConfig
+    from kindchat.retrain.stages import train_dpo
+
+    settings: Settings = ctx.obj
+    config = DpoConfig(
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        beta=beta,
+        max_length=max_length,
+        max_records=max_records,
+        extra_data=list(extra_data or []),
+        lora=LoraOptions(enabled=lora),
+        deepspeed=deepspeed,
+    )
+    registry = registry_of(settings)
+    manifest = train_dpo(settings, registry, sft, config)
+    if alias:
+        registry.set_alias(alias, manifest.version)
+    console.print(f"registered {manifest.version}: train loss {manifest.metrics['train_loss']:.3f}")
+
+
+@app.command("kto")
+@friendly
+def train_kto_command(
+    ctx: typer.Context,
+    data: Annotated[
+        Path, typer.Option(help="A `kindchat feedback export` directory (unpaired + pairs).")
+    ],
+    init: Annotated[str, typer.Option(help="The policy to start from.")] = "sft",
+    reference: Annotated[str, typer.Option(help="The frozen reference (the anchor).")] = "sft",
+    epochs: float = 1.0,
+    max_steps: int = -1,
+    batch_size: int = 8,
+    learning_rate: float = 5e-5,
+    beta: float = 0.1,
+    max_length: int = 256,
+    max_records: int | None = None,
+    pairs: Annotated[bool, typer.Option(help="Also learn from the export's pairs.")] = True,
+    lora: bool = False,
+    deepspeed: Annotated[Path | None, typer.Option(help="DeepSpeed JSON config.")] = None,
+    alias: Annotated[str | None, typer.Option(help="Point this alias at the new policy.")] = None,
+) -> None:
+    """KTO (TRL KTOTrainer) from single 👍/👎 and pairs of a feedback export."""
+    from kindchat.retrain.common import LoraOptions, new_run_dir
+    from kindchat.retrain.kto import KtoConfig
+    from kindchat.retrain.kto import train as train_kto
+    from kindchat.retrain.methods import MethodJob, PreferenceData
+
+    settings: Settings = ctx.obj
+    if not (data / "unpaired.json").is_file() and not (data / "train.json").is_file():
+        raise FileNotFoundError(
+            f"{data} holds no unpaired.json or train.json; make it with `kindchat feedback export`"
+        )
+    config = KtoConfig(
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        beta=beta,
+        max_length=max_length,
+        use_pairs=pairs,
+        max_records=max_records,
+        lora=LoraOptions(enabled=lora),
+        deepspeed=deepspeed,
+    )
+    registry = registry_of(settings)
+    job = MethodJob(
+        settings=settings,
+        registry=registry,
+        policy=registry.version_of(init) or init,
+        sft=registry.version_of(reference) or reference,
+        rm=None,
+        base=None,
+        data=PreferenceData.from_export(data),
+        run_dir=new_run_dir(settings.runs_dir, "kto"),
+    )
+    result = train_kto(job, config)
+    if alias:
+        registry.set_alias(alias, result.policy)
+    m = result.metrics
+    console.print(
+        f"registered {result.policy}: train loss {m['train_loss']:.3f} on {m['desirable']} "
+        f"desirable / {m['undesirable']} undesirable examples"
+    )
