@@ -33,7 +33,7 @@ COPY pyproject.toml README.md ./
 COPY kindchat ./kindchat
 # Keep the image's CUDA torch: a constraint stops pip from swapping it for another build.
 RUN python -c "import torch; print(f'torch=={torch.__version__}')" > /tmp/torch.txt \
- && pip install --constraint /tmp/torch.txt . \
+ && pip install --constraint /tmp/torch.txt ".[postgres]" \
  && useradd --create-home --uid 1000 kindchat \
  && mkdir -p "$KINDCHAT_HOME" && chown kindchat "$KINDCHAT_HOME"
 

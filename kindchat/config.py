@@ -129,6 +129,11 @@ class Settings(BaseSettings):
     retrain_judge: bool = Field(
         False, description="Re-rank feedback pairs with the G-Eval judge (KINDCHAT_JUDGE_*)."
     )
+    background_preset: str | None = Field(
+        None,
+        description="While serving, bootstrap this preset (e.g. tiny) in a niced background "
+        "process; each stage hot-swaps in as it lands. Unset: no background training.",
+    )
     retrain_nice: int = Field(10, ge=0, le=19, description="os.nice of the training process.")
     # Who promotes a retrained policy: the users in the arena, or the gold RM offline.
     promotion: str = Field(

@@ -10,6 +10,7 @@ module         commands
 `retrain`      `retrain run|status`
 `serve`        `serve`
 `simulate`     `simulate`
+`doctor`       `doctor`
 =============  ===============================================================
 
 Shared helpers (consoles, the error → exit code mapping) live in `common`, below every group.
@@ -24,8 +25,8 @@ from typing import Annotated
 
 import typer
 
+from kindchat.cli import doctor, feedback, models, retrain, serve, simulate, train
 from kindchat.cli import eval as eval_cli
-from kindchat.cli import feedback, models, retrain, serve, simulate, train
 from kindchat.config import Settings
 from kindchat.logs import setup_logging
 
@@ -60,3 +61,4 @@ app.command("judge")(feedback.judge_command)
 app.command("augment")(feedback.augment_command)
 app.command("serve")(serve.serve)
 app.command("simulate")(simulate.simulate_command)
+app.command("doctor")(doctor.doctor)

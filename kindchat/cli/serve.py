@@ -38,6 +38,10 @@ def serve(
     max_batch_size: Annotated[int | None, typer.Option(help="Sequences per batch.")] = None,
     max_queue: Annotated[int | None, typer.Option(help="Waiting requests, then 429.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 …")] = None,
+    background_preset: Annotated[
+        str | None,
+        typer.Option(help="Train this preset (e.g. tiny) in the background while serving."),
+    ] = None,
 ) -> None:
     """Serve the chat UI at / and the OpenAI-compatible API (chat, feedback, arena) at /v1."""
     import uvicorn
@@ -56,6 +60,7 @@ def serve(
         "max_batch_size": max_batch_size,
         "max_queue": max_queue,
         "device": device,
+        "background_preset": background_preset,
     }
     settings = base.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     settings = Settings.model_validate(settings.model_dump())  # re-check the overrides

@@ -27,19 +27,32 @@ def bootstrap(
             help="micro (tests, <1 min) or tiny (demo); micro-llama and tiny-llama: Llama family."
         ),
     ] = "tiny",
-    if_missing: Annotated[bool, typer.Option(help="Do nothing if an `rlhf` alias exists.")] = False,
+    if_missing: Annotated[
+        bool, typer.Option(help="Do nothing if this preset finished, or an `rlhf` alias exists.")
+    ] = False,
     until: Annotated[str, typer.Option(help="Last stage: base|sft|rm|gold-rm|ppo|eval.")] = "eval",
+    resume: Annotated[
+        bool, typer.Option(help="Skip the stages an interrupted run of this preset finished.")
+    ] = True,
+    serve_sft_first: Annotated[
+        bool, typer.Option(help="Point `rlhf` at the new SFT model as soon as it lands.")
+    ] = False,
 ) -> None:
     """Train the embedded models from the seed data: tokenizer, base LM, SFT, RM, gold RM, PPO."""
     from kindchat.models.presets import get_preset
     from kindchat.retrain.bootstrap import run_bootstrap
+    from kindchat.retrain.bootstrap_state import read_state
 
     settings: Settings = ctx.obj
     chosen = get_preset(preset)
-    if if_missing and "rlhf" in registry_of(settings).aliases():
-        console.print("models already bootstrapped (alias `rlhf` exists); nothing to do")
+    state = read_state(settings, chosen.name)
+    done = state is not None and state.status == "done"
+    if if_missing and (done or (state is None and "rlhf" in registry_of(settings).aliases())):
+        console.print(f"models already bootstrapped ({chosen.name}); nothing to do")
         return
-    report = run_bootstrap(settings, chosen, until=until)
+    report = run_bootstrap(
+        settings, chosen, until=until, resume=resume, serve_sft_first=serve_sft_first
+    )
     table = Table(title=f"bootstrap ({report.preset}) in {report.total_seconds:.0f} s")
     for column in ("stage", "version", "seconds"):
         table.add_column(column)

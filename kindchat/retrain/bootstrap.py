@@ -1,7 +1,7 @@
 """`kindchat bootstrap`: build the embedded models from the seed data, stage by stage.
 
-tokenizer + base LM → SFT → RM → gold RM (the evaluation judge) → PPO → policy evaluation.
-Aliases: `base`, `sft`, `rm`, `gold-rm`, `rlhf`.
+tokenizer + base LM → SFT → RM → gold RM (the evaluation's scorer) → PPO → policy evaluation.
+Aliases: `base`, `sft`, `rm`, `gold-rm`, `rlhf`. Progress and resume: :mod:`bootstrap_state`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from kindchat.config import Settings
 from kindchat.models.presets import Preset, StageBudget
 from kindchat.models.registry import Manifest, Registry
+from kindchat.retrain.bootstrap_state import STAGES, BootstrapState, read_state, write_state
 from kindchat.retrain.policy_eval import PolicyEvalConfig
 from kindchat.retrain.ppo import PpoConfig
 from kindchat.retrain.reward import RmConfig
@@ -59,23 +60,45 @@ def ppo_config(preset: Preset) -> PpoConfig:
     )
 
 
-def run_bootstrap(settings: Settings, preset: Preset, until: str = "eval") -> BootstrapReport:
-    """Run the stages in order up to and including `until` (base, sft, rm, gold-rm, ppo, eval)."""
+def run_bootstrap(
+    settings: Settings,
+    preset: Preset,
+    until: str = "eval",
+    *,
+    resume: bool = True,
+    serve_sft_first: bool = False,
+) -> BootstrapReport:
+    """Run the stages in order up to and including `until` (base, sft, rm, gold-rm, ppo, eval).
+
+    Progress goes to `$KINDCHAT_HOME/bootstrap/<preset>.json` at every stage boundary. With
+    `resume`, stages an earlier run of this preset finished (their versions still registered)
+    are skipped, so a bootstrap killed halfway continues where it stopped. Each stage reads the
+    versions this run made, never what an alias points at meanwhile. With `serve_sft_first`,
+    the served `rlhf` alias moves to the new SFT model as soon as it lands (a better model to
+    talk to while RM and PPO train), and to the PPO policy when that lands.
+    """
     settings.ensure_dirs()
     registry = Registry.for_settings(settings)
     registry.prune_staging()
-    report = BootstrapReport(preset.name)
-
-    def stage(name: str, alias: str | None, build: Callable[[], Manifest | None]) -> None:
-        logger.info("bootstrap stage %s (preset %s)", name, preset.name)
-        start = time.perf_counter()
-        manifest = build()
-        report.seconds[name] = round(time.perf_counter() - start, 1)
-        if manifest is not None:
-            report.versions[name] = manifest.version
-            if alias:
-                registry.set_alias(alias, manifest.version)
-        logger.info("bootstrap stage %s done in %.0f s", name, report.seconds[name])
+    stages_all = list(STAGES)
+    if until not in stages_all:
+        raise ValueError(f"unknown stage {until!r}; choose from {stages_all}")
+    earlier = read_state(settings, preset.name) if resume else None
+    state = BootstrapState(preset=preset.name, until=until)
+    if earlier is not None:
+        for name in stages_all:
+            version = earlier.versions.get(name)
+            if name not in earlier.seconds or (
+                version is not None and not registry.is_version(version)
+            ):
+                break
+            state.seconds[name] = earlier.seconds[name]
+            if version is not None:
+                state.versions[name] = version
+    report = BootstrapReport(preset.name, dict(state.versions), dict(state.seconds))
+    if state.seconds:
+        logger.info("bootstrap %s: resuming after %s", preset.name, ", ".join(state.seconds))
+    ref = state.versions.get  # this run's versions, stage by stage
 
     sft = SftConfig(
         epochs=preset.sft.epochs,
@@ -85,28 +108,69 @@ def run_bootstrap(settings: Settings, preset: Preset, until: str = "eval") -> Bo
         max_length=preset.seq_len,
         max_records=preset.sft.max_records,
     )
-    stages: list[tuple[str, str | None, Callable[[], Manifest | None]]] = [
-        ("base", "base", lambda: train_base(settings, registry, preset)),
-        ("sft", "sft", lambda: train_sft(settings, registry, "base", sft)),
-        ("rm", "rm", lambda: train_rm(settings, registry, "base", rm_config(preset, preset.rm))),
-        (
-            "gold-rm",
-            "gold-rm",
+    builds: dict[str, tuple[list[str], Callable[[], Manifest | None]]] = {
+        "base": (["base"], lambda: train_base(settings, registry, preset)),
+        "sft": (["sft"], lambda: train_sft(settings, registry, ref("base", "base"), sft)),
+        "rm": (
+            ["rm"],
+            lambda: train_rm(settings, registry, ref("base", "base"), rm_config(preset, preset.rm)),
+        ),
+        "gold-rm": (
+            ["gold-rm"],
             lambda: train_rm(
-                settings, registry, "base", rm_config(preset, preset.gold_rm), gold=True
+                settings,
+                registry,
+                ref("base", "base"),
+                rm_config(preset, preset.gold_rm),
+                gold=True,
             ),
         ),
-        ("ppo", "rlhf", lambda: train_ppo(settings, registry, "sft", "rm", ppo_config(preset))),
-        ("eval", None, lambda: _evaluate(settings, registry, preset)),
-    ]
-    names = [name for name, _, _ in stages]
-    if until not in names:
-        raise ValueError(f"unknown stage {until!r}; choose from {names}")
-    for name, alias, build in stages[: names.index(until) + 1]:
-        stage(name, alias, build)
+        "ppo": (
+            ["rlhf"],
+            lambda: train_ppo(
+                settings, registry, ref("sft", "sft"), ref("rm", "rm"), ppo_config(preset)
+            ),
+        ),
+        "eval": ([], lambda: _evaluate(settings, registry, preset, state.versions)),
+    }
+    if serve_sft_first:
+        builds["sft"] = (["sft", "rlhf"], builds["sft"][1])
+    try:
+        for name in stages_all[: stages_all.index(until) + 1]:
+            if name in state.seconds:
+                continue
+            state.stage, state.stage_started_at = name, time.time()
+            write_state(settings, state)
+            logger.info("bootstrap stage %s (preset %s)", name, preset.name)
+            start = time.perf_counter()
+            aliases, build = builds[name]
+            manifest = build()
+            state.seconds[name] = report.seconds[name] = round(time.perf_counter() - start, 1)
+            if manifest is not None:
+                state.versions[name] = report.versions[name] = manifest.version
+                for alias in aliases:
+                    registry.set_alias(alias, manifest.version)
+            write_state(settings, state)
+            logger.info("bootstrap stage %s done in %.0f s", name, report.seconds[name])
+    except BaseException as err:
+        state.status = "stopped" if isinstance(err, KeyboardInterrupt) else "failed"
+        state.error = f"{type(err).__name__}: {err}"
+        write_state(settings, state)
+        raise
+    state.status, state.stage = "done", None
+    write_state(settings, state)
     return report
 
 
-def _evaluate(settings: Settings, registry: Registry, preset: Preset) -> None:
+def _evaluate(
+    settings: Settings, registry: Registry, preset: Preset, versions: dict[str, str]
+) -> None:
     config = PolicyEvalConfig(max_new_tokens=preset.ppo.max_new_tokens)
-    eval_policy(settings, registry, "rlhf", "sft", "gold-rm", config)
+    eval_policy(
+        settings,
+        registry,
+        versions.get("ppo", "rlhf"),
+        versions.get("sft", "sft"),
+        versions.get("gold-rm", "gold-rm"),
+        config,
+    )

@@ -16,6 +16,7 @@ from kindchat.feedback.db import init_db
 from kindchat.models.backends.base import GenerationBackend
 from kindchat.models.manager import Loader, ModelManager
 from kindchat.models.registry import Registry, RegistryError
+from kindchat.retrain.background import BackgroundBootstrap
 from kindchat.retrain.scheduler import RetrainScheduler
 from kindchat.serve.errors import install_error_handlers
 from kindchat.serve.metrics import Metrics, MetricsMiddleware
@@ -131,7 +132,14 @@ def create_app(
         db = await asyncio.to_thread(init_db, settings)
         await manager.start()
         app.state.db = db
-        app.state.service = ChatService(settings, manager, db, metrics)
+        background = (
+            BackgroundBootstrap(settings, settings.background_preset)
+            if settings.background_preset
+            else None
+        )
+        app.state.service = ChatService(settings, manager, db, metrics, background=background)
+        if background is not None:
+            await asyncio.to_thread(background.start)
         watcher = asyncio.create_task(manager.watch(), name="kindchat-alias-watch")
         judge = asyncio.create_task(
             check_challenger(app.state.service, settings.challenger_check_s),
@@ -147,6 +155,8 @@ def create_app(
         finally:
             if app.state.scheduler is not None:
                 app.state.scheduler.shutdown()
+            if background is not None:
+                await asyncio.to_thread(background.stop)
             for task in (watcher, judge):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

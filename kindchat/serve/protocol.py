@@ -319,3 +319,6 @@ class Dashboard(BaseModel):
     ppo_version: str | None = Field(None, description="The newest policy with a PPO log.")
     ppo_log: list[dict[str, float]] = Field(default_factory=list)
     challenger: dict[str, Any] = Field(default_factory=dict)
+    bootstrap: dict[str, Any] = Field(
+        default_factory=dict, description="The background bootstrap, as `GET /v1/bootstrap`."
+    )

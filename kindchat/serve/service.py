@@ -38,6 +38,7 @@ from kindchat.models.generation import SamplingParams
 from kindchat.models.manager import Lease, ModelManager, ModelName, ReloadReport
 from kindchat.models.registry import CHALLENGER_ALIAS
 from kindchat.retrain import admin
+from kindchat.retrain.background import BackgroundBootstrap
 from kindchat.retrain.challenger import challenge_history, current_challenge, decide_challenge
 from kindchat.serve.errors import (
     AdminDisabledError,
@@ -138,12 +139,18 @@ class Answer:
 
 class ChatService:
     def __init__(
-        self, settings: Settings, manager: ModelManager, db: Engine, metrics: Metrics
+        self,
+        settings: Settings,
+        manager: ModelManager,
+        db: Engine,
+        metrics: Metrics,
+        background: BackgroundBootstrap | None = None,
     ) -> None:
         self.settings = settings
         self.manager = manager
         self.db = db
         self.metrics = metrics
+        self.background = background
         self.moderator: ChainModerator = load_moderator(
             settings.moderation_lexicon,
             settings.moderation_base_url,
@@ -609,6 +616,14 @@ class ChatService:
             "history": challenge_history(self.db),
         }
 
+    def bootstrap(self) -> dict[str, Any]:
+        """The background bootstrap (`GET /v1/bootstrap`, the chat banner, the dashboard): its
+        stages with progress and an estimate of the time left, and the served versions."""
+        served = self.manager.status()["aliases"]
+        if self.background is None:
+            return {"active": False, "status": "off", "served": served}
+        return {**self.background.view(), "served": served}
+
     def dashboard(self) -> Dashboard:
         """Feedback per day and per version, retrain runs, versions and aliases, the newest PPO
         curves, the challenge (blocking: call it in a thread)."""
@@ -629,6 +644,7 @@ class ChatService:
             versions=versions,
             aliases=registry.aliases(),
             challenger=self.challenger(),
+            bootstrap=self.bootstrap(),
         )
         for manifest in reversed([m for m in versions if m.kind == "policy"]):
             directory = registry.root / manifest.version

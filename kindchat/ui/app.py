@@ -19,6 +19,7 @@ from starlette.types import Scope
 
 from kindchat.ui import strings
 from kindchat.ui.arena import build_arena_tab
+from kindchat.ui.bootstrap import build_banner
 from kindchat.ui.chat import build_chat_tab
 from kindchat.ui.common import OnLoad, ServiceRef
 from kindchat.ui.dashboard import build_dashboard_tab
@@ -60,6 +61,7 @@ def build_ui(service: ServiceRef) -> gr.Blocks:
     with gr.Blocks(title=strings.PAGE_TITLE, analytics_enabled=False) as demo:
         session = gr.BrowserState("", storage_key=SESSION_KEY)
         gr.Markdown(strings.HEADER, elem_id="header")
+        build_banner(service)
         loads: list[tuple[gr.Tab, OnLoad]] = []
         with gr.Tabs():
             for label, build in TABS:

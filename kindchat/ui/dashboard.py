@@ -22,6 +22,7 @@ from kindchat.serve.errors import AdminDisabledError, AdminTokenError
 from kindchat.serve.protocol import Dashboard
 from kindchat.serve.service import ChatService
 from kindchat.ui import strings
+from kindchat.ui.bootstrap import stages_frame
 from kindchat.ui.common import OnLoad, ServiceRef, run_blocking, user_error
 
 logger = logging.getLogger(__name__)
@@ -194,6 +195,7 @@ async def refresh(service: ChatService) -> tuple[Any, ...]:
     )
     promotable = [m.version for m in data.versions if m.kind in PROMOTABLE_KINDS]
     return (
+        gr.update(value=stages_frame(data.bootstrap), visible=bool(data.bootstrap.get("stages"))),
         totals(data),
         per_day_frame(data.per_day),
         thumbs_frame(data.stats),
@@ -324,6 +326,12 @@ def build_admin(service: ServiceRef) -> tuple[Any, list[Any]]:
 
 def build_dashboard_tab(service: ServiceRef) -> OnLoad:
     gr.Markdown(strings.DASHBOARD_INTRO)
+    stages = gr.Dataframe(
+        interactive=False,
+        visible=False,
+        label=strings.BOOTSTRAP_TITLE,
+        elem_id="dashboard-bootstrap",
+    )
     summary = gr.Markdown(elem_id="dashboard-totals")
     with gr.Row():
         per_day = gr.BarPlot(
@@ -355,7 +363,7 @@ def build_dashboard_tab(service: ServiceRef) -> OnLoad:
     button = gr.Button(strings.REFRESH, size="sm", elem_id="dashboard-refresh")
     version, changed = build_admin(service)
 
-    outputs = [summary, per_day, thumbs, runs, ppo, rm, challenger, decisions, version]
+    outputs = [stages, summary, per_day, thumbs, runs, ppo, rm, challenger, decisions, version]
 
     async def on_refresh() -> tuple[Any, ...]:
         return await refresh(service())

@@ -207,3 +207,25 @@ COL_DECISION = "결정"
 COL_RECORD = "승-패-무"
 COL_WHY = "이유"
 DECISIONS = {"promote": "승격", "retire": "탈락"}
+
+# ---- background bootstrap ---------------------------------------------------------------------
+BOOTSTRAP_BANNER = (
+    "⏳ **더 똑똑한 모델을 준비하고 있어요** · {stage} 단계 ({done}/{total}) · 약 {eta} 남았어요"
+)
+BOOTSTRAP_NEW_MODEL = "✨ **새 모델이 도착했어요!** 이제 `{version}` 모델이 답해요."
+BOOTSTRAP_STAGES = {
+    "base": "기초 언어 모델",
+    "sft": "대화 학습 (SFT)",
+    "rm": "보상 모델",
+    "gold-rm": "평가용 보상 모델",
+    "ppo": "강화학습 (PPO)",
+    "eval": "평가",
+}
+BOOTSTRAP_STATUS = {"done": "완료", "running": "진행 중", "waiting": "대기", "failed": "실패"}
+BOOTSTRAP_TITLE = "모델 준비 단계"
+COL_BOOT_STAGE = "단계"
+COL_BOOT_STATUS = "상태"
+COL_BOOT_PROGRESS = "진행률"
+COL_BOOT_SECONDS = "걸린 시간(초)"
+MINUTES = "{n}분"
+SECONDS = "{n}초"

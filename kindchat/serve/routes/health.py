@@ -1,12 +1,14 @@
-"""`GET /healthz` and `GET /metrics` (Prometheus text format)."""
+"""`GET /healthz`, `GET /metrics` (Prometheus text format) and `GET /v1/bootstrap`."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from kindchat.serve.deps import ManagerDep, MetricsDep
+from kindchat.serve.deps import ManagerDep, MetricsDep, ServiceDep
 from kindchat.serve.protocol import Health
 
 router = APIRouter(tags=["health"])
@@ -33,3 +35,10 @@ def healthz(manager: ManagerDep, request: Request) -> Health:
 @router.get("/metrics")
 def metrics(metrics: MetricsDep) -> Response:
     return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/bootstrap")
+def bootstrap(service: ServiceDep) -> dict[str, Any]:
+    """The background training of better models: each stage's status and progress, the time
+    left (an estimate), and the versions served now (`active` false when none runs)."""
+    return service.bootstrap()
