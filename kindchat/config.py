@@ -121,7 +121,7 @@ class Settings(BaseSettings):
     retrain_preset: str = Field("tiny", description="Budgets of a retrain cycle (micro, tiny).")
     retrain_method: str = Field(
         "kto",
-        description="The nightly preference method (kindchat.retrain.methods): ppo, dpo or kto.",
+        description="The nightly preference method: a name in kindchat.retrain.methods.METHODS.",
     )
     retrain_min_new_pairs: int = Field(
         50, ge=0, description="New feedback pairs needed since the last cycle, else skip."

@@ -16,7 +16,7 @@ class RetrainConfig:
     """What one cycle trains and what it takes to promote (budgets default to the preset's)."""
 
     preset: str = "tiny"  # model budgets: kindchat.models.presets (micro, tiny)
-    method: str = "kto"  # the preference method (kindchat.retrain.methods): ppo, dpo, kto
+    method: str = "kto"  # a name in kindchat.retrain.methods.METHODS
     method_options: dict[str, Any] = field(default_factory=dict)  # the method's config fields
     min_new_pairs: int = 50  # new training rows since the last cycle, else skip
     judge: bool = False  # re-rank feedback pairs with the G-Eval judge before training

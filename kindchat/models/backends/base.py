@@ -29,7 +29,7 @@ from kindchat.models.template import (
 logger = logging.getLogger(__name__)
 
 FinishReason = Literal["stop", "length"]
-BackendName = Literal["hf", "deepspeed", "tgi"]
+BackendName = Literal["hf", "deepspeed", "tgi", "openai"]  # one per backend module
 
 
 class BackendError(UnavailableError):
