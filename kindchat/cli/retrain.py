@@ -68,7 +68,9 @@ def run_command(
     preset: Annotated[str | None, typer.Option(help="Budgets (KINDCHAT_RETRAIN_PRESET).")] = None,
     method: Annotated[
         str | None,
-        typer.Option(help="Preference method, a name in retrain/methods.py (KINDCHAT_RETRAIN_METHOD)."),
+        typer.Option(
+            help="Preference method, a name in retrain/methods.py (KINDCHAT_RETRAIN_METHOD)."
+        ),
     ] = None,
     option: Annotated[
         list[str] | None,
