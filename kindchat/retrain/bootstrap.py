@@ -95,7 +95,6 @@ def run_bootstrap(
             state.seconds[name] = earlier.seconds[name]
             if version is not None:
                 state.versions[name] = version
-    report = BootstrapReport(preset.name, dict(state.versions), dict(state.seconds))
     if state.seconds:
         logger.info("bootstrap %s: resuming after %s", preset.name, ", ".join(state.seconds))
     ref = state.versions.get  # this run's versions, stage by stage
@@ -145,13 +144,13 @@ def run_bootstrap(
             start = time.perf_counter()
             aliases, build = builds[name]
             manifest = build()
-            state.seconds[name] = report.seconds[name] = round(time.perf_counter() - start, 1)
+            state.seconds[name] = round(time.perf_counter() - start, 1)
             if manifest is not None:
-                state.versions[name] = report.versions[name] = manifest.version
+                state.versions[name] = manifest.version
                 for alias in aliases:
                     registry.set_alias(alias, manifest.version)
             write_state(settings, state)
-            logger.info("bootstrap stage %s done in %.0f s", name, report.seconds[name])
+            logger.info("bootstrap stage %s done in %.0f s", name, state.seconds[name])
     except BaseException as err:
         state.status = "stopped" if isinstance(err, KeyboardInterrupt) else "failed"
         state.error = f"{type(err).__name__}: {err}"
@@ -159,7 +158,7 @@ def run_bootstrap(
         raise
     state.status, state.stage = "done", None
     write_state(settings, state)
-    return report
+    return BootstrapReport(preset.name, dict(state.versions), dict(state.seconds))
 
 
 def _evaluate(

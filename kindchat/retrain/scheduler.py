@@ -164,10 +164,6 @@ class RetrainScheduler:
         job = self.scheduler.get_job(JOB_ID)
         return job.next_run_time if job is not None else None
 
-    def state(self) -> dict[str, Any]:
-        """Whether this server leads the schedule, and the next run (for status pages)."""
-        return {"leader": self.is_leader, "next_run": self.next_run_time()}
-
     def _stop_scheduler(self, wait: bool = False) -> None:
         """Stop; a job due at this very moment stays due in the store (it runs after restart).
 

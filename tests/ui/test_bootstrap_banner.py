@@ -5,7 +5,6 @@ model that landed, and the dashboard lists the stages. Screenshots: test-artifac
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,17 +23,15 @@ BACKGROUND = "micro-llama"
 
 
 @pytest.fixture
-def growing_server(micro_settings: Settings, tmp_path: Path) -> Iterator[Any]:
-    home = tmp_path / "home"
-    shutil.copytree(micro_settings.home, home, ignore=shutil.ignore_patterns("logs", "runs"))
-    settings = Settings(
-        home=home,
-        data_dir=micro_settings.data_dir,
-        torch_threads=1,
-        admin_token=ADMIN_TOKEN,
-        default_max_tokens=12,
-        alias_poll_s=0.5,
-        background_preset=BACKGROUND,
+def growing_server(micro_copy: Settings) -> Iterator[Any]:
+    settings = micro_copy.model_copy(
+        update={
+            "torch_threads": 1,
+            "admin_token": ADMIN_TOKEN,
+            "default_max_tokens": 12,
+            "alias_poll_s": 0.5,
+            "background_preset": BACKGROUND,
+        }
     )
     with ServerThread(create_product_app(settings)) as server:
         server.settings = settings
