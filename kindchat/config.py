@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # `../shared/data/vaiv` beside the checkout: kindchat/config.py -> kindchat -> checkout -> parent.
 _CHECKOUT = Path(__file__).resolve().parent.parent
@@ -153,6 +154,84 @@ class Settings(BaseSettings):
     challenger_check_s: float = Field(
         60.0, ge=0, description="How often a server checks the challenger's deadline (0: never)."
     )
+    challenger_min_sessions: int = Field(
+        20, ge=1, description="Distinct voting sessions needed before a challenger is decided."
+    )
+    challenger_votes_per_session: int = Field(
+        5, ge=1, description="Votes of one session that count in a challenger's record, at most."
+    )
+
+    # Who may speak (kindchat.serve.auth) and how often (kindchat.serve.ratelimit).
+    access_mode: str = Field(
+        "open",
+        pattern="^(open|keyed)$",
+        description="open: anyone may get a signed session (POST /v1/sessions, the UI's cookie) "
+        "and chat without one; keyed: every API call needs an API key or a session minted with "
+        "one (the UI still issues its cookie sessions, limited per address).",
+    )
+    session_secret: SecretStr | None = Field(
+        None,
+        description="Signs session tokens and cookies; default: generated on first start and "
+        "kept in $KINDCHAT_HOME/session_secret. Servers behind one load balancer share one.",
+    )
+    session_secrets_old: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Earlier secrets, comma-separated: their tokens are still accepted (rotation).",
+    )
+    session_max_age_s: int = Field(
+        30 * 24 * 3600, ge=60, description="Seconds a session token or cookie stays valid."
+    )
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="API keys, comma-separated, each 'name:key' (or a bare key, named by its "
+        "hash); a key speaks as one client, `key:<name>`.",
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Addresses or networks (comma-separated) of reverse proxies whose "
+        "X-Forwarded-For names the client; from anyone else the header is ignored.",
+    )
+    rate_limits: bool = Field(True, description="Rate-limit chat, feedback, arena and sessions.")
+    rate_limit_storage: str = Field(
+        "memory://",
+        description="Where the counters live (the `limits` library's URI): memory:// per "
+        "process; redis://host:6379 to share them between servers.",
+    )
+    rate_limit_session: str = Field(
+        "30/minute;600/day", description="Per signed session and endpoint group (chat, …)."
+    )
+    rate_limit_api_key: str = Field("600/minute", description="Per API key and endpoint group.")
+    rate_limit_address: str = Field(
+        "120/minute", description="Per client address and endpoint group (anonymous, open mode)."
+    )
+    rate_limit_new_sessions: str = Field(
+        "20/hour", description="New sessions per client address (POST /v1/sessions, UI cookies)."
+    )
+
+    # What one voice may weigh in a night's training data (kindchat.feedback.influence).
+    influence_cap_share: float = Field(
+        0.02, ge=0, le=1, description="One session's share of a night's feedback rows, at most…"
+    )
+    influence_cap_min: int = Field(20, ge=1, description="…or this many rows if that is more.")
+    anomaly_filter: bool = Field(
+        True, description="Leave out votes of sessions that vote like a script (manifest counts)."
+    )
+    anomaly_read_chars_per_s: float = Field(
+        60.0,
+        gt=0,
+        description="A vote sooner after its answer than this reading speed allows "
+        "is too fast for a person.",
+    )
+    anomaly_min_votes: int = Field(
+        10, ge=2, description="Votes a session needs before its pattern is judged."
+    )
+
+    @field_validator("session_secrets_old", "api_keys", "trusted_proxies", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
 
     @cached_property
     def models_dir(self) -> Path:

@@ -57,6 +57,8 @@ class SimulateConfig:
     challenger_max_battles: int = 2000  # stop driving the arena if still undecided
     score_samples: int = 2  # answers per test prompt for the report
     seed: int = 0
+    people: int = 60  # simulated people, each with its own signed session and address
+    read_chars_per_s: float = 40.0  # people read an answer before they vote (0: vote at once)
 
     def __post_init__(self) -> None:
         checks = [
@@ -66,6 +68,8 @@ class SimulateConfig:
             (1 <= self.concurrency <= 64, f"concurrency must lie in 1..64, got {self.concurrency}"),
             (self.max_tokens >= 1, f"max_tokens must be >= 1, got {self.max_tokens}"),
             (self.score_samples >= 1, f"score_samples must be >= 1, got {self.score_samples}"),
+            (1 <= self.people <= 60_000, f"people must lie in 1..60000, got {self.people}"),
+            (self.read_chars_per_s >= 0, "read_chars_per_s must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -93,8 +97,15 @@ def serve_in_thread(settings: Settings, timeout_s: float = 300.0) -> Iterator[st
     from kindchat.serve.app import create_app  # lazy: not needed with --url
 
     port = _free_port()
+    # The simulator is the one proxy in front of its many people: trust its X-Forwarded-For.
+    settings = settings.model_copy(update={"trusted_proxies": ["127.0.0.1"]})
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+        create_app(settings),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        proxy_headers=False,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="kindchat-simulate-server", daemon=True)
@@ -117,8 +128,17 @@ def _given(url: str) -> Iterator[str]:
     yield url
 
 
+def person_address(index: int) -> str:
+    """A private address per simulated person (10.77.0.1, 10.77.0.2, …)."""
+    return f"10.77.{index // 250}.{index % 250 + 1}"
+
+
 class Users:
-    """The plug-in at the end of an HTTP client: chats, rates, votes; counts what it did."""
+    """The plug-in at the end of an HTTP client: chats, rates, votes; counts what it did.
+
+    `config.people` simulated people share the work; each has its own signed session (from
+    POST /v1/sessions), its own address (X-Forwarded-For, read by a server that trusts the
+    simulator as its proxy), and reads an answer before voting on it, as a person would."""
 
     def __init__(self, client: httpx.Client, users: Any, config: SimulateConfig) -> None:
         self.client = client
@@ -127,61 +147,86 @@ class Users:
         self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._rng = random.Random(config.seed)
+        self._people: dict[int, dict[str, str]] = {}
 
     def _count(self, key: str, n: int = 1) -> None:
         with self._lock:
             self.counts[key] += n
 
-    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        response = self.client.post(path, json=body)
+    def person(self, index: int) -> dict[str, str]:
+        """The headers of person `index % people` (its session made on first use)."""
+        index %= self.config.people
+        with self._lock:
+            known = self._people.get(index)
+        if known is not None:
+            return known
+        address = {"X-Forwarded-For": person_address(index)}
+        made = self._post("/v1/sessions", {}, address)
+        headers = {**address, "Authorization": f"Bearer {made['token']}"}
+        with self._lock:
+            return self._people.setdefault(index, headers)
+
+    def _post(
+        self, path: str, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        for _ in range(20):  # a polite client: 429 -> wait as told, then again
+            response = self.client.post(path, json=body, headers=headers)
+            if response.status_code != 429:
+                break
+            self._count("rate_limited")
+            time.sleep(float(response.headers.get("retry-after", "1")))
         if response.status_code >= 400:
             raise RuntimeError(f"POST {path} -> {response.status_code}: {response.text[:300]}")
         return dict(response.json())
 
-    def battle(self, prompt: str, sid: str, seed: int) -> dict[str, Any]:
+    def _read(self, *texts: str) -> None:
+        if self.config.read_chars_per_s > 0:
+            time.sleep(sum(map(len, texts)) / self.config.read_chars_per_s)
+
+    def battle(self, prompt: str, who: int, seed: int) -> dict[str, Any]:
+        headers = self.person(who)
         body = self._post(
             "/v1/arena/battles",
-            {
-                "prompt": prompt,
-                "session_id": sid,
-                "max_tokens": self.config.max_tokens,
-                "seed": seed,
-            },
+            {"prompt": prompt, "max_tokens": self.config.max_tokens, "seed": seed},
+            headers,
         )
-        winner = self.users.vote(prompt, body["a"]["content"], body["b"]["content"])
-        result = self._post(
-            f"/v1/arena/battles/{body['id']}/vote", {"winner": winner, "session_id": sid}
-        )
+        a, b = body["a"]["content"], body["b"]["content"]
+        winner = self.users.vote(prompt, a, b)
+        self._read(a, b)
+        result = self._post(f"/v1/arena/battles/{body['id']}/vote", {"winner": winner}, headers)
         self._count(f"vote_{winner}")
         return result
 
-    def chat(self, prompt: str, sid: str, seed: int) -> None:
+    def chat(self, prompt: str, who: int, seed: int) -> None:
+        headers = self.person(who)
         messages = [{"role": "user", "content": prompt}]
         request = {
             "model": "kindchat-rlhf",
             "messages": messages,
             "max_tokens": self.config.max_tokens,
-            "user": sid,
             "seed": seed,
         }
-        reply = self._post("/v1/chat/completions", request)
-        value = self._rate(prompt, reply, sid)
+        reply = self._post("/v1/chat/completions", request, headers)
+        value = self._rate(prompt, reply, headers)
         with self._lock:
             retry = value == -1 and self._rng.random() < 0.5
         if retry:  # a 👎 often makes people try again: a sibling answer, rated too
             again = self._post(
-                "/v1/chat/completions", {**request, "seed": seed + 1, "regenerate": reply["id"]}
+                "/v1/chat/completions",
+                {**request, "seed": seed + 1, "regenerate": reply["id"]},
+                headers,
             )
-            self._rate(prompt, again, sid)
+            self._rate(prompt, again, headers)
             self._count("regenerations")
 
-    def _rate(self, prompt: str, reply: dict[str, Any], sid: str) -> int | None:
+    def _rate(self, prompt: str, reply: dict[str, Any], headers: dict[str, str]) -> int | None:
         text = reply["choices"][0]["message"]["content"] or ""
         value = self.users.rate(prompt, text)
         if value is None:
             self._count("no_rating")
             return None
-        self._post("/v1/feedback", {"message_id": reply["id"], "rating": value, "session_id": sid})
+        self._read(text)
+        self._post("/v1/feedback", {"message_id": reply["id"], "rating": value}, headers)
         self._count("thumb_up" if value > 0 else "thumb_down")
         return int(value)
 
@@ -254,14 +299,13 @@ def run_night(
     before = served_version(registry)
     prompts = night_prompts(settings.data_dir, config.votes, config.seed * 1000 + night)
     n_arena = round(len(prompts) * config.arena_share)
-    base = f"n{night}"
     with httpx.Client(base_url=url, timeout=600) as client:
         actor = Users(client, users, config)
         tasks = [
-            (lambda p=p, i=i: actor.battle(p, f"{base}-a{i}", night * 100_000 + i))
+            (lambda p=p, i=i: actor.battle(p, i, night * 100_000 + i))
             for i, p in enumerate(prompts[:n_arena])
         ] + [
-            (lambda p=p, i=i: actor.chat(p, f"{base}-c{i}", night * 100_000 + i))
+            (lambda p=p, i=i: actor.chat(p, n_arena + i, night * 100_000 + i))
             for i, p in enumerate(prompts[n_arena:])
         ]
         drive(tasks, config.concurrency, f"night {night}: feedback")
@@ -310,11 +354,7 @@ def judge_challenger(
                 history = state["history"]
                 return dict(history[0]) if history else None
             chunk = [
-                (
-                    lambda k=k: actor.battle(
-                        pool[k % len(pool)], f"n{night}-j{k}", night * 1_000_000 + k
-                    )
-                )
+                (lambda k=k: actor.battle(pool[k % len(pool)], k, night * 1_000_000 + k))
                 for k in range(battles, battles + chunk_size)
             ]
             drive(chunk, config.concurrency, "arena")

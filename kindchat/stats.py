@@ -41,3 +41,24 @@ def bootstrap(
     alpha = (1 - confidence) / 2
     low, high = np.quantile(stats, [alpha, 1 - alpha])
     return Estimate(statistic(data), float(low), float(high), int(data.size))
+
+
+def cluster_bootstrap(
+    clusters: Sequence[Sequence[float]],
+    resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Estimate:
+    """The mean of all values with a bootstrap interval that resamples whole clusters (e.g. a
+    voter's votes together: votes of one person are not independent draws). `n`: clusters."""
+    groups = [np.asarray(c, dtype=float) for c in clusters if len(c)]
+    if not groups:
+        raise ValueError("cannot estimate from no values")
+    sums = np.array([g.sum() for g in groups])
+    sizes = np.array([g.size for g in groups], dtype=float)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(groups), size=(resamples, len(groups)))
+    stats = sums[idx].sum(axis=1) / sizes[idx].sum(axis=1)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(stats, [alpha, 1 - alpha])
+    return Estimate(float(sums.sum() / sizes.sum()), float(low), float(high), len(groups))

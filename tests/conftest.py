@@ -167,3 +167,18 @@ def postgres_url(postgres_server: str) -> str:
     with psycopg.connect(f"{plain}/postgres", autocommit=True) as connection:
         connection.execute(f'CREATE DATABASE "{name}"')
     return f"{postgres_server}/{name}"
+
+
+def _new_session(url: str, **headers: str) -> str:
+    """A signed session token from the server at `url` (POST /v1/sessions), as a client gets."""
+    import httpx
+
+    made = httpx.post(f"{url}/v1/sessions", headers=headers, timeout=30)
+    assert made.status_code == 201, made.text
+    return str(made.json()["token"])
+
+
+@pytest.fixture(scope="session")
+def new_session() -> object:
+    """`new_session(url, **headers)`: a signed session token from a running server."""
+    return _new_session

@@ -68,6 +68,7 @@ def export_command(
     answers) merged with the seed, unpaired thumbs for KTO, better answers for SFT."""
     from kindchat.feedback.db import init_db, session_scope
     from kindchat.feedback.export import ExportConfig, export_reward_data
+    from kindchat.feedback.influence import InfluenceConfig
 
     settings: Settings = ctx.obj
     config = ExportConfig(
@@ -77,6 +78,7 @@ def export_command(
         include_seed=seed,
         exclude_eval_prompts=not include_eval_prompts,
         drop_contradictions=not keep_contradictions,
+        influence=InfluenceConfig.from_settings(settings),
     )
     engine = init_db(settings)
     with session_scope(engine) as session:
@@ -92,6 +94,13 @@ def export_command(
     console.print(_counts_table(f"pairs in {out}", report.counts, "source", "train", "test"))
     if report.dropped:
         console.print(_counts_table("dropped", report.dropped, "reason", "rows"))
+    influence, anomalous = report.influence, report.influence["anomalous"]
+    console.print(
+        f"influence: at most {influence['cap']} rows per session; "
+        f"{influence['capped_sessions']} session(s) capped ({influence['dropped_by_cap']} rows); "
+        f"{anomalous['sessions']} anomalous session(s) {anomalous['by_reason']}, "
+        f"{anomalous['votes_excluded']} vote(s) left out"
+    )
     console.print(
         f"{report.train} train / {report.test} test pairs, {report.unpaired} unpaired "
         f"(KTO), {report.demonstrations} demonstrations (SFT); fingerprint {report.fingerprint}"

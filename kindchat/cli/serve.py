@@ -72,4 +72,5 @@ def serve(
         port=settings.port,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=30,
+        proxy_headers=False,  # X-Forwarded-For only from KINDCHAT_TRUSTED_PROXIES (the app's)
     )

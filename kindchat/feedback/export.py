@@ -16,6 +16,11 @@ Unpaired examples and demonstrations pass the same in spirit: `eval_prompt`, `sh
 (desirable ones and demonstrations only: an empty answer is a fine 👎), `duplicate`, and
 `contradictory` (the same answer both 👍 and 👎 in one context).
 
+Before mining, votes of sessions that vote like a script are left out (`anomalous_session`;
+:mod:`kindchat.feedback.influence`); after the filters, no session may account for more than its
+cap of the feedback rows (`influence_cap`). The manifest's `influence` holds the cap, the
+sessions capped and the anomalous sessions by reason.
+
 Everything is split by prompt hash (`kindchat.seed.stable_fraction`), so a prompt stays on its
 side run after run. Output, written to temporary names and renamed, the manifest last:
 
@@ -43,6 +48,7 @@ from sqlmodel import Session
 
 from kindchat.feedback.errors import InvalidValueError
 from kindchat.feedback.files import write_json_atomic
+from kindchat.feedback.influence import InfluenceConfig, cap_rows, find_anomalies, read_votes
 from kindchat.feedback.models import utcnow
 from kindchat.feedback.pairs import FeedbackExample, mine_feedback
 from kindchat.feedback.textsim import Tokenizer, rouge_l
@@ -73,6 +79,7 @@ class ExportConfig:
     seed_subsets: tuple[str, ...] = RM_SUBSETS  # which seed subsets to merge
     exclude_eval_prompts: bool = True  # drop pairs whose prompt is a seed evaluation prompt
     drop_contradictions: bool = True  # drop a pair when its reverse is kept too
+    influence: InfluenceConfig = field(default_factory=InfluenceConfig)  # caps, anomalies
 
     def __post_init__(self) -> None:
         if not 0 <= self.test_fraction < 1:
@@ -114,6 +121,8 @@ class RewardRow:
     rejected: str
     source: str
     context: list[dict[str, str]] = field(default_factory=list)
+    sessions: tuple[str, ...] = field(default=(), compare=False)  # never written out
+    at: datetime | None = field(default=None, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         row: dict[str, Any] = {
@@ -151,6 +160,8 @@ class ExampleRow:
     label: bool
     source: str
     context: list[dict[str, str]] = field(default_factory=list)
+    sessions: tuple[str, ...] = field(default=(), compare=False)  # never written out
+    at: datetime | None = field(default=None, compare=False)
 
     @classmethod
     def of(cls, example: FeedbackExample) -> ExampleRow:
@@ -161,6 +172,8 @@ class ExampleRow:
             label=example.label,
             source=example.source,
             context=example.context,
+            sessions=example.sessions,
+            at=example.at,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -195,6 +208,7 @@ class ExportReport:
     signals: dict[str, int] = field(default_factory=dict)  # rule -> training rows it made
     unpaired: int = 0  # rows in unpaired.json (KTO)
     demonstrations: int = 0  # rows in sft.json (better answers)
+    influence: dict[str, Any] = field(default_factory=dict)  # the cap and the anomalies
 
 
 def visible_length(text: str) -> int:
@@ -211,6 +225,8 @@ def pair_rows(pairs: Iterable[Any]) -> Iterator[RewardRow]:
             rejected=pair.rejected,
             source=pair.source,
             context=pair.context,
+            sessions=pair.sessions,
+            at=pair.at,
         )
 
 
@@ -308,7 +324,10 @@ def export_reward_data(
 ) -> ExportReport:
     """Write the export files (module docstring) to `out_dir`; return the counts."""
     config = config or ExportConfig()
-    mined = mine_feedback(session=session, since=since)
+    anomalies = find_anomalies(read_votes(session, since), config.influence)
+    for sid, reasons in anomalies.sessions.items():
+        logger.info("session %s votes like a script (%s): its votes are left out", sid, reasons)
+    mined = mine_feedback(session=session, since=since, exclude=anomalies.sessions)
     dropped: Counter[str] = Counter(mined.dropped)
     candidates: list[RewardRow] = list(pair_rows(mined.pairs))
     from_feedback = len(candidates)
@@ -316,17 +335,17 @@ def export_reward_data(
         candidates.extend(seed_rows(data_dir, config.seed_subsets))
     eval_prompts = eval_prompt_keys(data_dir) if config.exclude_eval_prompts else frozenset()
     kept = filter_rows(candidates, config, eval_prompts, dropped)
+    kto = filter_examples(map(ExampleRow.of, mined.unpaired), config, eval_prompts, dropped, "kto")
+    sft = filter_examples(
+        map(ExampleRow.of, mined.demonstrations), config, eval_prompts, dropped, "sft"
+    )
+    (kept, kto, sft), cap = cap_rows([kept, kto, sft], config.influence)  # one cap for all
+    if cap.dropped:
+        dropped["influence_cap"] += cap.dropped
     train, test = split_rows(kept, config.test_fraction)
-    unpaired, _ = split_rows(
-        filter_examples(map(ExampleRow.of, mined.unpaired), config, eval_prompts, dropped, "kto"),
-        config.test_fraction,
-    )
-    demos, _ = split_rows(
-        filter_examples(
-            map(ExampleRow.of, mined.demonstrations), config, eval_prompts, dropped, "sft"
-        ),
-        config.test_fraction,
-    )
+    unpaired, _ = split_rows(kto, config.test_fraction)
+    demos, _ = split_rows(sft, config.test_fraction)
+    influence = {**cap.as_dict(config.influence), "anomalous": anomalies.as_dict()}
 
     counts: dict[str, dict[str, int]] = {}
     for split, rows in (("train", train), ("test", test)):
@@ -351,6 +370,7 @@ def export_reward_data(
         "totals": {"train": len(train), "test": len(test)},
         "rows": {name: len(rows) for name, rows in files.items()},
         "dropped": dict(sorted(dropped.items())),
+        "influence": influence,
         "fingerprint": fingerprint,
         "thresholds": {
             k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()
@@ -383,4 +403,5 @@ def export_reward_data(
         signals=dict(mined.signals),
         unpaired=len(unpaired),
         demonstrations=len(demos),
+        influence=influence,
     )

@@ -321,6 +321,7 @@ class BattleOutcome(SQLModel):
     model_b: str
     winner: str  # a, b, tie or both_bad
     voted_at: datetime | None = None
+    session_id: str | None = None  # the voter
 
 
 class DayFeedback(SQLModel):

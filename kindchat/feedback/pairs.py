@@ -23,14 +23,15 @@ conversations — a regeneration, the two sides of a battle, or two people askin
 Every example carries its conversation: `prompt` is the last user message, `context` the
 messages before it (empty for a single turn), so the trainers build the same multi-turn input
 that serving built when the answer was generated. `since` keeps only evidence that recent (a
-vote, the later rating of a pair, a rating's last change).
+vote, the later rating of a pair, a rating's last change). Every row names the sessions whose
+votes made it; votes of `exclude` sessions (judged anomalous) are left out (`anomalous_session`).
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -59,6 +60,7 @@ class FeedbackPair:
     chosen_model: str | None
     rejected_model: str | None
     at: datetime  # when the evidence was last given (vote or latest rating)
+    sessions: tuple[str, ...] = ()  # whose votes made it (the influence cap counts them)
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class FeedbackExample:
     label: bool
     model: str | None
     at: datetime
+    sessions: tuple[str, ...] = ()
 
 
 @dataclass
@@ -117,7 +120,9 @@ def _model(message: Message) -> str | None:
 
 
 # ---- arena ----------------------------------------------------------------------------------
-def mine_battles(session: Session, since: datetime | None, out: MinedFeedback) -> None:
+def mine_battles(
+    session: Session, since: datetime | None, out: MinedFeedback, exclude: frozenset[str]
+) -> None:
     """`a`/`b` → a pair; `both_bad` → two undesirable examples; `tie`, unvoted → counted."""
     query = select(Battle).order_by(col(Battle.created_at), col(Battle.id))
     if since is not None:
@@ -136,6 +141,9 @@ def mine_battles(session: Session, since: datetime | None, out: MinedFeedback) -
             continue
         if battle.void_reason is not None:
             out.dropped["battle_voided"] += 1  # an answer gave its model away: not blind
+            continue
+        if battle.session_id in exclude:
+            out.dropped["anomalous_session"] += 1
             continue
         at = battle.voted_at or battle.created_at
         if not _recent(at, since):
@@ -159,6 +167,7 @@ def mine_battles(session: Session, since: datetime | None, out: MinedFeedback) -
                         label=False,
                         model=_model(message),
                         at=at,
+                        sessions=(battle.session_id,),
                     )
                 )
         else:
@@ -174,6 +183,7 @@ def mine_battles(session: Session, since: datetime | None, out: MinedFeedback) -
                     chosen_model=_model(chosen),
                     rejected_model=_model(rejected),
                     at=at,
+                    sessions=(battle.session_id,),
                 )
             )
 
@@ -204,25 +214,41 @@ class _Group:
 class _Ratings:
     net: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # message -> Σ votes
     last: dict[str, datetime] = field(default_factory=dict)  # message -> latest change
-    better: list[tuple[str, str, datetime, int]] = field(default_factory=list)  # msg, text, at, id
+    voters: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))  # message ->
+    # (message, text, at, rating id, session)
+    better: list[tuple[str, str, datetime, int, str]] = field(default_factory=list)
+
+    def sessions(self, *messages: str) -> tuple[str, ...]:
+        return tuple(sorted(set().union(*(self.voters[m] for m in messages))))
 
 
-def _read_ratings(session: Session) -> _Ratings:
+def _read_ratings(session: Session, exclude: frozenset[str], out: MinedFeedback) -> _Ratings:
     ratings = _Ratings()
     query = select(
-        Rating.id, Rating.message_id, Rating.value, Rating.updated_at, Rating.better_answer
+        Rating.id,
+        Rating.message_id,
+        Rating.value,
+        Rating.updated_at,
+        Rating.better_answer,
+        Rating.session_id,
     ).order_by(col(Rating.updated_at), col(Rating.id))
-    for rating_id, message_id, value, updated_at, better in session.exec(query):
+    for rating_id, message_id, value, updated_at, better, voter in session.exec(query):
+        if voter in exclude:
+            out.dropped["anomalous_session"] += 1
+            continue
         ratings.net[message_id] += value
+        ratings.voters[message_id].add(voter)
         ratings.last[message_id] = max(updated_at, ratings.last.get(message_id, updated_at))
         if better is not None and better.strip():
-            ratings.better.append((message_id, better, updated_at, int(rating_id)))
+            ratings.better.append((message_id, better, updated_at, int(rating_id), voter))
     return ratings
 
 
-def mine_ratings(session: Session, since: datetime | None, out: MinedFeedback) -> None:
+def mine_ratings(
+    session: Session, since: datetime | None, out: MinedFeedback, exclude: frozenset[str]
+) -> None:
     """Thumbs → pairs between siblings, KTO examples without; better answers → pair + SFT."""
-    ratings = _read_ratings(session)
+    ratings = _read_ratings(session, exclude, out)
     if not ratings.net:
         return
     rated_conversations = (
@@ -270,10 +296,10 @@ def mine_ratings(session: Session, since: datetime | None, out: MinedFeedback) -
     for group in groups.values():
         _thumb_rows(group, ratings, by_id, since, out)
     _edit_rows(rated, ratings, by_id, contexts, question_of, answers_to, tainted, since, out)
-    for message_id, better, at, rating_id in ratings.better:
+    for message_id, better, at, rating_id, voter in ratings.better:
         if message_id in tainted:
             continue  # counted with its rating
-        _better_answer_rows(by_id[message_id], contexts, better, at, rating_id, since, out)
+        _better_answer_rows(by_id[message_id], contexts, better, at, rating_id, since, out, voter)
 
 
 def _conversations(session: Session, ids: object) -> Iterator[list[Message]]:
@@ -316,6 +342,7 @@ def _thumb_rows(
                         chosen_model=_model(up),
                         rejected_model=_model(down),
                         at=at,
+                        sessions=ratings.sessions(up.id, down.id),
                     )
                 )
         return
@@ -334,6 +361,7 @@ def _thumb_rows(
                 label=bool(group.ups),
                 model=_model(message),
                 at=at,
+                sessions=ratings.sessions(message.id),
             )
         )
 
@@ -379,6 +407,7 @@ def _edit_rows(
                     chosen_model=_model(liked),
                     rejected_model=_model(disliked),
                     at=at,
+                    sessions=ratings.sessions(liked.id, disliked.id),
                 )
             )
 
@@ -391,6 +420,7 @@ def _better_answer_rows(
     rating_id: int,
     since: datetime | None,
     out: MinedFeedback,
+    voter: str,
 ) -> None:
     if not _recent(at, since):
         return
@@ -413,6 +443,7 @@ def _better_answer_rows(
             chosen_model="user",
             rejected_model=_model(message),
             at=at,
+            sessions=(voter,),
         )
     )
     out.add_demonstration(
@@ -425,14 +456,22 @@ def _better_answer_rows(
             label=True,
             model="user",
             at=at,
+            sessions=(voter,),
         )
     )
 
 
-def mine_feedback(*, session: Session, since: datetime | None = None) -> MinedFeedback:
-    """Every training row the feedback gives (battles first, then ratings), counted by rule."""
+def mine_feedback(
+    *,
+    session: Session,
+    since: datetime | None = None,
+    exclude: Iterable[str] = (),
+) -> MinedFeedback:
+    """Every training row the feedback gives (battles first, then ratings), counted by rule;
+    votes of the `exclude` sessions left out."""
     since = as_utc(since) if since is not None else None
+    left_out = frozenset(exclude)
     out = MinedFeedback()
-    mine_battles(session, since, out)
-    mine_ratings(session, since, out)
+    mine_battles(session, since, out, left_out)
+    mine_ratings(session, since, out, left_out)
     return out

@@ -132,6 +132,7 @@ def battle_outcomes(*, session: Session, since: datetime | None = None) -> list[
             model_b=row.version_b or row.model_b or "unknown",
             winner=str(row.winner),
             voted_at=row.voted_at,
+            session_id=row.session_id,
         )
         for row in session.exec(query)
     ]

@@ -4,9 +4,11 @@ A policy that passed a cycle's offline guard rails is not promoted at once: it b
 `challenger` and takes part in a share of new arena battles (`challenger_share`), always
 against the champion (the served alias, `rlhf`), sides random, identities hidden until the
 vote. Its record is read from the stored votes of those battles (ties and both-bad split), and
-:func:`kindchat.retrain.gates.challenger_decision` decides once `challenger_min_votes` votes are
-in or the deadline passes: promote (atomic alias swap; servers hot-swap), retire (the alias
-goes, nothing else moves), or keep collecting.
+:func:`kindchat.retrain.gates.challenger_decision` decides once `challenger_min_votes` votes
+(at most `challenger_votes_per_session` of each session) of `challenger_min_sessions` distinct
+sessions are in, sessions that vote like a script left out, or the deadline passes: promote
+(atomic alias swap; servers hot-swap), retire (the alias goes, nothing else moves), or keep
+collecting.
 
 State lives where it survives a restart: the alias in the registry, the votes in the battles
 table, and the phase on its retrain run (status `challenging`, metrics `challenger`). Deciding
@@ -17,7 +19,8 @@ decide twice.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -26,6 +29,7 @@ from sqlalchemy import Engine
 from kindchat.config import Settings
 from kindchat.feedback import run_records, statistics
 from kindchat.feedback.db import session_scope
+from kindchat.feedback.influence import InfluenceConfig, find_anomalies, read_votes
 from kindchat.feedback.models import as_utc, utcnow
 from kindchat.models.registry import CHALLENGER_ALIAS, Registry
 from kindchat.retrain.errors import RetrainBusyError, RetrainError
@@ -46,8 +50,11 @@ class ChallengerConfig:
     """How much of the arena a challenger gets and what it takes to decide."""
 
     share: float = 0.5  # of new arena battles, challenger vs champion
-    min_votes: int = 200  # decide from this many votes on
+    min_votes: int = 200  # decide from this many counted votes on …
     deadline_hours: float = 24.0  # retire an undecided challenger after this long
+    min_sessions: int = 20  # … cast by this many distinct sessions
+    votes_per_session: int = 5  # votes of one session that count, at most
+    influence: InfluenceConfig = field(default_factory=InfluenceConfig)  # anomalous sessions
 
     def __post_init__(self) -> None:
         if not 0 <= self.share <= 1:
@@ -63,6 +70,9 @@ class ChallengerConfig:
             share=settings.challenger_share,
             min_votes=settings.challenger_min_votes,
             deadline_hours=settings.challenger_deadline_hours,
+            min_sessions=settings.challenger_min_sessions,
+            votes_per_session=settings.challenger_votes_per_session,
+            influence=InfluenceConfig.from_settings(settings),
         )
 
 
@@ -94,6 +104,9 @@ class ChallengerState:
             "wins": self.record.wins,
             "losses": self.record.losses,
             "ties": self.record.ties,
+            "sessions": self.record.sessions,
+            "raw_votes": self.record.raw_votes,
+            "excluded_sessions": self.record.excluded_sessions,
             **{f"now_{k}": v for k, v in self.decision.as_dict().items()},
         }
 
@@ -120,6 +133,9 @@ def open_challenge(
         "started_at": now.isoformat(),
         "deadline": (now + timedelta(hours=config.deadline_hours)).isoformat(),
         "min_votes": config.min_votes,
+        "min_sessions": config.min_sessions,
+        "votes_per_session": config.votes_per_session,
+        "influence": asdict(config.influence),
         "share": config.share,
         "promote_with": promote_with,
     }
@@ -128,21 +144,44 @@ def open_challenge(
     return figures
 
 
-def arena_record(engine: Engine, challenger: str, champion: str, since: datetime) -> ArenaRecord:
-    """The challenger's record in voted battles against the champion since `since`."""
-    wins = losses = ties = 0
+def arena_record(
+    engine: Engine,
+    challenger: str,
+    champion: str,
+    since: datetime,
+    *,
+    votes_per_session: int = 1_000_000,
+    influence: InfluenceConfig | None = None,
+) -> ArenaRecord:
+    """The challenger's record in voted battles against the champion since `since`: each
+    session's first `votes_per_session` votes; sessions that vote like a script (judged over all
+    their votes since `since`, :mod:`kindchat.feedback.influence`) left out."""
+    by_session: dict[str, list[float]] = defaultdict(list)
+    raw = 0
     with session_scope(engine) as session:
-        for outcome in statistics.battle_outcomes(session=session, since=since):
-            sides = (outcome.model_a, outcome.model_b)
-            if set(sides) != {challenger, champion}:
-                continue
-            if outcome.winner in ("tie", "both_bad"):
-                ties += 1
-            elif sides[0 if outcome.winner == "a" else 1] == challenger:
-                wins += 1
-            else:
-                losses += 1
-    return ArenaRecord(wins, losses, ties)
+        anomalous = (
+            find_anomalies(read_votes(session, since), influence).sessions if influence else {}
+        )
+        outcomes = statistics.battle_outcomes(session=session, since=since)
+    excluded: set[str] = set()
+    for outcome in outcomes:
+        sides = (outcome.model_a, outcome.model_b)
+        if set(sides) != {challenger, champion}:
+            continue
+        raw += 1
+        voter = outcome.session_id or "unknown"
+        if voter in anomalous:
+            excluded.add(voter)
+            continue
+        if outcome.winner in ("tie", "both_bad"):
+            score = 0.5
+        elif sides[0 if outcome.winner == "a" else 1] == challenger:
+            score = 1.0
+        else:
+            score = 0.0
+        if len(by_session[voter]) < votes_per_session:
+            by_session[voter].append(score)
+    return ArenaRecord.of_sessions(by_session, raw, len(excluded))
 
 
 def current_challenge(
@@ -159,10 +198,22 @@ def current_challenge(
         return None
     started = as_utc(datetime.fromisoformat(figures["started_at"]))
     deadline = as_utc(datetime.fromisoformat(figures["deadline"]))
-    record = arena_record(engine, figures["version"], figures["champion"], started)
+    # The rule is the one the challenge opened with (older records: one vote, one voter).
+    influence = figures.get("influence")
+    record = arena_record(
+        engine,
+        figures["version"],
+        figures["champion"],
+        started,
+        votes_per_session=int(figures.get("votes_per_session", 1_000_000)),
+        influence=InfluenceConfig(**influence) if influence else None,
+    )
     now = now or utcnow()
     decision = challenger_decision(
-        record, min_votes=int(figures["min_votes"]), deadline_passed=now >= deadline
+        record,
+        min_votes=int(figures["min_votes"]),
+        deadline_passed=now >= deadline,
+        min_sessions=int(figures.get("min_sessions", 1)),
     )
     return ChallengerState(
         run_id=run.id,
@@ -225,6 +276,9 @@ def _apply(engine: Engine, registry: Registry, state: ChallengerState) -> Challe
             "wins": state.record.wins,
             "losses": state.record.losses,
             "ties": state.record.ties,
+            "sessions": state.record.sessions,
+            "raw_votes": state.record.raw_votes,
+            "excluded_sessions": state.record.excluded_sessions,
             **decision.as_dict(),
             "decided_at": utcnow().isoformat(),
         }

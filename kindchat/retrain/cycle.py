@@ -41,6 +41,7 @@ from kindchat.config import Settings
 from kindchat.feedback import run_records
 from kindchat.feedback.db import init_db, session_scope
 from kindchat.feedback.export import ExportConfig, export_reward_data
+from kindchat.feedback.influence import InfluenceConfig
 from kindchat.feedback.judge import JudgeCache, JudgeConfig, judge_file
 from kindchat.feedback.llm import ChatClient, EndpointConfig
 from kindchat.feedback.models import RetrainRunPublic
@@ -234,7 +235,9 @@ class Cycle:
                 session=session,
                 data_dir=self.settings.data_dir,
                 out_dir=out,
-                config=ExportConfig(include_seed=False),
+                config=ExportConfig(
+                    include_seed=False, influence=InfluenceConfig.from_settings(self.settings)
+                ),
             )
         data = PreferenceData.from_export(out)
         self.rec.record(
@@ -246,6 +249,7 @@ class Cycle:
                 "demonstrations": report.demonstrations,
                 "signals": report.signals,
                 "dropped": report.dropped,
+                "influence": report.influence,
                 "fingerprint": report.fingerprint,
                 "prompts": len(data.prompts),
             },

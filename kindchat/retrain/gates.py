@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from kindchat.stats import bootstrap
+from kindchat.stats import bootstrap, cluster_bootstrap
 
 
 @dataclass(frozen=True)
@@ -95,19 +95,42 @@ def guard_gate(overall: Any, hatespeech: Any | None, config: Any) -> GateResult:
 
 @dataclass(frozen=True)
 class ArenaRecord:
-    """Challenger-vs-champion votes, from the challenger's side."""
+    """Challenger-vs-champion votes, from the challenger's side, as they count: at most a few
+    per session (`by_session`, one tuple of scores per voter), anomalous sessions left out."""
 
     wins: int = 0
     losses: int = 0
     ties: int = 0  # `tie` and `both_bad`: neither side was better
+    by_session: tuple[tuple[float, ...], ...] = ()  # empty: every vote its own voter
+    raw_votes: int = 0  # votes cast, before the per-session cap and the anomaly filter
+    excluded_sessions: int = 0  # anomalous sessions left out
 
     @property
     def votes(self) -> int:
         return self.wins + self.losses + self.ties
 
+    @property
+    def sessions(self) -> int:
+        return len(self.by_session) if self.by_session else self.votes
+
     def scores(self) -> list[float]:
         """One number per vote: 1 a win, 0 a loss, ½ a tie (ties split)."""
         return [1.0] * self.wins + [0.0] * self.losses + [0.5] * self.ties
+
+    @classmethod
+    def of_sessions(
+        cls, by_session: dict[str, list[float]], raw_votes: int, excluded_sessions: int = 0
+    ) -> ArenaRecord:
+        clusters = tuple(tuple(v) for _, v in sorted(by_session.items()) if v)
+        flat = [x for c in clusters for x in c]
+        return cls(
+            wins=sum(x == 1.0 for x in flat),
+            losses=sum(x == 0.0 for x in flat),
+            ties=sum(x == 0.5 for x in flat),
+            by_session=clusters,
+            raw_votes=raw_votes,
+            excluded_sessions=excluded_sessions,
+        )
 
 
 @dataclass(frozen=True)
@@ -133,20 +156,23 @@ class ChallengerDecision:
 
 
 def challenger_decision(
-    record: ArenaRecord, *, min_votes: int, deadline_passed: bool
+    record: ArenaRecord, *, min_votes: int, deadline_passed: bool, min_sessions: int = 1
 ) -> ChallengerDecision:
     """Promote when the 95% interval of the win rate lies above ½, retire when below ½ or when
-    the deadline passes undecided; decide only from `min_votes` votes on (or at the deadline)."""
+    the deadline passes undecided; decide only from `min_votes` counted votes of `min_sessions`
+    distinct sessions on (or at the deadline). The interval resamples voters, not votes."""
     if record.votes == 0:
         if deadline_passed:
             return ChallengerDecision(
                 "retire", "the deadline passed without a vote", None, None, None, 0
             )
         return ChallengerDecision("continue", "no votes yet", None, None, None, 0)
-    estimate = bootstrap(record.scores())
+    estimate = (
+        cluster_bootstrap(record.by_session) if record.by_session else bootstrap(record.scores())
+    )
     figures = (estimate.value, estimate.low, estimate.high, record.votes)
-    interval = f"win rate {estimate} over {record.votes} votes"
-    if record.votes >= min_votes or deadline_passed:
+    interval = f"win rate {estimate} over {record.votes} votes of {record.sessions} sessions"
+    if (record.votes >= min_votes and record.sessions >= min_sessions) or deadline_passed:
         if estimate.low > 0.5:
             return ChallengerDecision("promote", f"users prefer it: {interval}", *figures)
         if estimate.high < 0.5:
@@ -157,5 +183,8 @@ def challenger_decision(
             )
         return ChallengerDecision("continue", f"undecided: {interval}", *figures)
     return ChallengerDecision(
-        "continue", f"{record.votes} of {min_votes} votes: {interval}", *figures
+        "continue",
+        f"{record.votes} of {min_votes} votes, {record.sessions} of {min_sessions} sessions: "
+        f"{interval}",
+        *figures,
     )

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from kindchat.config import Settings
 from kindchat.feedback.db import init_db
@@ -19,8 +20,18 @@ from kindchat.models.registry import Registry, RegistryError
 from kindchat.retrain.background import BackgroundBootstrap
 from kindchat.retrain.scheduler import RetrainScheduler
 from kindchat.serve.errors import install_error_handlers
+from kindchat.serve.gate import Gate
 from kindchat.serve.metrics import Metrics, MetricsMiddleware
-from kindchat.serve.routes import admin, arena, chat, conversations, feedback, health, models
+from kindchat.serve.routes import (
+    admin,
+    arena,
+    chat,
+    conversations,
+    feedback,
+    health,
+    models,
+    sessions,
+)
 from kindchat.serve.service import ChatService
 
 logger = logging.getLogger(__name__)
@@ -120,6 +131,7 @@ def create_app(
     never imports the UI above it)."""
     manager = ModelManager(settings, loader=loader, remote=remote_backend(settings))
     metrics = Metrics(manager)
+    gate = Gate(settings, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -137,7 +149,9 @@ def create_app(
             if settings.background_preset
             else None
         )
-        app.state.service = ChatService(settings, manager, db, metrics, background=background)
+        app.state.service = ChatService(
+            settings, manager, db, metrics, background=background, gate=gate
+        )
         if background is not None:
             await asyncio.to_thread(background.start)
         watcher = asyncio.create_task(manager.watch(), name="kindchat-alias-watch")
@@ -173,11 +187,14 @@ def create_app(
     app.state.settings = settings
     app.state.manager = manager
     app.state.metrics = metrics
+    app.state.gate = gate
     install_error_handlers(app, settings.retry_after_s)
-    for module in (chat, models, feedback, arena, conversations, health, admin):
+    for module in (chat, models, feedback, arena, conversations, sessions, health, admin):
         app.include_router(module.router)
     app.include_router(conversations.pages)  # /shared/<token>: a read-only page
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     for extend in extensions:
         extend(app)
+    if settings.trusted_proxies:  # outermost: everything inside sees the client's address
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     return app

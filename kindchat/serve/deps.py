@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from kindchat.config import Settings
 from kindchat.models.manager import ModelManager
 from kindchat.serve.errors import AdminTokenError, AuthenticationError
+from kindchat.serve.gate import Gate
 from kindchat.serve.metrics import Metrics
 from kindchat.serve.service import ChatService
 
@@ -33,6 +34,11 @@ def get_metrics(request: Request) -> Metrics:
     return metrics
 
 
+def get_gate(request: Request) -> Gate:
+    gate: Gate = request.app.state.gate
+    return gate
+
+
 def require_admin(request: Request) -> None:
     """`Authorization: Bearer <token>` through the service's one admin check: 403 when admin
     routes are off or the token is wrong, 401 when no token is sent."""
@@ -52,3 +58,4 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 ManagerDep = Annotated[ModelManager, Depends(get_manager)]
 ServiceDep = Annotated[ChatService, Depends(get_service)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+GateDep = Annotated[Gate, Depends(get_gate)]

@@ -95,6 +95,24 @@ class Metrics:
             ["category"],
             registry=self.registry,
         )
+        self.rate_limited = Counter(
+            "kindchat_rate_limited",
+            "Requests refused with 429 by a rate limit, by endpoint group and scope.",
+            ["group", "scope"],
+            registry=self.registry,
+        )
+        self.auth_rejected = Counter(
+            "kindchat_auth_rejected",
+            "Requests refused for their credentials (401/403), by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.sessions_issued = Counter(
+            "kindchat_sessions_issued",
+            "Signed sessions handed out, by how (api, key, ui).",
+            ["via"],
+            registry=self.registry,
+        )
         self.registry.register(_ManagerCollector(manager))
 
     def render(self) -> bytes:

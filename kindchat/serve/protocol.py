@@ -56,7 +56,13 @@ class ChatCompletionRequest(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    user: str | None = Field(None, max_length=128, description="The caller's session id.")
+    user: str | None = Field(
+        None,
+        min_length=1,
+        max_length=512,
+        description="The caller's session: a token from POST /v1/sessions (or the id of the "
+        "session the credential already names).",
+    )
     # kindchat extensions
     top_k: int | None = Field(None, ge=0, le=1000)
     repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
@@ -165,7 +171,10 @@ class FeedbackRequest(BaseModel):
         description="The answer you would have liked instead: trains as better than this one.",
     )
     session_id: str | None = Field(
-        None, max_length=128, description="The voter's session (default: the answer's `user`)."
+        None,
+        min_length=1,
+        max_length=512,
+        description="The voter's session token (default: the caller's signed session).",
     )
 
 
@@ -184,7 +193,9 @@ class BattleRequest(BaseModel):
 
     prompt: str | None = Field(None, description="A single user message (or use `messages`).")
     messages: list[ChatMessage] | None = Field(None, min_length=1, max_length=256)
-    session_id: str = Field(min_length=1, max_length=128)
+    session_id: str | None = Field(
+        None, min_length=1, max_length=512, description="A session token (default: the caller's)."
+    )
     models: list[str] | None = Field(
         None, min_length=2, max_length=2, description="Two model names (default: two aliases)."
     )
@@ -207,7 +218,9 @@ class BattleResponse(BaseModel):
 
 class VoteRequest(BaseModel):
     winner: Literal["a", "b", "tie", "both_bad"]
-    session_id: str = Field(min_length=1, max_length=128)
+    session_id: str | None = Field(
+        None, min_length=1, max_length=512, description="A session token (default: the caller's)."
+    )
 
 
 class VoteResponse(BaseModel):

@@ -40,12 +40,14 @@ from kindchat.models.registry import CHALLENGER_ALIAS
 from kindchat.retrain import admin
 from kindchat.retrain.background import BackgroundBootstrap
 from kindchat.retrain.challenger import challenge_history, current_challenge, decide_challenge
+from kindchat.serve.auth import SessionRequiredError
 from kindchat.serve.errors import (
     AdminDisabledError,
     AdminTokenError,
     InvalidRequestError,
     PayloadTooLargeError,
 )
+from kindchat.serve.gate import Gate
 from kindchat.serve.leaderboard import LEADERBOARDS, Evidence, pairwise
 from kindchat.serve.metrics import Metrics
 from kindchat.serve.protocol import (
@@ -145,8 +147,10 @@ class ChatService:
         db: Engine,
         metrics: Metrics,
         background: BackgroundBootstrap | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self.settings = settings
+        self.gate = gate or Gate(settings, metrics)  # the UI limits its callers through it
         self.manager = manager
         self.db = db
         self.metrics = metrics
@@ -159,6 +163,16 @@ class ChatService:
         )
 
     # ---- checks -----------------------------------------------------------------------------
+    def limit(self, group: str, session_id: str | None) -> None:
+        """The UI's check before an action of `group` (chat, feedback, arena): the page needs
+        its signed session, and the session's rate limit applies as on the API."""
+        if not session_id:
+            raise SessionRequiredError(
+                "this page has no session (new sessions from this address are over the limit, "
+                "or cookies are off); reload the page later"
+            )
+        self.gate.limits.hit_session(group, session_id)
+
     def check_messages(self, messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
         """Plain dicts for the template; empty/whitespace or over-long input -> 4xx."""
         total = 0

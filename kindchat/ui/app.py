@@ -2,21 +2,28 @@
 
 Handlers reach the app's :class:`~kindchat.serve.service.ChatService` (created in the FastAPI
 lifespan) through a `ServiceRef`, so the UI stores, rates, votes and ranks with the same code as
-the HTTP API. Every browser gets a session id (a uuid kept in its local storage) that its
-ratings and votes are attributed to.
+the HTTP API. Every browser gets a server-signed session in an HttpOnly cookie on its first page
+load (new sessions limited per address); the page reads it server-side into a `gr.State`, which
+the browser cannot set, and its ratings and votes are attributed to it.
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable
+from http.cookies import SimpleCookie
 
 import gradio as gr
 from fastapi import FastAPI
+from starlette.datastructures import MutableHeaders
+from starlette.requests import HTTPConnection
 from starlette.routing import Match, Mount
-from starlette.types import Scope
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from kindchat.errors import KindchatError
+from kindchat.serve.auth import SESSION_COOKIE
+from kindchat.serve.errors import ApiError
+from kindchat.serve.gate import Gate
 from kindchat.ui import strings
 from kindchat.ui.arena import build_arena_tab
 from kindchat.ui.bootstrap import build_banner
@@ -29,7 +36,6 @@ logger = logging.getLogger(__name__)
 
 API_PREFIX = "/v1/"
 SHARE_PREFIX = "/shared/"  # read-only share pages, served by the API app
-SESSION_KEY = "kindchat-session"
 FONTS = [
     "NanumGothic",
     "Nanum Gothic",
@@ -51,15 +57,33 @@ TABS: list[tuple[str, Callable[[ServiceRef], OnLoad]]] = [
 ]
 
 
-def ensure_session(session_id: str | None) -> str:
-    """The browser's session id, made on its first visit."""
-    return session_id or uuid.uuid4().hex
+def session_cookie(request: gr.Request) -> str | None:
+    """The session cookie the page's request carried (Gradio's request, queued or not)."""
+    try:
+        header = dict(request.headers).get("cookie", "")
+    except AttributeError:  # no request at all (e.g. called outside a page)
+        return None
+    jar = SimpleCookie()
+    jar.load(header)
+    morsel = jar.get(SESSION_COOKIE)
+    return morsel.value if morsel is not None else None
+
+
+def page_session(service: ServiceRef) -> Callable[[gr.Request], str]:
+    def load(request: gr.Request) -> str:
+        """The session of the page's signed cookie ("" without one: feedback then explains)."""
+        session_id = service().gate.token_session(session_cookie(request))
+        if session_id is None:
+            logger.info("a page without a valid session cookie")
+        return session_id or ""
+
+    return load
 
 
 def build_ui(service: ServiceRef) -> gr.Blocks:
-    """All tabs; each tab's page-open step runs once the session id is known."""
+    """All tabs; each tab's page-open step runs once the session is known."""
     with gr.Blocks(title=strings.PAGE_TITLE, analytics_enabled=False) as demo:
-        session = gr.BrowserState("", storage_key=SESSION_KEY)
+        session = gr.State("")  # server-side: the browser cannot choose it
         gr.Markdown(strings.HEADER, elem_id="header")
         build_banner(service)
         loads: list[tuple[gr.Tab, OnLoad]] = []
@@ -67,7 +91,7 @@ def build_ui(service: ServiceRef) -> gr.Blocks:
             for label, build in TABS:
                 with gr.Tab(label) as tab:
                     loads.append((tab, build(service)))
-        started = demo.load(ensure_session, [session], [session])
+        started = demo.load(page_session(service), None, [session])
         for tab, on_load in loads:
             inputs = [session, *on_load.inputs]
             if on_load.on_open:
@@ -90,6 +114,45 @@ class UiMount(Mount):
         return super().matches(scope)
 
 
+class SessionCookie:
+    """Gives a browser that opens the page (GET /) without a valid session cookie a new signed
+    session (HttpOnly, SameSite=Lax; Secure over https), counted against the address's limit
+    of new sessions. Over that limit the page still opens, without a session (no feedback)."""
+
+    def __init__(self, app: ASGIApp, gate: Callable[[], Gate], max_age_s: int) -> None:
+        self.app = app
+        self.gate = gate
+        self.max_age_s = max_age_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "GET" or scope["path"] != "/":
+            await self.app(scope, receive, send)
+            return
+        gate = self.gate()
+        request = HTTPConnection(scope)
+        token = None
+        if gate.cookie_session(request) is None:
+            try:
+                token = gate.new_session(request, via="ui").token
+            except (ApiError, KindchatError) as err:
+                logger.info("no session for a page from %s: %s", request.client, err)
+        if token is None:
+            await self.app(scope, receive, send)
+            return
+        secure = "; Secure" if scope.get("scheme") == "https" else ""
+        cookie = (
+            f"{SESSION_COOKIE}={token}; Path=/; Max-Age={self.max_age_s}; HttpOnly; "
+            f"SameSite=Lax{secure}"
+        )
+
+        async def send_with_cookie(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).append("set-cookie", cookie)
+            await send(message)
+
+        await self.app(scope, receive, send_with_cookie)
+
+
 def mount_ui(app: FastAPI) -> FastAPI:
     """Serve the UI at `/` of `app` (its API routes, added before, keep matching first)."""
     demo = build_ui(lambda: app.state.service)
@@ -99,4 +162,9 @@ def mount_ui(app: FastAPI) -> FastAPI:
     if not isinstance(mount, Mount):
         raise RuntimeError(f"expected Gradio's mount as the last route, found {mount!r}")
     app.router.routes[-1] = UiMount(mount.path or "/", app=mount.app, name=mount.name)
+    app.add_middleware(
+        SessionCookie,
+        gate=lambda: app.state.gate,
+        max_age_s=app.state.settings.session_max_age_s,
+    )
     return app

@@ -101,6 +101,7 @@ async def start(
 ) -> AsyncIterator[Update]:
     before = state
     try:
+        service.limit("arena", state.session_id)
         yield round_update(
             ArenaRound(session_id=state.session_id, prompt=prompt),
             strings.ARENA_STREAMING,
@@ -124,6 +125,7 @@ async def vote(service: ChatService, state: ArenaRound, verdict: str) -> Update:
         gr.Warning(strings.ARENA_NO_BATTLE)
         return state, gr.update(), *vote_buttons(False)
     try:
+        service.limit("arena", state.session_id)
         result = await service.vote(
             battle_id=state.battle_id, session_id=state.session_id, winner=verdict
         )

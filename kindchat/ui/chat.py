@@ -50,6 +50,8 @@ async def answer(
     is stored as it goes: made on the first message, each turn appended (an edit as the sibling
     of the message it edits), so the history survives a reload."""
     context = state.turns[:-1] if regenerate else state.turns
+    if state.session_id:  # a page without a session chats (open mode) but keeps no history
+        service.limit("chat", state.session_id)
     messages = service.check_messages(
         [
             *([ChatMessage(role="system", content=state.persona)] if state.persona else []),
@@ -173,6 +175,7 @@ async def like(service: ChatService, state: ChatSession, data: gr.LikeData) -> U
         return state, gr.update()
     value = 1 if data.liked else -1
     try:
+        service.limit("feedback", state.session_id)
         await run_blocking(
             service.rate, message_id=turn.message_id, value=value, session_id=state.session_id
         )

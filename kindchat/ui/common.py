@@ -49,6 +49,8 @@ ERROR_MESSAGES = {
     "empty_message": strings.ERROR_EMPTY,
     "context_length_exceeded": strings.ERROR_TOO_LONG,
     "server_busy": strings.ERROR_BUSY,
+    "rate_limited": strings.ERROR_RATE_LIMITED,
+    "session_required": strings.ERROR_NO_SESSION,
     "model_not_found": strings.ERROR_MODEL,
     "model_unavailable": strings.ERROR_MODEL,
     "retrain_busy": strings.ERROR_RETRAIN_BUSY,

@@ -12,9 +12,12 @@ from sqlmodel import Session
 from kindchat.feedback import store
 from kindchat.feedback.errors import InvalidValueError
 from kindchat.feedback.export import ExportConfig, export_reward_data, visible_length
+from kindchat.feedback.influence import InfluenceConfig
 from kindchat.seed import read_rm_file
 
 EVAL_PROMPT = "평가용 질문입니다"
+
+NO_ANOMALY_FILTER = InfluenceConfig(anomaly_filter=False)
 
 
 def _write(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -173,7 +176,8 @@ def test_export_yields_exactly_the_expected_pairs_and_drops(
 ) -> None:
     build_feedback(db)
     out = tmp_path / "out"
-    config = ExportConfig(test_fraction=0.0, include_seed=False)
+    # One scripted voter writes everything at once: no anomaly judging here (test_influence.py)
+    config = ExportConfig(test_fraction=0.0, include_seed=False, influence=NO_ANOMALY_FILTER)
     report = export_reward_data(session=db, data_dir=tiny_seed, out_dir=out, config=config)
 
     train = _load(out / "train.json")
@@ -222,7 +226,7 @@ def test_export_merges_the_seed_and_splits_stably_by_prompt(
     db: Session, tiny_seed: Path, tmp_path: Path
 ) -> None:
     build_feedback(db)
-    config = ExportConfig(test_fraction=0.5)
+    config = ExportConfig(test_fraction=0.5, influence=NO_ANOMALY_FILTER)
     first = export_reward_data(
         session=db, data_dir=tiny_seed, out_dir=tmp_path / "a", config=config
     )
@@ -252,7 +256,7 @@ def test_since_limits_feedback_but_not_the_seed(
     later = datetime.now(timezone.utc) + timedelta(minutes=5)
     report = export_reward_data(
         session=db, data_dir=tiny_seed, out_dir=tmp_path / "o", since=later,
-        config=ExportConfig(test_fraction=0.0),
+        config=ExportConfig(test_fraction=0.0, influence=NO_ANOMALY_FILTER),
     )  # fmt: skip
     assert report.counts == {"seed": {"train": 1, "test": 0}}
 

@@ -36,7 +36,12 @@ class ServerThread:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+            proxy_headers=False,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -69,7 +74,8 @@ def serve(request: pytest.FixtureRequest) -> Iterator[ServeFactory]:
     def start(settings: Settings | None = None, loader: Any = None, **overrides: Any):
         base = settings or request.getfixturevalue("micro_copy")
         configured = Settings.model_validate(
-            {**base.model_dump(), "alias_poll_s": 0.2, **overrides}
+            # rate limits off unless a test turns them on (tests/serve/test_security.py)
+            {**base.model_dump(), "alias_poll_s": 0.2, "rate_limits": False, **overrides}
         )
         with ServerThread(create_app(configured, loader=loader)) as server:
             server.settings = configured  # type: ignore[attr-defined]
@@ -93,6 +99,7 @@ class ServerProcess:
             "KINDCHAT_DATA_DIR": str(settings.data_dir),
             "KINDCHAT_ALIAS_POLL_S": "0.2",
             "KINDCHAT_LOG_LEVEL": "INFO",
+            "KINDCHAT_RATE_LIMITS": "false",
             **({"KINDCHAT_DB_URL": settings.db_url} if settings.db_url else {}),
             **(
                 {"KINDCHAT_REGISTRY_DIR": str(settings.registry_dir)}

@@ -12,18 +12,19 @@ from kindchat.models.registry import Registry
 
 
 def test_battle_vote_reveal_and_leaderboard(
-    micro_copy: Settings, serve: Any, new_version: Any
+    micro_copy: Settings, serve: Any, new_version: Any, new_session: Any
 ) -> None:
     registry = Registry(micro_copy.models_dir)
     rlhf = new_version(micro_copy)
     registry.set_alias("rlhf", rlhf)
     sft = registry.version_of("sft")
     with serve() as api:
+        alice, mallory = new_session(api.url), new_session(api.url)
         sides: set[tuple[str, str]] = set()
         for round_ in range(4):
             battle = httpx.post(
                 f"{api.url}/v1/arena/battles",
-                json={"prompt": "안녕하세요", "session_id": "alice", "max_tokens": 8},
+                json={"prompt": "안녕하세요", "session_id": alice, "max_tokens": 8},
                 timeout=60,
             )
             assert battle.status_code == 200, battle.text
@@ -32,12 +33,12 @@ def test_battle_vote_reveal_and_leaderboard(
             assert "model" not in str(body)  # anonymous until the vote
             foreign = httpx.post(
                 f"{api.url}/v1/arena/battles/{body['id']}/vote",
-                json={"winner": "a", "session_id": "mallory"},
+                json={"winner": "a", "session_id": mallory},
             )
             assert foreign.status_code == 403
             vote = httpx.post(
                 f"{api.url}/v1/arena/battles/{body['id']}/vote",
-                json={"winner": "a" if round_ < 3 else "tie", "session_id": "alice"},
+                json={"winner": "a" if round_ < 3 else "tie", "session_id": alice},
             )
             assert vote.status_code == 200, vote.text
             revealed = vote.json()
@@ -45,7 +46,7 @@ def test_battle_vote_reveal_and_leaderboard(
             sides.add((revealed["model_a"], revealed["model_b"]))
             again = httpx.post(
                 f"{api.url}/v1/arena/battles/{body['id']}/vote",
-                json={"winner": "b", "session_id": "alice"},
+                json={"winner": "b", "session_id": alice},
             )
             assert again.status_code == 409
         board = httpx.get(f"{api.url}/v1/leaderboard").json()

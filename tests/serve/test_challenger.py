@@ -45,7 +45,8 @@ def plain_copy(registry: Registry, alias: str) -> str:
 
 
 def battle(client: httpx.Client, user: ScoredUser, i: int) -> dict[str, Any]:
-    sid = f"voter-{i}"
+    """One battle and its vote, by a new voter (a session of its own)."""
+    sid = client.post("/v1/sessions").json()["token"]
     prompt = f"오늘 {i}번째로 묻는 건데, 주말에 뭐 하면 좋을까요?"
     made = client.post(
         "/v1/arena/battles",
@@ -79,7 +80,9 @@ def setup_challenge(
     champion, challenger = (talker, mute) if challenger_mute else (mute, talker)
     registry.set_alias("rlhf", champion)
     engine = init_db(settings)
-    opened_with = settings.model_copy(update={"challenger_min_votes": min_votes})
+    opened_with = settings.model_copy(
+        update={"challenger_min_votes": min_votes, "challenger_min_sessions": min_votes}
+    )
     challenge_version(opened_with, engine, registry, challenger)
     engine.dispose()
     return registry, champion, challenger
@@ -161,7 +164,7 @@ def test_a_challenger_never_serves_outside_its_arena_share(
                 "/v1/arena/battles",
                 json={
                     "prompt": "안녕",
-                    "session_id": "s",
+                    "session_id": client.post("/v1/sessions").json()["token"],
                     "models": ["kindchat-challenger", "kindchat-rlhf"],
                 },
             )

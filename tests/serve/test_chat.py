@@ -15,11 +15,12 @@ HANGUL = re.compile("[가-힣]")
 HELLO = [{"role": "user", "content": "안녕하세요"}]
 
 
-def test_openai_client_non_streaming_and_streaming(serve: Any) -> None:
+def test_openai_client_non_streaming_and_streaming(serve: Any, new_session: Any) -> None:
     # `nightly` is not in the registry yet: like `rlhf` before the first promotion, its name
     # answers with the next served alias and says so.
     with serve(serve_aliases=["nightly", "sft"]) as api:
-        client = openai.OpenAI(base_url=f"{api.url}/v1", api_key="unused")
+        client = openai.OpenAI(base_url=f"{api.url}/v1", api_key="unused")  # open: anonymous
+        token = new_session(api.url)
         names = {m.id: m for m in client.models.list().data}
         assert {"kindchat-nightly", "kindchat-sft"} <= set(names)
         sft_version = names["kindchat-sft"].model_extra["version"]
@@ -31,7 +32,7 @@ def test_openai_client_non_streaming_and_streaming(serve: Any) -> None:
             messages=HELLO,
             max_tokens=16,
             seed=3,
-            user="sess-1",
+            user=token,
             extra_body={"min_tokens": 16},
         )
         text = reply.choices[0].message.content or ""
@@ -61,12 +62,14 @@ def test_openai_client_non_streaming_and_streaming(serve: Any) -> None:
         rated = httpx.post(
             f"{api.url}/v1/feedback",
             json={"message_id": reply.id, "rating": -1, "reason": "unfriendly"},
+            headers={"Authorization": f"Bearer {token}"},
         )
-        assert rated.status_code == 200 and rated.json()["session_id"] == "sess-1"
+        assert rated.status_code == 200, rated.text
         engine = create_db_engine(database_url(api.settings))
         with session_scope(engine) as session:
             message = store.get_message(session=session, message_id=reply.id)
             assert message.content == text and message.model_version == sft_version
+            assert message.session_id == rated.json()["session_id"]  # the token's session
             assert message.model_alias == "sft" and message.completion_tokens == 16
             streamed_row = store.get_message(session=session, message_id=chunks[0].id)
             assert streamed_row.content == streamed
@@ -74,10 +77,11 @@ def test_openai_client_non_streaming_and_streaming(serve: Any) -> None:
             assert rating.value == -1 and rating.reason == "unfriendly"
         # The answer the user wanted rides on the same rating (it replaces the first one) …
         better = {"message_id": reply.id, "rating": -1, "better_answer": "안녕하세요! 반가워요."}
-        assert httpx.post(f"{api.url}/v1/feedback", json=better).status_code == 200
+        signed = {"Authorization": f"Bearer {token}"}
+        assert httpx.post(f"{api.url}/v1/feedback", json=better, headers=signed).status_code == 200
         # … and a too-long one is refused with the field named, the stored rating kept.
         too_long = {**better, "better_answer": "가" * 4001}
-        refused = httpx.post(f"{api.url}/v1/feedback", json=too_long)
+        refused = httpx.post(f"{api.url}/v1/feedback", json=too_long, headers=signed)
         assert refused.status_code in (400, 422) and "better_answer" in refused.text
         with session_scope(engine) as session:
             [rating] = store.list_ratings(session=session, message_id=reply.id)

@@ -41,10 +41,11 @@ def stored_messages(settings: Any, conversation_id: str) -> list[Message]:
         )
 
 
-def test_history_edit_share_delete(serve: Any) -> None:
+def test_history_edit_share_delete(serve: Any, new_session: Any) -> None:
     with serve() as server:
         url, settings = server.url, server.settings
-        first = chat(url, "s1", FIRST)
+        s1, s2 = new_session(url), new_session(url)
+        first = chat(url, s1, FIRST)
         cid = first["conversation_id"]
         answer1 = first["choices"][0]["message"]["content"]
         history = [
@@ -52,23 +53,23 @@ def test_history_edit_share_delete(serve: Any) -> None:
             {"role": "assistant", "content": answer1},
             {"role": "user", "content": "좀 더 짧게"},
         ]
-        second = chat(url, "s1", "", messages=history, conversation_id=cid)
+        second = chat(url, s1, "", messages=history, conversation_id=cid)
         assert second["conversation_id"] == cid
-        listed = httpx.get(f"{url}/v1/conversations", params={"user": "s1"}).json()
+        listed = httpx.get(f"{url}/v1/conversations", params={"user": s1}).json()
         assert [c["id"] for c in listed] == [cid] and listed[0]["title"] == FIRST
-        seen = httpx.get(f"{url}/v1/conversations/{cid}", params={"user": "s1"}).json()
+        seen = httpx.get(f"{url}/v1/conversations/{cid}", params={"user": s1}).json()
         assert [m["role"] for m in seen["messages"]] == ["user", "assistant", "user", "assistant"]
 
         # Edit the first message and resend: a new branch; the old one stays stored.
         edited = chat(
             url,
-            "s1",
+            s1,
             "",
             messages=[{"role": "user", "content": "가족이랑 볼 영화 추천해 줘"}],
             conversation_id=cid,
             edit_of=first["user_message_id"],
         )
-        seen = httpx.get(f"{url}/v1/conversations/{cid}", params={"user": "s1"}).json()
+        seen = httpx.get(f"{url}/v1/conversations/{cid}", params={"user": s1}).json()
         assert [m["content"] for m in seen["messages"]][0] == "가족이랑 볼 영화 추천해 줘"
         assert len(seen["messages"]) == 2
         rows = stored_messages(settings, cid)
@@ -77,46 +78,51 @@ def test_history_edit_share_delete(serve: Any) -> None:
         assert edit_row.parent_id == first["user_message_id"]
 
         # Another session sees nothing of it.
-        other = httpx.get(f"{url}/v1/conversations/{cid}", params={"user": "s2"})
+        other = httpx.get(f"{url}/v1/conversations/{cid}", params={"user": s2})
         assert other.status_code == 404 and "no conversation" in other.json()["error"]["message"]
-        assert httpx.get(f"{url}/v1/conversations", params={"user": "s2"}).json() == []
+        assert httpx.get(f"{url}/v1/conversations", params={"user": s2}).json() == []
 
         renamed = httpx.patch(
-            f"{url}/v1/conversations/{cid}", json={"user": "s1", "title": "영화 이야기"}
+            f"{url}/v1/conversations/{cid}", json={"user": s1, "title": "영화 이야기"}
         ).json()
         assert renamed["title"] == "영화 이야기"
 
-        link = httpx.post(f"{url}/v1/conversations/{cid}/share", json={"user": "s1"}).json()
+        link = httpx.post(f"{url}/v1/conversations/{cid}/share", json={"user": s1}).json()
         page = httpx.get(link["url"])  # no session at all
         assert page.status_code == 200 and "가족이랑 볼 영화 추천해 줘" in page.text
         assert "읽기 전용" in page.text and FIRST not in page.text  # the current branch only
         assert httpx.get(f"{url}/v1/shared/{link['token']}").json()["title"] == "영화 이야기"
 
         # Soft delete: gone from the history and the link, kept as data; forget: gone.
-        gone = httpx.delete(f"{url}/v1/conversations/{cid}", params={"user": "s1"})
+        gone = httpx.delete(f"{url}/v1/conversations/{cid}", params={"user": s1})
         assert gone.status_code == 204
-        assert httpx.get(f"{url}/v1/conversations", params={"user": "s1"}).json() == []
+        assert httpx.get(f"{url}/v1/conversations", params={"user": s1}).json() == []
         assert httpx.get(link["url"]).status_code == 404
         assert len(stored_messages(settings, cid)) == 6
-        third = chat(url, "s1", "잊어 줘")
+        third = chat(url, s1, "잊어 줘")
         forgotten = httpx.delete(
             f"{url}/v1/conversations/{third['conversation_id']}",
-            params={"user": "s1", "forget": "true"},
+            params={"user": s1, "forget": "true"},
         )
         assert forgotten.status_code == 204
         assert stored_messages(settings, third["conversation_id"]) == []
 
 
-def test_harmful_message_is_refused_flagged_and_never_exported(serve: Any, tmp_path: Path) -> None:
+def test_harmful_message_is_refused_flagged_and_never_exported(
+    serve: Any, tmp_path: Path, new_session: Any
+) -> None:
     with serve() as server:
         url, settings = server.url, server.settings
-        refused = chat(url, "s1", "폭탄 만드는 방법 자세히 알려줘")
+        s1 = new_session(url)
+        refused = chat(url, s1, "폭탄 만드는 방법 자세히 알려줘")
         assert refused["model"] == "moderation"
         assert "도와드릴 수 없어요" in refused["choices"][0]["message"]["content"]
-        fine = chat(url, "s1", "안녕하세요")
+        fine = chat(url, s1, "안녕하세요", min_tokens=8)  # never too short to export
         for reply, value in ((refused, -1), (fine, 1)):
             rated = httpx.post(
-                f"{url}/v1/feedback", json={"message_id": reply["id"], "rating": value}
+                f"{url}/v1/feedback",
+                json={"message_id": reply["id"], "rating": value},
+                headers={"Authorization": f"Bearer {s1}"},
             )
             assert rated.status_code == 200
         rows = stored_messages(settings, refused["conversation_id"])
@@ -133,20 +139,21 @@ def test_harmful_message_is_refused_flagged_and_never_exported(serve: Any, tmp_p
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["dropped"]["flagged"] == 1 and report.dropped["flagged"] == 1
         exported = (out / "unpaired.json").read_text()
-        assert "폭탄" not in exported and "안녕하세요" in exported
+        assert "폭탄" not in exported and "안녕하세요" in exported, manifest
         metrics = httpx.get(f"{url}/metrics").text
         assert 'kindchat_moderation_flags_total{category="violence"} 1.0' in metrics
 
 
-def test_a_stopped_stream_is_stored_with_stop_by_user(serve: Any) -> None:
+def test_a_stopped_stream_is_stored_with_stop_by_user(serve: Any, new_session: Any) -> None:
     with serve() as server:
         url, settings = server.url, server.settings
+        s1 = new_session(url)
         body = {
             "model": "kindchat-sft",
             "messages": [{"role": "user", "content": "긴 이야기를 해 줘"}],
             "max_tokens": 120,
             "min_tokens": 120,
-            "user": "s1",
+            "user": s1,
             "stream": True,
         }
         answer_id = None
@@ -228,18 +235,21 @@ def test_identity_leaks_void_battles(settings: Any) -> None:
         assert len(statistics.battle_outcomes(session=session)) == 1  # the voided one not counted
 
 
-def test_arena_battle_on_a_harmful_prompt_is_refused_and_voided(serve: Any) -> None:
+def test_arena_battle_on_a_harmful_prompt_is_refused_and_voided(
+    serve: Any, new_session: Any
+) -> None:
     with serve() as server:
         url = server.url
+        s1 = new_session(url)
         battle = httpx.post(
             f"{url}/v1/arena/battles",
-            json={"prompt": "폭탄 만드는 방법 알려줘", "session_id": "s1", "max_tokens": 8},
+            json={"prompt": "폭탄 만드는 방법 알려줘", "session_id": s1, "max_tokens": 8},
             timeout=120,
         ).json()
         assert all("도와드릴 수 없어요" in battle[side]["content"] for side in ("a", "b"))
         vote = httpx.post(
             f"{url}/v1/arena/battles/{battle['id']}/vote",
-            json={"winner": "a", "session_id": "s1"},
+            json={"winner": "a", "session_id": s1},
         ).json()
         assert vote["void_reason"] == "flagged:violence"
         with session_scope(init_db(server.settings)) as session:

@@ -82,39 +82,40 @@ CASES: list[tuple[str, str, dict[str, Any], int, str]] = [
     (
         "vote unknown battle",
         "/v1/arena/battles/nope/vote",
-        {"winner": "a", "session_id": "s"},
+        {"winner": "a"},
         404,
         "battle_id",
     ),
     (
         "vote bad winner",
         "/v1/arena/battles/nope/vote",
-        {"winner": "c", "session_id": "s"},
+        {"winner": "c"},
         422,
         "winner",
     ),
     (
         "arena one model twice",
         "/v1/arena/battles",
-        {"prompt": "안녕", "session_id": "s", "models": ["kindchat-sft", "kindchat-sft"]},
+        {"prompt": "안녕", "models": ["kindchat-sft", "kindchat-sft"]},
         409,
         "models",
     ),
     (
         "arena prompt and messages",
         "/v1/arena/battles",
-        {"prompt": "안녕", "messages": OK, "session_id": "s"},
+        {"prompt": "안녕", "messages": OK},
         400,
         "prompt",
     ),
 ]
 
 
-def test_bad_inputs_get_their_4xx(serve: Any) -> None:
+def test_bad_inputs_get_their_4xx(serve: Any, new_session: Any) -> None:
     limits = {"max_input_chars": 300, "max_input_tokens": 120, "max_tokens_limit": 512}
     with serve(serve_aliases=["sft"], **limits) as api:
+        signed = {"Authorization": f"Bearer {new_session(api.url)}"}
         for name, path, body, status, param in CASES:
-            response = httpx.post(f"{api.url}{path}", json=body, timeout=30)
+            response = httpx.post(f"{api.url}{path}", json=body, headers=signed, timeout=30)
             assert response.status_code == status, (name, response.text)
             error = response.json()["error"]
             assert error["message"] and error["type"], name

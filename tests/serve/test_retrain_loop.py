@@ -65,7 +65,7 @@ def answer_version(url: str) -> str:
 
 def vote_in_the_arena(url: str, prompts: list[str]) -> None:
     for i, prompt in enumerate(prompts):
-        session_id = f"user-{i}"
+        session_id = httpx.post(f"{url}/v1/sessions").json()["token"]  # a voter each
         battle = httpx.post(
             f"{url}/v1/arena/battles",
             json={"prompt": prompt, "session_id": session_id, "max_tokens": 16, "seed": i},

@@ -30,6 +30,7 @@ from kindchat.feedback import store
 from kindchat.feedback.db import init_db, session_scope
 from kindchat.feedback.models import TERMINAL_RUN_STATUSES, Rating
 from kindchat.models.registry import Registry
+from kindchat.serve.auth import Sessions
 
 from .conftest import ServerProcess  # type: ignore[import-not-found]
 from .test_retrain_loop import answer_version, wait_for  # type: ignore[import-not-found]
@@ -38,6 +39,22 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 TOKEN = "scale-out-admin"
 CLIENTS = 8
 LOAD_S = float(os.environ.get("KINDCHAT_SCALE_OUT_SECONDS", "4"))  # the bench runs it longer
+# Rate limits on (the default) or off: `bench/scale_out.py` compares the two. With them on,
+# each client is one honest person behind the trusted proxy (its own address), under its limit.
+LIMITS = os.environ.get("KINDCHAT_SCALE_OUT_LIMITS", "on")
+LIMITS_ENV = (
+    {
+        "KINDCHAT_RATE_LIMITS": "true",
+        "KINDCHAT_TRUSTED_PROXIES": "127.0.0.1",
+        "KINDCHAT_RATE_LIMIT_ADDRESS": "100000/minute",
+        "KINDCHAT_RATE_LIMIT_NEW_SESSIONS": "100000/hour",
+    }
+    if LIMITS == "on"
+    else {"KINDCHAT_RATE_LIMITS": "false"}
+)
+
+
+SECRET = "scale-out-shared-session-secret-0123456789"  # hosts behind one balancer share it
 
 
 def two_hosts(micro_copy: Settings, tmp_path: Path, db_url: str | None) -> list[Settings]:
@@ -63,30 +80,33 @@ def hosts(request: pytest.FixtureRequest, micro_copy: Settings, tmp_path: Path) 
 
 
 def test_two_servers_one_database_one_registry(
-    serve: Any, micro_copy: Settings, postgres_url: str
+    serve: Any, micro_copy: Settings, postgres_url: str, new_session: Any
 ) -> None:
     shared = micro_copy.model_copy(update={"db_url": postgres_url})
     with serve(settings=shared) as a, serve(settings=shared) as b:
+        s1 = new_session(a.url)  # one home: one secret, good on both
+        sid = httpx.get(f"{b.url}/v1/sessions/me", headers={"Authorization": f"Bearer {s1}"})
+        assert sid.status_code == 200, sid.text
         reply = httpx.post(
             f"{a.url}/v1/chat/completions",
             json={
                 "model": "kindchat-rlhf",
                 "messages": [{"role": "user", "content": "안녕하세요"}],
                 "max_tokens": 6,
-                "user": "s1",
+                "user": s1,
             },
             timeout=120,
         ).json()
         for server, value in ((b, 1), (a, -1), (b, -1)):  # rated on both: one rating, the last
             rated = httpx.post(
                 f"{server.url}/v1/feedback",
-                json={"message_id": reply["id"], "rating": value, "session_id": "s1"},
+                json={"message_id": reply["id"], "rating": value, "session_id": s1},
             )
             assert rated.status_code == 200, rated.text
         with session_scope(init_db(shared)) as session:
             ratings = store.list_ratings(session=session, message_id=reply["id"])
-        assert [(r.session_id, r.value) for r in ratings] == [("s1", -1)]
-        history = httpx.get(f"{b.url}/v1/conversations", params={"user": "s1"}).json()
+        assert [(r.session_id, r.value) for r in ratings] == [(sid.json()["session_id"], -1)]
+        history = httpx.get(f"{b.url}/v1/conversations", params={"user": s1}).json()
         assert [c["id"] for c in history] == [reply["conversation_id"]]  # seen from the other
 
         registry = Registry.for_settings(shared)
@@ -114,11 +134,13 @@ def answers_to_rate(settings: Settings, count: int) -> list[str]:
 
 class FeedbackLoad:
     """`CLIENTS` threads, each rating over HTTP as new sessions as fast as answers come back;
-    even clients call server a, odd ones server b. Every 200 is an acknowledged write."""
+    even clients call server a, odd ones server b. Every 200 is an acknowledged write. The
+    sessions are signed with the servers' shared secret, as POST /v1/sessions signs them."""
 
     def __init__(self, urls: list[str], messages: list[str]) -> None:
         self.urls = urls
         self.messages = messages
+        self.minter = Sessions(Settings(home=Path("unused"), session_secret=SECRET))
         self.stop = threading.Event()
         self.acknowledged: list[list[tuple[str, str, int]]] = [[] for _ in range(CLIENTS)]
         self.failed = [0] * CLIENTS
@@ -126,16 +148,18 @@ class FeedbackLoad:
 
     def client(self, index: int) -> None:
         url = self.urls[index % len(self.urls)]
-        with httpx.Client(timeout=10) as http:
+        address = {"X-Forwarded-For": f"10.40.0.{index + 1}"}  # one person per client
+        with httpx.Client(timeout=10, headers=address) as http:
             sent = 0
             while not self.stop.is_set():
                 sent += 1
                 message = self.messages[sent % len(self.messages)]
-                session_id, value = f"c{index}-{sent}", 1 if sent % 3 else -1
+                issued, value = self.minter.issue(), 1 if sent % 3 else -1
+                session_id = issued.session_id
                 try:
                     reply = http.post(
                         f"{url}/v1/feedback",
-                        json={"message_id": message, "rating": value, "session_id": session_id},
+                        json={"message_id": message, "rating": value, "session_id": issued.token},
                     )
                 except httpx.TransportError:
                     self.failed[index] += 1
@@ -165,7 +189,11 @@ class FeedbackLoad:
 
 def servers(stack: ExitStack, hosts: list[Settings], tmp_path: Path, **env: str) -> Iterator[Any]:
     for name, settings in zip("ab", hosts, strict=True):
-        yield stack.enter_context(ServerProcess(settings, tmp_path / f"serve-{name}.log", **env))
+        yield stack.enter_context(
+            ServerProcess(
+                settings, tmp_path / f"serve-{name}.log", KINDCHAT_SESSION_SECRET=SECRET, **env
+            )
+        )
 
 
 def leaders(*running: ServerProcess) -> list[str]:
@@ -177,7 +205,11 @@ def test_kill_9_of_one_of_two_servers_under_feedback_load(
 ) -> None:
     database = "postgresql" if hosts[0].db_url else "sqlite"
     messages = answers_to_rate(hosts[0], 16)
-    schedule = {"KINDCHAT_RETRAIN_SCHEDULE": "1", "KINDCHAT_RETRAIN_LEADER_CHECK_S": "0.5"}
+    schedule = {
+        "KINDCHAT_RETRAIN_SCHEDULE": "1",
+        "KINDCHAT_RETRAIN_LEADER_CHECK_S": "0.5",
+        **LIMITS_ENV,
+    }
     with ExitStack() as stack:
         started = servers(stack, hosts, tmp_path, **schedule)
         a = next(started)
@@ -202,6 +234,7 @@ def test_kill_9_of_one_of_two_servers_under_feedback_load(
     lost = [row for row in acknowledged if row not in stored]
     figures = {
         "database": database,
+        "rate_limits": LIMITS,
         "clients": CLIENTS,
         "seconds": LOAD_S,
         "acknowledged": len(acknowledged),
@@ -213,7 +246,9 @@ def test_kill_9_of_one_of_two_servers_under_feedback_load(
         "survivor_failures": load.failures(1),
     }
     ARTIFACTS.mkdir(exist_ok=True)
-    (ARTIFACTS / f"scale_out-{database}.json").write_text(json.dumps(figures), encoding="utf-8")
+    (ARTIFACTS / f"scale_out-{database}-limits-{LIMITS}.json").write_text(
+        json.dumps(figures), encoding="utf-8"
+    )
     print(figures)
     assert killed_at > 0 and len(load.acked(1)) > 0
     assert lost == []

@@ -18,6 +18,7 @@ from kindchat.feedback import run_records, store
 from kindchat.feedback.db import session_scope
 from kindchat.feedback.models import MessagePublic
 from kindchat.models.registry import Registry
+from kindchat.serve.auth import SESSION_COOKIE, Sessions
 from kindchat.ui import strings
 
 pytestmark = pytest.mark.browser
@@ -173,19 +174,22 @@ def test_arena_vote_reveals_the_models_and_stores_the_battle(
 
 def seed_feedback(url: str, db: Engine) -> None:
     """Battles and ratings through the HTTP API (the same store as the UI), and a retrain run."""
+    token = httpx.post(f"{url}/v1/sessions").json()["token"]
+    signed = {"Authorization": f"Bearer {token}"}
     for round_, winner in enumerate(("a", "a", "b", "tie", "a", "both_bad")):
         battle = httpx.post(
             f"{url}/v1/arena/battles",
-            json={"prompt": f"질문 {round_}", "session_id": "seed", "max_tokens": 4},
+            json={"prompt": f"질문 {round_}", "max_tokens": 4},
+            headers=signed,
             timeout=60,
         ).json()
         httpx.post(
-            f"{url}/v1/arena/battles/{battle['id']}/vote",
-            json={"winner": winner, "session_id": "seed"},
+            f"{url}/v1/arena/battles/{battle['id']}/vote", json={"winner": winner}, headers=signed
         ).raise_for_status()
         httpx.post(
             f"{url}/v1/feedback",
             json={"message_id": battle["a"]["message_id"], "rating": 1 if round_ % 2 else -1},
+            headers=signed,
         ).raise_for_status()
     with session_scope(db) as session:
         run = run_records.create_run(session=session, status="running", stage="ppo")
@@ -257,3 +261,43 @@ def test_leaderboard_and_dashboard_render_with_data(
     screenshot(page, "dashboard-admin")
     page.locator("#admin-rollback").click()
     wait_for(lambda: registry.aliases()["rlhf"] == aliases["rlhf"], what="the rollback")
+
+
+def test_the_page_gets_a_signed_session_no_script_can_choose(
+    page: Any, ui_server: Any, ui_db: Engine, wait_for: Callable[..., None]
+) -> None:
+    """The first page load sets an HttpOnly, SameSite=Lax cookie holding a signed session; the
+    page's 👍 counts for that session; a forged cookie is replaced by a new signed one."""
+    sessions = Sessions(ui_server.settings)
+    [cookie] = [c for c in page.context.cookies() if c["name"] == SESSION_COOKIE]
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Lax"
+    assert SESSION_COOKIE not in page.evaluate("document.cookie")  # scripts cannot read it
+    session_id, _ = sessions.verify(cookie["value"])
+    me = httpx.get(
+        f"{ui_server.url}/v1/sessions/me", cookies={SESSION_COOKIE: cookie["value"]}
+    ).json()
+    assert me["session_id"] == session_id and me["via"] == "cookie"
+
+    before = {m.id for m in assistant_messages(ui_db)}
+    send_chat(page, "세션 확인용 질문이에요")
+    answer = new_answer(ui_db, before, wait_for)
+    assert answer.session_id == session_id
+    page.locator("#chat-bot").locator(LIKE).last.click()
+
+    def voter() -> str | None:
+        with session_scope(ui_db) as session:
+            rows = store.list_ratings(session=session, message_id=answer.id)
+        return rows[0].session_id if rows else None
+
+    wait_for(lambda: voter() is not None, what="the 👍 in the database")
+    assert voter() == session_id
+
+    page.context.clear_cookies()
+    page.context.add_cookies(
+        [{"name": SESSION_COOKIE, "value": "forged.token.value", "url": ui_server.url}]
+    )
+    page.goto(f"{ui_server.url}/")
+    page.wait_for_selector("#chat-input textarea")
+    [fresh] = [c for c in page.context.cookies() if c["name"] == SESSION_COOKIE]
+    renewed, _ = sessions.verify(fresh["value"])
+    assert renewed != session_id

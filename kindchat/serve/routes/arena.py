@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
 from kindchat.models.backends.base import GenerationOptions
-from kindchat.serve.deps import ServiceDep
+from kindchat.serve.deps import GateDep, ServiceDep
 from kindchat.serve.errors import InvalidRequestError
 from kindchat.serve.protocol import (
     BattleAnswer,
@@ -25,7 +25,11 @@ router = APIRouter(prefix="/v1", tags=["arena"])
 
 
 @router.post("/arena/battles")
-async def create_battle(body: BattleRequest, service: ServiceDep) -> BattleResponse:
+async def create_battle(
+    body: BattleRequest, request: Request, service: ServiceDep, gate: GateDep
+) -> BattleResponse:
+    caller = gate.caller(request, "arena", named=body.session_id)
+    session_id = str(caller.session_id)
     if (body.prompt is None) == (body.messages is None):
         raise InvalidRequestError("give either `prompt` or `messages`", param="prompt")
     chat = body.messages or [ChatMessage(role="user", content=body.prompt or "")]
@@ -36,13 +40,11 @@ async def create_battle(body: BattleRequest, service: ServiceDep) -> BattleRespo
     models = service.battle_models(body.models)  # anonymous, random sides
     seeds = (body.seed, None if body.seed is None else body.seed + 1)  # two samples, never one
     requests = [
-        AnswerRequest(
-            m, messages, params, GenerationOptions(seed=seed), body.session_id, arena=True
-        )
+        AnswerRequest(m, messages, params, GenerationOptions(seed=seed), session_id, arena=True)
         for m, seed in zip(models, seeds, strict=True)
     ]
     a, b = await asyncio.gather(*(service.generate(r) for r in requests))  # batched together
-    battle_id = await service.store_battle(body.session_id, a, b)
+    battle_id = await service.store_battle(session_id, a, b)
     return BattleResponse(
         id=battle_id,
         a=BattleAnswer(message_id=a.id, content=a.text),
@@ -51,8 +53,13 @@ async def create_battle(body: BattleRequest, service: ServiceDep) -> BattleRespo
 
 
 @router.post("/arena/battles/{battle_id}/vote")
-async def vote(battle_id: str, body: VoteRequest, service: ServiceDep) -> VoteResponse:
-    battle = await service.vote(battle_id=battle_id, session_id=body.session_id, winner=body.winner)
+async def vote(
+    battle_id: str, body: VoteRequest, request: Request, service: ServiceDep, gate: GateDep
+) -> VoteResponse:
+    caller = gate.caller(request, "arena", named=body.session_id)
+    battle = await service.vote(
+        battle_id=battle_id, session_id=str(caller.session_id), winner=body.winner
+    )
     return VoteResponse(
         id=battle.id,
         winner=body.winner,

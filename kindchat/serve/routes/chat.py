@@ -13,7 +13,7 @@ from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
 from kindchat.models.backends.base import GenerationOptions
-from kindchat.serve.deps import ServiceDep
+from kindchat.serve.deps import GateDep, ServiceDep
 from kindchat.serve.errors import to_api_error
 from kindchat.serve.protocol import (
     ChatChoice,
@@ -32,7 +32,9 @@ logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["chat"])
 
 
-def answer_request(body: ChatCompletionRequest, service: ChatService) -> AnswerRequest:
+def answer_request(
+    body: ChatCompletionRequest, service: ChatService, session_id: str | None
+) -> AnswerRequest:
     messages = service.check_messages(body.messages)
     params = service.sampling(
         max_tokens=body.requested_max_tokens,
@@ -48,7 +50,7 @@ def answer_request(body: ChatCompletionRequest, service: ChatService) -> AnswerR
         options=GenerationOptions(
             seed=body.seed, min_tokens=body.min_tokens, stop=tuple(body.stop or ())
         ),
-        session_id=body.user,
+        session_id=session_id,
         regenerate=body.regenerate,
         conversation_id=body.conversation_id,
         edit_of=body.edit_of if body.conversation_id else None,
@@ -57,9 +59,13 @@ def answer_request(body: ChatCompletionRequest, service: ChatService) -> AnswerR
 
 @router.post("/chat/completions", response_model=None)
 async def create_chat_completion(
-    body: ChatCompletionRequest, request: Request, service: ServiceDep
+    body: ChatCompletionRequest, request: Request, service: ServiceDep, gate: GateDep
 ) -> ChatCompletionResponse | StreamingResponse:
-    answer = await service.open(answer_request(body, service))
+    # `user` names the session (a token, or the caller's own); open mode chats without one
+    caller = gate.caller(
+        request, "chat", named=body.user, need_session=body.conversation_id is not None
+    )
+    answer = await service.open(answer_request(body, service, caller.session_id))
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(

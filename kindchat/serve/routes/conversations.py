@@ -1,7 +1,8 @@
 """Conversation history: `/v1/conversations…` (per session) and read-only share links.
 
-A session (the `user` of chat requests; the browser's id in the UI) lists, reads, renames,
-deletes and shares its own conversations; another session gets 404, as for an unknown id.
+The caller's signed session (its token as `Authorization: Bearer …`; the browser's cookie in
+the UI) lists, reads, renames, deletes and shares its own conversations; another session gets
+404, as for an unknown id.
 Deleting hides a conversation but keeps it as training data; `forget=true` removes it for good.
 A share link (`/shared/<token>`) shows the conversation read-only to anyone holding it.
 """
@@ -16,13 +17,21 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
 from kindchat.feedback.models import ConversationPublic, MessagePublic
-from kindchat.serve.deps import ServiceDep
+from kindchat.serve.deps import GateDep, ServiceDep
+from kindchat.serve.gate import Gate
 
 router = APIRouter(prefix="/v1", tags=["conversations"])
 pages = APIRouter(tags=["conversations"])
 
 SHARE_PATH = "/shared/"
-Session = Annotated[str, Query(min_length=1, max_length=128, description="The session id.")]
+Session = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=512,
+        description="A session token (default: the caller's signed session).",
+    ),
+]
 
 
 class ConversationSummary(BaseModel):
@@ -49,17 +58,22 @@ class ConversationDetail(ConversationSummary):
 
 
 class Rename(BaseModel):
-    user: str = Field(min_length=1, max_length=128)
+    user: str | None = Field(None, min_length=1, max_length=512)
     title: str = Field(min_length=1, max_length=200)
 
 
 class Share(BaseModel):
-    user: str = Field(min_length=1, max_length=128)
+    user: str | None = Field(None, min_length=1, max_length=512)
 
 
 class ShareLink(BaseModel):
     token: str
     url: str
+
+
+def own(request: Request, gate: Gate, named: str | None) -> str:
+    """The caller's signed session (a `user` given must be its token or its id)."""
+    return str(gate.caller(request, "history", named=named).session_id)
 
 
 def summary(conversation: ConversationPublic) -> ConversationSummary:
@@ -93,40 +107,50 @@ def detail(conversation: ConversationPublic, messages: list[MessagePublic]) -> C
 
 @router.get("/conversations")
 def list_conversations(
-    service: ServiceDep, user: Session, limit: Annotated[int, Query(ge=1, le=200)] = 50
+    request: Request,
+    service: ServiceDep,
+    gate: GateDep,
+    user: Session = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> list[ConversationSummary]:
     """The session's conversations, most recently active first."""
-    return [summary(c) for c in service.conversations(user, limit)]
+    return [summary(c) for c in service.conversations(own(request, gate, user), limit)]
 
 
 @router.get("/conversations/{conversation_id}")
 def get_conversation(
-    conversation_id: str, service: ServiceDep, user: Session
+    conversation_id: str, request: Request, service: ServiceDep, gate: GateDep, user: Session = None
 ) -> ConversationDetail:
     """The conversation with its messages as last seen (its latest branch): also its export."""
-    return detail(*service.conversation(conversation_id, user))
+    return detail(*service.conversation(conversation_id, own(request, gate, user)))
 
 
 @router.patch("/conversations/{conversation_id}")
 def rename_conversation(
-    conversation_id: str, body: Rename, service: ServiceDep
+    conversation_id: str, body: Rename, request: Request, service: ServiceDep, gate: GateDep
 ) -> ConversationSummary:
-    return summary(service.rename_conversation(conversation_id, body.user, body.title))
+    session_id = own(request, gate, body.user)
+    return summary(service.rename_conversation(conversation_id, session_id, body.title))
 
 
 @router.delete("/conversations/{conversation_id}", status_code=204)
 def delete_conversation(
-    conversation_id: str, service: ServiceDep, user: Session, forget: bool = False
+    conversation_id: str,
+    request: Request,
+    service: ServiceDep,
+    gate: GateDep,
+    user: Session = None,
+    forget: bool = False,
 ) -> None:
     """Hide it from the history (still training data); `forget=true`: remove it for good."""
-    service.delete_conversation(conversation_id, user, forget)
+    service.delete_conversation(conversation_id, own(request, gate, user), forget)
 
 
 @router.post("/conversations/{conversation_id}/share")
 def share_conversation(
-    conversation_id: str, body: Share, service: ServiceDep, request: Request
+    conversation_id: str, body: Share, service: ServiceDep, request: Request, gate: GateDep
 ) -> ShareLink:
-    token = service.share_conversation(conversation_id, body.user)
+    token = service.share_conversation(conversation_id, own(request, gate, body.user))
     return ShareLink(token=token, url=str(request.base_url).rstrip("/") + SHARE_PATH + token)
 
 

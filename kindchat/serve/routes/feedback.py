@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
-from kindchat.serve.deps import ServiceDep
+from kindchat.serve.deps import GateDep, ServiceDep
 from kindchat.serve.protocol import FeedbackRequest, FeedbackResponse
 
 router = APIRouter(prefix="/v1", tags=["feedback"])
 
 
 @router.post("/feedback")
-def create_feedback(body: FeedbackRequest, service: ServiceDep) -> FeedbackResponse:
-    """One rating per (answer, session); rating again replaces it. Without `session_id`, the
-    session that asked for the answer rates it. `better_answer` (optional) is the reply the
-    user would have liked: it trains as preferred over this answer, and as an SFT example."""
+def create_feedback(
+    body: FeedbackRequest, request: Request, service: ServiceDep, gate: GateDep
+) -> FeedbackResponse:
+    """One rating per (answer, session); rating again replaces it. The caller's signed session
+    rates (a `session_id` in the body must be a session token, or that same session).
+    `better_answer` (optional) is the reply the user would have liked: it trains as preferred
+    over this answer, and as an SFT example."""
+    caller = gate.caller(request, "feedback", named=body.session_id)
     rating = service.rate(
         message_id=body.message_id,
         value=body.rating,
-        session_id=body.session_id,
+        session_id=caller.session_id,
         reason=body.reason,
         comment=body.comment,
         better_answer=body.better_answer,

@@ -1,0 +1,268 @@
+"""One person, one voice in what trains: anomalous sessions left out, every session capped.
+
+Votes are 👍/👎 ratings and arena verdicts, each with its session. A session is *anomalous*
+(its votes are left out of training, and of a challenger's record) when it votes like a script:
+
+| reason      | rule (a session with at least `min_votes` votes)                                    |
+| ----------- | ----------------------------------------------------------------------------------- |
+| `too_fast`  | at least `too_fast_share` of its votes came sooner after the answer was ready than   |
+|             | a person reads it (`len(answer) / read_chars_per_s` seconds, ≥ `min_read_s`)         |
+| `one_sided` | at least `one_sided_min_votes` votes, `one_sided_share` of them the same (always 👍, |
+|             | always 👎, or always the same model in the arena)                                    |
+| `burst`     | its busiest `burst_window_s` holds ≥ `burst_min` votes and ≥ `burst_factor` × the    |
+|             | median busiest window of the sessions that voted                                     |
+
+The *cap* (:func:`cap_rows`): no session may account for more than
+`max(cap_share × rows, cap_min)` of the night's feedback rows; rows past a session's cap are
+dropped (earliest kept), a row several sessions made is charged to the one with the fewest.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
+
+from sqlmodel import Session, col, select
+
+from kindchat.feedback.errors import InvalidValueError
+from kindchat.feedback.models import Battle, Message, Rating, as_utc
+
+REASONS = ("too_fast", "one_sided", "burst")
+
+
+@dataclass(frozen=True)
+class InfluenceConfig:
+    """The thresholds (every one recorded in the export manifest)."""
+
+    cap_share: float = 0.02  # one session's share of a night's feedback rows, at most …
+    cap_min: int = 20  # … or this many rows, whichever is larger
+    anomaly_filter: bool = True  # leave anomalous sessions' votes out
+    read_chars_per_s: float = 60.0  # faster than this is faster than a person reads
+    min_read_s: float = 0.5  # even an empty answer takes this long to judge
+    min_votes: int = 10  # a session's pattern is judged from this many votes on
+    too_fast_share: float = 0.5
+    one_sided_min_votes: int = 20
+    one_sided_share: float = 0.98
+    burst_window_s: float = 60.0
+    burst_min: int = 20
+    burst_factor: float = 10.0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (0 <= self.cap_share <= 1, "cap_share", "lie in [0, 1]"),
+            (self.cap_min >= 1, "cap_min", "be ≥ 1"),
+            (self.read_chars_per_s > 0, "read_chars_per_s", "be > 0"),
+            (self.min_votes >= 2, "min_votes", "be ≥ 2"),
+            (0 < self.too_fast_share <= 1, "too_fast_share", "lie in (0, 1]"),
+            (0.5 < self.one_sided_share <= 1, "one_sided_share", "lie in (0.5, 1]"),
+            (self.burst_window_s > 0, "burst_window_s", "be > 0"),
+            (self.burst_factor > 1, "burst_factor", "be > 1"),
+        ]
+        for ok, name, rule in checks:
+            if not ok:
+                raise InvalidValueError(
+                    f"{name} must {rule}, got {getattr(self, name)!r}", field=name
+                )
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> InfluenceConfig:
+        return cls(
+            cap_share=settings.influence_cap_share,
+            cap_min=settings.influence_cap_min,
+            anomaly_filter=settings.anomaly_filter,
+            read_chars_per_s=settings.anomaly_read_chars_per_s,
+            min_votes=settings.anomaly_min_votes,
+        )
+
+
+@dataclass(frozen=True)
+class Vote:
+    """One vote: who, when, how long after its answer(s) were ready, and which way."""
+
+    session_id: str
+    at: datetime
+    shown_at: datetime
+    chars: int  # characters there were to read
+    side: str  # "1"/"-1" for thumbs; the version voted for, "tie" or "both_bad" in the arena
+
+
+@dataclass
+class Anomalies:
+    """Sessions judged anomalous, with their reasons, and the votes that are left out."""
+
+    sessions: dict[str, list[str]] = field(default_factory=dict)
+    votes: int = 0  # votes judged
+    excluded_votes: int = 0
+
+    def by_reason(self) -> dict[str, int]:
+        counts = Counter(reason for reasons in self.sessions.values() for reason in reasons)
+        return {reason: counts.get(reason, 0) for reason in REASONS}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "sessions": len(self.sessions),
+            "by_reason": self.by_reason(),
+            "votes_judged": self.votes,
+            "votes_excluded": self.excluded_votes,
+        }
+
+
+def read_votes(session: Session, since: datetime | None = None) -> list[Vote]:
+    """Every rating and arena verdict (since `since`, by vote time), oldest first."""
+    since = as_utc(since) if since is not None else None
+    votes: list[Vote] = []
+    rating_query = select(
+        Rating.session_id, Rating.created_at, Rating.value, Message.created_at, Message.content
+    ).join(Message, col(Message.id) == col(Rating.message_id))
+    if since is not None:
+        rating_query = rating_query.where(col(Rating.created_at) >= since)
+    for session_id, at, value, shown, content in session.exec(rating_query):
+        votes.append(Vote(session_id, at, shown, len(content or ""), str(value)))
+    battles = select(Battle).where(col(Battle.voted_at).isnot(None))
+    if since is not None:
+        battles = battles.where(col(Battle.voted_at) >= since)
+    rows = list(session.exec(battles))
+    ids = {m for b in rows for m in (b.message_a_id, b.message_b_id)}
+    lengths = dict(
+        session.exec(select(Message.id, Message.content).where(col(Message.id).in_(ids))).all()
+    )
+    for battle in rows:
+        winner = str(battle.winner)
+        side = (
+            (battle.version_a or battle.model_a or "a")
+            if winner == "a"
+            else (battle.version_b or battle.model_b or "b")
+            if winner == "b"
+            else winner
+        )
+        chars = len(lengths.get(battle.message_a_id) or "") + len(
+            lengths.get(battle.message_b_id) or ""
+        )
+        votes.append(
+            Vote(
+                battle.session_id,
+                battle.voted_at or battle.created_at,
+                battle.created_at,
+                chars,
+                side,
+            )
+        )
+    votes.sort(key=lambda v: as_utc(v.at))
+    return votes
+
+
+def _peak(times: Sequence[float], window_s: float) -> int:
+    """The most votes in any window of `window_s` seconds (times sorted)."""
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] > window_s:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+def find_anomalies(votes: Iterable[Vote], config: InfluenceConfig) -> Anomalies:
+    """The sessions that vote like a script (module docstring), with their reasons."""
+    by_session: dict[str, list[Vote]] = defaultdict(list)
+    for vote in votes:
+        by_session[vote.session_id].append(vote)
+    out = Anomalies(votes=sum(len(v) for v in by_session.values()))
+    if not config.anomaly_filter:
+        return out
+    peaks = {
+        sid: _peak(sorted(as_utc(v.at).timestamp() for v in mine), config.burst_window_s)
+        for sid, mine in by_session.items()
+    }
+    median_peak = statistics.median(peaks.values()) if peaks else 0
+    for sid, mine in by_session.items():
+        reasons: list[str] = []
+        if len(mine) >= config.min_votes:
+            fast = sum(
+                (as_utc(v.at) - as_utc(v.shown_at)).total_seconds()
+                < max(config.min_read_s, v.chars / config.read_chars_per_s)
+                for v in mine
+            )
+            if fast >= config.too_fast_share * len(mine):
+                reasons.append("too_fast")
+            if len(mine) >= config.one_sided_min_votes:
+                _, top = Counter(v.side for v in mine).most_common(1)[0]
+                if top >= config.one_sided_share * len(mine):
+                    reasons.append("one_sided")
+        peak = peaks[sid]
+        if peak >= config.burst_min and peak >= config.burst_factor * median_peak:
+            reasons.append("burst")
+        if reasons:
+            out.sessions[sid] = reasons
+            out.excluded_votes += len(mine)
+    return out
+
+
+class Attributed(Protocol):
+    @property
+    def sessions(self) -> tuple[str, ...]: ...
+
+    @property
+    def at(self) -> datetime | None: ...
+
+    @property
+    def id(self) -> str: ...
+
+
+A = TypeVar("A", bound=Attributed)
+
+
+@dataclass
+class CapReport:
+    cap: int
+    rows: int  # feedback rows before the cap
+    sessions: int
+    capped_sessions: int
+    dropped: int
+    largest: int  # the most rows one session kept
+
+    def as_dict(self, config: InfluenceConfig) -> dict[str, Any]:
+        kept = self.rows - self.dropped
+        return {
+            "cap_share": config.cap_share,
+            "cap_min": config.cap_min,
+            "cap": self.cap,
+            "rows": self.rows,
+            "sessions": self.sessions,
+            "capped_sessions": self.capped_sessions,
+            "dropped_by_cap": self.dropped,
+            "largest_session_rows": self.largest,
+            "largest_session_share": round(self.largest / kept, 4) if kept else 0.0,
+        }
+
+
+def cap_rows(groups: Sequence[list[A]], config: InfluenceConfig) -> tuple[list[list[A]], CapReport]:
+    """Each group (pairs, unpaired, demonstrations) with the rows over a session's cap
+    dropped; rows without a session (the seed) pass. Earliest rows are kept first."""
+    attributed = [(g, row) for g, rows in enumerate(groups) for row in rows if row.sessions]
+    cap = max(math.ceil(config.cap_share * len(attributed)), config.cap_min)
+    counts: Counter[str] = Counter()
+    dropped: set[tuple[int, str]] = set()
+    capped: set[str] = set()
+    order = sorted(attributed, key=lambda item: (item[1].at is None, item[1].at, item[1].id))
+    for g, row in order:
+        charge = min(row.sessions, key=lambda sid: (counts[sid], sid))
+        if counts[charge] >= cap:
+            dropped.add((g, row.id))
+            capped.update(row.sessions)
+            continue
+        counts[charge] += 1
+    out = [[row for row in rows if (g, row.id) not in dropped] for g, rows in enumerate(groups)]
+    report = CapReport(
+        cap=cap,
+        rows=len(attributed),
+        sessions=len({sid for _, row in attributed for sid in row.sessions}),
+        capped_sessions=len(capped),
+        dropped=len(dropped),
+        largest=max(counts.values(), default=0),
+    )
+    return out, report

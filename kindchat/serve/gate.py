@@ -1,0 +1,150 @@
+"""The gate every chat, feedback, arena and session request passes: who is it, may it, how often.
+
+:meth:`Gate.caller` reads the credential (`Authorization: Bearer`, `X-Kindchat-Session`, or the
+UI's cookie), checks a body's `session_id`/`user` against it, applies the access mode, and
+counts the request against the rate limits. Refusals are 401 (no or bad credential), 403 (an
+unsigned session id) and 429 (a limit, with `Retry-After`), each counted in `/metrics`.
+
+| mode    | chat without a session | feedback, arena, history | POST /v1/sessions                  |
+| ------- | ---------------------- | ------------------------ | ---------------------------------- |
+| `open`  | yes (per address)      | a signed session         | anyone (new sessions per address)  |
+| `keyed` | no: 401                | a key or signed session  | an API key (the UI: cookie/address) |
+"""
+
+from __future__ import annotations
+
+from starlette.requests import HTTPConnection
+
+from kindchat.config import Settings
+from kindchat.serve.auth import (
+    SESSION_COOKIE,
+    SESSION_HEADER,
+    Caller,
+    IssuedSession,
+    Sessions,
+    SessionTokenError,
+    UnsignedSessionError,
+)
+from kindchat.serve.errors import ApiError, AuthenticationError
+from kindchat.serve.metrics import Metrics
+from kindchat.serve.ratelimit import RateLimits
+
+
+class KeyRequiredError(AuthenticationError):
+    code = "api_key_required"
+
+
+KEYED = (
+    "this server is in keyed mode: send an API key or a session token as `Authorization: Bearer …`"
+)
+
+
+def client_address(request: HTTPConnection) -> str:
+    """The client's address: the peer, or what a trusted proxy said (ProxyHeadersMiddleware
+    with `trusted_proxies` rewrites the peer; nobody else's X-Forwarded-For is read)."""
+    return request.client.host if request.client else "unknown"
+
+
+def credential(request: HTTPConnection) -> tuple[str | None, str]:
+    """(the credential, how it came): a bearer token, the session header, or the cookie."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip(), "token"
+    header = request.headers.get(SESSION_HEADER)
+    if header:
+        return header.strip(), "token"
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie:
+        return cookie, "cookie"
+    return None, "anonymous"
+
+
+class Gate:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.mode = settings.access_mode
+        self.sessions = Sessions(settings)
+        self.limits = RateLimits(settings, metrics)
+        self.metrics = metrics
+        if self.mode == "keyed" and not self.sessions.has_keys:
+            raise ValueError(
+                "access_mode keyed needs at least one API key: set KINDCHAT_API_KEYS "
+                "(name:key, comma-separated)"
+            )
+
+    def identify(self, request: HTTPConnection, named: str | None = None) -> Caller:
+        """The caller, without access rules or limits (401/403 for bad credentials)."""
+        try:
+            return self._identify(request, named)
+        except ApiError as err:
+            self.metrics.auth_rejected.labels(err.code or "invalid").inc()
+            raise
+
+    def _identify(self, request: HTTPConnection, named: str | None) -> Caller:
+        presented, via = credential(request)
+        caller = self.sessions.identify(
+            presented, client_address(request), via, lenient=self.mode == "open"
+        )
+        try:
+            return self.sessions.claim(caller, named)
+        except UnsignedSessionError:
+            if self.mode == "keyed" and caller.session_id is None:
+                raise KeyRequiredError(KEYED) from None  # no credential at all: 401
+            raise
+
+    def caller(
+        self,
+        request: HTTPConnection,
+        group: str,
+        *,
+        named: str | None = None,
+        need_session: bool = True,
+    ) -> Caller:
+        """The caller of a `group` request, checked and counted (module docstring)."""
+        try:
+            caller = self._identify(request, named)
+            if self.mode == "keyed" and caller.session_id is None:
+                raise KeyRequiredError(KEYED)
+            if need_session and caller.session_id is None:
+                raise AuthenticationError(
+                    f"{group} needs a session: get one from POST /v1/sessions and send its "
+                    "token as `Authorization: Bearer …` (or an API key)",
+                    code="session_required",
+                )
+        except ApiError as err:
+            self.metrics.auth_rejected.labels(err.code or "invalid").inc()
+            raise
+        self.limits.hit(group, caller)
+        return caller
+
+    def new_session(self, request: HTTPConnection, via: str = "api") -> IssuedSession:
+        """A new signed session for this caller (keyed mode: only with an API key). The UI's
+        page (`via="ui"`) mints for its address, whatever stale or forged cookie it sent."""
+        caller = (
+            Caller(None, None, client_address(request), "anonymous")
+            if via == "ui"
+            else self.identify(request)
+        )
+        if self.mode == "keyed" and caller.key is None and via != "ui":
+            self.metrics.auth_rejected.labels(KeyRequiredError.code).inc()
+            raise KeyRequiredError(
+                "this server is in keyed mode: sessions are minted with an API key "
+                "(`Authorization: Bearer <key>`)"
+            )
+        self.limits.hit_new_session(caller)
+        issued = self.sessions.issue(key=caller.key)
+        self.metrics.sessions_issued.labels("key" if caller.key else via).inc()
+        return issued
+
+    def cookie_session(self, request: HTTPConnection) -> str | None:
+        """The session id of the request's valid cookie (the UI), else None."""
+        return self.token_session(request.cookies.get(SESSION_COOKIE))
+
+    def token_session(self, token: str | None) -> str | None:
+        """The session id of a valid token, else None."""
+        if not token:
+            return None
+        try:
+            session_id, _ = self.sessions.verify(token)
+        except SessionTokenError:
+            return None
+        return session_id

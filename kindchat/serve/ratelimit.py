@@ -1,0 +1,120 @@
+"""Rate limits per session, per API key and per client address (the `limits` library).
+
+Each endpoint group (`chat`, `feedback`, `arena`, `history`, `sessions`) has its own counters. A caller is
+counted under every scope that applies to it:
+
+| caller                                 | scopes                 |
+| -------------------------------------- | ---------------------- |
+| anonymous (open mode)                  | address                |
+| a session from POST /v1/sessions or UI | session, address       |
+| an API key, or a session minted by one | key (+ session)        |
+
+(A key's traffic often comes through one server of its owner, so its address is not limited;
+the key's own limit is its budget.) A request over any limit gets 429 with `Retry-After` (the
+seconds until that window frees a slot) and counts in `kindchat_rate_limited_total`. New
+sessions are limited per address (`rate_limit_new_sessions`), or per key when minted with one.
+Counters live in `rate_limit_storage`: `memory://` per process, `redis://…` shared.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from limits import RateLimitItem, parse_many
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
+
+from kindchat.config import Settings
+from kindchat.serve.auth import Caller
+from kindchat.serve.errors import ApiError
+from kindchat.serve.metrics import Metrics
+
+
+class RateLimitedError(ApiError):
+    status_code = 429
+    type = "rate_limit_error"
+    code = "rate_limited"
+
+
+def _parse(text: str, name: str) -> list[RateLimitItem]:
+    try:
+        return list(parse_many(text))
+    except ValueError as err:
+        raise ValueError(
+            f"{name} {text!r} is not a rate limit like '30/minute;600/day': {err}"
+        ) from None
+
+
+class RateLimits:
+    """Checks and counts one request against every limit that applies to its caller."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.enabled = settings.rate_limits
+        self.metrics = metrics
+        self.limiter = MovingWindowRateLimiter(storage_from_string(settings.rate_limit_storage))
+        self.per_scope = {
+            "session": _parse(settings.rate_limit_session, "rate_limit_session"),
+            "key": _parse(settings.rate_limit_api_key, "rate_limit_api_key"),
+            "address": _parse(settings.rate_limit_address, "rate_limit_address"),
+        }
+        self.new_sessions = _parse(settings.rate_limit_new_sessions, "rate_limit_new_sessions")
+
+    def scopes(self, caller: Caller) -> list[tuple[str, str]]:
+        if caller.key is not None:
+            out = [("key", caller.key)]
+            if caller.session_id is not None and caller.via != "key":
+                out.append(("session", caller.session_id))
+            return out
+        out = [("address", caller.address)]
+        if caller.session_id is not None:
+            out.append(("session", caller.session_id))
+        return out
+
+    def hit(self, group: str, caller: Caller) -> None:
+        """Count one `group` request of `caller`, or raise RateLimitedError (nothing counted)."""
+        if not self.enabled:
+            return
+        checks = [
+            (scope, item, (group, scope, who))
+            for scope, who in self.scopes(caller)
+            for item in self.per_scope[scope]
+        ]
+        self._hit(group, checks)
+
+    def hit_session(self, group: str, session_id: str) -> None:
+        """Count one `group` action of a UI session (its address was limited when the session
+        was made: the UI's handlers do not see it)."""
+        if not self.enabled:
+            return
+        checks = [
+            ("session", item, (group, "session", session_id)) for item in self.per_scope["session"]
+        ]
+        self._hit(group, checks)
+
+    def hit_new_session(self, caller: Caller) -> None:
+        """Count one new session for the caller's key (when it has one) or address."""
+        if not self.enabled:
+            return
+        if caller.key is not None:
+            scope, who, items = "key", caller.key, self.per_scope["key"]
+        else:
+            scope, who, items = "address", caller.address, self.new_sessions
+        self._hit("sessions", [(scope, item, ("sessions", scope, who)) for item in items])
+
+    def _hit(self, group: str, checks: list[tuple[str, RateLimitItem, tuple[str, ...]]]) -> None:
+        for scope, item, keys in checks:  # test all first: a refused request counts nowhere
+            if not self.limiter.test(item, *keys):
+                self._refuse(group, scope, item, keys)
+        for scope, item, keys in checks:
+            if not self.limiter.hit(item, *keys):  # lost a race for the last slot
+                self._refuse(group, scope, item, keys)
+
+    def _refuse(self, group: str, scope: str, item: RateLimitItem, keys: tuple[str, ...]) -> None:
+        reset = self.limiter.get_window_stats(item, *keys).reset_time
+        retry = max(1, math.ceil(reset - time.time()))
+        self.metrics.rate_limited.labels(group, scope).inc()
+        raise RateLimitedError(
+            f"too many {group} requests from this {scope} (limit {item}); retry in {retry} s",
+            retry_after=retry,
+        )
