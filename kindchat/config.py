@@ -160,6 +160,15 @@ class Settings(BaseSettings):
     challenger_votes_per_session: int = Field(
         5, ge=1, description="Votes of one session that count in a challenger's record, at most."
     )
+    challenger_min_origins: int = Field(
+        10,
+        ge=1,
+        description="Distinct origins (client addresses; each API key's session its own) needed "
+        "before a challenger is decided.",
+    )
+    challenger_votes_per_origin: int = Field(
+        20, ge=1, description="Votes of one origin (all its sessions) that count, at most."
+    )
 
     # Who may speak (kindchat.serve.auth) and how often (kindchat.serve.ratelimit).
     access_mode: str = Field(
@@ -213,6 +222,15 @@ class Settings(BaseSettings):
         0.02, ge=0, le=1, description="One session's share of a night's feedback rows, at most…"
     )
     influence_cap_min: int = Field(20, ge=1, description="…or this many rows if that is more.")
+    influence_origin_cap_share: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="All sessions minted for one client address together, at most this share…",
+    )
+    influence_origin_cap_min: int = Field(
+        100, ge=1, description="…or this many rows if that is more."
+    )
     anomaly_filter: bool = Field(
         True, description="Leave out votes of sessions that vote like a script (manifest counts)."
     )

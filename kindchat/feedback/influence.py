@@ -13,8 +13,12 @@ Votes are 👍/👎 ratings and arena verdicts, each with its session. A session
 |             | median busiest window of the sessions that voted                                     |
 
 The *cap* (:func:`cap_rows`): no session may account for more than
-`max(cap_share × rows, cap_min)` of the night's feedback rows; rows past a session's cap are
-dropped (earliest kept), a row several sessions made is charged to the one with the fewest.
+`max(cap_share × rows, cap_min)` of the night's feedback rows, and no *origin* (all sessions
+minted for one client address: :func:`origin_of`) more than
+`max(origin_cap_share × rows, origin_cap_min)`. A row is charged to every session and origin
+whose votes made it, and kept only while all of them have room (earliest rows first).
+
+A vote's reading time runs from when its answer started to stream (stored time minus latency).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from sqlmodel import Session, col, select
@@ -35,12 +39,24 @@ from kindchat.feedback.models import Battle, Message, Rating, as_utc
 REASONS = ("too_fast", "one_sided", "burst")
 
 
+def origin_of(session_id: str) -> str:
+    """Where a session came from: `addr:<tag>` for a session minted for a client address
+    (`s-<tag>-<random>`, the tag a keyed hash of the address), else the session itself (an API
+    key, a session a key minted, an id from before sessions were signed)."""
+    parts = session_id.split("-")
+    if len(parts) == 3 and parts[0] == "s" and parts[1] and parts[2]:
+        return f"addr:{parts[1]}"
+    return session_id
+
+
 @dataclass(frozen=True)
 class InfluenceConfig:
     """The thresholds (every one recorded in the export manifest)."""
 
     cap_share: float = 0.02  # one session's share of a night's feedback rows, at most …
     cap_min: int = 20  # … or this many rows, whichever is larger
+    origin_cap_share: float = 0.1  # all sessions of one address together, at most …
+    origin_cap_min: int = 100  # … or this many rows
     anomaly_filter: bool = True  # leave anomalous sessions' votes out
     read_chars_per_s: float = 60.0  # faster than this is faster than a person reads
     min_read_s: float = 0.5  # even an empty answer takes this long to judge
@@ -56,6 +72,8 @@ class InfluenceConfig:
         checks = [
             (0 <= self.cap_share <= 1, "cap_share", "lie in [0, 1]"),
             (self.cap_min >= 1, "cap_min", "be ≥ 1"),
+            (0 <= self.origin_cap_share <= 1, "origin_cap_share", "lie in [0, 1]"),
+            (self.origin_cap_min >= 1, "origin_cap_min", "be ≥ 1"),
             (self.read_chars_per_s > 0, "read_chars_per_s", "be > 0"),
             (self.min_votes >= 2, "min_votes", "be ≥ 2"),
             (0 < self.too_fast_share <= 1, "too_fast_share", "lie in (0, 1]"),
@@ -74,6 +92,8 @@ class InfluenceConfig:
         return cls(
             cap_share=settings.influence_cap_share,
             cap_min=settings.influence_cap_min,
+            origin_cap_share=settings.influence_origin_cap_share,
+            origin_cap_min=settings.influence_origin_cap_min,
             anomaly_filter=settings.anomaly_filter,
             read_chars_per_s=settings.anomaly_read_chars_per_s,
             min_votes=settings.anomaly_min_votes,
@@ -117,20 +137,29 @@ def read_votes(session: Session, since: datetime | None = None) -> list[Vote]:
     since = as_utc(since) if since is not None else None
     votes: list[Vote] = []
     rating_query = select(
-        Rating.session_id, Rating.created_at, Rating.value, Message.created_at, Message.content
+        Rating.session_id,
+        Rating.created_at,
+        Rating.value,
+        Message.created_at,
+        Message.latency_ms,
+        Message.content,
     ).join(Message, col(Message.id) == col(Rating.message_id))
     if since is not None:
         rating_query = rating_query.where(col(Rating.created_at) >= since)
-    for session_id, at, value, shown, content in session.exec(rating_query):
+    for session_id, at, value, stored, latency, content in session.exec(rating_query):
+        shown = stored - timedelta(milliseconds=latency or 0)  # it streamed from there
         votes.append(Vote(session_id, at, shown, len(content or ""), str(value)))
     battles = select(Battle).where(col(Battle.voted_at).isnot(None))
     if since is not None:
         battles = battles.where(col(Battle.voted_at) >= since)
     rows = list(session.exec(battles))
     ids = {m for b in rows for m in (b.message_a_id, b.message_b_id)}
-    lengths = dict(
-        session.exec(select(Message.id, Message.content).where(col(Message.id).in_(ids))).all()
-    )
+    messages = {
+        m_id: (content, latency)
+        for m_id, content, latency in session.exec(
+            select(Message.id, Message.content, Message.latency_ms).where(col(Message.id).in_(ids))
+        ).all()
+    }
     for battle in rows:
         winner = str(battle.winner)
         side = (
@@ -140,17 +169,12 @@ def read_votes(session: Session, since: datetime | None = None) -> list[Vote]:
             if winner == "b"
             else winner
         )
-        chars = len(lengths.get(battle.message_a_id) or "") + len(
-            lengths.get(battle.message_b_id) or ""
-        )
+        sides = [messages.get(m, ("", 0)) for m in (battle.message_a_id, battle.message_b_id)]
+        chars = sum(len(content or "") for content, _ in sides)
+        streamed = max(latency or 0 for _, latency in sides)
+        shown = battle.created_at - timedelta(milliseconds=streamed)
         votes.append(
-            Vote(
-                battle.session_id,
-                battle.voted_at or battle.created_at,
-                battle.created_at,
-                chars,
-                side,
-            )
+            Vote(battle.session_id, battle.voted_at or battle.created_at, shown, chars, side)
         )
     votes.sort(key=lambda v: as_utc(v.at))
     return votes
@@ -219,11 +243,15 @@ A = TypeVar("A", bound=Attributed)
 @dataclass
 class CapReport:
     cap: int
+    origin_cap: int
     rows: int  # feedback rows before the cap
     sessions: int
+    origins: int
     capped_sessions: int
+    capped_origins: int
     dropped: int
     largest: int  # the most rows one session kept
+    largest_origin: int
 
     def as_dict(self, config: InfluenceConfig) -> dict[str, Any]:
         kept = self.rows - self.dropped
@@ -231,38 +259,56 @@ class CapReport:
             "cap_share": config.cap_share,
             "cap_min": config.cap_min,
             "cap": self.cap,
+            "origin_cap": self.origin_cap,
             "rows": self.rows,
             "sessions": self.sessions,
+            "origins": self.origins,
             "capped_sessions": self.capped_sessions,
+            "capped_origins": self.capped_origins,
             "dropped_by_cap": self.dropped,
             "largest_session_rows": self.largest,
             "largest_session_share": round(self.largest / kept, 4) if kept else 0.0,
+            "largest_origin_rows": self.largest_origin,
         }
 
 
 def cap_rows(groups: Sequence[list[A]], config: InfluenceConfig) -> tuple[list[list[A]], CapReport]:
-    """Each group (pairs, unpaired, demonstrations) with the rows over a session's cap
-    dropped; rows without a session (the seed) pass. Earliest rows are kept first."""
+    """Each group (pairs, unpaired, demonstrations) without the rows over a session's or an
+    origin's cap; rows without a session (the seed) pass. Earliest rows are kept first."""
     attributed = [(g, row) for g, rows in enumerate(groups) for row in rows if row.sessions]
-    cap = max(math.ceil(config.cap_share * len(attributed)), config.cap_min)
-    counts: Counter[str] = Counter()
+    n = len(attributed)
+    cap = max(math.ceil(config.cap_share * n), config.cap_min)
+    origin_cap = max(math.ceil(config.origin_cap_share * n), config.origin_cap_min)
+    per_session: Counter[str] = Counter()
+    per_origin: Counter[str] = Counter()
     dropped: set[tuple[int, str]] = set()
     capped: set[str] = set()
+    capped_origins: set[str] = set()
     order = sorted(attributed, key=lambda item: (item[1].at is None, item[1].at, item[1].id))
     for g, row in order:
-        charge = min(row.sessions, key=lambda sid: (counts[sid], sid))
-        if counts[charge] >= cap:
+        sessions = set(row.sessions)
+        origins = {origin_of(sid) for sid in sessions}
+        full = {sid for sid in sessions if per_session[sid] >= cap}
+        full_origins = {o for o in origins if per_origin[o] >= origin_cap}
+        if full or full_origins:
             dropped.add((g, row.id))
-            capped.update(row.sessions)
+            capped.update(full)
+            capped_origins.update(full_origins)
             continue
-        counts[charge] += 1
+        per_session.update(sessions)
+        per_origin.update(origins)
     out = [[row for row in rows if (g, row.id) not in dropped] for g, rows in enumerate(groups)]
+    everyone = {sid for _, row in attributed for sid in row.sessions}
     report = CapReport(
         cap=cap,
-        rows=len(attributed),
-        sessions=len({sid for _, row in attributed for sid in row.sessions}),
+        origin_cap=origin_cap,
+        rows=n,
+        sessions=len(everyone),
+        origins=len({origin_of(sid) for sid in everyone}),
         capped_sessions=len(capped),
+        capped_origins=len(capped_origins),
         dropped=len(dropped),
-        largest=max(counts.values(), default=0),
+        largest=max(per_session.values(), default=0),
+        largest_origin=max(per_origin.values(), default=0),
     )
     return out, report

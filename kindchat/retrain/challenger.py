@@ -5,8 +5,9 @@ A policy that passed a cycle's offline guard rails is not promoted at once: it b
 against the champion (the served alias, `rlhf`), sides random, identities hidden until the
 vote. Its record is read from the stored votes of those battles (ties and both-bad split), and
 :func:`kindchat.retrain.gates.challenger_decision` decides once `challenger_min_votes` votes
-(at most `challenger_votes_per_session` of each session) of `challenger_min_sessions` distinct
-sessions are in, sessions that vote like a script left out, or the deadline passes: promote
+(at most `challenger_votes_per_session` of each session and `challenger_votes_per_origin` of each
+origin) of `challenger_min_sessions` distinct sessions from `challenger_min_origins` origins are
+in, sessions that vote like a script left out, or the deadline passes: promote
 (atomic alias swap; servers hot-swap), retire (the alias goes, nothing else moves), or keep
 collecting.
 
@@ -29,7 +30,7 @@ from sqlalchemy import Engine
 from kindchat.config import Settings
 from kindchat.feedback import run_records, statistics
 from kindchat.feedback.db import session_scope
-from kindchat.feedback.influence import InfluenceConfig, find_anomalies, read_votes
+from kindchat.feedback.influence import InfluenceConfig, find_anomalies, origin_of, read_votes
 from kindchat.feedback.models import as_utc, utcnow
 from kindchat.models.registry import CHALLENGER_ALIAS, Registry
 from kindchat.retrain.errors import RetrainBusyError, RetrainError
@@ -52,8 +53,10 @@ class ChallengerConfig:
     share: float = 0.5  # of new arena battles, challenger vs champion
     min_votes: int = 200  # decide from this many counted votes on …
     deadline_hours: float = 24.0  # retire an undecided challenger after this long
-    min_sessions: int = 20  # … cast by this many distinct sessions
+    min_sessions: int = 20  # … cast by this many distinct sessions …
     votes_per_session: int = 5  # votes of one session that count, at most
+    min_origins: int = 10  # … from this many distinct origins (client addresses)
+    votes_per_origin: int = 20  # votes of one origin (all its sessions) that count, at most
     influence: InfluenceConfig = field(default_factory=InfluenceConfig)  # anomalous sessions
 
     def __post_init__(self) -> None:
@@ -72,6 +75,8 @@ class ChallengerConfig:
             deadline_hours=settings.challenger_deadline_hours,
             min_sessions=settings.challenger_min_sessions,
             votes_per_session=settings.challenger_votes_per_session,
+            min_origins=settings.challenger_min_origins,
+            votes_per_origin=settings.challenger_votes_per_origin,
             influence=InfluenceConfig.from_settings(settings),
         )
 
@@ -105,6 +110,7 @@ class ChallengerState:
             "losses": self.record.losses,
             "ties": self.record.ties,
             "sessions": self.record.sessions,
+            "origins": self.record.origins,
             "raw_votes": self.record.raw_votes,
             "excluded_sessions": self.record.excluded_sessions,
             **{f"now_{k}": v for k, v in self.decision.as_dict().items()},
@@ -135,6 +141,8 @@ def open_challenge(
         "min_votes": config.min_votes,
         "min_sessions": config.min_sessions,
         "votes_per_session": config.votes_per_session,
+        "min_origins": config.min_origins,
+        "votes_per_origin": config.votes_per_origin,
         "influence": asdict(config.influence),
         "share": config.share,
         "promote_with": promote_with,
@@ -151,12 +159,15 @@ def arena_record(
     since: datetime,
     *,
     votes_per_session: int = 1_000_000,
+    votes_per_origin: int = 1_000_000,
     influence: InfluenceConfig | None = None,
 ) -> ArenaRecord:
     """The challenger's record in voted battles against the champion since `since`: each
-    session's first `votes_per_session` votes; sessions that vote like a script (judged over all
-    their votes since `since`, :mod:`kindchat.feedback.influence`) left out."""
-    by_session: dict[str, list[float]] = defaultdict(list)
+    session's first `votes_per_session` votes and each origin's first `votes_per_origin`
+    (:func:`kindchat.feedback.influence.origin_of`); sessions that vote like a script (judged
+    over all their votes since `since`) left out. Votes are grouped by origin (one voice)."""
+    by_origin: dict[str, list[float]] = defaultdict(list)
+    per_session: dict[str, int] = defaultdict(int)
     raw = 0
     with session_scope(engine) as session:
         anomalous = (
@@ -173,15 +184,18 @@ def arena_record(
         if voter in anomalous:
             excluded.add(voter)
             continue
+        origin = origin_of(voter)
+        if per_session[voter] >= votes_per_session or len(by_origin[origin]) >= votes_per_origin:
+            continue
         if outcome.winner in ("tie", "both_bad"):
             score = 0.5
         elif sides[0 if outcome.winner == "a" else 1] == challenger:
             score = 1.0
         else:
             score = 0.0
-        if len(by_session[voter]) < votes_per_session:
-            by_session[voter].append(score)
-    return ArenaRecord.of_sessions(by_session, raw, len(excluded))
+        per_session[voter] += 1
+        by_origin[origin].append(score)
+    return ArenaRecord.of_voices(by_origin, len(per_session), raw, len(excluded))
 
 
 def current_challenge(
@@ -206,6 +220,7 @@ def current_challenge(
         figures["champion"],
         started,
         votes_per_session=int(figures.get("votes_per_session", 1_000_000)),
+        votes_per_origin=int(figures.get("votes_per_origin", 1_000_000)),
         influence=InfluenceConfig(**influence) if influence else None,
     )
     now = now or utcnow()
@@ -214,6 +229,7 @@ def current_challenge(
         min_votes=int(figures["min_votes"]),
         deadline_passed=now >= deadline,
         min_sessions=int(figures.get("min_sessions", 1)),
+        min_origins=int(figures.get("min_origins", 1)),
     )
     return ChallengerState(
         run_id=run.id,
@@ -277,6 +293,7 @@ def _apply(engine: Engine, registry: Registry, state: ChallengerState) -> Challe
             "losses": state.record.losses,
             "ties": state.record.ties,
             "sessions": state.record.sessions,
+            "origins": state.record.origins,
             "raw_votes": state.record.raw_votes,
             "excluded_sessions": state.record.excluded_sessions,
             **decision.as_dict(),

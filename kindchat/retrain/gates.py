@@ -95,14 +95,16 @@ def guard_gate(overall: Any, hatespeech: Any | None, config: Any) -> GateResult:
 
 @dataclass(frozen=True)
 class ArenaRecord:
-    """Challenger-vs-champion votes, from the challenger's side, as they count: at most a few
-    per session (`by_session`, one tuple of scores per voter), anomalous sessions left out."""
+    """Challenger-vs-champion votes, from the challenger's side, as they count: a few per
+    session and per origin, grouped by origin (`by_origin`: one tuple of scores per client
+    address; an API key's session is its own origin), anomalous sessions left out."""
 
     wins: int = 0
     losses: int = 0
     ties: int = 0  # `tie` and `both_bad`: neither side was better
-    by_session: tuple[tuple[float, ...], ...] = ()  # empty: every vote its own voter
-    raw_votes: int = 0  # votes cast, before the per-session cap and the anomaly filter
+    by_origin: tuple[tuple[float, ...], ...] = ()  # empty: every vote its own voter
+    n_sessions: int = 0  # distinct sessions whose votes count
+    raw_votes: int = 0  # votes cast, before the caps and the anomaly filter
     excluded_sessions: int = 0  # anomalous sessions left out
 
     @property
@@ -111,23 +113,32 @@ class ArenaRecord:
 
     @property
     def sessions(self) -> int:
-        return len(self.by_session) if self.by_session else self.votes
+        return self.n_sessions if self.by_origin else self.votes
+
+    @property
+    def origins(self) -> int:
+        return len(self.by_origin) if self.by_origin else self.votes
 
     def scores(self) -> list[float]:
         """One number per vote: 1 a win, 0 a loss, ½ a tie (ties split)."""
         return [1.0] * self.wins + [0.0] * self.losses + [0.5] * self.ties
 
     @classmethod
-    def of_sessions(
-        cls, by_session: dict[str, list[float]], raw_votes: int, excluded_sessions: int = 0
+    def of_voices(
+        cls,
+        by_origin: dict[str, list[float]],
+        sessions: int,
+        raw_votes: int,
+        excluded_sessions: int = 0,
     ) -> ArenaRecord:
-        clusters = tuple(tuple(v) for _, v in sorted(by_session.items()) if v)
+        clusters = tuple(tuple(v) for _, v in sorted(by_origin.items()) if v)
         flat = [x for c in clusters for x in c]
         return cls(
             wins=sum(x == 1.0 for x in flat),
             losses=sum(x == 0.0 for x in flat),
             ties=sum(x == 0.5 for x in flat),
-            by_session=clusters,
+            by_origin=clusters,
+            n_sessions=sessions,
             raw_votes=raw_votes,
             excluded_sessions=excluded_sessions,
         )
@@ -156,11 +167,17 @@ class ChallengerDecision:
 
 
 def challenger_decision(
-    record: ArenaRecord, *, min_votes: int, deadline_passed: bool, min_sessions: int = 1
+    record: ArenaRecord,
+    *,
+    min_votes: int,
+    deadline_passed: bool,
+    min_sessions: int = 1,
+    min_origins: int = 1,
 ) -> ChallengerDecision:
     """Promote when the 95% interval of the win rate lies above ½, retire when below ½ or when
-    the deadline passes undecided; decide only from `min_votes` counted votes of `min_sessions`
-    distinct sessions on (or at the deadline). The interval resamples voters, not votes."""
+    the deadline passes undecided. Decide only from `min_votes` counted votes of `min_sessions`
+    distinct sessions from `min_origins` origins on; at the deadline, retire unless those many
+    voices promote it. The interval resamples origins (voices), not votes."""
     if record.votes == 0:
         if deadline_passed:
             return ChallengerDecision(
@@ -168,12 +185,17 @@ def challenger_decision(
             )
         return ChallengerDecision("continue", "no votes yet", None, None, None, 0)
     estimate = (
-        cluster_bootstrap(record.by_session) if record.by_session else bootstrap(record.scores())
+        cluster_bootstrap(record.by_origin) if record.by_origin else bootstrap(record.scores())
     )
     figures = (estimate.value, estimate.low, estimate.high, record.votes)
-    interval = f"win rate {estimate} over {record.votes} votes of {record.sessions} sessions"
-    if (record.votes >= min_votes and record.sessions >= min_sessions) or deadline_passed:
-        if estimate.low > 0.5:
+    interval = (
+        f"win rate {estimate} over {record.votes} votes of {record.sessions} sessions from "
+        f"{record.origins} origins"
+    )
+    voices = record.sessions >= min_sessions and record.origins >= min_origins
+    quorum = voices and record.votes >= min_votes
+    if quorum or deadline_passed:
+        if estimate.low > 0.5 and voices:
             return ChallengerDecision("promote", f"users prefer it: {interval}", *figures)
         if estimate.high < 0.5:
             return ChallengerDecision("retire", f"users prefer the champion: {interval}", *figures)
@@ -184,7 +206,7 @@ def challenger_decision(
         return ChallengerDecision("continue", f"undecided: {interval}", *figures)
     return ChallengerDecision(
         "continue",
-        f"{record.votes} of {min_votes} votes, {record.sessions} of {min_sessions} sessions: "
-        f"{interval}",
+        f"{record.votes} of {min_votes} votes, {record.sessions} of {min_sessions} sessions, "
+        f"{record.origins} of {min_origins} origins: {interval}",
         *figures,
     )

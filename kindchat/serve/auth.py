@@ -19,13 +19,14 @@ in `KINDCHAT_SESSION_SECRETS_OLD` still verify while new tokens are signed with 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import os
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
@@ -72,6 +73,16 @@ class Caller:
     key: str | None
     address: str
     via: str  # key | token | cookie | anonymous
+    ui: bool = False  # a session the web page minted
+
+
+class Claims(NamedTuple):
+    """What a valid token says: its session, the API key that minted it, whether the web page
+    minted it (such sessions work in the page; in keyed mode not on the API)."""
+
+    session_id: str
+    key: str | None
+    ui: bool
 
 
 @dataclass(frozen=True)
@@ -82,23 +93,29 @@ class IssuedSession:
 
 
 def load_or_create_secret(home: Path) -> str:
-    """The secret in `home/session_secret`, made (0600, exclusively) when there is none."""
+    """The secret in `home/session_secret`, made (0600) when there is none. Written whole to a
+    temporary file and linked into place, so a second server starting at the same moment reads
+    the one secret, never a half-written file."""
     path = home / SECRET_FILE
     home.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        secret = path.read_text(encoding="utf-8").strip()
-        if len(secret) < 32:
-            raise ValueError(
-                f"{path} holds a secret of {len(secret)} characters; delete it (a new one is "
-                "made) or set KINDCHAT_SESSION_SECRET to at least 32 characters"
-            ) from None
-        return secret
-    secret = secrets.token_urlsafe(48)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(secret + "\n")
-    logger.info("made a new session secret in %s", path)
+    if not path.exists():
+        tmp = home / f".{SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(secrets.token_urlsafe(48) + "\n")
+        try:
+            os.link(tmp, path)  # fails if another process linked its secret first
+            logger.info("made a new session secret in %s", path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    secret = path.read_text(encoding="utf-8").strip()
+    if len(secret) < 32:
+        raise ValueError(
+            f"{path} holds a secret of {len(secret)} characters; delete it (a new one is made) "
+            "or set KINDCHAT_SESSION_SECRET to at least 32 characters"
+        )
     return secret
 
 
@@ -134,6 +151,7 @@ class Sessions:
         old = [s.get_secret_value() for s in settings.session_secrets_old]
         # itsdangerous signs with the last key and verifies with any (rotation).
         self._serializer = URLSafeTimedSerializer([*old, current], salt=_SALT)
+        self._tag_key = hashlib.sha256(b"kindchat.origin:" + current.encode()).digest()
         self.max_age_s = settings.session_max_age_s
         self._keys = _parse_keys(list(settings.api_keys))
 
@@ -141,15 +159,32 @@ class Sessions:
     def has_keys(self) -> bool:
         return bool(self._keys)
 
-    def issue(self, key: str | None = None) -> IssuedSession:
-        """A new session (minted under the API key named `key`, if any) and its token."""
-        session_id = "s-" + secrets.token_hex(12)
-        token = self._serializer.dumps({"s": session_id, "k": key})
+    def origin_tag(self, address: str) -> str:
+        """A keyed hash of a client address (no address is stored in the clear)."""
+        digest = hmac.new(self._tag_key, address.encode(), hashlib.sha256).hexdigest()
+        return digest[:12]
+
+    def issue(
+        self, key: str | None = None, address: str | None = None, ui: bool = False
+    ) -> IssuedSession:
+        """A new session and its token. Minted under the API key named `key`, the session is
+        its own origin (`k-<random>`); minted for a client `address`, the id carries its
+        origin tag (`s-<tag>-<random>`, :func:`kindchat.feedback.influence.origin_of`), so
+        what many sessions of one address weigh together can be capped."""
+        if key is not None or address is None:
+            session_id = "k-" + secrets.token_hex(12)
+        else:
+            session_id = f"s-{self.origin_tag(address)}-{secrets.token_hex(10)}"
+        payload: dict[str, Any] = {"s": session_id, "k": key}
+        if ui:
+            payload["u"] = 1
+        token = self._serializer.dumps(payload)
         expires = datetime.now(timezone.utc) + timedelta(seconds=self.max_age_s)
         return IssuedSession(session_id, str(token), expires)
 
-    def verify(self, token: str) -> tuple[str, str | None]:
-        """(session id, key name) of a valid token; SessionTokenError otherwise."""
+    def verify(self, token: str) -> Claims:
+        """The claims of a valid token (its key, if any, still configured); SessionTokenError
+        otherwise."""
         try:
             payload = self._serializer.loads(token, max_age=self.max_age_s)
         except SignatureExpired:
@@ -162,8 +197,12 @@ class Sessions:
             ) from None
         if not isinstance(payload, dict) or not isinstance(payload.get("s"), str):
             raise SessionTokenError("the session token is not valid (unknown payload)")
-        key = payload.get("k")
-        return payload["s"], key if isinstance(key, str) else None
+        key = payload.get("k") if isinstance(payload.get("k"), str) else None
+        if key is not None and key not in self._keys:
+            raise SessionTokenError(
+                f"the session token was minted with the API key {key!r}, which is no longer valid"
+            )
+        return Claims(payload["s"], key, bool(payload.get("u")))
 
     def key_name(self, presented: str) -> str | None:
         """The name of the API key `presented` is, or None (every key compared, in constant
@@ -191,12 +230,8 @@ class Sessions:
             if lenient:
                 return Caller(None, None, address, "anonymous")
             raise SessionTokenError("the API key is not valid", code="invalid_api_key")
-        session_id, key = self.verify(presented)
-        if key is not None and key not in self._keys:
-            raise SessionTokenError(
-                f"the session token was minted with the API key {key!r}, which is no longer valid"
-            )
-        return Caller(session_id, key, address, via)
+        claims = self.verify(presented)
+        return Caller(claims.session_id, claims.key, address, via, claims.ui)
 
     def claim(self, caller: Caller, named: str | None) -> Caller:
         """The caller a body's `session_id`/`user` makes: a token is verified; a plain id must
@@ -204,7 +239,7 @@ class Sessions:
         if named is None or named == caller.session_id:
             return caller
         try:
-            session_id, key = self.verify(named)
+            claims = self.verify(named)
         except SessionTokenError as err:
             if "." not in named:  # a bare id, not a damaged token
                 raise UnsignedSessionError(
@@ -213,4 +248,6 @@ class Sessions:
                     param="session_id",
                 ) from None
             raise err
-        return Caller(session_id, key or caller.key, caller.address, "token")
+        return Caller(
+            claims.session_id, claims.key or caller.key, caller.address, "token", claims.ui
+        )

@@ -8,7 +8,9 @@ unsigned session id) and 429 (a limit, with `Retry-After`), each counted in `/me
 | mode    | chat without a session | feedback, arena, history | POST /v1/sessions                  |
 | ------- | ---------------------- | ------------------------ | ---------------------------------- |
 | `open`  | yes (per address)      | a signed session         | anyone (new sessions per address)  |
-| `keyed` | no: 401                | a key or signed session  | an API key (the UI: cookie/address) |
+| `keyed` | no: 401                | a key or a key's session | an API key (the UI: cookie/address) |
+
+(In keyed mode the web page's own cookie sessions work in the page only, not on the API.)
 """
 
 from __future__ import annotations
@@ -104,6 +106,11 @@ class Gate:
             caller = self._identify(request, named)
             if self.mode == "keyed" and caller.session_id is None:
                 raise KeyRequiredError(KEYED)
+            if self.mode == "keyed" and caller.ui:
+                raise KeyRequiredError(
+                    "this server is in keyed mode: the web page's session works in the page "
+                    "only; API calls need an API key or a session minted with one"
+                )
             if need_session and caller.session_id is None:
                 raise AuthenticationError(
                     f"{group} needs a session: get one from POST /v1/sessions and send its "
@@ -131,7 +138,7 @@ class Gate:
                 "(`Authorization: Bearer <key>`)"
             )
         self.limits.hit_new_session(caller)
-        issued = self.sessions.issue(key=caller.key)
+        issued = self.sessions.issue(key=caller.key, address=caller.address, ui=via == "ui")
         self.metrics.sessions_issued.labels("key" if caller.key else via).inc()
         return issued
 
@@ -144,7 +151,6 @@ class Gate:
         if not token:
             return None
         try:
-            session_id, _ = self.sessions.verify(token)
+            return self.sessions.verify(token).session_id
         except SessionTokenError:
             return None
-        return session_id

@@ -229,7 +229,7 @@ class ChatService:
         """Lease the model and await the first delta (so errors surface before any byte)."""
         conversation_id = None
         if request.regenerate is not None:
-            parent = await asyncio.to_thread(self._get_message, request.regenerate)
+            parent = await asyncio.to_thread(self._own_message, request)
             conversation_id = parent.conversation_id
         elif request.conversation_id is not None:
             await asyncio.to_thread(self._check_conversation, request)
@@ -468,6 +468,18 @@ class ChatService:
             flag_reason=flag,
             finish_reason=answer.finish_reason,
         )
+
+    def _own_message(self, request: AnswerRequest) -> Any:
+        """The answer `request` regenerates; it must be in a conversation of the request's
+        session (404 otherwise, as for an unknown id)."""
+        with session_scope(self.db) as session:
+            parent = store.get_message(session=session, message_id=str(request.regenerate))
+            store.owned_conversation(
+                session=session,
+                conversation_id=parent.conversation_id,
+                session_id=request.session_id,
+            )
+            return parent
 
     def _get_message(self, message_id: str) -> Any:
         with session_scope(self.db) as session:

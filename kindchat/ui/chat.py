@@ -50,8 +50,7 @@ async def answer(
     is stored as it goes: made on the first message, each turn appended (an edit as the sibling
     of the message it edits), so the history survives a reload."""
     context = state.turns[:-1] if regenerate else state.turns
-    if state.session_id:  # a page without a session chats (open mode) but keeps no history
-        service.limit("chat", state.session_id)
+    service.limit("chat", state.session_id)  # a page without a session: reload later
     messages = service.check_messages(
         [
             *([ChatMessage(role="system", content=state.persona)] if state.persona else []),
@@ -62,7 +61,7 @@ async def answer(
         if state.conversation_id is None:
             state.conversation_id = await run_blocking(
                 service.start_conversation,
-                session_id=state.session_id or "anonymous",
+                session_id=state.session_id,
                 system_prompt=state.persona,
             )
         context[-1].message_id = context[-1].message_id or new_id()
@@ -71,7 +70,7 @@ async def answer(
         messages=messages,
         params=service.sampling(max_tokens=None, temperature=None, top_p=None),
         options=GenerationOptions(),
-        session_id=state.session_id or "anonymous",
+        session_id=state.session_id,
         regenerate=regenerate,
         conversation_id=None if regenerate else state.conversation_id,
         edit_of=edit_of,

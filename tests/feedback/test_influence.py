@@ -160,3 +160,20 @@ def test_a_few_fast_honest_votes_are_not_judged(settings: Settings, tmp_path: Pa
     manifest = export(settings, engine, tmp_path / "out")
     assert manifest["influence"]["anomalous"]["sessions"] == 0
     assert rows_of(tmp_path / "out", "quick") == 9
+
+
+def test_many_sessions_of_one_address_are_capped_together(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Sessions minted for one address carry its tag (`s-<tag>-<random>`): 30 of them, each
+    under its own cap, still give at most the origin's cap together."""
+    engine = init_db(settings)
+    honest(engine, people=40, each=2)
+    for k in range(30):
+        scripted(engine, f"s-0a0a0a0a0a0a-{k:04d}", 8, gap=200, read=20, value=0)
+    manifest = export(settings, engine, tmp_path / "out", origin_cap_min=60)
+    influence = manifest["influence"]
+    assert influence["origin_cap"] == 60 and influence["capped_origins"] == 1
+    sybils = sum(rows_of(tmp_path / "out", f"s-0a0a0a0a0a0a-{k:04d}") for k in range(30))
+    assert sybils == 60  # 240 given
+    assert sum(rows_of(tmp_path / "out", f"person-{p}") for p in range(40)) == 80

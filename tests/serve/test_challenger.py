@@ -71,17 +71,24 @@ def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 60.0) -> 
 
 
 def setup_challenge(
-    settings: Settings, challenger_mute: bool, min_votes: int = 12
+    settings: Settings, challenger_mute: bool, min_votes: int = 12, min_origins: int = 1
 ) -> tuple[Registry, str, str]:
     """Champion `rlhf` and a challenger; one of them mute. Returns (registry, champ, chall).
-    The decision rule (`min_votes`) is fixed when the challenge opens, as a cycle fixes it."""
+    The decision rule (`min_votes` votes of as many sessions, from `min_origins` client
+    addresses: these tests' voters all come from 127.0.0.1) is fixed when the challenge opens,
+    as a cycle fixes it."""
     registry = Registry(settings.models_dir)
     mute, talker = mute_copy(registry, "sft"), plain_copy(registry, "sft")
     champion, challenger = (talker, mute) if challenger_mute else (mute, talker)
     registry.set_alias("rlhf", champion)
     engine = init_db(settings)
     opened_with = settings.model_copy(
-        update={"challenger_min_votes": min_votes, "challenger_min_sessions": min_votes}
+        update={
+            "challenger_min_votes": min_votes,
+            "challenger_min_sessions": min_votes,
+            "challenger_min_origins": min_origins,
+            "challenger_votes_per_origin": 1000,
+        }
     )
     challenge_version(opened_with, engine, registry, challenger)
     engine.dispose()

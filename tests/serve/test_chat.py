@@ -97,8 +97,17 @@ def test_openai_client_non_streaming_and_streaming(serve: Any, new_session: Any)
                 "regenerate": reply.id,
                 "max_tokens": 4,
             },
+            headers=signed,  # the asker's session: a regeneration joins its conversation
         )
         assert again.status_code == 200
+        # Nobody else can write into that conversation by regenerating its answer.
+        regenerate = {"model": "kindchat-sft", "messages": HELLO, "regenerate": reply.id}
+        for headers, status in (
+            ({}, 401),
+            ({"Authorization": f"Bearer {new_session(api.url)}"}, 404),
+        ):
+            hijack = httpx.post(f"{api.url}/v1/chat/completions", json=regenerate, headers=headers)
+            assert hijack.status_code == status, hijack.text
         metrics = httpx.get(f"{api.url}/metrics").text
         assert (
             'kindchat_requests_total{method="POST",route="/v1/chat/completions",status="200"} 3.0'

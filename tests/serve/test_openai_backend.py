@@ -148,7 +148,7 @@ def test_errors_map_to_kindchats(transformers_serve: TransformersServe) -> None:
 
 
 def test_kindchat_serves_through_it_and_takes_feedback(
-    transformers_serve: TransformersServe, micro_llama_copy: Settings, serve
+    transformers_serve: TransformersServe, micro_llama_copy: Settings, serve, new_session
 ) -> None:  # type: ignore[no-untyped-def]
     with serve(
         settings=micro_llama_copy,
@@ -156,7 +156,8 @@ def test_kindchat_serves_through_it_and_takes_feedback(
         openai_base_url=transformers_serve.url,
         serve_aliases=["sft"],
     ) as api:
-        client = openai.OpenAI(base_url=f"{api.url}/v1", api_key="unused")
+        token = new_session(api.url)  # the session token is the OpenAI client's key
+        client = openai.OpenAI(base_url=f"{api.url}/v1", api_key=token)
         assert "kindchat-sft" in [m.id for m in client.models.list().data]
         reply = client.chat.completions.create(
             model="kindchat-sft", messages=QUESTION, max_tokens=10, temperature=0
@@ -170,5 +171,9 @@ def test_kindchat_serves_through_it_and_takes_feedback(
             )
         )
         assert chunks[-1].choices[0].finish_reason in ("stop", "length")
-        stored = httpx.post(f"{api.url}/v1/feedback", json={"message_id": reply.id, "rating": 1})
+        stored = httpx.post(
+            f"{api.url}/v1/feedback",
+            json={"message_id": reply.id, "rating": 1},
+            headers={"Authorization": f"Bearer {token}"},
+        )
         assert stored.status_code == 200, stored.text

@@ -311,9 +311,12 @@ def attack(client: httpx.Client, for_challenger: bool, attempts: int = ATTEMPTS)
     """One session tries `attempts` battle+vote rounds, voting for (or against) the challenger
     (it tells the sides apart: the mute model answers nothing)."""
     address = {"X-Forwarded-For": "203.0.113.66"}
-    token = client.post("/v1/sessions", headers=address).json()["token"]
-    headers = {**address, **bearer(token)}
     outcome: Counter[str] = Counter()
+    minted = client.post("/v1/sessions", headers=address)
+    outcome[f"session_{minted.status_code}"] += 1
+    if minted.status_code != 201:
+        return outcome
+    headers = {**address, **bearer(minted.json()["token"])}
     for i in range(attempts):
         made = client.post(
             "/v1/arena/battles", json={"prompt": f"공격 {i}", "max_tokens": 4}, headers=headers
@@ -337,15 +340,25 @@ def decision_figures(client: httpx.Client) -> dict[str, Any]:
     state = client.get("/v1/challenger").json()
     if state["active"] is not None:
         active = state["active"]
-        keys = ("now_action", "sessions", "raw_votes", "excluded_sessions", "wins", "losses")
+        keys = (
+            "now_action",
+            "sessions",
+            "origins",
+            "raw_votes",
+            "excluded_sessions",
+            "wins",
+            "losses",
+        )
         return {k: active[k] for k in keys}
     decided = state["history"][0]
-    keys = ("action", "sessions", "raw_votes", "excluded_sessions", "wins", "losses")
+    keys = ("action", "sessions", "origins", "raw_votes", "excluded_sessions", "wins", "losses")
     return {k: decided.get(k) for k in keys}
 
 
 def test_one_session_cannot_promote_a_worse_challenger(serve: Any, micro_copy: Settings) -> None:
-    registry, champion, challenger = setup_challenge(micro_copy, challenger_mute=True, min_votes=60)
+    registry, champion, challenger = setup_challenge(
+        micro_copy, challenger_mute=True, min_votes=60, min_origins=60
+    )
     user = ScoredUser(concise_score, temperature=0, noise=0)
     with serve(**ARENA) as api, httpx.Client(base_url=api.url, timeout=120) as client:
         tried = attack(client, for_challenger=True)
@@ -354,13 +367,21 @@ def test_one_session_cannot_promote_a_worse_challenger(serve: Any, micro_copy: S
         assert registry.aliases()["rlhf"] == champion
         assert alone["now_action"] == "continue" and alone["sessions"] <= 1
         assert tried["battle_200"] + tried["vote_200"] <= 30  # the session's arena limit
+        # The same client as many: more sessions from its address, one vote each.
+        sybils = sum(
+            (attack(client, for_challenger=True, attempts=1) for _ in range(25)), Counter()
+        )
+        assert sybils["session_201"] == 19 and sybils["session_429"] == 6  # 20 an hour
+        many = decision_figures(client)
+        assert many["now_action"] == "continue" and many["origins"] <= 1
+        assert registry.aliases().get(CHALLENGER_ALIAS) == challenger
         people = 0
         while people < 60 and CHALLENGER_ALIAS in registry.aliases():
             honest_battle(client, user, people)
             people += 1
         assert CHALLENGER_ALIAS not in registry.aliases() and registry.aliases()["rlhf"] == champion
         final = decision_figures(client)
-        assert final["action"] == "retire" and final["sessions"] == people == 60
+        assert final["action"] == "retire" and final["origins"] >= people
     record(
         "arena-worse",
         {
@@ -368,6 +389,9 @@ def test_one_session_cannot_promote_a_worse_challenger(serve: Any, micro_copy: S
             "attacker_accepted": {k: v for k, v in tried.items() if k.endswith("_200")},
             "attacker_rejected": {k: v for k, v in tried.items() if not k.endswith("_200")},
             "decision_attacker_alone": alone,
+            "sybil_sessions_tried": 25,
+            "sybil_outcome": dict(sybils),
+            "decision_after_sybils": many,
             "honest_people": people,
             "decision_with_honest_people": final,
         },
@@ -378,7 +402,7 @@ def test_sixty_honest_people_promote_a_better_challenger_despite_an_attacker(
     serve: Any, micro_copy: Settings
 ) -> None:
     registry, champion, challenger = setup_challenge(
-        micro_copy, challenger_mute=False, min_votes=60
+        micro_copy, challenger_mute=False, min_votes=60, min_origins=60
     )
     user = ScoredUser(concise_score, temperature=0, noise=0)
     with serve(**ARENA) as api, httpx.Client(base_url=api.url, timeout=120) as client:
@@ -391,7 +415,7 @@ def test_sixty_honest_people_promote_a_better_challenger_despite_an_attacker(
             people += 1
         assert registry.aliases()["rlhf"] == challenger  # the people promoted it
         final = decision_figures(client)
-        assert final["action"] == "promote" and final["sessions"] == people == 60
+        assert final["action"] == "promote" and final["origins"] >= people == 60
         assert final["losses"] <= 5  # the attacker's votes count 5 at most (or not at all)
     record(
         "arena-better",

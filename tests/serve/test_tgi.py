@@ -88,11 +88,12 @@ def test_backend_length_and_errors(tgi_server: Any) -> None:
 
 
 def test_openai_client_through_kindchat_on_tgi(
-    tgi_server: Any, settings: Settings, serve: Any
+    tgi_server: Any, settings: Settings, serve: Any, new_session: Any
 ) -> None:
     server, received = tgi_server
     with serve(settings=settings, backend="tgi", tgi_url=server.url) as api:
-        client = openai.OpenAI(base_url=f"{api.url}/v1", api_key="unused")
+        token = new_session(api.url)  # the session token is the OpenAI client's key
+        client = openai.OpenAI(base_url=f"{api.url}/v1", api_key=token)
         models = [m.id for m in client.models.list().data]
         assert "kindchat-rlhf" in models and "kindchat-sft" in models
         reply = client.chat.completions.create(
@@ -110,5 +111,9 @@ def test_openai_client_through_kindchat_on_tgi(
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ANSWER
         assert chunks[-1].choices[0].finish_reason == "stop"
         assert received[-1]["inputs"] == kullm_prompt("인사해 줘")
-        stored = httpx.post(f"{api.url}/v1/feedback", json={"message_id": reply.id, "rating": 1})
+        stored = httpx.post(
+            f"{api.url}/v1/feedback",
+            json={"message_id": reply.id, "rating": 1},
+            headers={"Authorization": f"Bearer {token}"},
+        )
         assert stored.status_code == 200

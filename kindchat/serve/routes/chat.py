@@ -61,10 +61,10 @@ def answer_request(
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, service: ServiceDep, gate: GateDep
 ) -> ChatCompletionResponse | StreamingResponse:
-    # `user` names the session (a token, or the caller's own); open mode chats without one
-    caller = gate.caller(
-        request, "chat", named=body.user, need_session=body.conversation_id is not None
-    )
+    # `user` names the session (a token, or the caller's own); open mode chats without one,
+    # but continuing or regenerating touches a stored conversation: its owner's session only
+    stateful = body.conversation_id is not None or body.regenerate is not None
+    caller = gate.caller(request, "chat", named=body.user, need_session=stateful)
     answer = await service.open(answer_request(body, service, caller.session_id))
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
