@@ -206,8 +206,17 @@ class Settings(BaseSettings):
         description="Where the counters live (the `limits` library's URI): memory:// per "
         "process; redis://host:6379 to share them between servers.",
     )
+    rate_limit_strategy: str = Field(
+        "sliding-window-counter",
+        pattern="^(sliding-window-counter|fixed-window|moving-window)$",
+        description="The `limits` strategy: sliding-window-counter (two counters a limit), "
+        "fixed-window (one; bursts at window edges), moving-window (exact, costs a timestamp a "
+        "hit).",
+    )
     rate_limit_session: str = Field(
-        "30/minute;600/day", description="Per signed session and endpoint group (chat, …)."
+        "30/minute",
+        description="Per signed session and endpoint group (chat, …). With memory:// keep the "
+        "windows short (every live key is swept 100 times a second); day limits want redis://.",
     )
     rate_limit_api_key: str = Field("600/minute", description="Per API key and endpoint group.")
     rate_limit_address: str = Field(

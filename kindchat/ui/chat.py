@@ -399,6 +399,7 @@ def build_chat_tab(service: ServiceRef) -> OnLoad:
 
     def on_open(state: ChatSession, conversation_id: str) -> Update:
         try:
+            service().limit("history", state.session_id)
             return open_conversation(service(), state, conversation_id)
         except Exception as err:
             raise user_error(err) from err
@@ -407,6 +408,7 @@ def build_chat_tab(service: ServiceRef) -> OnLoad:
         if state.conversation_id is None or not title.strip():
             raise gr.Error(strings.NO_CONVERSATION)
         try:
+            service().limit("history", state.session_id)
             service().rename_conversation(state.conversation_id, state.session_id, title)
         except Exception as err:
             raise user_error(err) from err
@@ -416,6 +418,7 @@ def build_chat_tab(service: ServiceRef) -> OnLoad:
         if state.conversation_id is None:
             raise gr.Error(strings.NO_CONVERSATION)
         try:
+            service().limit("history", state.session_id)
             service().delete_conversation(state.conversation_id, state.session_id, forget)
         except Exception as err:
             raise user_error(err) from err
@@ -429,7 +432,11 @@ def build_chat_tab(service: ServiceRef) -> OnLoad:
     def on_share(state: ChatSession, request: gr.Request) -> Any:
         if state.conversation_id is None:
             raise gr.Error(strings.NO_CONVERSATION)
-        token = service().share_conversation(state.conversation_id, state.session_id)
+        try:
+            service().limit("history", state.session_id)
+            token = service().share_conversation(state.conversation_id, state.session_id)
+        except Exception as err:
+            raise user_error(err) from err
         host = request.headers.get("host", "127.0.0.1")
         scheme = request.headers.get("x-forwarded-proto", "http")
         return gr.update(value=f"{scheme}://{host}/shared/{token}", visible=True)

@@ -340,19 +340,13 @@ def decision_figures(client: httpx.Client) -> dict[str, Any]:
     state = client.get("/v1/challenger").json()
     if state["active"] is not None:
         active = state["active"]
-        keys = (
-            "now_action",
-            "sessions",
-            "origins",
-            "raw_votes",
-            "excluded_sessions",
-            "wins",
-            "losses",
-        )
-        return {k: active[k] for k in keys}
+        keys = ("sessions", "origins", "raw_votes", "excluded_sessions", "wins", "losses")
+        rate = ("now_action", "now_win_rate", "now_win_rate_low", "now_win_rate_high")
+        return {k: active.get(k) for k in (*rate, *keys)}
     decided = state["history"][0]
-    keys = ("action", "sessions", "origins", "raw_votes", "excluded_sessions", "wins", "losses")
-    return {k: decided.get(k) for k in keys}
+    keys = ("action", "win_rate", "win_rate_low", "win_rate_high", "sessions", "origins")
+    more = ("raw_votes", "excluded_sessions", "wins", "losses")
+    return {k: decided.get(k) for k in (*keys, *more)}
 
 
 def test_one_session_cannot_promote_a_worse_challenger(serve: Any, micro_copy: Settings) -> None:
