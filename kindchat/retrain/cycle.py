@@ -41,7 +41,7 @@ from kindchat.config import Settings
 from kindchat.feedback import run_records
 from kindchat.feedback.db import init_db, session_scope
 from kindchat.feedback.export import ExportConfig, export_reward_data
-from kindchat.feedback.influence import InfluenceConfig
+from kindchat.feedback.influence import InfluenceConfig, find_anomalies, read_votes
 from kindchat.feedback.judge import JudgeCache, JudgeConfig, judge_file
 from kindchat.feedback.llm import ChatClient, EndpointConfig
 from kindchat.feedback.models import RetrainRunPublic
@@ -203,7 +203,10 @@ class Cycle:
                 if r.started_at is not None
             ]
             since = max(consumed) if consumed else None
-            mined = mine_feedback(session=session, since=since)
+            # what the export will train on: anomalous sessions' votes do not count here either
+            influence = InfluenceConfig.from_settings(self.settings)
+            anomalous = find_anomalies(read_votes(session, since), influence).sessions
+            mined = mine_feedback(session=session, since=since, exclude=anomalous)
         usable = len(mined.pairs) + (len(mined.unpaired) if method.uses_unpaired else 0)
         self.rec.record(
             "feedback",
