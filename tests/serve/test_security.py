@@ -201,6 +201,7 @@ def test_keyed_mode_refuses_invented_sessions(serve: Any, micro_copy: Settings) 
 def test_open_mode_limits_new_sessions_and_floods(serve: Any, micro_copy: Settings) -> None:
     limits = {
         "rate_limits": True,
+        "rate_limit_strategy": "moving-window",  # exact counts (the default approximates)
         "rate_limit_new_sessions": "20/hour",
         "rate_limit_session": "30/minute",
         "rate_limit_address": "1000/minute",
@@ -279,6 +280,7 @@ def test_open_mode_limits_new_sessions_and_floods(serve: Any, micro_copy: Settin
 
 ARENA = {
     "rate_limits": True,
+    "rate_limit_strategy": "moving-window",  # exact counts (the default approximates)
     "rate_limit_session": "30/minute",
     "rate_limit_address": "1000/minute",
     "trusted_proxies": ["127.0.0.1"],
@@ -430,6 +432,7 @@ def test_what_a_flooding_session_got_in_is_left_out_or_capped(
 ) -> None:
     settings_in = {
         "rate_limits": True,
+        "rate_limit_strategy": "moving-window",  # exact counts (the default approximates)
         "rate_limit_session": "60/minute",
         "trusted_proxies": ["127.0.0.1"],
     }
