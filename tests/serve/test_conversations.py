@@ -134,7 +134,8 @@ def test_harmful_message_is_refused_flagged_and_never_exported(
                 session=session,
                 data_dir=settings.data_dir,
                 out_dir=out,
-                config=ExportConfig(test_fraction=0.0, include_seed=False),
+                # any answer length: this test is about the flagged turn, not the length filter
+                config=ExportConfig(test_fraction=0.0, include_seed=False, min_answer_chars=0),
             )
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["dropped"]["flagged"] == 1 and report.dropped["flagged"] == 1
