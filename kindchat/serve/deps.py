@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from kindchat.config import Settings
 from kindchat.models.manager import ModelManager
 from kindchat.serve.errors import AdminTokenError, AuthenticationError
-from kindchat.serve.gate import Gate
+from kindchat.serve.gate import Gate, bearer
 from kindchat.serve.metrics import Metrics
 from kindchat.serve.service import ChatService
 
@@ -42,8 +42,7 @@ def get_gate(request: Request) -> Gate:
 def require_admin(request: Request) -> None:
     """`Authorization: Bearer <token>` through the service's one admin check: 403 when admin
     routes are off or the token is wrong, 401 when no token is sent."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    sent = token if scheme.lower() == "bearer" and token else None
+    sent = bearer(request)
     try:
         get_service(request).check_admin(sent)
     except AdminTokenError:

@@ -23,6 +23,7 @@ from kindchat.serve.auth import (
     SESSION_HEADER,
     Caller,
     IssuedSession,
+    SessionRequiredError,
     Sessions,
     SessionTokenError,
     UnsignedSessionError,
@@ -47,11 +48,17 @@ def client_address(request: HTTPConnection) -> str:
     return request.client.host if request.client else "unknown"
 
 
+def bearer(request: HTTPConnection) -> str | None:
+    """The token of `Authorization: Bearer <token>`, or None."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
 def credential(request: HTTPConnection) -> tuple[str | None, str]:
     """(the credential, how it came): a bearer token, the session header, or the cookie."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip(), "token"
+    token = bearer(request)
+    if token:
+        return token, "token"
     header = request.headers.get(SESSION_HEADER)
     if header:
         return header.strip(), "token"
@@ -112,10 +119,9 @@ class Gate:
                     "only; API calls need an API key or a session minted with one"
                 )
             if need_session and caller.session_id is None:
-                raise AuthenticationError(
+                raise SessionRequiredError(
                     f"{group} needs a session: get one from POST /v1/sessions and send its "
-                    "token as `Authorization: Bearer …` (or an API key)",
-                    code="session_required",
+                    "token as `Authorization: Bearer …` (or an API key)"
                 )
         except ApiError as err:
             self.metrics.auth_rejected.labels(err.code or "invalid").inc()

@@ -82,41 +82,32 @@ class RateLimits:
 
     def hit(self, group: str, caller: Caller) -> None:
         """Count one `group` request of `caller`, or raise RateLimitedError."""
-        if not self.enabled:
-            return
-        checks = [
-            (scope, item, (group, scope, who))
-            for scope, who in self.scopes(caller)
-            for item in self.per_scope[scope]
-        ]
-        self._hit(group, checks)
+        self._hit(
+            group, [(scope, who, self.per_scope[scope]) for scope, who in self.scopes(caller)]
+        )
 
     def hit_session(self, group: str, session_id: str) -> None:
         """Count one `group` action of a UI session (its address was limited when the session
         was made: the UI's handlers do not see it)."""
-        if not self.enabled:
-            return
-        checks = [
-            ("session", item, (group, "session", session_id)) for item in self.per_scope["session"]
-        ]
-        self._hit(group, checks)
+        self._hit(group, [("session", session_id, self.per_scope["session"])])
 
     def hit_new_session(self, caller: Caller) -> None:
         """Count one new session for the caller's key (when it has one) or address."""
-        if not self.enabled:
-            return
         if caller.key is not None:
-            scope, who, items = "key", caller.key, self.per_scope["key"]
+            self._hit("sessions", [("key", caller.key, self.per_scope["key"])])
         else:
-            scope, who, items = "address", caller.address, self.new_sessions
-        self._hit("sessions", [(scope, item, ("sessions", scope, who)) for item in items])
+            self._hit("sessions", [("address", caller.address, self.new_sessions)])
 
-    def _hit(self, group: str, checks: list[tuple[str, RateLimitItem, tuple[str, ...]]]) -> None:
+    def _hit(self, group: str, scoped: list[tuple[str, str, list[RateLimitItem]]]) -> None:
         # One `hit` a limit (no separate `test`: half the cost on every request). The narrowest
         # scope goes first, so a session over its own limit spends nothing of its address's.
-        for scope, item, keys in checks:
-            if not self.limiter.hit(item, *keys):
-                self._refuse(group, scope, item, keys)
+        if not self.enabled:
+            return
+        for scope, who, items in scoped:
+            for item in items:
+                keys = (group, scope, who)
+                if not self.limiter.hit(item, *keys):
+                    self._refuse(group, scope, item, keys)
 
     def _refuse(self, group: str, scope: str, item: RateLimitItem, keys: tuple[str, ...]) -> None:
         reset = self.limiter.get_window_stats(item, *keys).reset_time

@@ -146,11 +146,11 @@ class ChatService:
         manager: ModelManager,
         db: Engine,
         metrics: Metrics,
+        gate: Gate,
         background: BackgroundBootstrap | None = None,
-        gate: Gate | None = None,
     ) -> None:
         self.settings = settings
-        self.gate = gate or Gate(settings, metrics)  # the UI limits its callers through it
+        self.gate = gate  # the API's gate: the UI counts its sessions on the same limits
         self.manager = manager
         self.db = db
         self.metrics = metrics
@@ -480,10 +480,6 @@ class ChatService:
                 session_id=request.session_id,
             )
             return parent
-
-    def _get_message(self, message_id: str) -> Any:
-        with session_scope(self.db) as session:
-            return store.get_message(session=session, message_id=message_id)
 
     # ---- conversation history (the API routes and the UI both call these) ------------------
     def start_conversation(self, session_id: str, system_prompt: str | None = None) -> str:

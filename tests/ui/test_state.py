@@ -54,7 +54,7 @@ def test_service_errors_become_korean_messages() -> None:
 def test_admin_token_check(tmp_path: Path) -> None:
     def service(token: str | None) -> ChatService:
         settings = Settings(home=tmp_path, admin_token=token)
-        return ChatService(settings, manager=None, db=None, metrics=None)  # type: ignore[arg-type]
+        return ChatService(settings, manager=None, db=None, metrics=None, gate=None)  # type: ignore[arg-type]
 
     assert not service(None).is_admin("anything") and not service(None).is_admin("")
     assert service("s3cret").is_admin("s3cret")
