@@ -14,6 +14,7 @@ from rich.table import Table
 from kindchat.cli.common import console, friendly
 from kindchat.config import Settings
 from kindchat.feedback.errors import InvalidValueError
+from kindchat.feedback.moderation import load_moderator
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ def export_command(
             out_dir=out,
             config=config,
             since=parse_since(since),
+            moderator=load_moderator(settings.moderation_lexicon),
         )
     if report.signals:
         console.print(_counts_table("training rows per signal", report.signals, "rule", "rows"))

@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -50,6 +50,7 @@ from kindchat.feedback.errors import InvalidValueError
 from kindchat.feedback.files import write_json_atomic
 from kindchat.feedback.influence import InfluenceConfig, cap_rows, find_anomalies, read_votes
 from kindchat.feedback.models import utcnow
+from kindchat.feedback.moderation import Moderator, load_moderator
 from kindchat.feedback.pairs import FeedbackExample, mine_feedback
 from kindchat.feedback.textsim import Tokenizer, rouge_l
 from kindchat.seed import (
@@ -262,12 +263,38 @@ def filter_rows(
             dropped["duplicate"] += 1
         else:
             kept[row.key()] = row
+    return list(kept.values())
+
+
+def drop_contradictions(
+    rows: Sequence[R], config: ExportConfig, dropped: Counter[str], kind: str = ""
+) -> list[R]:
+    """Rows whose reverse (the opposite pair, or the same example with the other label) is not
+    kept too. Applied after the cap, so a vote cast only to cancel another still spends its
+    session's and its origin's room."""
     if not config.drop_contradictions:
-        return list(kept.values())
+        return list(rows)
+    keys = {row.key() for row in rows}
     out = []
-    for row in kept.values():
-        if row.key(reverse=True) in kept:
-            dropped["contradictory"] += 1
+    for row in rows:
+        reverse = row.key(reverse=True) if isinstance(row, RewardRow) else row.key(flip=True)
+        if reverse in keys:
+            dropped[f"{kind}_contradictory" if kind else "contradictory"] += 1
+        else:
+            out.append(row)
+    return out
+
+
+def drop_flagged(rows: Sequence[R], moderator: Moderator, dropped: Counter[str]) -> list[R]:
+    """Moderation again at export time (the lexicon may have grown since the words were
+    stored): a row any of whose texts is flagged — the prompt, its context, a user's better
+    answer, an answer — never leaves (`flagged_text`)."""
+    out = []
+    for row in rows:
+        texts = [row.prompt, *(m["content"] for m in row.context)]
+        texts += [row.chosen, row.rejected] if isinstance(row, RewardRow) else [row.completion]
+        if any(moderator.check(text).flagged for text in texts):
+            dropped["flagged_text"] += 1
         else:
             out.append(row)
     return out
@@ -291,13 +318,7 @@ def filter_examples(
             dropped[f"{kind}_duplicate"] += 1
         else:
             kept[row.key()] = row
-    out = []
-    for row in kept.values():
-        if config.drop_contradictions and row.key(flip=True) in kept:
-            dropped[f"{kind}_contradictory"] += 1
-        else:
-            out.append(row)
-    return out
+    return list(kept.values())
 
 
 R = TypeVar("R", RewardRow, ExampleRow)
@@ -321,27 +342,33 @@ def export_reward_data(
     out_dir: Path,
     config: ExportConfig | None = None,
     since: datetime | None = None,
+    moderator: Moderator | None = None,
 ) -> ExportReport:
-    """Write the export files (module docstring) to `out_dir`; return the counts."""
+    """Write the export files (module docstring) to `out_dir`; return the counts. `moderator`
+    (default: kindchat's lexicon) checks every feedback text again on the way out."""
     config = config or ExportConfig()
     anomalies = find_anomalies(read_votes(session, since), config.influence)
     for sid, reasons in anomalies.sessions.items():
         logger.info("session %s votes like a script (%s): its votes are left out", sid, reasons)
     mined = mine_feedback(session=session, since=since, exclude=anomalies.sessions)
     dropped: Counter[str] = Counter(mined.dropped)
-    candidates: list[RewardRow] = list(pair_rows(mined.pairs))
+    moderator = moderator or load_moderator()
+    candidates: list[RewardRow] = drop_flagged(list(pair_rows(mined.pairs)), moderator, dropped)
     from_feedback = len(candidates)
     if config.include_seed:
         candidates.extend(seed_rows(data_dir, config.seed_subsets))
     eval_prompts = eval_prompt_keys(data_dir) if config.exclude_eval_prompts else frozenset()
     kept = filter_rows(candidates, config, eval_prompts, dropped)
-    kto = filter_examples(map(ExampleRow.of, mined.unpaired), config, eval_prompts, dropped, "kto")
-    sft = filter_examples(
-        map(ExampleRow.of, mined.demonstrations), config, eval_prompts, dropped, "sft"
-    )
+    unpaired_rows = drop_flagged(list(map(ExampleRow.of, mined.unpaired)), moderator, dropped)
+    kto = filter_examples(unpaired_rows, config, eval_prompts, dropped, "kto")
+    demo_rows = drop_flagged(list(map(ExampleRow.of, mined.demonstrations)), moderator, dropped)
+    sft = filter_examples(demo_rows, config, eval_prompts, dropped, "sft")
     (kept, kto, sft), cap = cap_rows([kept, kto, sft], config.influence)  # one cap for all
     if cap.dropped:
         dropped["influence_cap"] += cap.dropped
+    kept = drop_contradictions(kept, config, dropped)
+    kto = drop_contradictions(kto, config, dropped, "kto")
+    sft = drop_contradictions(sft, config, dropped, "sft")
     train, test = split_rows(kept, config.test_fraction)
     unpaired, _ = split_rows(kto, config.test_fraction)
     demos, _ = split_rows(sft, config.test_fraction)

@@ -5,12 +5,14 @@ Votes are 👍/👎 ratings and arena verdicts, each with its session. A session
 
 | reason      | rule (a session with at least `min_votes` votes)                                    |
 | ----------- | ----------------------------------------------------------------------------------- |
-| `too_fast`  | at least `too_fast_share` of its votes came sooner after the answer was ready than   |
-|             | a person reads it (`len(answer) / read_chars_per_s` seconds, ≥ `min_read_s`)         |
+| `too_fast`  | at least `too_fast_share` of its votes came sooner than a person reads their answer |
+|             | (`len(answer) / read_chars_per_s` s, ≥ `min_read_s`), timed from when it was shown   |
+|             | to the session or from the session's previous vote, whichever is later (:func:`too_fast`) |
 | `one_sided` | at least `one_sided_min_votes` votes, `one_sided_share` of them the same (always 👍, |
 |             | always 👎, or always the same model in the arena)                                    |
-| `burst`     | its busiest `burst_window_s` holds ≥ `burst_min` votes and ≥ `burst_factor` × the    |
-|             | median busiest window of the sessions that voted                                     |
+| `burst`     | its busiest `burst_window_s` — or its origin's — holds ≥ `burst_min` votes and ≥     |
+|             | `burst_factor` × the median busiest window over *origins* (which the sessions of     |
+|             | one address cannot move: they are one origin)                                        |
 
 The *cap* (:func:`cap_rows`): no session may account for more than
 `max(cap_share × rows, cap_min)` of the night's feedback rows, and no *origin* (all sessions
@@ -18,7 +20,8 @@ minted for one client address: :func:`origin_of`) more than
 `max(origin_cap_share × rows, origin_cap_min)`. A row is charged to every session and origin
 whose votes made it, and kept only while all of them have room (earliest rows first).
 
-A vote's reading time runs from when its answer started to stream (stored time minus latency).
+An answer is shown to a session when it starts to stream to it (stored time minus latency):
+answers stream only to their own session, and a session rates only its own answers.
 """
 
 from __future__ import annotations
@@ -190,6 +193,22 @@ def _peak(times: Sequence[float], window_s: float) -> int:
     return best
 
 
+def too_fast(votes: Sequence[Vote], config: InfluenceConfig) -> int:
+    """How many of one session's votes (oldest first) came sooner than a person reads. A
+    person reads one thing at a time: a vote's reading clock starts when its answer was shown
+    (streamed to that session) or when the session's previous vote was cast, whichever is
+    later — so answers gathered first and voted on later in a rush are still too fast."""
+    fast, previous = 0, None
+    for vote in sorted(votes, key=lambda v: as_utc(v.at)):
+        start = as_utc(vote.shown_at)
+        if previous is not None and previous > start:
+            start = previous
+        need = max(config.min_read_s, vote.chars / config.read_chars_per_s)
+        fast += (as_utc(vote.at) - start).total_seconds() < need
+        previous = as_utc(vote.at)
+    return fast
+
+
 def find_anomalies(votes: Iterable[Vote], config: InfluenceConfig) -> Anomalies:
     """The sessions that vote like a script (module docstring), with their reasons."""
     by_session: dict[str, list[Vote]] = defaultdict(list)
@@ -198,27 +217,30 @@ def find_anomalies(votes: Iterable[Vote], config: InfluenceConfig) -> Anomalies:
     out = Anomalies(votes=sum(len(v) for v in by_session.values()))
     if not config.anomaly_filter:
         return out
-    peaks = {
-        sid: _peak(sorted(as_utc(v.at).timestamp() for v in mine), config.burst_window_s)
-        for sid, mine in by_session.items()
+    by_origin: dict[str, list[float]] = defaultdict(list)
+    for sid, mine in by_session.items():
+        by_origin[origin_of(sid)].extend(as_utc(v.at).timestamp() for v in mine)
+    origin_peaks = {
+        o: _peak(sorted(times), config.burst_window_s) for o, times in by_origin.items()
     }
-    median_peak = statistics.median(peaks.values()) if peaks else 0
+    # The baseline is the median over *origins*: an attacker's many sessions from one address
+    # are one origin, so they cannot raise it; it never drops below one vote a window.
+    baseline = max(1.0, statistics.median(origin_peaks.values())) if origin_peaks else 1.0
     for sid, mine in by_session.items():
         reasons: list[str] = []
         if len(mine) >= config.min_votes:
-            fast = sum(
-                (as_utc(v.at) - as_utc(v.shown_at)).total_seconds()
-                < max(config.min_read_s, v.chars / config.read_chars_per_s)
-                for v in mine
-            )
-            if fast >= config.too_fast_share * len(mine):
+            if too_fast(mine, config) >= config.too_fast_share * len(mine):
                 reasons.append("too_fast")
             if len(mine) >= config.one_sided_min_votes:
                 _, top = Counter(v.side for v in mine).most_common(1)[0]
                 if top >= config.one_sided_share * len(mine):
                     reasons.append("one_sided")
-        peak = peaks[sid]
-        if peak >= config.burst_min and peak >= config.burst_factor * median_peak:
+        peak = _peak(sorted(as_utc(v.at).timestamp() for v in mine), config.burst_window_s)
+        origin_peak = origin_peaks[origin_of(sid)]
+        if (
+            max(peak, origin_peak) >= config.burst_min
+            and max(peak, origin_peak) >= config.burst_factor * baseline
+        ):
             reasons.append("burst")
         if reasons:
             out.sessions[sid] = reasons

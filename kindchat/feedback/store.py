@@ -65,6 +65,7 @@ from kindchat.feedback.models import (
 )
 from kindchat.feedback.validation import (
     MAX_BETTER_ANSWER_CHARS,
+    MAX_COMMENT_CHARS,
     MAX_CONTENT_CHARS,
     check_context,
     check_count,
@@ -283,6 +284,7 @@ def record_message(
                 "messages, or both user messages",
                 field="parent_id",
             )
+        _check_parent_owner(session, conversation, parent)
     row = Message(
         conversation_id=conversation_id,
         role=role,
@@ -405,6 +407,29 @@ def message_context(*, session: Session, message_id: str) -> list[dict[str, str]
 # --- ratings --------------------------------------------------------------------------------
 
 
+def _check_parent_owner(session: Session, conversation: Conversation, parent: Message) -> None:
+    """An edit stays in its conversation; a regeneration may answer a copy of its context in
+    another conversation, but only one of the same session: nobody branches from, or
+    regenerates into, someone else's conversation (404, as for an unknown id)."""
+    if parent.conversation_id == conversation.id:
+        return
+    home = session.get(Conversation, parent.conversation_id)
+    if parent.role == "user" or home is None or home.session_id != conversation.session_id:
+        raise UnknownIdError("message", parent.id, field="parent_id")
+
+
+def check_rater(*, session: Session, message_id: str, session_id: str) -> None:
+    """What serving asks before a rating: a session rates only answers it was shown, those of
+    its own conversations (an arena battle is stored as a conversation of the voter). Someone
+    else's answer, a shared one included, is refused as unknown (404), so ids seen on a share
+    page open nothing. (`rate` itself stays general: the store also records votes that other
+    tools bring.)"""
+    message = session.get(Message, message_id)
+    home = session.get(Conversation, message.conversation_id) if message is not None else None
+    if home is None or home.session_id is None or home.session_id != session_id:
+        raise UnknownIdError("message", message_id, field="message_id")
+
+
 def rate(
     *,
     session: Session,
@@ -430,7 +455,7 @@ def rate(
     check_str(session_id, "session_id")
     reason = check_optional_str(reason, "reason")
     if comment is not None:
-        check_str(comment, "comment", max_len=MAX_CONTENT_CHARS, allow_empty=True)
+        check_str(comment, "comment", max_len=MAX_COMMENT_CHARS, allow_empty=True)
     if better_answer is not None:
         check_str(better_answer, "better_answer", max_len=MAX_BETTER_ANSWER_CHARS)
     message = get_row(session, Message, message_id, "message", "message_id")

@@ -21,6 +21,7 @@ from kindchat.feedback.models import NAME_LENGTH, ROLES, as_utc
 
 MAX_CONTENT_CHARS = 200_000
 MAX_BETTER_ANSWER_CHARS = 4_000  # a better answer a user writes: one reply, not a document
+MAX_COMMENT_CHARS = 4_000  # a comment on a rating (the API and the page alike)
 MAX_LIST_LIMIT = 10_000
 P = TypeVar("P", bound=SQLModel)
 

@@ -45,6 +45,7 @@ from kindchat.feedback.influence import InfluenceConfig, find_anomalies, read_vo
 from kindchat.feedback.judge import JudgeCache, JudgeConfig, judge_file
 from kindchat.feedback.llm import ChatClient, EndpointConfig
 from kindchat.feedback.models import RetrainRunPublic
+from kindchat.feedback.moderation import load_moderator
 from kindchat.feedback.pairs import mine_feedback
 from kindchat.models.presets import get_preset
 from kindchat.models.registry import Registry
@@ -241,6 +242,7 @@ class Cycle:
                 config=ExportConfig(
                     include_seed=False, influence=InfluenceConfig.from_settings(self.settings)
                 ),
+                moderator=load_moderator(self.settings.moderation_lexicon),
             )
         data = PreferenceData.from_export(out)
         self.rec.record(

@@ -71,11 +71,13 @@ def honest(engine: Engine, people: int, each: int) -> None:
                 rate(session, f"person-{p}", message, 1 if (p + i) % 3 else -1, start + 10)
 
 
-def scripted(engine: Engine, who: str, n: int, *, gap: float, read: float, value: int) -> None:
+def scripted(
+    engine: Engine, who: str, n: int, *, gap: float, read: float, value: int, offset: float = 0
+) -> None:
     """One session voting `n` times, `gap` seconds apart, `read` seconds after each answer."""
     with session_scope(engine) as session:
         for i in range(n):
-            start = 5000 + i * gap
+            start = 5000 + offset + i * gap
             message = answered(session, who, i, start)
             rate(session, who, message, value if value else (1 if i % 2 else -1), start + read)
 
@@ -170,10 +172,42 @@ def test_many_sessions_of_one_address_are_capped_together(
     engine = init_db(settings)
     honest(engine, people=40, each=2)
     for k in range(30):
-        scripted(engine, f"s-0a0a0a0a0a0a-{k:04d}", 8, gap=200, read=20, value=0)
+        # staggered (one every 6.5 s) so that the origin's busiest minute stays under `burst_min`
+        scripted(engine, f"s-0a0a0a0a0a0a-{k:04d}", 8, gap=200, read=20, value=0, offset=k * 6.5)
     manifest = export(settings, engine, tmp_path / "out", origin_cap_min=60)
+    assert manifest["influence"]["anomalous"]["sessions"] == 0
     influence = manifest["influence"]
     assert influence["origin_cap"] == 60 and influence["capped_origins"] == 1
     sybils = sum(rows_of(tmp_path / "out", f"s-0a0a0a0a0a0a-{k:04d}") for k in range(30))
     assert sybils == 60  # 240 given
     assert sum(rows_of(tmp_path / "out", f"person-{p}") for p in range(40)) == 80
+
+
+def test_answers_gathered_first_and_voted_in_a_rush_are_too_fast(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Reading time runs from the session's previous vote too: 25 answers streamed first, then
+    rated one every 0.2 s minutes later, are judged `too_fast` (timed from the answers alone,
+    each vote would look like minutes of reading)."""
+    engine = init_db(settings)
+    honest(engine, people=10, each=2)
+    with session_scope(engine) as session:
+        ids = [answered(session, "hoarder", i, 5000 + i) for i in range(25)]
+        for i, message in enumerate(ids):
+            rate(session, "hoarder", message, -1 if i % 2 else 1, 5600 + i * 0.2)
+    manifest = export(settings, engine, tmp_path / "out")
+    assert manifest["influence"]["anomalous"]["by_reason"]["too_fast"] == 1
+    assert rows_of(tmp_path / "out", "hoarder") == 0
+
+
+def test_the_burst_baseline_is_over_origins(settings: Settings, tmp_path: Path) -> None:
+    """Ten sessions of one address each voting 25 times in a minute set their own median if
+    the baseline were over sessions; over origins they are one origin, judged `burst`."""
+    engine = init_db(settings)
+    honest(engine, people=5, each=2)
+    for k in range(10):
+        scripted(engine, f"s-0b0b0b0b0b0b-{k:04d}", 25, gap=2, read=30, value=0, offset=k * 0.1)
+    manifest = export(settings, engine, tmp_path / "out")
+    anomalous = manifest["influence"]["anomalous"]
+    assert anomalous["by_reason"]["burst"] == 10 and anomalous["sessions"] == 10
+    assert sum(rows_of(tmp_path / "out", f"s-0b0b0b0b0b0b-{k:04d}") for k in range(10)) == 0
