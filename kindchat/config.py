@@ -101,6 +101,18 @@ class Settings(BaseSettings):
         None, description="Bearer token for /v1/admin/*; admin routes are off when unset."
     )
     retry_after_s: int = Field(2, ge=1, description="Retry-After sent with 429/503.")
+    public_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$",
+        description="The address users reach kindchat at (https://chat.example.kr): share links "
+        "are built from it, never from a request's Host. Unset: http://<host>:<port> of a "
+        "specific bind, a path alone (/shared/…) on a wildcard bind.",
+    )
+    metrics_public: bool | None = Field(
+        None,
+        description="Serve /metrics to anyone; off: only with the admin token. Unset: public on "
+        "a loopback bind (127.0.0.1, ::1, localhost), admin-only otherwise.",
+    )
 
     # Nightly retraining (kindchat.retrain.cycle / scheduler).
     retrain_schedule: bool = Field(
@@ -252,6 +264,21 @@ class Settings(BaseSettings):
     anomaly_min_votes: int = Field(
         10, ge=2, description="Votes a session needs before its pattern is judged."
     )
+
+    def share_base(self) -> str:
+        """What share links start with (no trailing slash; "" for a path-only link)."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        if self.host in ("0.0.0.0", "::", "") or self.port == 0:
+            return ""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def metrics_open(self) -> bool:
+        """Whether /metrics answers without the admin token (`metrics_public`)."""
+        if self.metrics_public is not None:
+            return self.metrics_public
+        return self.host in ("127.0.0.1", "::1", "localhost")
 
     @field_validator("session_secrets_old", "api_keys", "trusted_proxies", mode="before")
     @classmethod

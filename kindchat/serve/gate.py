@@ -129,6 +129,17 @@ class Gate:
         self.limits.hit(group, caller)
         return caller
 
+    def page_hit(self, group: str, caller: Caller) -> None:
+        """A page action of `group` (the UI's door): it needs the page's signed session, and
+        counts on the same per-session and per-address limits as the API's routes."""
+        if caller.session_id is None:
+            self.metrics.auth_rejected.labels(SessionRequiredError.code).inc()
+            raise SessionRequiredError(
+                "this page has no session (new sessions from this address are over the limit, "
+                "or cookies are off); reload the page later"
+            )
+        self.limits.hit(group, caller)
+
     def new_session(self, request: HTTPConnection, via: str = "api") -> IssuedSession:
         """A new signed session for this caller (keyed mode: only with an API key). The UI's
         page (`via="ui"`) mints for its address, whatever stale or forged cookie it sent."""

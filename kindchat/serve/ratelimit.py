@@ -86,11 +86,6 @@ class RateLimits:
             group, [(scope, who, self.per_scope[scope]) for scope, who in self.scopes(caller)]
         )
 
-    def hit_session(self, group: str, session_id: str) -> None:
-        """Count one `group` action of a UI session (its address was limited when the session
-        was made: the UI's handlers do not see it)."""
-        self._hit(group, [("session", session_id, self.per_scope["session"])])
-
     def hit_new_session(self, caller: Caller) -> None:
         """Count one new session for the caller's key (when it has one) or address."""
         if caller.key is not None:

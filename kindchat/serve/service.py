@@ -32,7 +32,13 @@ from kindchat.feedback.models import (
     RatingPublic,
     RetrainRunPublic,
 )
-from kindchat.feedback.moderation import ChainModerator, Verdict, load_moderator, refusal
+from kindchat.feedback.moderation import (
+    CLEAN,
+    ChainModerator,
+    Verdict,
+    load_moderator,
+    refusal,
+)
 from kindchat.models.backends.base import GenerationOptions, StopMatcher, TextDelta
 from kindchat.models.generation import SamplingParams
 from kindchat.models.manager import Lease, ModelManager, ModelName, ReloadReport
@@ -40,7 +46,6 @@ from kindchat.models.registry import CHALLENGER_ALIAS
 from kindchat.retrain import admin
 from kindchat.retrain.background import BackgroundBootstrap
 from kindchat.retrain.challenger import challenge_history, current_challenge, decide_challenge
-from kindchat.serve.auth import SessionRequiredError
 from kindchat.serve.errors import (
     AdminDisabledError,
     AdminTokenError,
@@ -67,7 +72,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_TEMPERATURE = 0.7
 DEFAULT_TOP_P = 0.95
 DEFAULT_REPETITION_PENALTY = 1.1
-ANONYMOUS_SESSION = "api"  # who rates an answer whose request named no session
 
 
 @dataclass(frozen=True)
@@ -163,16 +167,6 @@ class ChatService:
         )
 
     # ---- checks -----------------------------------------------------------------------------
-    def limit(self, group: str, session_id: str | None) -> None:
-        """The UI's check before an action of `group` (chat, feedback, arena): the page needs
-        its signed session, and the session's rate limit applies as on the API."""
-        if not session_id:
-            raise SessionRequiredError(
-                "this page has no session (new sessions from this address are over the limit, "
-                "or cookies are off); reload the page later"
-            )
-        self.gate.limits.hit_session(group, session_id)
-
     def check_messages(self, messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
         """Plain dicts for the template; empty/whitespace or over-long input -> 4xx."""
         total = 0
@@ -197,6 +191,19 @@ class ChatService:
                 param="messages",
             )
         return [{"role": m.role, "content": m.content} for m in messages]
+
+    def _check_text(self, field: str, text: str) -> None:
+        """A text a user writes that may train the model (a comment, a better answer): refused
+        when moderation flags it, so it is never stored for training."""
+        verdict = self.moderator.check(text)
+        if verdict.flagged:
+            self.metrics.refusals.labels(f"{field}:{verdict.category}").inc()
+            raise InvalidRequestError(
+                f"{field} was flagged by moderation ({verdict.category}) and cannot be stored "
+                "as training data; write it without that",
+                param=field,
+                code="flagged_text",
+            )
 
     def sampling(
         self,
@@ -439,6 +446,10 @@ class ChatService:
             flag: str | None = "refusal"  # the answer to a flagged turn: never training data
         else:
             verdict = self.moderator.check(answer.text)
+            if verdict.category == "self_harm":
+                # An answer that talks about distress (to comfort, or to give the 109 line) is
+                # the answer we want: not flagged, it may train.
+                verdict = CLEAN
             flag = verdict.reason
             if verdict.flagged:
                 self.metrics.refusals.labels(f"answer:{verdict.category}").inc()
@@ -528,6 +539,10 @@ class ChatService:
                 session=session, conversation_id=conversation_id, session_id=session_id
             )
 
+    def share_url(self, token: str) -> str:
+        """The link to a shared conversation, from `public_url` (never a request's headers)."""
+        return f"{self.settings.share_base()}/shared/{token}"
+
     def shared(self, token: str) -> tuple[ConversationPublic, list[MessagePublic]]:
         with session_scope(self.db) as session:
             return store.shared_conversation(session=session, token=token)
@@ -538,17 +553,19 @@ class ChatService:
         *,
         message_id: str,
         value: int,
-        session_id: str | None = None,
+        session_id: str,
         reason: str | None = None,
         comment: str | None = None,
         better_answer: str | None = None,
     ) -> RatingPublic:
-        """👍 (1) / 👎 (-1) on an answer; one per (answer, session), rating again replaces it.
-        Without `session_id`, the session that asked for the answer rates it."""
+        """👍 (1) / 👎 (-1) on an answer of the session's own conversations (404 otherwise: a
+        shared answer is read-only for everyone else); one per (answer, session), rating again
+        replaces it. Comments and better answers are moderated: a flagged one is refused."""
+        for name, text in (("comment", comment), ("better_answer", better_answer)):
+            if text:
+                self._check_text(name, text)
         with session_scope(self.db) as session:
-            if session_id is None:
-                message = store.get_message(session=session, message_id=message_id)
-                session_id = message.session_id or ANONYMOUS_SESSION
+            store.check_rater(session=session, message_id=message_id, session_id=session_id)
             return store.rate(
                 session=session,
                 message_id=message_id,

@@ -4,14 +4,18 @@ Handlers reach the app's :class:`~kindchat.serve.service.ChatService` (created i
 lifespan) through a `ServiceRef`, so the UI stores, rates, votes and ranks with the same code as
 the HTTP API. Every browser gets a server-signed session in an HttpOnly cookie on its first page
 load (new sessions limited per address); the page reads it server-side into a `gr.State`, which
-the browser cannot set, and its ratings and votes are attributed to it.
+the browser cannot set, and its ratings and votes are attributed to it. Every handler is checked
+against the cookie of its own request, and counted on the API's limits (:mod:`kindchat.ui.guard`).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.cookies import SimpleCookie
+from typing import Any
 
 import gradio as gr
 from fastapi import FastAPI
@@ -30,6 +34,7 @@ from kindchat.ui.bootstrap import build_banner
 from kindchat.ui.chat import build_chat_tab
 from kindchat.ui.common import OnLoad, ServiceRef
 from kindchat.ui.dashboard import build_dashboard_tab
+from kindchat.ui.guard import PageGuard, guard_events
 from kindchat.ui.leaderboard import build_leaderboard_tab
 
 logger = logging.getLogger(__name__)
@@ -69,21 +74,44 @@ def session_cookie(request: gr.Request) -> str | None:
     return morsel.value if morsel is not None else None
 
 
-def page_session(service: ServiceRef) -> Callable[[gr.Request], str]:
-    def load(request: gr.Request) -> str:
+@dataclass
+class PageSession:
+    """The page's signed session, read from its cookie when it opens (server-side state)."""
+
+    session_id: str = ""
+
+
+def page_session(service: ServiceRef) -> Callable[[gr.Request], PageSession]:
+    def load(request: gr.Request) -> PageSession:
         """The session of the page's signed cookie ("" without one: feedback then explains)."""
         session_id = service().gate.token_session(session_cookie(request))
         if session_id is None:
             logger.info("a page without a valid session cookie")
-        return session_id or ""
+        return PageSession(session_id or "")
 
     return load
 
 
-def build_ui(service: ServiceRef) -> gr.Blocks:
+def for_page(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A tab's page-open step, called with the page's session id; the page check sees the
+    PageSession argument (an async function stays one, so Gradio runs it as it is)."""
+    if inspect.iscoroutinefunction(fn):
+
+        async def opened(page: PageSession, *inputs: Any) -> Any:
+            return await fn(page.session_id, *inputs)
+
+        return opened
+
+    def opened_sync(page: PageSession, *inputs: Any) -> Any:
+        return fn(page.session_id, *inputs)
+
+    return opened_sync
+
+
+def build_ui(service: ServiceRef, page_checks: bool = True) -> gr.Blocks:
     """All tabs; each tab's page-open step runs once the session is known."""
     with gr.Blocks(title=strings.PAGE_TITLE, analytics_enabled=False) as demo:
-        session = gr.State("")  # server-side: the browser cannot choose it
+        session = gr.State(PageSession())  # server-side: the browser cannot choose it
         gr.Markdown(strings.HEADER, elem_id="header")
         build_banner(service)
         loads: list[tuple[gr.Tab, OnLoad]] = []
@@ -95,10 +123,12 @@ def build_ui(service: ServiceRef) -> gr.Blocks:
         for tab, on_load in loads:
             inputs = [session, *on_load.inputs]
             if on_load.on_open:
-                started.then(on_load.fn, inputs, on_load.outputs)
+                started.then(for_page(on_load.fn), inputs, on_load.outputs)
             if on_load.on_select:
-                tab.select(on_load.fn, inputs, on_load.outputs)
+                tab.select(for_page(on_load.fn), inputs, on_load.outputs)
     demo.queue(default_concurrency_limit=None)  # the model engine batches and limits, not Gradio
+    if page_checks:
+        guard_events(demo, lambda: service().gate)  # every handler: the cookie's session, limits
     return demo
 
 
@@ -153,15 +183,18 @@ class SessionCookie:
         await self.app(scope, receive, send_with_cookie)
 
 
-def mount_ui(app: FastAPI) -> FastAPI:
-    """Serve the UI at `/` of `app` (its API routes, added before, keep matching first)."""
-    demo = build_ui(lambda: app.state.service)
+def mount_ui(app: FastAPI, page_checks: bool = True) -> FastAPI:
+    """Serve the UI at `/` of `app` (its API routes, added before, keep matching first).
+    `page_checks=False` (a benchmark's baseline only) leaves out :mod:`kindchat.ui.guard`."""
+    demo = build_ui(lambda: app.state.service, page_checks)
     theme = gr.themes.Soft(font=FONTS, font_mono=["NanumGothicCoding", "monospace"])
     gr.mount_gradio_app(app, demo, path="/", ssr_mode=False, theme=theme, css=CSS, footer_links=[])
     mount = app.router.routes[-1]
     if not isinstance(mount, Mount):
         raise RuntimeError(f"expected Gradio's mount as the last route, found {mount!r}")
     app.router.routes[-1] = UiMount(mount.path or "/", app=mount.app, name=mount.name)
+    if page_checks:
+        app.add_middleware(PageGuard, gate=lambda: app.state.gate)
     app.add_middleware(
         SessionCookie,
         gate=lambda: app.state.gate,

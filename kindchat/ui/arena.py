@@ -15,6 +15,7 @@ from kindchat.serve.protocol import ChatMessage
 from kindchat.serve.service import Answer, AnswerRequest, ChatService
 from kindchat.ui import strings
 from kindchat.ui.common import OnLoad, ServiceRef, model_choices, user_error
+from kindchat.ui.guard import action
 from kindchat.ui.state import ArenaRound
 
 logger = logging.getLogger(__name__)
@@ -101,7 +102,6 @@ async def start(
 ) -> AsyncIterator[Update]:
     before = state
     try:
-        service.limit("arena", state.session_id)
         yield round_update(
             ArenaRound(session_id=state.session_id, prompt=prompt),
             strings.ARENA_STREAMING,
@@ -125,7 +125,6 @@ async def vote(service: ChatService, state: ArenaRound, verdict: str) -> Update:
         gr.Warning(strings.ARENA_NO_BATTLE)
         return state, gr.update(), *vote_buttons(False)
     try:
-        service.limit("arena", state.session_id)
         result = await service.vote(
             battle_id=state.battle_id, session_id=state.session_id, winner=verdict
         )
@@ -189,6 +188,7 @@ def build_arena_tab(service: ServiceRef) -> OnLoad:
         send = gr.Button(strings.ARENA_SEND, variant="primary", scale=1, elem_id="arena-send")
     again = gr.Button(strings.NEW_ROUND, elem_id="arena-new")
 
+    @action("arena")
     async def on_start(
         state: ArenaRound, prompt: str, model_a: str, model_b: str
     ) -> AsyncIterator[Update]:
@@ -205,6 +205,7 @@ def build_arena_tab(service: ServiceRef) -> OnLoad:
     )
     for verdict, button in zip(VERDICTS, buttons, strict=True):
 
+        @action("arena")
         async def on_vote(state: ArenaRound, verdict: str = verdict) -> Update:
             return await vote(service(), state, verdict)
 

@@ -27,6 +27,7 @@ from kindchat.ui.common import (
     stream_text,
     user_error,
 )
+from kindchat.ui.guard import action
 from kindchat.ui.state import ChatSession, Turn
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,6 @@ async def answer(
     is stored as it goes: made on the first message, each turn appended (an edit as the sibling
     of the message it edits), so the history survives a reload."""
     context = state.turns[:-1] if regenerate else state.turns
-    service.limit("chat", state.session_id)  # a page without a session: reload later
     messages = service.check_messages(
         [
             *([ChatMessage(role="system", content=state.persona)] if state.persona else []),
@@ -174,7 +174,6 @@ async def like(service: ChatService, state: ChatSession, data: gr.LikeData) -> U
         return state, gr.update()
     value = 1 if data.liked else -1
     try:
-        service.limit("feedback", state.session_id)
         await run_blocking(
             service.rate, message_id=turn.message_id, value=value, session_id=state.session_id
         )
@@ -319,7 +318,10 @@ def build_chat_tab(service: ServiceRef) -> OnLoad:
                 with gr.Row():
                     reason = gr.Radio(strings.REASON_CHOICES, label=strings.REASON_LABEL, scale=3)
                     comment = gr.Textbox(
-                        label=strings.COMMENT_LABEL, scale=2, elem_id="chat-comment"
+                        label=strings.COMMENT_LABEL,
+                        scale=2,
+                        max_length=4000,
+                        elem_id="chat-comment",
                     )
                     send_reason_button = gr.Button(
                         strings.REASON_SEND, scale=1, elem_id="chat-reason-send"
@@ -370,6 +372,7 @@ def build_chat_tab(service: ServiceRef) -> OnLoad:
             clear_button = gr.Button(strings.CLEAR, elem_id="chat-clear")
             gr.Markdown(strings.EDIT_HINT)
 
+    @action("chat")
     async def on_send(
         state: ChatSession, text: str, model: str, choice: str, custom: str
     ) -> AsyncIterator[Update]:
@@ -378,47 +381,52 @@ def build_chat_tab(service: ServiceRef) -> OnLoad:
         async for update in send(service(), state, text, model):
             yield update
 
+    @action("chat")
     async def on_edit(state: ChatSession, data: gr.EditData, model: str) -> AsyncIterator[Update]:
         async for update in edit(service(), state, data, model):
             yield update
 
+    @action("chat")
     async def on_regenerate(state: ChatSession, model: str) -> AsyncIterator[Update]:
         async for update in regenerate(service(), state, model):
             yield update
 
+    @action("feedback")
     async def on_like(state: ChatSession, data: gr.LikeData) -> Update:
         return await like(service(), state, data)
 
+    @action("feedback")
     async def on_reason(
         state: ChatSession, reason: str | None, comment: str, better: str
     ) -> Update:
         return await send_reason(service(), state, reason, comment, better)
 
+    @action("history")
     def on_history(state: ChatSession) -> Any:
         return history_update(service(), state)
 
+    @action("history")
     def on_open(state: ChatSession, conversation_id: str) -> Update:
         try:
-            service().limit("history", state.session_id)
             return open_conversation(service(), state, conversation_id)
         except Exception as err:
             raise user_error(err) from err
 
+    @action("history")
     def on_rename(state: ChatSession, title: str) -> Any:
         if state.conversation_id is None or not title.strip():
             raise gr.Error(strings.NO_CONVERSATION)
         try:
-            service().limit("history", state.session_id)
             service().rename_conversation(state.conversation_id, state.session_id, title)
         except Exception as err:
             raise user_error(err) from err
         return history_update(service(), state)
 
+    @action("history")
     def on_delete(state: ChatSession, forget: bool) -> Update:
         if state.conversation_id is None:
             raise gr.Error(strings.NO_CONVERSATION)
         try:
-            service().limit("history", state.session_id)
             service().delete_conversation(state.conversation_id, state.session_id, forget)
         except Exception as err:
             raise user_error(err) from err
@@ -426,20 +434,19 @@ def build_chat_tab(service: ServiceRef) -> OnLoad:
         fresh = ChatSession(session_id=state.session_id)
         return chatbot_update(fresh), fresh, history_update(service(), fresh)
 
+    @action("history")
     def on_export(state: ChatSession) -> Any:
         return gr.File(value=export_path(service(), state), visible=True)
 
-    def on_share(state: ChatSession, request: gr.Request) -> Any:
+    @action("history")
+    def on_share(state: ChatSession) -> Any:
         if state.conversation_id is None:
             raise gr.Error(strings.NO_CONVERSATION)
         try:
-            service().limit("history", state.session_id)
             token = service().share_conversation(state.conversation_id, state.session_id)
         except Exception as err:
             raise user_error(err) from err
-        host = request.headers.get("host", "127.0.0.1")
-        scheme = request.headers.get("x-forwarded-proto", "http")
-        return gr.update(value=f"{scheme}://{host}/shared/{token}", visible=True)
+        return gr.update(value=service().share_url(token), visible=True)
 
     def on_persona(choice: str) -> Any:
         return gr.update(visible=choice == personas.CUSTOM)

@@ -54,6 +54,7 @@ ERROR_MESSAGES = {
     "model_not_found": strings.ERROR_MODEL,
     "model_unavailable": strings.ERROR_MODEL,
     "retrain_busy": strings.ERROR_RETRAIN_BUSY,
+    "flagged_text": strings.ERROR_FLAGGED_TEXT,
 }
 
 

@@ -183,7 +183,22 @@ def challenger_frame(history: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-async def refresh(service: ChatService) -> tuple[Any, ...]:
+async def refresh(service: ChatService, token: str = "") -> tuple[Any, ...]:
+    """The dashboard's data, for the admin token only (as `GET /v1/admin/dashboard`); without
+    it every panel stays empty and the intro says how to unlock it."""
+    if not service.is_admin(token):
+        return (
+            gr.update(visible=False),
+            strings.DASHBOARD_LOCKED,
+            None,
+            None,
+            None,
+            gr.LinePlot(value=None, label=strings.PPO_TITLE_EMPTY),
+            None,
+            "",
+            None,
+            gr.Dropdown(choices=[]),
+        )
     try:
         data = await run_blocking(service.dashboard)
     except Exception as err:
@@ -265,7 +280,7 @@ async def retrain(service: ChatService, token: str, force: bool) -> str:
 
 def build_admin(service: ServiceRef) -> tuple[Any, list[Any]]:
     """The admin accordion: token box, then (hidden until it matches) the actions. Returns the
-    version picker and the events after which the dashboard should refresh."""
+    token box, the version picker and the events after which the dashboard should refresh."""
     with gr.Accordion(strings.ADMIN_TITLE, open=False):
         with gr.Row():
             token = gr.Textbox(
@@ -315,13 +330,14 @@ def build_admin(service: ServiceRef) -> tuple[Any, list[Any]]:
     async def on_retrain(token: str, force: bool) -> str:
         return await retrain(service(), token, force)
 
-    gr.on([token.submit, unlock_button.click], on_unlock, [token], [actions, note])
+    unlocked = gr.on([token.submit, unlock_button.click], on_unlock, [token], [actions, note])
     changed = [
+        unlocked,
         promote_button.click(on_promote, [token, version, alias], [note]),
         rollback_button.click(on_rollback, [token, back_alias], [note]),
         retrain_button.click(on_retrain, [token, force], [note]),
     ]
-    return version, changed
+    return token, version, changed
 
 
 def build_dashboard_tab(service: ServiceRef) -> OnLoad:
@@ -361,18 +377,18 @@ def build_dashboard_tab(service: ServiceRef) -> OnLoad:
     gr.Markdown(f"#### {strings.RUNS_TITLE}")
     runs = gr.Dataframe(interactive=False, wrap=True, elem_id="dashboard-runs")
     button = gr.Button(strings.REFRESH, size="sm", elem_id="dashboard-refresh")
-    version, changed = build_admin(service)
+    token, version, changed = build_admin(service)
 
     outputs = [stages, summary, per_day, thumbs, runs, ppo, rm, challenger, decisions, version]
 
-    async def on_refresh() -> tuple[Any, ...]:
-        return await refresh(service())
+    async def on_refresh(token: str) -> tuple[Any, ...]:
+        return await refresh(service(), token)
 
-    button.click(on_refresh, [], outputs)
+    button.click(on_refresh, [token], outputs)
     for event in changed:
-        event.success(on_refresh, [], outputs)
+        event.success(on_refresh, [token], outputs)
 
-    async def on_load(session_id: str) -> tuple[Any, ...]:
-        return await on_refresh()
+    async def on_load(session_id: str, token: str) -> tuple[Any, ...]:
+        return await on_refresh(token)
 
-    return OnLoad(on_load, [], outputs, on_open=False, on_select=True)
+    return OnLoad(on_load, [token], outputs, on_open=False, on_select=True)

@@ -32,8 +32,8 @@ def free_port() -> int:
 class ServerThread:
     """uvicorn serving `app` on a free port in a daemon thread."""
 
-    def __init__(self, app: Any) -> None:
-        self.port = free_port()
+    def __init__(self, app: Any, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
             app,
@@ -73,11 +73,18 @@ def serve(request: pytest.FixtureRequest) -> Iterator[ServeFactory]:
     @contextmanager
     def start(settings: Settings | None = None, loader: Any = None, **overrides: Any):
         base = settings or request.getfixturevalue("micro_copy")
+        port = free_port()
         configured = Settings.model_validate(
             # rate limits off unless a test turns them on (tests/serve/test_security.py)
-            {**base.model_dump(), "alias_poll_s": 0.2, "rate_limits": False, **overrides}
+            {
+                **base.model_dump(),
+                "alias_poll_s": 0.2,
+                "rate_limits": False,
+                "port": port,  # share links name the server the test talks to
+                **overrides,
+            }
         )
-        with ServerThread(create_app(configured, loader=loader)) as server:
+        with ServerThread(create_app(configured, loader=loader), port) as server:
             server.settings = configured  # type: ignore[attr-defined]
             yield server
 

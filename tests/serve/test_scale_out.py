@@ -28,7 +28,7 @@ from sqlmodel import select
 from kindchat.config import Settings
 from kindchat.feedback import store
 from kindchat.feedback.db import init_db, session_scope
-from kindchat.feedback.models import TERMINAL_RUN_STATUSES, Rating
+from kindchat.feedback.models import TERMINAL_RUN_STATUSES, Conversation, Message, Rating
 from kindchat.models.registry import Registry
 from kindchat.serve.auth import Sessions
 
@@ -117,47 +117,68 @@ def test_two_servers_one_database_one_registry(
         wait_for("server b to hot-swap", lambda: answer_version(b.url) == target, 60)
 
 
-def answers_to_rate(settings: Settings, count: int) -> list[str]:
-    """Assistant messages to rate, written straight into the shared store."""
+SESSIONS_PER_CLIENT = 4  # each rates its own ANSWERS answers, then the client takes the next
+ANSWERS = 400
+
+
+def owned_answers(settings: Settings, owners: list[str], count: int) -> dict[str, list[str]]:
+    """`count` assistant messages in a conversation of each owner (a session rates only its
+    own answers), written straight into the shared store in one transaction."""
+    out: dict[str, list[str]] = {}
     with session_scope(init_db(settings)) as session:
-        conversation = store.create_conversation(session=session, session_id="seed")
-        return [
-            store.record_message(
-                session=session,
-                conversation_id=conversation.id,
-                role="assistant",
-                content=f"답변 {i}",
-            ).id
-            for i in range(count)
-        ]
+        for owner in owners:
+            conversation = Conversation(session_id=owner)
+            session.add(conversation)
+            session.flush()
+            rows = [
+                Message(
+                    conversation_id=conversation.id,
+                    role="assistant",
+                    content=f"답변 {i}",
+                    session_id=owner,
+                )
+                for i in range(count)
+            ]
+            session.add_all(rows)
+            session.flush()
+            out[owner] = [row.id for row in rows]
+        session.commit()
+    return out
 
 
 class FeedbackLoad:
-    """`CLIENTS` threads, each one person (its own address) rating every answer in turn over
-    HTTP as fast as replies come back, with a new session each time it has rated them all;
+    """`CLIENTS` threads, each one person (its own address) rating its answers in turn over
+    HTTP as fast as replies come back, with its next session when it has rated them all;
     even clients call server a, odd ones server b. Every 200 is an acknowledged write. The
     sessions are signed with the servers' shared secret, as POST /v1/sessions signs them."""
 
-    def __init__(self, urls: list[str], messages: list[str]) -> None:
+    def __init__(self, urls: list[str], settings: Settings) -> None:
         self.urls = urls
-        self.messages = messages
-        self.minter = Sessions(Settings(home=Path("unused"), session_secret=SECRET))
+        minter = Sessions(Settings(home=Path("unused"), session_secret=SECRET))
+        self.sessions = [
+            [minter.issue(address=self.address(i)) for _ in range(SESSIONS_PER_CLIENT)]
+            for i in range(CLIENTS)
+        ]
+        self.answers = owned_answers(
+            settings, [s.session_id for mine in self.sessions for s in mine], ANSWERS
+        )
         self.stop = threading.Event()
         self.acknowledged: list[list[tuple[str, str, int]]] = [[] for _ in range(CLIENTS)]
         self.failed = [0] * CLIENTS
         self.threads = [threading.Thread(target=self.client, args=(i,)) for i in range(CLIENTS)]
 
+    @staticmethod
+    def address(index: int) -> str:
+        return f"10.40.0.{index + 1}"  # one person per client
+
     def client(self, index: int) -> None:
         url = self.urls[index % len(self.urls)]
-        address = f"10.40.0.{index + 1}"  # one person per client
-        with httpx.Client(timeout=10, headers={"X-Forwarded-For": address}) as http:
-            sent = 0
-            issued = self.minter.issue(address=address)
-            while not self.stop.is_set():
-                sent += 1
-                if sent % len(self.messages) == 0:  # rated them all: a new session
-                    issued = self.minter.issue(address=address)
-                message = self.messages[sent % len(self.messages)]
+        with httpx.Client(timeout=10, headers={"X-Forwarded-For": self.address(index)}) as http:
+            for sent in range(SESSIONS_PER_CLIENT * ANSWERS):
+                if self.stop.is_set():
+                    return
+                issued = self.sessions[index][sent // ANSWERS]
+                message = self.answers[issued.session_id][sent % ANSWERS]
                 session_id, value = issued.session_id, 1 if sent % 3 else -1
                 try:
                     reply = http.post(
@@ -208,7 +229,6 @@ def test_kill_9_of_one_of_two_servers_under_feedback_load(
     hosts: list[Settings], tmp_path: Path
 ) -> None:
     database = "postgresql" if hosts[0].db_url else "sqlite"
-    messages = answers_to_rate(hosts[0], 400)
     schedule = {
         "KINDCHAT_RETRAIN_SCHEDULE": "1",
         "KINDCHAT_RETRAIN_LEADER_CHECK_S": "0.5",
@@ -221,7 +241,7 @@ def test_kill_9_of_one_of_two_servers_under_feedback_load(
         b = next(started)
         assert leaders(a, b) == ["leader", "follower"]  # one leader through the database
 
-        with FeedbackLoad([a.url, b.url], messages) as load:
+        with FeedbackLoad([a.url, b.url], hosts[0]) as load:
             time.sleep(LOAD_S / 2)
             a.kill()  # SIGKILL under load: no shutdown handler runs
             killed_at = len(load.acked(0))

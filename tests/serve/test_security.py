@@ -68,24 +68,32 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def an_answer(settings: Settings, n: int = 1) -> list[str]:
-    """Stored answers to rate (as if served earlier), each to its own question."""
+def session_of(url: str, token: str) -> str:
+    """The session id a token speaks for (GET /v1/sessions/me)."""
+    me = httpx.get(f"{url}/v1/sessions/me", headers=bearer(token))
+    me.raise_for_status()
+    return str(me.json()["session_id"])
+
+
+def an_answer(settings: Settings, n: int = 1, owner: str = "earlier") -> list[str]:
+    """Stored answers to rate (as if served earlier to `owner`: a session rates only its own
+    answers), each to its own question."""
     ids = []
     with session_scope(init_db(settings)) as session:
         for i in range(n):
-            conversation = store.create_conversation(session=session, session_id="earlier")
+            conversation = store.create_conversation(session=session, session_id=owner)
             store.record_message(
                 session=session,
                 conversation_id=conversation.id,
                 role="user",
-                content=f"{i}번째 질문: 안녕하세요",
+                content=f"{i}번째 질문: 안녕하세요 ({owner[-6:]})",
             )
             ids.append(
                 store.record_message(
                     session=session,
                     conversation_id=conversation.id,
                     role="assistant",
-                    content=f"안녕하세요! 반가워요. 오늘 무엇을 도와드릴까요? ({i})",
+                    content=f"안녕하세요! 반가워요. 오늘 무엇을 도와드릴까요? ({i}, {owner[-6:]})",
                 ).id
             )
     return ids
@@ -97,8 +105,8 @@ def test_forged_damaged_expired_and_rotated_tokens(
     old_secret = "the-secret-before-rotation-0123456789abcdef"
     with serve(session_secrets_old=[old_secret]) as api:
         url, settings = api.url, api.settings
-        [message] = an_answer(settings)
         token = new_session(url)
+        [message] = an_answer(settings, owner=session_of(url, token))
 
         def feedback(headers: dict[str, str], **body: Any) -> httpx.Response:
             return httpx.post(
@@ -133,13 +141,15 @@ def test_forged_damaged_expired_and_rotated_tokens(
         rotated = Settings.model_validate(
             {**settings.model_dump(), "session_secret": old_secret, "session_secrets_old": []}
         )
-        old_token = Sessions(rotated).issue().token
-        assert feedback(bearer(old_token)).status_code == 200
+        old_session = Sessions(rotated).issue()
+        old_token = old_session.token
+        [old_message] = an_answer(settings, owner=old_session.session_id)
+        assert feedback(bearer(old_token), message_id=old_message).status_code == 200
     # … until the old secret is dropped from the list.
     with serve(settings=settings, session_secrets_old=[]) as api:
         response = httpx.post(
             f"{api.url}/v1/feedback",
-            json={"message_id": message, "rating": -1},
+            json={"message_id": old_message, "rating": -1},
             headers=bearer(old_token),
         )
         assert response.status_code == 401
@@ -224,24 +234,33 @@ def test_open_mode_limits_new_sessions_and_floods(serve: Any, micro_copy: Settin
 
         codes = flood(ATTEMPTS, mint)
         assert codes == {201: 20, 429: ATTEMPTS - 20}, codes
-        # Every minted session may vote once on the answer: 20 voices, not 5,000.
+        # Every minted session may rate its own answer: 20 voices, not 5,000; nobody else's.
+        owned = {t: an_answer(api.settings, owner=session_of(url, t))[0] for t in minted}
         voted = Counter(
+            httpx.post(
+                f"{url}/v1/feedback", json={"message_id": owned[t], "rating": 1}, headers=bearer(t)
+            ).status_code
+            for t in minted
+        )
+        assert voted == {200: 20}
+        strangers = Counter(
             httpx.post(
                 f"{url}/v1/feedback", json={"message_id": message, "rating": 1}, headers=bearer(t)
             ).status_code
             for t in minted
         )
-        assert voted == {200: 20}
+        assert strangers == {404: 20}  # the answer is someone else's
         # Another person (another address, through the proxy) is not locked out …
         other = httpx.post(f"{url}/v1/sessions", headers={"X-Forwarded-For": "198.51.100.4"})
         assert other.status_code == 201
         # … and one session's flood of ratings stops at its limit.
         token = other.json()["token"]
+        [mine] = an_answer(api.settings, owner=session_of(url, token))
         flooded = flood(
             200,
             lambda client, i: client.post(
                 f"{url}/v1/feedback",
-                json={"message_id": message, "rating": 1},
+                json={"message_id": mine, "rating": 1},
                 headers=bearer(token),
             ),
         )
@@ -250,8 +269,9 @@ def test_open_mode_limits_new_sessions_and_floods(serve: Any, micro_copy: Settin
         assert 'kindchat_rate_limited_total{group="sessions",scope="address"} 4980.0' in metrics
         assert 'kindchat_rate_limited_total{group="feedback",scope="session"} 170.0' in metrics
         with session_scope(init_db(api.settings)) as session:
-            stored = store.list_ratings(session=session, message_id=message)
-        assert len(stored) == 21  # one per session
+            stored = store.list_ratings(session=session, limit=10_000)
+        assert len(stored) == 21  # one per session, each on its own answer
+        assert all(r.message_id != message for r in stored)
         record(
             "open",
             {
@@ -438,26 +458,26 @@ def test_what_a_flooding_session_got_in_is_left_out_or_capped(
     }
     with serve(**settings_in) as api:
         url = api.url
-        answers = an_answer(api.settings, 200)
         people = [
             httpx.post(
                 f"{url}/v1/sessions", headers={"X-Forwarded-For": f"10.30.0.{p + 1}"}
             ).json()["token"]
             for p in range(10)
         ]
-        for p, token in enumerate(people):  # 10 people, 2 answers each
-            for message in answers[2 * p : 2 * p + 2]:
+        for token in people:  # 10 people, 2 answers each
+            for message in an_answer(api.settings, 2, owner=session_of(url, token)):
                 httpx.post(
                     f"{url}/v1/feedback",
                     json={"message_id": message, "rating": 1},
                     headers=bearer(token),
                 ).raise_for_status()
         attacker = httpx.post(f"{url}/v1/sessions").json()["token"]
+        answers = an_answer(api.settings, 180, owner=session_of(url, attacker))
         codes = flood(
             ATTEMPTS,
             lambda client, i: client.post(
                 f"{url}/v1/feedback",
-                json={"message_id": answers[20 + i % 180], "rating": 1 if i % 2 else -1},
+                json={"message_id": answers[i % 180], "rating": 1 if i % 2 else -1},
                 headers=bearer(attacker),
             ),
         )

@@ -112,6 +112,7 @@ def ui_server(micro_settings: Settings, tmp_path_factory: pytest.TempPathFactory
     """kindchat (UI at /, API at /v1) on a private copy of the micro registry."""
     home = tmp_path_factory.mktemp("ui") / "home"
     shutil.copytree(micro_settings.home, home, ignore=shutil.ignore_patterns("logs", "runs"))
+    port = SERVE.free_port()
     settings = Settings(
         home=home,
         data_dir=micro_settings.data_dir,
@@ -119,9 +120,11 @@ def ui_server(micro_settings: Settings, tmp_path_factory: pytest.TempPathFactory
         admin_token=ADMIN_TOKEN,
         default_max_tokens=24,
         alias_poll_s=0.5,
+        port=port,
     )
     threads = torch.get_num_threads()
-    with ServerThread(create_product_app(settings, loader=paced_loader(settings))) as server:
+    app = create_product_app(settings, loader=paced_loader(settings))
+    with ServerThread(app, port) as server:
         server.settings = settings
         yield server
     torch.set_num_threads(threads)

@@ -11,11 +11,13 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from kindchat.app import create_product_app
 from kindchat.config import Settings
 from kindchat.models.registry import Registry
 from kindchat.retrain.bootstrap_state import read_state
+from kindchat.ui import strings
 
 from .conftest import ADMIN_TOKEN, ServerThread  # type: ignore[import-not-found]
 
@@ -27,7 +29,7 @@ def growing_server(micro_copy: Settings) -> Iterator[Any]:
     settings = micro_copy.model_copy(
         update={
             "torch_threads": 1,
-            "admin_token": ADMIN_TOKEN,
+            "admin_token": SecretStr(ADMIN_TOKEN),  # model_copy does not validate
             "default_max_tokens": 12,
             "alias_poll_s": 0.5,
             "background_preset": BACKGROUND,
@@ -75,6 +77,9 @@ def test_banner_then_a_new_model_answers(
     screenshot(page, "bootstrap-new-model")
 
     page.get_by_role("tab", name="대시보드").click()
+    page.get_by_text(strings.ADMIN_TITLE).click()  # operator data behind the admin token
+    page.locator("#admin-token input").fill(ADMIN_TOKEN)
+    page.locator("#admin-unlock").click()
     stages = page.locator("#dashboard-bootstrap")
     wait_for(lambda: "대화 학습 (SFT)" in stages.inner_text(), 30)
     assert "완료" in stages.inner_text()

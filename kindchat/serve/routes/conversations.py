@@ -151,13 +151,44 @@ def share_conversation(
     conversation_id: str, body: Share, service: ServiceDep, request: Request, gate: GateDep
 ) -> ShareLink:
     token = service.share_conversation(conversation_id, own(request, gate, body.user))
-    return ShareLink(token=token, url=str(request.base_url).rstrip("/") + SHARE_PATH + token)
+    return ShareLink(token=token, url=service.share_url(token))
+
+
+class SharedMessage(BaseModel):
+    role: str
+    content: str
+    finish_reason: str | None
+    created_at: Any
+
+
+class SharedConversation(BaseModel):
+    """What a share link shows: the words and times, no ids (nothing to rate or act on)."""
+
+    title: str | None
+    system_prompt: str | None
+    created_at: Any
+    messages: list[SharedMessage]
 
 
 @router.get("/shared/{token}")
-def get_shared(token: str, service: ServiceDep) -> ConversationDetail:
+def get_shared(token: str, service: ServiceDep) -> SharedConversation:
     """A shared conversation, read-only, for anyone holding the link."""
-    return detail(*service.shared(token))
+    conversation, messages = service.shared(token)
+    return SharedConversation(
+        title=conversation.title,
+        system_prompt=conversation.system_prompt,
+        created_at=conversation.created_at,
+        messages=[
+            SharedMessage(
+                role=m.role,
+                content=m.content,
+                finish_reason=m.finish_reason,
+                created_at=m.created_at,
+            )
+            for m in messages
+            if m.role != "system"
+        ],
+    )
 
 
 @pages.get(SHARE_PATH + "{token}", response_class=HTMLResponse)

@@ -9,6 +9,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from kindchat.serve.deps import ManagerDep, MetricsDep, ServiceDep
+from kindchat.serve.gate import bearer
 from kindchat.serve.protocol import Health
 
 router = APIRouter(tags=["health"])
@@ -33,7 +34,11 @@ def healthz(manager: ManagerDep, request: Request) -> Health:
 
 
 @router.get("/metrics")
-def metrics(metrics: MetricsDep) -> Response:
+def metrics(metrics: MetricsDep, service: ServiceDep, request: Request) -> Response:
+    """Prometheus text; behind the admin token (`Authorization: Bearer`) unless
+    `KINDCHAT_METRICS_PUBLIC` (default: public on a loopback bind only)."""
+    if not service.settings.metrics_open():
+        service.check_admin(bearer(request))
     return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
