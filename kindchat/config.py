@@ -111,7 +111,8 @@ class Settings(BaseSettings):
     metrics_public: bool | None = Field(
         None,
         description="Serve /metrics to anyone; off: only with the admin token. Unset: public on "
-        "a loopback bind (127.0.0.1, ::1, localhost), admin-only otherwise.",
+        "a loopback bind (127.0.0.1, ::1, localhost) without trusted proxies, admin-only "
+        "otherwise.",
     )
 
     # Nightly retraining (kindchat.retrain.cycle / scheduler).
@@ -278,7 +279,8 @@ class Settings(BaseSettings):
         """Whether /metrics answers without the admin token (`metrics_public`)."""
         if self.metrics_public is not None:
             return self.metrics_public
-        return self.host in ("127.0.0.1", "::1", "localhost")
+        # Behind a trusted proxy a loopback bind still serves the internet: admin-only then.
+        return not self.trusted_proxies and self.host in ("127.0.0.1", "::1", "localhost")
 
     @field_validator("session_secrets_old", "api_keys", "trusted_proxies", mode="before")
     @classmethod

@@ -288,12 +288,16 @@ def drop_contradictions(
 def drop_flagged(rows: Sequence[R], moderator: Moderator, dropped: Counter[str]) -> list[R]:
     """Moderation again at export time (the lexicon may have grown since the words were
     stored): a row any of whose texts is flagged — the prompt, its context, a user's better
-    answer, an answer — never leaves (`flagged_text`)."""
+    answer, an answer — never leaves (`flagged_text`). An answer that speaks of self-harm (to
+    comfort, or with the 109 line) is what we want said, and stays, as when it was stored."""
     out = []
     for row in rows:
-        texts = [row.prompt, *(m["content"] for m in row.context)]
-        texts += [row.chosen, row.rejected] if isinstance(row, RewardRow) else [row.completion]
-        if any(moderator.check(text).flagged for text in texts):
+        asked = [row.prompt, *(m["content"] for m in row.context)]
+        answers = [row.chosen, row.rejected] if isinstance(row, RewardRow) else [row.completion]
+        if any(moderator.check(text).flagged for text in asked) or any(
+            (verdict := moderator.check(text)).flagged and verdict.category != "self_harm"
+            for text in answers
+        ):
             dropped["flagged_text"] += 1
         else:
             out.append(row)

@@ -10,9 +10,9 @@ Votes are 👍/👎 ratings and arena verdicts, each with its session. A session
 |             | to the session or from the session's previous vote, whichever is later (:func:`too_fast`) |
 | `one_sided` | at least `one_sided_min_votes` votes, `one_sided_share` of them the same (always 👍, |
 |             | always 👎, or always the same model in the arena)                                    |
-| `burst`     | its busiest `burst_window_s` — or its origin's — holds ≥ `burst_min` votes and ≥     |
-|             | `burst_factor` × the median busiest window over *origins* (which the sessions of     |
-|             | one address cannot move: they are one origin)                                        |
+| `burst`     | its busiest `burst_window_s` holds ≥ `burst_min` votes and ≥ `burst_factor` × the   |
+|             | median busiest window over *origins* (which the sessions of one address cannot move: |
+|             | they are one origin; what they give together is held by the origin cap)              |
 
 The *cap* (:func:`cap_rows`): no session may account for more than
 `max(cap_share × rows, cap_min)` of the night's feedback rows, and no *origin* (all sessions
@@ -236,11 +236,7 @@ def find_anomalies(votes: Iterable[Vote], config: InfluenceConfig) -> Anomalies:
                 if top >= config.one_sided_share * len(mine):
                     reasons.append("one_sided")
         peak = _peak(sorted(as_utc(v.at).timestamp() for v in mine), config.burst_window_s)
-        origin_peak = origin_peaks[origin_of(sid)]
-        if (
-            max(peak, origin_peak) >= config.burst_min
-            and max(peak, origin_peak) >= config.burst_factor * baseline
-        ):
+        if peak >= config.burst_min and peak >= config.burst_factor * baseline:
             reasons.append("burst")
         if reasons:
             out.sessions[sid] = reasons

@@ -15,6 +15,8 @@ unsigned session id) and 429 (a limit, with `Retry-After`), each counted in `/me
 
 from __future__ import annotations
 
+import ipaddress
+
 from starlette.requests import HTTPConnection
 
 from kindchat.config import Settings
@@ -32,6 +34,8 @@ from kindchat.serve.errors import ApiError, AuthenticationError
 from kindchat.serve.metrics import Metrics
 from kindchat.serve.ratelimit import RateLimits
 
+PAGE_GROUP = "page"  # opening a page's tabs, refreshing its lists: no session needed
+
 
 class KeyRequiredError(AuthenticationError):
     code = "api_key_required"
@@ -42,10 +46,27 @@ KEYED = (
 )
 
 
+def person_address(host: str | None) -> str:
+    """What one person's address is for limits and origins: an IPv4 address as it is, an IPv6
+    address as its /64 network (one subscriber's line; every address in it is theirs)."""
+    if not host:
+        return "unknown"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network(f"{ip}/64", strict=False))
+    return host
+
+
 def client_address(request: HTTPConnection) -> str:
     """The client's address: the peer, or what a trusted proxy said (ProxyHeadersMiddleware
-    with `trusted_proxies` rewrites the peer; nobody else's X-Forwarded-For is read)."""
-    return request.client.host if request.client else "unknown"
+    with `trusted_proxies` rewrites the peer; nobody else's X-Forwarded-For is read), as
+    :func:`person_address` groups it."""
+    return person_address(request.client.host if request.client else None)
 
 
 def bearer(request: HTTPConnection) -> str | None:
@@ -130,9 +151,10 @@ class Gate:
         return caller
 
     def page_hit(self, group: str, caller: Caller) -> None:
-        """A page action of `group` (the UI's door): it needs the page's signed session, and
-        counts on the same per-session and per-address limits as the API's routes."""
-        if caller.session_id is None:
+        """A page action of `group` (the UI's door): it needs the page's signed session (but
+        `page`, opening and refreshing the page's own views), and counts on the same
+        per-session and per-address limits as the API's routes."""
+        if caller.session_id is None and group != PAGE_GROUP:
             self.metrics.auth_rejected.labels(SessionRequiredError.code).inc()
             raise SessionRequiredError(
                 "this page has no session (new sessions from this address are over the limit, "

@@ -14,7 +14,6 @@ import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.cookies import SimpleCookie
 from typing import Any
 
 import gradio as gr
@@ -34,7 +33,7 @@ from kindchat.ui.bootstrap import build_banner
 from kindchat.ui.chat import build_chat_tab
 from kindchat.ui.common import OnLoad, ServiceRef
 from kindchat.ui.dashboard import build_dashboard_tab
-from kindchat.ui.guard import PageGuard, guard_events
+from kindchat.ui.guard import PageGuard, action, cookie_token, guard_events
 from kindchat.ui.leaderboard import build_leaderboard_tab
 
 logger = logging.getLogger(__name__)
@@ -62,18 +61,6 @@ TABS: list[tuple[str, Callable[[ServiceRef], OnLoad]]] = [
 ]
 
 
-def session_cookie(request: gr.Request) -> str | None:
-    """The session cookie the page's request carried (Gradio's request, queued or not)."""
-    try:
-        header = dict(request.headers).get("cookie", "")
-    except AttributeError:  # no request at all (e.g. called outside a page)
-        return None
-    jar = SimpleCookie()
-    jar.load(header)
-    morsel = jar.get(SESSION_COOKIE)
-    return morsel.value if morsel is not None else None
-
-
 @dataclass
 class PageSession:
     """The page's signed session, read from its cookie when it opens (server-side state)."""
@@ -84,7 +71,7 @@ class PageSession:
 def page_session(service: ServiceRef) -> Callable[[gr.Request], PageSession]:
     def load(request: gr.Request) -> PageSession:
         """The session of the page's signed cookie ("" without one: feedback then explains)."""
-        session_id = service().gate.token_session(session_cookie(request))
+        session_id = service().gate.token_session(cookie_token(request))
         if session_id is None:
             logger.info("a page without a valid session cookie")
         return PageSession(session_id or "")
@@ -97,11 +84,13 @@ def for_page(fn: Callable[..., Any]) -> Callable[..., Any]:
     PageSession argument (an async function stays one, so Gradio runs it as it is)."""
     if inspect.iscoroutinefunction(fn):
 
+        @action("page")
         async def opened(page: PageSession, *inputs: Any) -> Any:
             return await fn(page.session_id, *inputs)
 
         return opened
 
+    @action("page")
     def opened_sync(page: PageSession, *inputs: Any) -> Any:
         return fn(page.session_id, *inputs)
 
@@ -188,7 +177,16 @@ def mount_ui(app: FastAPI, page_checks: bool = True) -> FastAPI:
     `page_checks=False` (a benchmark's baseline only) leaves out :mod:`kindchat.ui.guard`."""
     demo = build_ui(lambda: app.state.service, page_checks)
     theme = gr.themes.Soft(font=FONTS, font_mono=["NanumGothicCoding", "monospace"])
-    gr.mount_gradio_app(app, demo, path="/", ssr_mode=False, theme=theme, css=CSS, footer_links=[])
+    gr.mount_gradio_app(
+        app,
+        demo,
+        path="/",
+        ssr_mode=False,
+        theme=theme,
+        css=CSS,
+        footer_links=[],
+        enable_monitoring=False,  # Gradio's /monitoring pages: operator data, off
+    )
     mount = app.router.routes[-1]
     if not isinstance(mount, Mount):
         raise RuntimeError(f"expected Gradio's mount as the last route, found {mount!r}")

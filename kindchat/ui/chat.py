@@ -401,7 +401,7 @@ def build_chat_tab(service: ServiceRef) -> OnLoad:
     ) -> Update:
         return await send_reason(service(), state, reason, comment, better)
 
-    @action("history")
+    @action("page")  # the list after each answer: a refresh, counted apart from history
     def on_history(state: ChatSession) -> Any:
         return history_update(service(), state)
 
@@ -466,6 +466,7 @@ def build_chat_tab(service: ServiceRef) -> OnLoad:
     for event in (sent, edited, regenerated):
         event.then(on_history, [state], [history])
 
+    @action("page")
     def after_stop(state: ChatSession) -> Update:
         # After the cancelled event's last update has landed: the buttons as when idle.
         return on_history(state), *busy(False)

@@ -37,7 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kindchat.serve.auth import SESSION_COOKIE, Caller, SessionTokenError
 from kindchat.serve.errors import ApiError
-from kindchat.serve.gate import Gate, client_address
+from kindchat.serve.gate import Gate, client_address, person_address
 from kindchat.ui import strings
 from kindchat.ui.common import user_error
 
@@ -51,6 +51,8 @@ PAGE_PATHS = re.compile(
     r"^/gradio_api/(queue/join|queue/data|heartbeat/[\w-]+|cancel|file=.+|startup-events"
     r"|theme\.css)$"
 )
+# Where a session hash may appear (and is bound): the queue's own calls.
+BINDING_PATHS = re.compile(r"^/gradio_api/(queue/join|queue/data|heartbeat/[\w-]+|cancel)$")
 MAX_BINDINGS = 200_000  # session hashes remembered (the oldest forgotten first)
 MAX_BODY = 1 << 20  # a queue call's body at most (the page's inputs: text, small state)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -97,7 +99,7 @@ class PageCheck:
     def caller(self, request: Any) -> Caller:
         """The cookie's signed session (ui), with the request's address; anonymous without."""
         client = getattr(request, "client", None)
-        address = getattr(client, "host", None) or "unknown"
+        address = person_address(getattr(client, "host", None))
         token = cookie_token(request)
         if token:
             try:
@@ -210,7 +212,9 @@ class PageGuard:
             self.redacting = True
         path = scope.get("path", "")
         if scope["type"] != "http" or not path.startswith(GRADIO_API):
-            if scope["type"] == "http" and path.rstrip("/") == "/monitoring":
+            if scope["type"] == "http" and (
+                path == "/monitoring" or path.startswith("/monitoring/")
+            ):
                 await _refuse(404, "Not Found")(scope, receive, send)
                 return
             await self.app(scope, receive, send)
@@ -220,11 +224,14 @@ class PageGuard:
             return
         request = HTTPConnection(scope)
         session = self.gate().cookie_session(request) or ""
-        hashes = [
-            *parse_qs(scope.get("query_string", b"").decode("latin-1")).get("session_hash", []),
-        ]
+        hashes = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("session_hash", [])
         if path.startswith("/gradio_api/heartbeat/"):
             hashes.append(path.rsplit("/", 1)[-1])
+        if len(hashes) > 1 or (hashes and not BINDING_PATHS.match(path)):
+            await _refuse(400, "one session_hash, on the queue's own paths only")(
+                scope, receive, send
+            )
+            return
         if path.startswith("/gradio_api/file="):
             if not session:
                 await _refuse(403, "a file of this page needs the page's session cookie")(
@@ -242,7 +249,14 @@ class PageGuard:
                 payload = {}
             if isinstance(payload, dict) and isinstance(payload.get("session_hash"), str):
                 hashes.append(payload["session_hash"])
-        for session_hash in hashes:
+        for session_hash in hashes[:1]:
+            if session_hash not in self.bound:
+                try:  # a new page: counted per address, so nobody floods the table
+                    self.gate().limits.hit("pages", self._caller(request, session))
+                except ApiError as err:
+                    status = err.status_code
+                    await _refuse(status, str(err))(scope, receive, send)
+                    return
             if not self._bind(session_hash, session):
                 self.gate().metrics.auth_rejected.labels("page_session_mismatch").inc()
                 logger.warning(
@@ -255,6 +269,10 @@ class PageGuard:
                 )
                 return
         await self.app(scope, receive, send)
+
+    @staticmethod
+    def _caller(request: HTTPConnection, session: str) -> Caller:
+        return Caller(session or None, None, client_address(request), "cookie", ui=True)
 
     def _bind(self, session_hash: str, session: str) -> bool:
         """Bind the hash to `session` on first sight; later, whether it is that session."""
@@ -299,12 +317,12 @@ async def _read_body(receive: Receive) -> tuple[bytes | None, Receive]:
 class RedactSessionHash(logging.Filter):
     """Access-log lines without session hashes (query strings and heartbeat paths)."""
 
-    PATTERN = re.compile(r"(session_hash=)[^&\s\"]+|(/heartbeat/)[\w-]+")
+    PATTERN = re.compile(r"(session_hash=)[^&\s\"]+|(/heartbeat/)[\w-]+|(/file=)[^\s\"]+")
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
             record.args = tuple(
-                self.PATTERN.sub(lambda m: (m.group(1) or m.group(2)) + "…", a)
+                self.PATTERN.sub(lambda m: (m.group(1) or m.group(2) or m.group(3)) + "…", a)
                 if isinstance(a, str)
                 else a
                 for a in record.args

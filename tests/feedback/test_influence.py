@@ -211,3 +211,17 @@ def test_the_burst_baseline_is_over_origins(settings: Settings, tmp_path: Path) 
     anomalous = manifest["influence"]["anomalous"]
     assert anomalous["by_reason"]["burst"] == 10 and anomalous["sessions"] == 10
     assert sum(rows_of(tmp_path / "out", f"s-0b0b0b0b0b0b-{k:04d}") for k in range(10)) == 0
+
+
+def test_a_busy_shared_address_does_not_make_its_people_a_burst(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """25 people behind one NAT (one origin), each voting once within the same minute, are
+    people: the burst rule judges sessions, not their address (the origin cap holds them)."""
+    engine = init_db(settings)
+    honest(engine, people=10, each=2)
+    for k in range(25):
+        scripted(engine, f"s-0c0c0c0c0c0c-{k:04d}", 1, gap=1, read=20, value=1, offset=k * 2)
+    manifest = export(settings, engine, tmp_path / "out")
+    assert manifest["influence"]["anomalous"]["sessions"] == 0
+    assert sum(rows_of(tmp_path / "out", f"s-0c0c0c0c0c0c-{k:04d}") for k in range(25)) == 25

@@ -191,8 +191,25 @@ def test_better_answers_and_comments_are_moderated_when_stored_and_exported(
                 value=-1,
                 better_answer="ㅅㅂ 그냥 아무거나 먹어",
             )
+            # An answer that comforts and gives the 109 line is what we want: it trains.
+            question = store.create_conversation(session=session, session_id=message.session_id)
+            store.record_message(
+                session=session, conversation_id=question.id, role="user", content="요즘 힘들어"
+            )
+            kind = store.record_message(
+                session=session,
+                conversation_id=question.id,
+                role="assistant",
+                content="죽고 싶다는 생각까지 드셨다면 혼자 견디지 마세요. 109에 전화해 보세요.",
+            )
+            store.rate(
+                session=session, message_id=kind.id, session_id=message.session_id or "x", value=1
+            )
         exported = export(settings, tmp_path / "out")
         assert exported["sft"] == [] and exported["train"] == []
+        assert [row["completion"][:6] for row in exported["unpaired"] if row["label"]] == [
+            "죽고 싶다는"
+        ]
         manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
         assert manifest["dropped"]["flagged_text"] >= 1
 
@@ -237,5 +254,7 @@ def test_metrics_need_the_admin_token_off_loopback(serve: Any) -> None:
     assert Settings(host="0.0.0.0").metrics_open() is False
     assert Settings(host="127.0.0.1").metrics_open() is True
     assert Settings(host="0.0.0.0", metrics_public=True).metrics_open() is True
+    # behind a trusted proxy a loopback bind serves the internet
+    assert Settings(host="127.0.0.1", trusted_proxies=["10.0.0.0/8"]).metrics_open() is False
     assert Settings(host="0.0.0.0").share_base() == ""
     assert Settings(host="10.1.2.3", port=9000).share_base() == "http://10.1.2.3:9000"

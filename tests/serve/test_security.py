@@ -216,6 +216,7 @@ def test_open_mode_limits_new_sessions_and_floods(serve: Any, micro_copy: Settin
         "rate_limit_session": "30/minute",
         "rate_limit_address": "1000/minute",
         "trusted_proxies": ["127.0.0.1"],  # this test's client is its own proxy
+        "metrics_public": True,  # (behind a proxy /metrics is admin-only by default)
     }
     with serve(**limits) as api:
         url = api.url

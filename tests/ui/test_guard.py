@@ -131,3 +131,12 @@ def test_session_hashes_stay_out_of_the_access_log() -> None:
     )
     RedactSessionHash().filter(beat)
     assert "abc123secret" not in beat.getMessage()
+
+
+def test_an_ipv6_line_is_one_address() -> None:
+    from kindchat.serve.gate import person_address
+
+    assert person_address("2001:db8:1:2:aaaa::1") == person_address("2001:db8:1:2:ffff::9")
+    assert person_address("2001:db8:1:2::1") != person_address("2001:db8:1:3::1")
+    assert person_address("::ffff:203.0.113.9") == "203.0.113.9"
+    assert person_address("203.0.113.9") == "203.0.113.9"

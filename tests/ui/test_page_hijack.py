@@ -119,8 +119,13 @@ def test_a_second_client_with_the_victims_session_hash_gets_nothing(
             "run": anonymous.post("/gradio_api/run/predict", json={"data": []}),
             "call": anonymous.post("/gradio_api/call/predict", json={"data": []}),
             "monitoring": anonymous.get("/monitoring"),
+            "monitoring summary": anonymous.get("/monitoring/summary"),
         }
         assert {name: r.status_code for name, r in closed.items()} == dict.fromkeys(closed, 404)
+        # Flooding the binding table: many hashes in one request, or on other paths, refused.
+        many = "&".join(f"session_hash=h{i}" for i in range(700))
+        assert anonymous.get(f"/gradio_api/queue/data?{many}").status_code == 400
+        assert anonymous.get("/gradio_api/theme.css?session_hash=x1").status_code == 400
 
     # Nothing stored in anyone's name, and the victim's page still works.
     assert ratings(ui_db) == ratings_before
