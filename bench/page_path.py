@@ -126,7 +126,7 @@ def main() -> int:
         rate_limit_address="1000000/minute",
         rate_limit_new_sessions="1000000/hour",
     )
-    if not (settings.registry_dir / "aliases.json").is_file():
+    if not (settings.models_dir / "aliases.json").is_file():
         from kindchat.models.presets import get_preset
         from kindchat.retrain.bootstrap import run_bootstrap
 

@@ -23,6 +23,7 @@ import hmac
 import logging
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -40,6 +41,7 @@ SESSION_HEADER = "x-kindchat-session"
 SECRET_FILE = "session_secret"
 KEY_PREFIX = "key:"
 _SALT = "kindchat.session.v1"
+VERIFIED_CACHE = 50_000  # tokens remembered as verified (a dict: the oldest go first)
 
 
 class SessionTokenError(AuthenticationError):
@@ -154,6 +156,7 @@ class Sessions:
         self._tag_key = hashlib.sha256(b"kindchat.origin:" + current.encode()).digest()
         self.max_age_s = settings.session_max_age_s
         self._keys = _parse_keys(list(settings.api_keys))
+        self._verified: dict[str, tuple[dict[str, Any], float]] = {}
 
     @property
     def has_keys(self) -> bool:
@@ -184,9 +187,22 @@ class Sessions:
 
     def verify(self, token: str) -> Claims:
         """The claims of a valid token (its key, if any, still configured); SessionTokenError
-        otherwise."""
+        otherwise. A token seen before is not checked again (the HMAC costs more than the
+        rest of a page event): its payload and signing time are remembered, and its age and
+        key are checked on every call."""
+        known = self._verified.get(token)
+        if known is not None:
+            payload, signed_at = known
+            if time.time() - signed_at > self.max_age_s:
+                del self._verified[token]
+                raise SessionTokenError(
+                    "the session token has expired; get a new one from POST /v1/sessions"
+                )
+            return self._claims(payload)
         try:
-            payload = self._serializer.loads(token, max_age=self.max_age_s)
+            payload, stamp = self._serializer.loads(
+                token, max_age=self.max_age_s, return_timestamp=True
+            )
         except SignatureExpired:
             raise SessionTokenError(
                 "the session token has expired; get a new one from POST /v1/sessions"
@@ -197,6 +213,16 @@ class Sessions:
             ) from None
         if not isinstance(payload, dict) or not isinstance(payload.get("s"), str):
             raise SessionTokenError("the session token is not valid (unknown payload)")
+        claims = self._claims(payload)
+        if len(self._verified) >= VERIFIED_CACHE:
+            try:
+                self._verified.pop(next(iter(self._verified)))  # the oldest first
+            except (KeyError, RuntimeError, StopIteration):  # another thread got there
+                pass
+        self._verified[token] = (payload, stamp.timestamp())
+        return claims
+
+    def _claims(self, payload: dict[str, Any]) -> Claims:
         key = payload.get("k") if isinstance(payload.get("k"), str) else None
         if key is not None and key not in self._keys:
             raise SessionTokenError(
