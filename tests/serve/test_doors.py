@@ -123,34 +123,27 @@ def test_a_stranger_cannot_rate_branch_or_improve_a_shared_conversation(
             response = httpx.post(f"{url}/v1/feedback", json=body, headers=bearer(stranger))
             codes[name] = response.status_code
             assert response.status_code == 404, (name, response.text)
-        edit = httpx.post(
-            f"{url}/v1/chat/completions",
-            json={
-                "model": "kindchat-sft",
-                "messages": [{"role": "user", "content": "다른 질문"}],
-                "max_tokens": 4,
-                "edit_of": answer["user_message_id"],
-                "conversation_id": conversation,
-            },
-            headers=bearer(stranger),
-            timeout=60,
-        )
+
+        def branch(text: str, into: str) -> httpx.Response:
+            """The stranger edits the owner's message into conversation `into`."""
+            return httpx.post(
+                f"{url}/v1/chat/completions",
+                json={
+                    "model": "kindchat-sft",
+                    "messages": [{"role": "user", "content": text}],
+                    "max_tokens": 4,
+                    "edit_of": answer["user_message_id"],
+                    "conversation_id": into,
+                },
+                headers=bearer(stranger),
+                timeout=60,
+            )
+
+        edit = branch("다른 질문", conversation)
         codes["edit_of in their conversation"] = edit.status_code
         assert edit.status_code == 404, edit.text
         # edit_of pointing across conversations, from the stranger's own conversation: 404 too
-        own = chat(url, stranger, "내 대화")
-        cross = httpx.post(
-            f"{url}/v1/chat/completions",
-            json={
-                "model": "kindchat-sft",
-                "messages": [{"role": "user", "content": "가지치기"}],
-                "max_tokens": 4,
-                "edit_of": answer["user_message_id"],
-                "conversation_id": own["conversation_id"],
-            },
-            headers=bearer(stranger),
-            timeout=60,
-        )
+        cross = branch("가지치기", chat(url, stranger, "내 대화")["conversation_id"])
         codes["edit_of across conversations"] = cross.status_code
         assert cross.status_code == 404, cross.text
 

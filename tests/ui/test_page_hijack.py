@@ -32,6 +32,7 @@ from .test_browser import (  # type: ignore[import-not-found]
 pytestmark = pytest.mark.browser
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 HASH = re.compile(r"session_hash=([\w-]+)")
+BODY_HASH = re.compile(r'"session_hash":\s*"([\w-]+)"')
 
 
 def ratings(db: Engine) -> list[Any]:
@@ -49,7 +50,12 @@ def test_a_second_client_with_the_victims_session_hash_gets_nothing(
 ) -> None:
     url = ui_server.url
     hashes: list[str] = []
-    page.on("request", lambda r: hashes.extend(HASH.findall(r.url)))
+
+    def seen(request: Any) -> None:  # in a queue URL, or in a join's body
+        hashes.extend(HASH.findall(request.url))
+        hashes.extend(BODY_HASH.findall(request.post_data or ""))
+
+    page.on("request", seen)
     before = {m.id for m in assistant_messages(ui_db)}
     send_chat(page, "비밀 이야기: 내 생일은 3월 2일이야")
     answer = new_answer(ui_db, before, wait_for)
