@@ -150,6 +150,19 @@ class Gate:
         self.limits.hit(group, caller)
         return caller
 
+    def page_caller(self, token: str | None, host: str | None) -> Caller:
+        """The caller of a page request: its cookie's signed session (made by the page) and its
+        address; anonymous without a valid cookie (the page opens, it cannot act)."""
+        address = person_address(host)
+        if token:
+            try:
+                claims = self.sessions.verify(token)
+            except SessionTokenError:
+                pass
+            else:
+                return Caller(claims.session_id, claims.key, address, "cookie", ui=True)
+        return Caller(None, None, address, "anonymous", ui=True)
+
     def page_hit(self, group: str, caller: Caller) -> None:
         """A page action of `group` (the UI's door): it needs the page's signed session (but
         `page`, opening and refreshing the page's own views), and counts on the same

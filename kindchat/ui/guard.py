@@ -35,9 +35,9 @@ from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kindchat.serve.auth import SESSION_COOKIE, Caller, SessionTokenError
+from kindchat.serve.auth import SESSION_COOKIE
 from kindchat.serve.errors import ApiError
-from kindchat.serve.gate import Gate, client_address, person_address
+from kindchat.serve.gate import Gate
 from kindchat.ui import strings
 from kindchat.ui.common import user_error
 
@@ -96,22 +96,9 @@ class PageCheck:
     def __init__(self, gate: Callable[[], Gate]) -> None:
         self.gate = gate
 
-    def caller(self, request: Any) -> Caller:
-        """The cookie's signed session (ui), with the request's address; anonymous without."""
-        client = getattr(request, "client", None)
-        address = person_address(getattr(client, "host", None))
-        token = cookie_token(request)
-        if token:
-            try:
-                claims = self.gate().sessions.verify(token)
-            except SessionTokenError:
-                pass
-            else:
-                return Caller(claims.session_id, claims.key, address, "cookie", ui=True)
-        return Caller(None, None, address, "anonymous", ui=True)
-
     def check(self, request: Any, args: Iterable[Any], group: str | None) -> None:
-        caller = self.caller(request)
+        client = getattr(request, "client", None)
+        caller = self.gate().page_caller(cookie_token(request), getattr(client, "host", None))
         for arg in args:
             if (
                 isinstance(arg, PageState)
@@ -223,15 +210,13 @@ class PageGuard:
             await _refuse(404, "Not Found")(scope, receive, send)
             return
         request = HTTPConnection(scope)
-        session = self.gate().cookie_session(request) or ""
+        caller = self.gate().page_caller(
+            cookie_token(request), request.client.host if request.client else None
+        )
+        session = caller.session_id or ""
         hashes = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("session_hash", [])
         if path.startswith("/gradio_api/heartbeat/"):
             hashes.append(path.rsplit("/", 1)[-1])
-        if len(hashes) > 1 or (hashes and not BINDING_PATHS.match(path)):
-            await _refuse(400, "one session_hash, on the queue's own paths only")(
-                scope, receive, send
-            )
-            return
         if path.startswith("/gradio_api/file="):
             if not session:
                 await _refuse(403, "a file of this page needs the page's session cookie")(
@@ -249,10 +234,17 @@ class PageGuard:
                 payload = {}
             if isinstance(payload, dict) and isinstance(payload.get("session_hash"), str):
                 hashes.append(payload["session_hash"])
-        for session_hash in hashes[:1]:
+        # One hash a request (query, path and body together), on the queue's own paths only:
+        # every hash Gradio could act on is the one checked below.
+        if len(hashes) > 1 or (hashes and not BINDING_PATHS.match(path)):
+            await _refuse(400, "one session_hash, on the queue's own paths only")(
+                scope, receive, send
+            )
+            return
+        for session_hash in hashes:
             if session_hash not in self.bound:
                 try:  # a new page: counted per address, so nobody floods the table
-                    self.gate().limits.hit("pages", self._caller(request, session))
+                    self.gate().limits.hit("pages", caller)
                 except ApiError as err:
                     status = err.status_code
                     await _refuse(status, str(err))(scope, receive, send)
@@ -262,17 +254,13 @@ class PageGuard:
                 logger.warning(
                     "refused a %s from %s: its page belongs to another session",
                     path,
-                    client_address(request),
+                    caller.address,
                 )
                 await _refuse(403, "this page belongs to another session; reload the page")(
                     scope, receive, send
                 )
                 return
         await self.app(scope, receive, send)
-
-    @staticmethod
-    def _caller(request: HTTPConnection, session: str) -> Caller:
-        return Caller(session or None, None, client_address(request), "cookie", ui=True)
 
     def _bind(self, session_hash: str, session: str) -> bool:
         """Bind the hash to `session` on first sight; later, whether it is that session."""

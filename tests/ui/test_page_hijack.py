@@ -132,6 +132,12 @@ def test_a_second_client_with_the_victims_session_hash_gets_nothing(
         many = "&".join(f"session_hash=h{i}" for i in range(700))
         assert anonymous.get(f"/gradio_api/queue/data?{many}").status_code == 400
         assert anonymous.get("/gradio_api/theme.css?session_hash=x1").status_code == 400
+        # A join naming its own hash in the query and the victim's in the body: refused too.
+        mixed = other.post(
+            "/gradio_api/queue/join?session_hash=mine0",
+            json={"data": [None], "fn_index": 0, "session_hash": victim_hash},
+        )
+        assert mixed.status_code == 400, mixed.text
 
     # Nothing stored in anyone's name, and the victim's page still works.
     assert ratings(ui_db) == ratings_before
