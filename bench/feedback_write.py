@@ -27,7 +27,7 @@ from sqlmodel import Session, func, select
 
 from kindchat.config import Settings
 from kindchat.feedback import store
-from kindchat.feedback.db import init_db
+from kindchat.feedback.db import init_db, session_scope
 from kindchat.feedback.models import Message, Rating
 
 logger = logging.getLogger("bench.feedback_write")
@@ -56,7 +56,7 @@ def run_writers(
 
     def body(index: int) -> None:
         try:
-            with Session(engine) as session:
+            with session_scope(engine) as session:
                 barrier.wait()
                 done[index] = work(session, index)
         except BaseException as err:  # reported below; the count check then fails loudly
@@ -76,12 +76,12 @@ def run_writers(
 
 
 def count(engine: Engine, model: type[Message] | type[Rating]) -> int:
-    with Session(engine) as session:
+    with session_scope(engine) as session:
         return int(session.exec(select(func.count()).select_from(model)).one())
 
 
 def bench(engine: Engine, writers: int, per_writer: int) -> list[PhaseResult]:
-    with Session(engine) as session:
+    with session_scope(engine) as session:
         conv = store.create_conversation(session=session, session_id="bench")
         store.record_message(session=session, conversation_id=conv.id, role="user", content="안녕?")
     ids: list[list[str]] = [[] for _ in range(writers)]

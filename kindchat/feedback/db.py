@@ -141,6 +141,14 @@ def init_db(settings: Settings) -> Engine:
 
 @contextmanager
 def session_scope(engine: Engine) -> Iterator[Session]:
-    """A session that is closed on exit (store functions commit their own writes)."""
+    """One transaction: the store functions called inside only flush their writes; they are
+    committed together when the block ends, or all rolled back when it raises. Keep slow work
+    (a model, a moderation API) outside the block: on SQLite a write holds the file's lock until
+    the commit."""
     with Session(engine, expire_on_commit=False) as session:
-        yield session
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise

@@ -55,7 +55,7 @@ def create_run(
         row.finished_at = now
     public = to_public(RetrainRunPublic, row)
     session.add(row)
-    session.commit()
+    session.flush()
     return public
 
 
@@ -116,7 +116,7 @@ def update_run(
         row.promoted = promoted
     session.add(row)
     public = to_public(RetrainRunPublic, row)
-    session.commit()
+    session.flush()
     return public
 
 

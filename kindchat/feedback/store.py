@@ -9,8 +9,10 @@ Conventions (every function):
 
 * keyword-only arguments; `session` is the SQLModel/SQLAlchemy `Session` (one per thread or
   request); `session_id` is the *user's* browser/API session, an opaque string;
-* each write function commits its own transaction — one call, one stored fact — and returns a
-  `…Public` model that stays valid after the session closes;
+* write functions only *flush* (ids and constraints are checked at once); the caller commits,
+  normally by leaving :func:`kindchat.feedback.db.session_scope`, so that the writes of one
+  request (a conversation, its messages, a battle) land together or not at all; each returns
+  a `…Public` model that stays valid after the session closes;
 * bad input raises a typed error from :mod:`kindchat.feedback.errors`, never a bare exception:
   :class:`UnknownIdError` (404) for unknown ids, :class:`InvalidValueError` (422) for bad values,
   :class:`NotYoursError` (403) and :class:`StateConflictError` (409) for actions the state forbids;
@@ -38,6 +40,8 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import func, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -101,7 +105,7 @@ def create_conversation(
     )
     public = to_public(ConversationPublic, row)
     session.add(row)
-    session.commit()
+    session.flush()
     return public
 
 
@@ -169,7 +173,7 @@ def rename_conversation(
     row = _owned(session, conversation_id, session_id)
     row.title = check_str(title.strip(), "title", max_len=200)
     session.add(row)
-    session.commit()
+    session.flush()
     return to_public(ConversationPublic, row)
 
 
@@ -183,7 +187,7 @@ def delete_conversation(
         row.deleted_at = utcnow()
         row.share_token = None
         session.add(row)
-        session.commit()
+        session.flush()
         return
     ids = list(session.exec(select(Message.id).where(Message.conversation_id == row.id)))
     if ids:
@@ -202,7 +206,7 @@ def delete_conversation(
             session.delete(message)
         session.flush()
     session.delete(row)
-    session.commit()
+    session.flush()
 
 
 def share_conversation(*, session: Session, conversation_id: str, session_id: str) -> str:
@@ -212,7 +216,7 @@ def share_conversation(*, session: Session, conversation_id: str, session_id: st
     if row.share_token is None:
         row.share_token = secrets.token_urlsafe(24)
         session.add(row)
-        session.commit()
+        session.flush()
     return str(row.share_token)
 
 
@@ -302,6 +306,10 @@ def record_message(
         finish_reason=check_optional_str(finish_reason, "finish_reason", max_len=32),
     )
     if message_id is not None:
+        if session.get(Message, message_id) is not None:
+            raise StateConflictError(
+                f"a message with id {message_id!r} exists already", field="message_id"
+            )
         row.id = message_id
     public = to_public(MessagePublic, row)
     session.add(row)
@@ -310,10 +318,10 @@ def record_message(
         conversation.title = _title(content)
     session.add(conversation)
     try:
-        session.commit()
-    except IntegrityError:
+        session.flush()
+    except IntegrityError:  # another writer took `message_id` since the check: nothing stays
         session.rollback()
-        if message_id is not None and session.get(Message, message_id) is not None:
+        if message_id is not None:
             raise StateConflictError(
                 f"a message with id {message_id!r} exists already", field="message_id"
             ) from None
@@ -464,26 +472,36 @@ def rate(
             f"only assistant messages can be rated; {message_id!r} is a {message.role} message",
             field="message_id",
         )
-    for attempt in range(2):
-        now = utcnow()
-        row = session.exec(
-            select(Rating).where(Rating.message_id == message_id, Rating.session_id == session_id)
-        ).first()
-        if row is None:
-            row = Rating(message_id=message_id, session_id=session_id, value=value, created_at=now)
-        row.value, row.reason, row.comment, row.updated_at = value, reason, comment, now
-        row.better_answer = better_answer
-        session.add(row)
-        try:
-            session.flush()  # assigns the id of a new rating
-            public = to_public(RatingPublic, row)
-            session.commit()
-            return public
-        except IntegrityError:  # another writer inserted the same (message, session) first
-            session.rollback()
-            if attempt:
-                raise
-    raise AssertionError("unreachable")  # pragma: no cover
+    now = utcnow()
+    values = {
+        "value": value,
+        "reason": reason,
+        "comment": comment,
+        "better_answer": better_answer,
+        "updated_at": now,
+    }
+    # One statement settles a race of two writers on the same (message, session): the second
+    # updates the first's row (INSERT … ON CONFLICT DO UPDATE, on SQLite and PostgreSQL alike),
+    # so nothing else in the caller's transaction is rolled back.
+    insert = _dialect_insert(session)(Rating).values(
+        message_id=message_id, session_id=session_id, created_at=now, **values
+    )
+    rating_id = session.execute(
+        insert.on_conflict_do_update(
+            index_elements=["message_id", "session_id"], set_=values
+        ).returning(Rating.id)  # type: ignore[arg-type]
+    ).scalar_one()
+    row = session.exec(
+        select(Rating).where(Rating.id == rating_id).execution_options(populate_existing=True)
+    ).one()
+    return to_public(RatingPublic, row)
+
+
+def _dialect_insert(session: Session) -> Any:
+    """The INSERT construct with ON CONFLICT of the session's database (SQLite or PostgreSQL)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql_insert
+    return sqlite_insert
 
 
 def list_ratings(
@@ -557,7 +575,7 @@ def create_battle(
     )
     public = to_public(BattlePublic, row)
     session.add(row)
-    session.commit()
+    session.flush()
     return public
 
 
@@ -585,7 +603,7 @@ def vote(*, session: Session, battle_id: str, session_id: str, winner: str) -> B
         .where(col(Battle.id) == battle_id, col(Battle.winner).is_(None))
         .values(winner=winner, voted_at=utcnow())
     )
-    session.commit()
+    session.flush()
     if getattr(changed, "rowcount", 0) != 1:
         raise StateConflictError(
             f"battle {battle_id!r} has been voted on already", field="battle_id"

@@ -32,7 +32,7 @@ from kindchat.serve.routes import (
     models,
     sessions,
 )
-from kindchat.serve.service import ChatService
+from kindchat.serve.services import ArenaService, build_services
 
 logger = logging.getLogger(__name__)
 
@@ -108,14 +108,14 @@ def remote_backend(settings: Settings) -> dict[str, GenerationBackend] | None:
     return None
 
 
-async def check_challenger(service: ChatService, interval_s: float) -> None:
+async def check_challenger(arena: ArenaService, interval_s: float) -> None:
     """Decide a challenger whose deadline passed even when no vote comes (0: never)."""
     if interval_s <= 0:
         return
     while True:
         await asyncio.sleep(interval_s)
         try:
-            await service.decide_challenge()
+            await arena.decide_challenge()
         except Exception:  # keep checking; the next vote or check tries again
             logger.exception("challenger check failed")
 
@@ -149,14 +149,12 @@ def create_app(
             if settings.background_preset
             else None
         )
-        app.state.service = ChatService(
-            settings, manager, db, metrics, background=background, gate=gate
-        )
+        app.state.services = build_services(settings, manager, db, metrics, gate, background)
         if background is not None:
             await asyncio.to_thread(background.start)
         watcher = asyncio.create_task(manager.watch(), name="kindchat-alias-watch")
         judge = asyncio.create_task(
-            check_challenger(app.state.service, settings.challenger_check_s),
+            check_challenger(app.state.services.arena, settings.challenger_check_s),
             name="kindchat-challenger-deadline",
         )
         app.state.scheduler = None

@@ -11,7 +11,14 @@ from kindchat.models.manager import ModelManager
 from kindchat.serve.errors import AdminTokenError, AuthenticationError
 from kindchat.serve.gate import Gate, bearer
 from kindchat.serve.metrics import Metrics
-from kindchat.serve.service import ChatService
+from kindchat.serve.services import (
+    AdminService,
+    AnswerService,
+    ArenaService,
+    ConversationService,
+    FeedbackService,
+    Services,
+)
 
 
 def get_settings(request: Request) -> Settings:
@@ -24,9 +31,29 @@ def get_manager(request: Request) -> ModelManager:
     return manager
 
 
-def get_service(request: Request) -> ChatService:
-    service: ChatService = request.app.state.service
-    return service
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def get_answers(request: Request) -> AnswerService:
+    return get_services(request).answers
+
+
+def get_conversations(request: Request) -> ConversationService:
+    return get_services(request).conversations
+
+
+def get_feedback(request: Request) -> FeedbackService:
+    return get_services(request).feedback
+
+
+def get_arena(request: Request) -> ArenaService:
+    return get_services(request).arena
+
+
+def get_admin(request: Request) -> AdminService:
+    return get_services(request).admin
 
 
 def get_metrics(request: Request) -> Metrics:
@@ -40,11 +67,11 @@ def get_gate(request: Request) -> Gate:
 
 
 def require_admin(request: Request) -> None:
-    """`Authorization: Bearer <token>` through the service's one admin check: 403 when admin
+    """`Authorization: Bearer <token>` through the admin service's one check: 403 when admin
     routes are off or the token is wrong, 401 when no token is sent."""
     sent = bearer(request)
     try:
-        get_service(request).check_admin(sent)
+        get_admin(request).check_admin(sent)
     except AdminTokenError:
         if sent is None:
             raise AuthenticationError(
@@ -55,6 +82,10 @@ def require_admin(request: Request) -> None:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ManagerDep = Annotated[ModelManager, Depends(get_manager)]
-ServiceDep = Annotated[ChatService, Depends(get_service)]
+AnswersDep = Annotated[AnswerService, Depends(get_answers)]
+ConversationsDep = Annotated[ConversationService, Depends(get_conversations)]
+FeedbackDep = Annotated[FeedbackService, Depends(get_feedback)]
+ArenaDep = Annotated[ArenaService, Depends(get_arena)]
+AdminDep = Annotated[AdminService, Depends(get_admin)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 GateDep = Annotated[Gate, Depends(get_gate)]

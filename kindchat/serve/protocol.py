@@ -2,7 +2,7 @@
 
 Routes stay thin: they take these models in and give them out. Field limits that do not depend
 on settings are checked here (pydantic -> 422 naming the field); limits from settings (input
-size, max_tokens) are checked in :mod:`kindchat.serve.service`.
+size, max_tokens) are checked in :mod:`kindchat.serve.services.answers`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The Gradio Blocks of kindchat, built by one function per tab and mounted at `/` of the API app.
 
-Handlers reach the app's :class:`~kindchat.serve.service.ChatService` (created in the FastAPI
-lifespan) through a `ServiceRef`, so the UI stores, rates, votes and ranks with the same code as
+Handlers reach the app's services (:mod:`kindchat.serve.services`, created in the FastAPI
+lifespan) through a `ServicesRef`, so the UI stores, rates, votes and ranks with the same code as
 the HTTP API. Every browser gets a server-signed session in an HttpOnly cookie on its first page
 load (new sessions limited per address); the page reads it server-side into a `gr.State`, which
 the browser cannot set, and its ratings and votes are attributed to it. Every handler is checked
@@ -31,7 +31,7 @@ from kindchat.ui import strings
 from kindchat.ui.arena import build_arena_tab
 from kindchat.ui.bootstrap import build_banner
 from kindchat.ui.chat import build_chat_tab
-from kindchat.ui.common import OnLoad, ServiceRef
+from kindchat.ui.common import OnLoad, ServicesRef
 from kindchat.ui.dashboard import build_dashboard_tab
 from kindchat.ui.guard import PageGuard, action, cookie_token, guard_events
 from kindchat.ui.leaderboard import build_leaderboard_tab
@@ -53,7 +53,7 @@ CSS = """
 #admin-actions { padding: 8px; }
 """
 
-TABS: list[tuple[str, Callable[[ServiceRef], OnLoad]]] = [
+TABS: list[tuple[str, Callable[[ServicesRef], OnLoad]]] = [
     (strings.TAB_CHAT, build_chat_tab),
     (strings.TAB_ARENA, build_arena_tab),
     (strings.TAB_LEADERBOARD, build_leaderboard_tab),
@@ -68,10 +68,10 @@ class PageSession:
     session_id: str = ""
 
 
-def page_session(service: ServiceRef) -> Callable[[gr.Request], PageSession]:
+def page_session(services: ServicesRef) -> Callable[[gr.Request], PageSession]:
     def load(request: gr.Request) -> PageSession:
         """The session of the page's signed cookie ("" without one: feedback then explains)."""
-        session_id = service().gate.token_session(cookie_token(request))
+        session_id = services().gate.token_session(cookie_token(request))
         if session_id is None:
             logger.info("a page without a valid session cookie")
         return PageSession(session_id or "")
@@ -97,18 +97,18 @@ def for_page(fn: Callable[..., Any]) -> Callable[..., Any]:
     return opened_sync
 
 
-def build_ui(service: ServiceRef, page_checks: bool = True) -> gr.Blocks:
+def build_ui(services: ServicesRef, page_checks: bool = True) -> gr.Blocks:
     """All tabs; each tab's page-open step runs once the session is known."""
     with gr.Blocks(title=strings.PAGE_TITLE, analytics_enabled=False) as demo:
         session = gr.State(PageSession())  # server-side: the browser cannot choose it
         gr.Markdown(strings.HEADER, elem_id="header")
-        build_banner(service)
+        build_banner(services)
         loads: list[tuple[gr.Tab, OnLoad]] = []
         with gr.Tabs():
             for label, build in TABS:
                 with gr.Tab(label) as tab:
-                    loads.append((tab, build(service)))
-        started = demo.load(page_session(service), None, [session])
+                    loads.append((tab, build(services)))
+        started = demo.load(page_session(services), None, [session])
         for tab, on_load in loads:
             inputs = [session, *on_load.inputs]
             if on_load.on_open:
@@ -117,7 +117,7 @@ def build_ui(service: ServiceRef, page_checks: bool = True) -> gr.Blocks:
                 tab.select(for_page(on_load.fn), inputs, on_load.outputs)
     demo.queue(default_concurrency_limit=None)  # the model engine batches and limits, not Gradio
     if page_checks:
-        guard_events(demo, lambda: service().gate)  # every handler: the cookie's session, limits
+        guard_events(demo, lambda: services().gate)  # every handler: the cookie's session, limits
     return demo
 
 
@@ -175,7 +175,7 @@ class SessionCookie:
 def mount_ui(app: FastAPI, page_checks: bool = True) -> FastAPI:
     """Serve the UI at `/` of `app` (its API routes, added before, keep matching first).
     `page_checks=False` (a benchmark's baseline only) leaves out :mod:`kindchat.ui.guard`."""
-    demo = build_ui(lambda: app.state.service, page_checks)
+    demo = build_ui(lambda: app.state.services, page_checks)
     theme = gr.themes.Soft(font=FONTS, font_mono=["NanumGothicCoding", "monospace"])
     gr.mount_gradio_app(
         app,

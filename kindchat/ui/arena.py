@@ -12,9 +12,9 @@ import gradio as gr
 
 from kindchat.models.backends.base import GenerationOptions
 from kindchat.serve.protocol import ChatMessage
-from kindchat.serve.service import Answer, AnswerRequest, ChatService
+from kindchat.serve.services import Answer, AnswerRequest, AnswerService, ArenaService, Services
 from kindchat.ui import strings
-from kindchat.ui.common import OnLoad, ServiceRef, model_choices, user_error
+from kindchat.ui.common import OnLoad, ServicesRef, model_choices, user_error
 from kindchat.ui.guard import action
 from kindchat.ui.state import ArenaRound
 
@@ -24,7 +24,7 @@ VERDICTS = ("a", "b", "tie", "both_bad")
 Update = tuple[Any, ...]
 
 
-async def open_both(service: ChatService, requests: Sequence[AnswerRequest]) -> list[Answer]:
+async def open_both(service: AnswerService, requests: Sequence[AnswerRequest]) -> list[Answer]:
     """Open both answers together (one batch); if one fails, release the other and raise."""
     opened = await asyncio.gather(*(service.open(r) for r in requests), return_exceptions=True)
     errors = [o for o in opened if isinstance(o, BaseException)]
@@ -36,7 +36,7 @@ async def open_both(service: ChatService, requests: Sequence[AnswerRequest]) -> 
     return [o for o in opened if isinstance(o, Answer)]
 
 
-async def stream_both(service: ChatService, answers: Sequence[Answer]) -> AsyncIterator[None]:
+async def stream_both(service: AnswerService, answers: Sequence[Answer]) -> AsyncIterator[None]:
     """Generate both answers at once; yield whenever either text grew. Errors re-raise."""
     grew: asyncio.Queue[bool] = asyncio.Queue()
 
@@ -66,14 +66,15 @@ async def stream_both(service: ChatService, answers: Sequence[Answer]) -> AsyncI
 
 
 async def battle(
-    service: ChatService, state: ArenaRound, prompt: str, model_a: str, model_b: str
+    services: Services, state: ArenaRound, prompt: str, model_a: str, model_b: str
 ) -> AsyncIterator[ArenaRound]:
     """Ask two models (random sides), stream both answers, then store the battle."""
+    service, arena = services.answers, services.arena
     messages = service.check_messages([ChatMessage(role="user", content=prompt)])
     chosen = [m for m in (model_a, model_b) if m]
     if len(chosen) == 1 or (len(chosen) == 2 and chosen[0] == chosen[1]):
         raise gr.Error(strings.ARENA_SAME_MODEL)
-    names = service.battle_models(chosen or None)
+    names = arena.battle_models(chosen or None)
     params = service.sampling(max_tokens=None, temperature=None, top_p=None)
     requests = [
         AnswerRequest(name, messages, params, GenerationOptions(), state.session_id, arena=True)
@@ -85,7 +86,7 @@ async def battle(
         state.answers = [a.text for a in answers]
         yield state
     state.answers = [a.text for a in answers]
-    state.battle_id = await service.store_battle(state.session_id, answers[0], answers[1])
+    state.battle_id = await arena.store_battle(state.session_id, answers[0], answers[1])
     yield state
 
 
@@ -98,7 +99,7 @@ def round_update(state: ArenaRound, status: str, votable: bool, prompt: Any) -> 
 
 
 async def start(
-    service: ChatService, state: ArenaRound, prompt: str, model_a: str, model_b: str
+    services: Services, state: ArenaRound, prompt: str, model_a: str, model_b: str
 ) -> AsyncIterator[Update]:
     before = state
     try:
@@ -108,7 +109,7 @@ async def start(
             False,
             gr.update(interactive=False),
         )
-        async for current in battle(service, state, prompt, model_a, model_b):
+        async for current in battle(services, state, prompt, model_a, model_b):
             done = current.battle_id is not None
             status = strings.ARENA_VOTE_NOW if done else strings.ARENA_STREAMING
             yield round_update(current, status, done, gr.update(interactive=False))
@@ -119,13 +120,13 @@ async def start(
         raise user_error(err) from err
 
 
-async def vote(service: ChatService, state: ArenaRound, verdict: str) -> Update:
+async def vote(arena: ArenaService, state: ArenaRound, verdict: str) -> Update:
     """Record the verdict, reveal both models, disable the buttons."""
     if state.battle_id is None or state.verdict is not None:
         gr.Warning(strings.ARENA_NO_BATTLE)
         return state, gr.update(), *vote_buttons(False)
     try:
-        result = await service.vote(
+        result = await arena.vote(
             battle_id=state.battle_id, session_id=state.session_id, winner=verdict
         )
     except Exception as err:
@@ -144,7 +145,7 @@ def new_round(state: ArenaRound) -> Update:
     return round_update(fresh, strings.ARENA_WAITING, False, gr.update(interactive=True, value=""))
 
 
-def build_arena_tab(service: ServiceRef) -> OnLoad:
+def build_arena_tab(services: ServicesRef) -> OnLoad:
     state = gr.State(ArenaRound())
     gr.Markdown(strings.ARENA_INTRO)
     with gr.Accordion(strings.ARENA_CHOOSE, open=False):
@@ -192,7 +193,7 @@ def build_arena_tab(service: ServiceRef) -> OnLoad:
     async def on_start(
         state: ArenaRound, prompt: str, model_a: str, model_b: str
     ) -> AsyncIterator[Update]:
-        async for update in start(service(), state, prompt, model_a, model_b):
+        async for update in start(services(), state, prompt, model_a, model_b):
             yield update
 
     round_outputs = [panel_a, panel_b, state, status, *buttons, prompt]
@@ -207,13 +208,13 @@ def build_arena_tab(service: ServiceRef) -> OnLoad:
 
         @action("arena")
         async def on_vote(state: ArenaRound, verdict: str = verdict) -> Update:
-            return await vote(service(), state, verdict)
+            return await vote(services().arena, state, verdict)
 
         button.click(on_vote, [state], [state, status, *buttons])
     again.click(new_round, [state], round_outputs)
 
     def on_load(session_id: str) -> Update:
-        choices = [(strings.ARENA_AUTO, ""), *model_choices(service())]
+        choices = [(strings.ARENA_AUTO, ""), *model_choices(services().answers)]
         return (
             ArenaRound(session_id=session_id),
             gr.Dropdown(choices=choices, value=""),

@@ -1,7 +1,7 @@
 """The banner over every tab while better models train in the background: the stage, how many
 are done, an estimate of the time left; and, once, the news when a new model starts answering.
 
-It polls `ChatService.bootstrap` (what `GET /v1/bootstrap` returns) every few seconds.
+It polls `AdminService.bootstrap` (what `GET /v1/bootstrap` returns) every few seconds.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import gradio as gr
 import pandas as pd
 
 from kindchat.ui import strings
-from kindchat.ui.common import ServiceRef, run_blocking
+from kindchat.ui.common import ServicesRef, run_blocking
 
 POLL_S = 3.0
 NOTICE_S = 30.0  # how long the news of a new model stays up
@@ -79,14 +79,14 @@ def stages_frame(view: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def build_banner(service: ServiceRef) -> None:
+def build_banner(services: ServicesRef) -> None:
     """The banner (hidden while nothing trains) and its timer."""
     state = gr.State(BannerState())
     banner = gr.Markdown("", visible=False, elem_id="bootstrap-banner")
     timer = gr.Timer(POLL_S)
 
     async def refresh(current: BannerState) -> tuple[Any, BannerState]:
-        view = await run_blocking(service().bootstrap)
+        view = await run_blocking(services().admin.bootstrap)
         text, new = banner_text(view, current, time.time())
         return gr.update(value=text, visible=bool(text)), new
 

@@ -1,6 +1,7 @@
 """The 채팅 tab: multi-turn streamed chat with a stop button, edit and resend (branches),
 👍/👎 with an optional reason, regenerate, personas, and the history of the browser's
-conversations (reopen, rename, delete, export, share). All of it goes through `ChatService`."""
+conversations (reopen, rename, delete, export, share). All of it goes through serve's
+services: answers, conversations and feedback."""
 
 from __future__ import annotations
 
@@ -17,11 +18,16 @@ from kindchat.feedback.models import new_id
 from kindchat.models.backends.base import GenerationOptions
 from kindchat.serve.protocol import ChatMessage
 from kindchat.serve.routes.conversations import detail
-from kindchat.serve.service import AnswerRequest, ChatService
+from kindchat.serve.services import (
+    AnswerRequest,
+    ConversationService,
+    FeedbackService,
+    Services,
+)
 from kindchat.ui import personas, strings
 from kindchat.ui.common import (
     OnLoad,
-    ServiceRef,
+    ServicesRef,
     model_choices,
     run_blocking,
     stream_text,
@@ -40,7 +46,7 @@ def chatbot_update(state: ChatSession) -> Any:
 
 
 async def answer(
-    service: ChatService,
+    services: Services,
     state: ChatSession,
     model: str,
     regenerate: str | None = None,
@@ -50,6 +56,7 @@ async def answer(
     answer, which `regenerate` names: the new one is stored as its sibling). The conversation
     is stored as it goes: made on the first message, each turn appended (an edit as the sibling
     of the message it edits), so the history survives a reload."""
+    service = services.answers
     context = state.turns[:-1] if regenerate else state.turns
     messages = service.check_messages(
         [
@@ -60,13 +67,13 @@ async def answer(
     if regenerate is None:
         if state.conversation_id is None:
             state.conversation_id = await run_blocking(
-                service.start_conversation,
+                services.conversations.start,
                 session_id=state.session_id,
                 system_prompt=state.persona,
             )
         context[-1].message_id = context[-1].message_id or new_id()
     request = AnswerRequest(
-        model=model or service.manager.default_name(),
+        model=model or service.default_model(),
         messages=messages,
         params=service.sampling(max_tokens=None, temperature=None, top_p=None),
         options=GenerationOptions(),
@@ -91,7 +98,7 @@ def busy(visible: bool) -> tuple[Any, Any]:
 
 
 async def send(
-    service: ChatService, state: ChatSession, text: str, model: str
+    services: Services, state: ChatSession, text: str, model: str
 ) -> AsyncIterator[Update]:
     """Add the user's message and stream the answer; on an error keep what they typed."""
     before = list(state.turns)
@@ -99,7 +106,7 @@ async def send(
     state.awaiting_reason = None
     try:
         yield "", chatbot_update(state), state, gr.update(visible=False), *busy(True)
-        async for current in answer(service, state, model):
+        async for current in answer(services, state, model):
             yield "", chatbot_update(current), current, gr.update(), *busy(True)
         yield "", chatbot_update(state), state, gr.update(), *busy(False)
     except Exception as err:
@@ -109,7 +116,7 @@ async def send(
 
 
 async def edit(
-    service: ChatService, state: ChatSession, data: gr.EditData, model: str
+    services: Services, state: ChatSession, data: gr.EditData, model: str
 ) -> AsyncIterator[Update]:
     """A user message edited in place: a new branch from it (the old one stays stored)."""
     index = data.index if isinstance(data.index, int) else data.index[0]
@@ -120,18 +127,18 @@ async def edit(
         return
     before = list(state.turns)
     state.turns = [*before[:index], Turn(role="user", content=value)]
-    async for update in _streamed(service, state, model, before, edit_of=old.message_id):
+    async for update in _streamed(services, state, model, before, edit_of=old.message_id):
         yield update
 
 
 async def _streamed(
-    service: ChatService, state: ChatSession, model: str, before: list[Turn], **how: Any
+    services: Services, state: ChatSession, model: str, before: list[Turn], **how: Any
 ) -> AsyncIterator[Update]:
     """Stream an answer into the chat (`how`: an edit or a regeneration); on an error the
     turns go back to `before`."""
     state.awaiting_reason = None
     try:
-        async for current in answer(service, state, model, **how):
+        async for current in answer(services, state, model, **how):
             yield chatbot_update(current), current, gr.update(visible=False), *busy(True)
         yield chatbot_update(state), state, gr.update(), *busy(False)
     except Exception as err:
@@ -140,7 +147,7 @@ async def _streamed(
         raise user_error(err) from err
 
 
-async def regenerate(service: ChatService, state: ChatSession, model: str) -> AsyncIterator[Update]:
+async def regenerate(services: Services, state: ChatSession, model: str) -> AsyncIterator[Update]:
     """Answer the last user message again; the earlier answer stays stored as a sibling."""
     last = state.last_answer()
     if last is None:
@@ -148,7 +155,7 @@ async def regenerate(service: ChatService, state: ChatSession, model: str) -> As
         yield chatbot_update(state), state, gr.update(), *busy(False)
         return
     async for update in _streamed(
-        service, state, model, list(state.turns), regenerate=last.message_id
+        services, state, model, list(state.turns), regenerate=last.message_id
     ):
         yield update
 
@@ -162,7 +169,7 @@ def stop(state: ChatSession) -> Update:
     return chatbot_update(state), state, *busy(False)
 
 
-async def like(service: ChatService, state: ChatSession, data: gr.LikeData) -> Update:
+async def like(feedback: FeedbackService, state: ChatSession, data: gr.LikeData) -> Update:
     """👍/👎 on an answer (clicking the other thumb changes the vote); 👎 asks for a reason."""
     index = data.index if isinstance(data.index, int) else data.index[0]
     turn = state.turns[index] if 0 <= index < len(state.turns) else None
@@ -175,7 +182,7 @@ async def like(service: ChatService, state: ChatSession, data: gr.LikeData) -> U
     value = 1 if data.liked else -1
     try:
         await run_blocking(
-            service.rate, message_id=turn.message_id, value=value, session_id=state.session_id
+            feedback.rate, message_id=turn.message_id, value=value, session_id=state.session_id
         )
     except Exception as err:
         raise user_error(err) from err
@@ -186,7 +193,11 @@ async def like(service: ChatService, state: ChatSession, data: gr.LikeData) -> U
 
 
 async def send_reason(
-    service: ChatService, state: ChatSession, reason: str | None, comment: str, better: str = ""
+    feedback: FeedbackService,
+    state: ChatSession,
+    reason: str | None,
+    comment: str,
+    better: str = "",
 ) -> Update:
     """Attach a reason, a comment and the answer the user would have liked to the 👎 just
     given (rating again replaces it)."""
@@ -194,7 +205,7 @@ async def send_reason(
         return state, gr.update(visible=False), None, "", ""
     try:
         await run_blocking(
-            service.rate,
+            feedback.rate,
             message_id=state.awaiting_reason,
             value=-1,
             session_id=state.session_id,
@@ -216,11 +227,11 @@ def clear(state: ChatSession) -> Update:
 
 
 # ---- history ------------------------------------------------------------------------------
-def history_update(service: ChatService, state: ChatSession) -> Any:
+def history_update(conversations: ConversationService, state: ChatSession) -> Any:
     """The history list: this session's conversations, newest first."""
     if not state.session_id:
         return gr.update(choices=[], value=None, info=strings.HISTORY_EMPTY)
-    rows = service.conversations(state.session_id)
+    rows = conversations.list(state.session_id)
     return gr.update(
         choices=[(c.title or strings.NEW_CHAT, c.id) for c in rows],
         info=strings.HISTORY_INFO if rows else strings.HISTORY_EMPTY,
@@ -228,11 +239,13 @@ def history_update(service: ChatService, state: ChatSession) -> Any:
     )
 
 
-def open_conversation(service: ChatService, state: ChatSession, conversation_id: str) -> Update:
+def open_conversation(
+    conversations: ConversationService, state: ChatSession, conversation_id: str
+) -> Update:
     """Reopen a stored conversation where it was left (its latest branch)."""
     if not conversation_id or conversation_id == state.conversation_id:
         return chatbot_update(state), state, gr.update(), gr.update()
-    conversation, messages = service.conversation(conversation_id, state.session_id)
+    conversation, messages = conversations.get(conversation_id, state.session_id)
     turns = [
         Turn(
             role=m.role,  # type: ignore[arg-type]
@@ -258,11 +271,11 @@ def open_conversation(service: ChatService, state: ChatSession, conversation_id:
     )
 
 
-def export_path(service: ChatService, state: ChatSession) -> str:
+def export_path(conversations: ConversationService, state: ChatSession) -> str:
     """The conversation as a JSON file (what `GET /v1/conversations/{id}` returns)."""
     if state.conversation_id is None:
         raise gr.Error(strings.NO_CONVERSATION)
-    data = detail(*service.conversation(state.conversation_id, state.session_id))
+    data = detail(*conversations.get(state.conversation_id, state.session_id))
     folder = Path(tempfile.mkdtemp(prefix="kindchat-export-"))
     path = folder / f"kindchat-{data.id[:8]}.json"
     path.write_text(
@@ -271,7 +284,7 @@ def export_path(service: ChatService, state: ChatSession) -> str:
     return str(path)
 
 
-def build_chat_tab(service: ServiceRef) -> OnLoad:
+def build_chat_tab(services: ServicesRef) -> OnLoad:
     """The chat tab's components and events; what it needs when a page opens."""
     state = gr.State(ChatSession())
     with gr.Row(equal_height=False):
@@ -378,37 +391,37 @@ def build_chat_tab(service: ServiceRef) -> OnLoad:
     ) -> AsyncIterator[Update]:
         if state.conversation_id is None:  # the persona is chosen per conversation
             state.persona = personas.system_prompt(choice, custom)
-        async for update in send(service(), state, text, model):
+        async for update in send(services(), state, text, model):
             yield update
 
     @action("chat")
     async def on_edit(state: ChatSession, data: gr.EditData, model: str) -> AsyncIterator[Update]:
-        async for update in edit(service(), state, data, model):
+        async for update in edit(services(), state, data, model):
             yield update
 
     @action("chat")
     async def on_regenerate(state: ChatSession, model: str) -> AsyncIterator[Update]:
-        async for update in regenerate(service(), state, model):
+        async for update in regenerate(services(), state, model):
             yield update
 
     @action("feedback")
     async def on_like(state: ChatSession, data: gr.LikeData) -> Update:
-        return await like(service(), state, data)
+        return await like(services().feedback, state, data)
 
     @action("feedback")
     async def on_reason(
         state: ChatSession, reason: str | None, comment: str, better: str
     ) -> Update:
-        return await send_reason(service(), state, reason, comment, better)
+        return await send_reason(services().feedback, state, reason, comment, better)
 
     @action("page")  # the list after each answer: a refresh, counted apart from history
     def on_history(state: ChatSession) -> Any:
-        return history_update(service(), state)
+        return history_update(services().conversations, state)
 
     @action("history")
     def on_open(state: ChatSession, conversation_id: str) -> Update:
         try:
-            return open_conversation(service(), state, conversation_id)
+            return open_conversation(services().conversations, state, conversation_id)
         except Exception as err:
             raise user_error(err) from err
 
@@ -417,36 +430,36 @@ def build_chat_tab(service: ServiceRef) -> OnLoad:
         if state.conversation_id is None or not title.strip():
             raise gr.Error(strings.NO_CONVERSATION)
         try:
-            service().rename_conversation(state.conversation_id, state.session_id, title)
+            services().conversations.rename(state.conversation_id, state.session_id, title)
         except Exception as err:
             raise user_error(err) from err
-        return history_update(service(), state)
+        return history_update(services().conversations, state)
 
     @action("history")
     def on_delete(state: ChatSession, forget: bool) -> Update:
         if state.conversation_id is None:
             raise gr.Error(strings.NO_CONVERSATION)
         try:
-            service().delete_conversation(state.conversation_id, state.session_id, forget)
+            services().conversations.delete(state.conversation_id, state.session_id, forget)
         except Exception as err:
             raise user_error(err) from err
         gr.Info(strings.DELETED, duration=3)
         fresh = ChatSession(session_id=state.session_id)
-        return chatbot_update(fresh), fresh, history_update(service(), fresh)
+        return chatbot_update(fresh), fresh, history_update(services().conversations, fresh)
 
     @action("history")
     def on_export(state: ChatSession) -> Any:
-        return gr.File(value=export_path(service(), state), visible=True)
+        return gr.File(value=export_path(services().conversations, state), visible=True)
 
     @action("history")
     def on_share(state: ChatSession) -> Any:
         if state.conversation_id is None:
             raise gr.Error(strings.NO_CONVERSATION)
         try:
-            token = service().share_conversation(state.conversation_id, state.session_id)
+            token = services().conversations.share(state.conversation_id, state.session_id)
         except Exception as err:
             raise user_error(err) from err
-        return gr.update(value=service().share_url(token), visible=True)
+        return gr.update(value=services().conversations.share_url(token), visible=True)
 
     def on_persona(choice: str) -> Any:
         return gr.update(visible=choice == personas.CUSTOM)
@@ -495,13 +508,13 @@ def build_chat_tab(service: ServiceRef) -> OnLoad:
     persona.change(on_persona, [persona], [custom_persona])
 
     def on_load(session_id: str) -> Update:
-        served = service()
-        choices = model_choices(served)
+        served = services()
+        choices = model_choices(served.answers)
         fresh = ChatSession(session_id=session_id)
         return (
             fresh,
-            gr.Dropdown(choices=choices, value=served.manager.default_name()),
-            history_update(served, fresh),
+            gr.Dropdown(choices=choices, value=served.answers.default_model()),
+            history_update(served.conversations, fresh),
         )
 
     return OnLoad(on_load, [], [state, model, history])

@@ -1,4 +1,4 @@
-"""What every tab shares: how handlers reach the service, show text safely, and report errors."""
+"""What every tab shares: how handlers reach the services, show text safely, and report errors."""
 
 from __future__ import annotations
 
@@ -14,13 +14,14 @@ import gradio as gr
 
 from kindchat.models.manager import ModelName
 from kindchat.serve.errors import to_api_error
-from kindchat.serve.service import Answer, ChatService
+from kindchat.serve.services import Answer, AnswerService, Services
 from kindchat.ui import strings
 
 logger = logging.getLogger(__name__)
 
-ServiceRef = Callable[[], ChatService]
-"""The app's :class:`ChatService`, created in the FastAPI lifespan after the UI is built."""
+ServicesRef = Callable[[], Services]
+"""The app's :class:`~kindchat.serve.services.Services`, built in the FastAPI lifespan after the
+UI is built; each tab reads the services it uses from it, handlers take those only."""
 
 
 @dataclass(frozen=True)
@@ -75,15 +76,15 @@ def model_label(name: ModelName) -> str:
     return f"{name.alias} · {name.version}" if name.alias else name.version
 
 
-def model_choices(service: ChatService) -> list[tuple[str, str]]:
+def model_choices(answers: AnswerService) -> list[tuple[str, str]]:
     """(label, served name) for every model the server answers with now."""
-    return [(model_label(name), name.name) for name in service.manager.names()]
+    return [(model_label(name), name.name) for name in answers.models()]
 
 
 _STORING: set[asyncio.Task[None]] = set()  # stopped answers being stored (kept referenced)
 
 
-async def stream_text(service: ChatService, answer: Answer) -> AsyncIterator[str]:
+async def stream_text(service: AnswerService, answer: Answer) -> AsyncIterator[str]:
     """The answer's text so far after each piece; stored when it ends. Stopped early (the
     stop button cancels the event, or the tab closed), it is stored as far as it got, with
     `finish_reason` `stop_by_user`, in a task of its own so that the cancellation cannot cut

@@ -2,8 +2,8 @@
 RM accuracy per version; admin actions (promote, roll back, retrain) behind the admin token.
 
 Everything comes from the service, as the API's `GET /v1/admin/dashboard` does
-(`ChatService.dashboard`); admin actions call the service's `promote` / `rollback` /
-`trigger_retrain` after the one admin check (`ChatService.check_admin`).
+(`AdminService.dashboard`); admin actions call the service's `promote` / `rollback` /
+`trigger_retrain` after the one admin check (`AdminService.check_admin`).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from kindchat.models.manager import ReloadReport
 from kindchat.models.registry import Manifest
 from kindchat.serve.errors import AdminDisabledError, AdminTokenError
 from kindchat.serve.protocol import Dashboard
-from kindchat.serve.service import ChatService
+from kindchat.serve.services import AdminService
 from kindchat.ui import strings
 from kindchat.ui.bootstrap import stages_frame
-from kindchat.ui.common import OnLoad, ServiceRef, run_blocking, user_error
+from kindchat.ui.common import OnLoad, ServicesRef, run_blocking, user_error
 
 logger = logging.getLogger(__name__)
 
@@ -183,10 +183,10 @@ def challenger_frame(history: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-async def refresh(service: ChatService, token: str = "") -> tuple[Any, ...]:
+async def refresh(admin: AdminService, token: str = "") -> tuple[Any, ...]:
     """The dashboard's data, for the admin token only (as `GET /v1/admin/dashboard`); without
     it every panel stays empty and the intro says how to unlock it."""
-    if not service.is_admin(token):
+    if not admin.is_admin(token):
         return (
             gr.update(visible=False),
             strings.DASHBOARD_LOCKED,
@@ -200,7 +200,7 @@ async def refresh(service: ChatService, token: str = "") -> tuple[Any, ...]:
             gr.Dropdown(choices=[]),
         )
     try:
-        data = await run_blocking(service.dashboard)
+        data = await run_blocking(admin.dashboard)
     except Exception as err:
         raise user_error(err) from err
     title = (
@@ -224,19 +224,19 @@ async def refresh(service: ChatService, token: str = "") -> tuple[Any, ...]:
 
 
 # ---- admin ------------------------------------------------------------------------------------
-def check_admin(service: ChatService, token: str) -> None:
+def check_admin(admin: AdminService, token: str) -> None:
     """The service's admin check, its refusals in Korean."""
     try:
-        service.check_admin(token)
+        admin.check_admin(token)
     except AdminDisabledError:
         raise gr.Error(strings.ADMIN_DISABLED) from None
     except AdminTokenError:
         raise gr.Error(strings.ADMIN_WRONG) from None
 
 
-def unlock(service: ChatService, token: str) -> tuple[Any, str]:
+def unlock(admin: AdminService, token: str) -> tuple[Any, str]:
     """Show the admin actions when the token matches (each action checks it again)."""
-    check_admin(service, token)
+    check_admin(admin, token)
     return gr.update(visible=True), strings.ADMIN_OK
 
 
@@ -247,21 +247,21 @@ def swap_note(report: ReloadReport) -> str:
     return strings.SWAP_FAILED.format(failed=failed)
 
 
-async def promote(service: ChatService, token: str, version: str, alias: str) -> str:
-    check_admin(service, token)
+async def promote(admin: AdminService, token: str, version: str, alias: str) -> str:
+    check_admin(admin, token)
     if not version or not alias:
         raise gr.Error(strings.PROMOTE_PICK)
     try:
-        change, report = await service.promote(version, alias)
+        change, report = await admin.promote(version, alias)
     except Exception as err:
         raise user_error(err) from err
     return strings.PROMOTED.format(alias=change.alias, version=change.version) + swap_note(report)
 
 
-async def rollback(service: ChatService, token: str, alias: str) -> str:
-    check_admin(service, token)
+async def rollback(admin: AdminService, token: str, alias: str) -> str:
+    check_admin(admin, token)
     try:
-        change, report = await service.rollback(alias)
+        change, report = await admin.rollback(alias)
     except Exception as err:
         raise user_error(err) from err
     return strings.ROLLED_BACK.format(alias=change.alias, version=change.version) + swap_note(
@@ -269,16 +269,16 @@ async def rollback(service: ChatService, token: str, alias: str) -> str:
     )
 
 
-async def retrain(service: ChatService, token: str, force: bool) -> str:
-    check_admin(service, token)
+async def retrain(admin: AdminService, token: str, force: bool) -> str:
+    check_admin(admin, token)
     try:
-        run = await service.trigger_retrain(force=force)
+        run = await admin.trigger_retrain(force=force)
     except Exception as err:
         raise user_error(err) from err
     return strings.RETRAIN_STARTED.format(run_id=run.id)
 
 
-def build_admin(service: ServiceRef) -> tuple[Any, list[Any]]:
+def build_admin(services: ServicesRef) -> tuple[Any, list[Any]]:
     """The admin accordion: token box, then (hidden until it matches) the actions. Returns the
     token box, the version picker and the events after which the dashboard should refresh."""
     with gr.Accordion(strings.ADMIN_TITLE, open=False):
@@ -319,16 +319,16 @@ def build_admin(service: ServiceRef) -> tuple[Any, list[Any]]:
                 retrain_button = gr.Button(strings.RETRAIN, scale=1, elem_id="admin-retrain")
 
     async def on_unlock(token: str) -> tuple[Any, str]:
-        return unlock(service(), token)
+        return unlock(services().admin, token)
 
     async def on_promote(token: str, version: str, alias: str) -> str:
-        return await promote(service(), token, version, alias)
+        return await promote(services().admin, token, version, alias)
 
     async def on_rollback(token: str, alias: str) -> str:
-        return await rollback(service(), token, alias)
+        return await rollback(services().admin, token, alias)
 
     async def on_retrain(token: str, force: bool) -> str:
-        return await retrain(service(), token, force)
+        return await retrain(services().admin, token, force)
 
     unlocked = gr.on([token.submit, unlock_button.click], on_unlock, [token], [actions, note])
     changed = [
@@ -340,7 +340,7 @@ def build_admin(service: ServiceRef) -> tuple[Any, list[Any]]:
     return token, version, changed
 
 
-def build_dashboard_tab(service: ServiceRef) -> OnLoad:
+def build_dashboard_tab(services: ServicesRef) -> OnLoad:
     gr.Markdown(strings.DASHBOARD_INTRO)
     stages = gr.Dataframe(
         interactive=False,
@@ -377,12 +377,12 @@ def build_dashboard_tab(service: ServiceRef) -> OnLoad:
     gr.Markdown(f"#### {strings.RUNS_TITLE}")
     runs = gr.Dataframe(interactive=False, wrap=True, elem_id="dashboard-runs")
     button = gr.Button(strings.REFRESH, size="sm", elem_id="dashboard-refresh")
-    token, version, changed = build_admin(service)
+    token, version, changed = build_admin(services)
 
     outputs = [stages, summary, per_day, thumbs, runs, ppo, rm, challenger, decisions, version]
 
     async def on_refresh(token: str) -> tuple[Any, ...]:
-        return await refresh(service(), token)
+        return await refresh(services().admin, token)
 
     button.click(on_refresh, [token], outputs)
     for event in changed:

@@ -1,6 +1,6 @@
 """The 리더보드 tab: Elo and Bradley–Terry with 95% intervals, battle counts, win-rate matrix.
 
-The numbers come from :meth:`ChatService.leaderboard`, the same code as `GET /v1/leaderboard`.
+The numbers come from :meth:`ArenaService.leaderboard`, the same code as `GET /v1/leaderboard`.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import gradio as gr
 import pandas as pd
 
 from kindchat.serve.protocol import Leaderboard, LeaderboardRow, PairwiseRow
-from kindchat.serve.service import ChatService
+from kindchat.serve.services import ArenaService
 from kindchat.ui import strings
-from kindchat.ui.common import OnLoad, ServiceRef, run_blocking, user_error
+from kindchat.ui.common import OnLoad, ServicesRef, run_blocking, user_error
 
 DASH = "–"
 
@@ -103,16 +103,16 @@ def win_matrix(
     return pd.DataFrame(rows, columns=[strings.MATRIX_CORNER, *labels])
 
 
-def load_boards(service: ChatService) -> tuple[Leaderboard, Leaderboard]:
-    return service.leaderboard("elo"), service.leaderboard("bt")
+def load_boards(arena: ArenaService) -> tuple[Leaderboard, Leaderboard]:
+    return arena.leaderboard("elo"), arena.leaderboard("bt")
 
 
-async def refresh(service: ChatService) -> tuple[Any, Any, str]:
+async def refresh(arena: ArenaService) -> tuple[Any, Any, str]:
     try:
-        elo, bt = await run_blocking(load_boards, service=service)
+        elo, bt = await run_blocking(load_boards, arena=arena)
     except Exception as err:
         raise user_error(err) from err
-    aliases = dict(service.manager.status()["aliases"])
+    aliases = arena.served_aliases()
     battles = sum(p.battles for p in elo.pairs) // 2
     rated = [row.model for row in elo.rows]
     if battles == 0:
@@ -122,7 +122,7 @@ async def refresh(service: ChatService) -> tuple[Any, Any, str]:
     return ranking_table(elo, bt, aliases), win_matrix(elo.pairs, rated, aliases), summary
 
 
-def build_leaderboard_tab(service: ServiceRef) -> OnLoad:
+def build_leaderboard_tab(services: ServicesRef) -> OnLoad:
     gr.Markdown(strings.LEADERBOARD_INTRO)
     summary = gr.Markdown(strings.LEADERBOARD_EMPTY, elem_id="leaderboard-summary")
     table = gr.Dataframe(
@@ -133,7 +133,7 @@ def build_leaderboard_tab(service: ServiceRef) -> OnLoad:
     button = gr.Button(strings.REFRESH, size="sm", elem_id="leaderboard-refresh")
 
     async def on_refresh() -> tuple[Any, Any, str]:
-        return await refresh(service())
+        return await refresh(services().arena)
 
     button.click(on_refresh, [], [table, matrix, summary])
 

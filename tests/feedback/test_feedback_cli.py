@@ -8,13 +8,12 @@ from typing import Any
 
 import pytest
 import typer
-from sqlmodel import Session
 from typer.testing import CliRunner
 
 from kindchat.cli import app as cli_app
 from kindchat.config import Settings
 from kindchat.feedback import store
-from kindchat.feedback.db import init_db
+from kindchat.feedback.db import init_db, session_scope
 
 runner = CliRunner()
 
@@ -51,7 +50,7 @@ def test_feedback_export_writes_the_three_files(
 ) -> None:
     home = tmp_path / "home"
     engine = init_db(Settings(home=home))
-    with Session(engine) as db:
+    with session_scope(engine) as db:
         conv = store.create_conversation(session=db)
         store.record_message(session=db, conversation_id=conv.id, role="user", content="고마워!")
         a = store.record_message(

@@ -13,7 +13,7 @@ from sqlmodel import Session, select
 from kindchat.config import Settings
 from kindchat.errors import ConflictError
 from kindchat.feedback import store
-from kindchat.feedback.db import create_db_engine, database_url, init_db
+from kindchat.feedback.db import create_db_engine, database_url, init_db, session_scope
 from kindchat.feedback.models import Message, Rating
 
 THREADS = 8
@@ -21,7 +21,7 @@ PER_THREAD = 40
 
 
 def _count(engine: Engine, model: type[Message] | type[Rating]) -> int:
-    with Session(engine) as session:
+    with session_scope(engine) as session:
         return int(session.exec(select(func.count()).select_from(model)).one())
 
 
@@ -31,7 +31,7 @@ def _in_threads(engine: Engine, work: Callable[[Session, int], None], n: int = T
 
     def body(index: int) -> None:
         try:
-            with Session(engine) as session:
+            with session_scope(engine) as session:
                 barrier.wait()
                 work(session, index)
         except BaseException as err:
@@ -46,7 +46,7 @@ def _in_threads(engine: Engine, work: Callable[[Session, int], None], n: int = T
 
 
 def _setup(engine: Engine) -> tuple[str, str]:
-    with Session(engine) as session:
+    with session_scope(engine) as session:
         conv = store.create_conversation(session=session)
         store.record_message(session=session, conversation_id=conv.id, role="user", content="질문")
         answer = store.record_message(
@@ -90,7 +90,7 @@ def test_threads_racing_on_one_rating_leave_exactly_one_row(engine: Engine) -> N
 
 def test_threads_voting_on_one_battle_give_one_winner(engine: Engine) -> None:
     conv_id, a_id = _setup(engine)
-    with Session(engine) as session:
+    with session_scope(engine) as session:
         b = store.record_message(
             session=session, conversation_id=conv_id, role="assistant", content="다른 답"
         )
@@ -119,7 +119,7 @@ def test_threads_voting_on_one_battle_give_one_winner(engine: Engine) -> None:
 
 def _process_writer(url: str, conv_id: str, answer_id: str, tag: str, count: int) -> None:
     engine = create_db_engine(url)
-    with Session(engine) as session:
+    with session_scope(engine) as session:
         for n in range(count):
             message = store.record_message(
                 session=session, conversation_id=conv_id, role="assistant", content=f"{tag}-{n}"

@@ -95,7 +95,10 @@ class ServerProcess:
     """`python -m kindchat serve` in its own process (so that it can be killed with SIGKILL),
     configured through the environment as an operator would; its log in `log_path`."""
 
-    def __init__(self, settings: Settings, log_path: Path, **env: str) -> None:
+    def __init__(
+        self, settings: Settings, log_path: Path, launcher: Path | None = None, **env: str
+    ) -> None:
+        self.launcher = launcher  # a script run instead of `-m kindchat` (it calls the CLI)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.settings = settings
@@ -118,7 +121,8 @@ class ServerProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> ServerProcess:
-        command = [sys.executable, "-m", "kindchat", "serve", "--host", "127.0.0.1"]
+        start = [str(self.launcher)] if self.launcher else ["-m", "kindchat"]
+        command = [sys.executable, *start, "serve", "--host", "127.0.0.1"]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [*command, "--port", str(self.port)], env=self.env, stdout=log, stderr=log

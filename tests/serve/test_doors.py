@@ -218,10 +218,10 @@ def test_comments_are_capped_on_every_door(serve: Any, new_session: Any) -> None
             headers=bearer(token),
         )
         assert too_long.status_code == 422
-        # the page's door goes through the service, whose store refuses the same length
-        service = api.server.config.app.state.service
+        # the page's door goes through the feedback service, whose store refuses the same length
+        feedback = api.server.config.app.state.services.feedback
         try:
-            service.rate(
+            feedback.rate(
                 message_id=answer["id"],
                 value=-1,
                 session_id=_session_of(url, token),

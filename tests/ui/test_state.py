@@ -6,7 +6,7 @@ from pathlib import Path
 
 from kindchat.config import Settings
 from kindchat.serve.errors import InvalidRequestError, OverloadedError
-from kindchat.serve.service import ChatService
+from kindchat.serve.services import AdminService
 from kindchat.ui import strings
 from kindchat.ui.common import safe, user_error
 from kindchat.ui.state import ArenaRound, ChatSession, Turn
@@ -52,9 +52,9 @@ def test_service_errors_become_korean_messages() -> None:
 
 
 def test_admin_token_check(tmp_path: Path) -> None:
-    def service(token: str | None) -> ChatService:
+    def service(token: str | None) -> AdminService:
         settings = Settings(home=tmp_path, admin_token=token)
-        return ChatService(settings, manager=None, db=None, metrics=None, gate=None)  # type: ignore[arg-type]
+        return AdminService(settings, manager=None, db=None, arena=None)  # type: ignore[arg-type]
 
     assert not service(None).is_admin("anything") and not service(None).is_admin("")
     assert service("s3cret").is_admin("s3cret")

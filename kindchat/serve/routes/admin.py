@@ -2,7 +2,7 @@
 the bearer token.
 
 The token check is the router's one dependency (`require_admin`), so no route can forget it.
-The routes only translate HTTP to the service (`ChatService.promote`, …), the path the UI uses
+The routes only translate HTTP to the service (`AdminService.promote`, …), the path the UI uses
 too; it calls :mod:`kindchat.retrain.admin`, which the CLI shares.
 """
 
@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from kindchat.feedback.models import RetrainRunPublic
 from kindchat.retrain import admin as retrain_admin
-from kindchat.serve.deps import ManagerDep, ServiceDep, SettingsDep, require_admin
+from kindchat.serve.deps import AdminDep, ManagerDep, SettingsDep, require_admin
 from kindchat.serve.protocol import (
     AliasChangeResponse,
     Dashboard,
@@ -41,9 +41,9 @@ async def reload_models(manager: ManagerDep) -> ReloadResponse:
 
 
 @router.post("/retrain", status_code=202)
-async def retrain(service: ServiceDep, body: RetrainRequest | None = None) -> RetrainRunPublic:
+async def retrain(admin: AdminDep, body: RetrainRequest | None = None) -> RetrainRunPublic:
     """Queue a retrain cycle in a low-priority child process; 409 while one runs."""
-    return await service.trigger_retrain(force=body.force if body is not None else False)
+    return await admin.trigger_retrain(force=body.force if body is not None else False)
 
 
 @router.get("/retrain-runs")
@@ -64,21 +64,21 @@ async def retrain_runs(
 
 
 @router.post("/promote")
-async def promote(body: PromoteRequest, service: ServiceDep) -> AliasChangeResponse:
+async def promote(body: PromoteRequest, admin: AdminDep) -> AliasChangeResponse:
     """Point an alias at a version; the new version serves when this returns."""
-    change, _ = await service.promote(body.version, body.alias)
+    change, _ = await admin.promote(body.version, body.alias)
     return AliasChangeResponse(**change.as_dict())
 
 
 @router.post("/rollback")
-async def rollback(body: RollbackRequest, service: ServiceDep) -> AliasChangeResponse:
+async def rollback(body: RollbackRequest, admin: AdminDep) -> AliasChangeResponse:
     """Point an alias back at its previous version; it serves when this returns."""
-    change, _ = await service.rollback(body.alias)
+    change, _ = await admin.rollback(body.alias)
     return AliasChangeResponse(**change.as_dict())
 
 
 @router.get("/dashboard")
-async def dashboard(service: ServiceDep) -> Dashboard:
+async def dashboard(admin: AdminDep) -> Dashboard:
     """What the UI's dashboard shows: feedback per day and version, retrain runs, versions and
     aliases, the newest PPO curves, the challenge."""
-    return await asyncio.to_thread(service.dashboard)
+    return await asyncio.to_thread(admin.dashboard)

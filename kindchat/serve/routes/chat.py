@@ -13,7 +13,7 @@ from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
 from kindchat.models.backends.base import GenerationOptions
-from kindchat.serve.deps import GateDep, ServiceDep
+from kindchat.serve.deps import AnswersDep, GateDep
 from kindchat.serve.errors import to_api_error
 from kindchat.serve.protocol import (
     ChatChoice,
@@ -26,14 +26,14 @@ from kindchat.serve.protocol import (
     ErrorBody,
     ErrorResponse,
 )
-from kindchat.serve.service import Answer, AnswerRequest, ChatService
+from kindchat.serve.services import Answer, AnswerRequest, AnswerService
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["chat"])
 
 
 def answer_request(
-    body: ChatCompletionRequest, service: ChatService, session_id: str | None
+    body: ChatCompletionRequest, service: AnswerService, session_id: str | None
 ) -> AnswerRequest:
     messages = service.check_messages(body.messages)
     params = service.sampling(
@@ -59,7 +59,7 @@ def answer_request(
 
 @router.post("/chat/completions", response_model=None)
 async def create_chat_completion(
-    body: ChatCompletionRequest, request: Request, service: ServiceDep, gate: GateDep
+    body: ChatCompletionRequest, request: Request, service: AnswersDep, gate: GateDep
 ) -> ChatCompletionResponse | StreamingResponse:
     # `user` names the session (a token, or the caller's own); open mode chats without one,
     # but continuing or regenerating touches a stored conversation: its owner's session only
@@ -91,7 +91,7 @@ async def create_chat_completion(
     )
 
 
-async def collect(answer: Answer, service: ChatService) -> None:
+async def collect(answer: Answer, service: AnswerService) -> None:
     async with contextlib.aclosing(service.deltas(answer)) as pieces:
         async for _ in pieces:
             pass
@@ -128,7 +128,7 @@ async def wait_for_disconnect(request: Request) -> None:
 
 
 async def sse_chunks(
-    answer: Answer, service: ChatService, include_usage: bool
+    answer: Answer, service: AnswerService, include_usage: bool
 ) -> AsyncIterator[str]:
     """`data: {chunk}` events, then `data: [DONE]`. Closing it (disconnect) stops generation."""
 

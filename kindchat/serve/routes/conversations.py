@@ -17,7 +17,7 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
 from kindchat.feedback.models import ConversationPublic, MessagePublic
-from kindchat.serve.deps import GateDep, ServiceDep
+from kindchat.serve.deps import ConversationsDep, GateDep
 from kindchat.serve.gate import Gate
 
 router = APIRouter(prefix="/v1", tags=["conversations"])
@@ -108,50 +108,62 @@ def detail(conversation: ConversationPublic, messages: list[MessagePublic]) -> C
 @router.get("/conversations")
 def list_conversations(
     request: Request,
-    service: ServiceDep,
+    conversations: ConversationsDep,
     gate: GateDep,
     user: Session = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> list[ConversationSummary]:
     """The session's conversations, most recently active first."""
-    return [summary(c) for c in service.conversations(own(request, gate, user), limit)]
+    return [summary(c) for c in conversations.list(own(request, gate, user), limit)]
 
 
 @router.get("/conversations/{conversation_id}")
 def get_conversation(
-    conversation_id: str, request: Request, service: ServiceDep, gate: GateDep, user: Session = None
+    conversation_id: str,
+    request: Request,
+    conversations: ConversationsDep,
+    gate: GateDep,
+    user: Session = None,
 ) -> ConversationDetail:
     """The conversation with its messages as last seen (its latest branch): also its export."""
-    return detail(*service.conversation(conversation_id, own(request, gate, user)))
+    return detail(*conversations.get(conversation_id, own(request, gate, user)))
 
 
 @router.patch("/conversations/{conversation_id}")
 def rename_conversation(
-    conversation_id: str, body: Rename, request: Request, service: ServiceDep, gate: GateDep
+    conversation_id: str,
+    body: Rename,
+    request: Request,
+    conversations: ConversationsDep,
+    gate: GateDep,
 ) -> ConversationSummary:
     session_id = own(request, gate, body.user)
-    return summary(service.rename_conversation(conversation_id, session_id, body.title))
+    return summary(conversations.rename(conversation_id, session_id, body.title))
 
 
 @router.delete("/conversations/{conversation_id}", status_code=204)
 def delete_conversation(
     conversation_id: str,
     request: Request,
-    service: ServiceDep,
+    conversations: ConversationsDep,
     gate: GateDep,
     user: Session = None,
     forget: bool = False,
 ) -> None:
     """Hide it from the history (still training data); `forget=true`: remove it for good."""
-    service.delete_conversation(conversation_id, own(request, gate, user), forget)
+    conversations.delete(conversation_id, own(request, gate, user), forget)
 
 
 @router.post("/conversations/{conversation_id}/share")
 def share_conversation(
-    conversation_id: str, body: Share, service: ServiceDep, request: Request, gate: GateDep
+    conversation_id: str,
+    body: Share,
+    conversations: ConversationsDep,
+    request: Request,
+    gate: GateDep,
 ) -> ShareLink:
-    token = service.share_conversation(conversation_id, own(request, gate, body.user))
-    return ShareLink(token=token, url=service.share_url(token))
+    token = conversations.share(conversation_id, own(request, gate, body.user))
+    return ShareLink(token=token, url=conversations.share_url(token))
 
 
 class SharedMessage(BaseModel):
@@ -171,9 +183,9 @@ class SharedConversation(BaseModel):
 
 
 @router.get("/shared/{token}")
-def get_shared(token: str, service: ServiceDep) -> SharedConversation:
+def get_shared(token: str, conversations: ConversationsDep) -> SharedConversation:
     """A shared conversation, read-only, for anyone holding the link."""
-    conversation, messages = service.shared(token)
+    conversation, messages = conversations.shared(token)
     return SharedConversation(
         title=conversation.title,
         system_prompt=conversation.system_prompt,
@@ -192,9 +204,9 @@ def get_shared(token: str, service: ServiceDep) -> SharedConversation:
 
 
 @pages.get(SHARE_PATH + "{token}", response_class=HTMLResponse)
-def shared_page(token: str, service: ServiceDep) -> HTMLResponse:
+def shared_page(token: str, conversations: ConversationsDep) -> HTMLResponse:
     """The read-only page a share link opens (no session, no buttons)."""
-    conversation, messages = service.shared(token)
+    conversation, messages = conversations.shared(token)
     return HTMLResponse(render_shared(conversation, messages))
 
 

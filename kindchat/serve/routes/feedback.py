@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from kindchat.serve.deps import GateDep, ServiceDep
+from kindchat.serve.deps import FeedbackDep, GateDep
 from kindchat.serve.protocol import FeedbackRequest, FeedbackResponse
 
 router = APIRouter(prefix="/v1", tags=["feedback"])
@@ -12,14 +12,14 @@ router = APIRouter(prefix="/v1", tags=["feedback"])
 
 @router.post("/feedback")
 def create_feedback(
-    body: FeedbackRequest, request: Request, service: ServiceDep, gate: GateDep
+    body: FeedbackRequest, request: Request, feedback: FeedbackDep, gate: GateDep
 ) -> FeedbackResponse:
     """One rating per (answer, session); rating again replaces it. The caller's signed session
     rates (a `session_id` in the body must be a session token, or that same session).
     `better_answer` (optional) is the reply the user would have liked: it trains as preferred
     over this answer, and as an SFT example."""
     caller = gate.caller(request, "feedback", named=body.session_id)
-    rating = service.rate(
+    rating = feedback.rate(
         message_id=body.message_id,
         value=body.rating,
         session_id=caller.session_id,

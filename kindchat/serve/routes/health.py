@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from kindchat.serve.deps import ManagerDep, MetricsDep, ServiceDep
+from kindchat.serve.deps import AdminDep, ManagerDep, MetricsDep
 from kindchat.serve.gate import bearer
 from kindchat.serve.protocol import Health
 
@@ -34,16 +34,15 @@ def healthz(manager: ManagerDep, request: Request) -> Health:
 
 
 @router.get("/metrics")
-def metrics(metrics: MetricsDep, service: ServiceDep, request: Request) -> Response:
+def metrics(metrics: MetricsDep, admin: AdminDep, request: Request) -> Response:
     """Prometheus text; behind the admin token (`Authorization: Bearer`) unless
     `KINDCHAT_METRICS_PUBLIC` (default: public on a loopback bind only)."""
-    if not service.settings.metrics_open():
-        service.check_admin(bearer(request))
+    admin.check_metrics(bearer(request))
     return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/v1/bootstrap")
-def bootstrap(service: ServiceDep) -> dict[str, Any]:
+def bootstrap(admin: AdminDep) -> dict[str, Any]:
     """The background training of better models: each stage's status and progress, the time
     left (an estimate), and the versions served now (`active` false when none runs)."""
-    return service.bootstrap()
+    return admin.bootstrap()

@@ -1,0 +1,70 @@
+"""Conversation history: list, open, rename, delete, share (the API routes and the chat tab)."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine
+
+from kindchat.feedback import store
+from kindchat.feedback.db import session_scope
+from kindchat.feedback.models import ConversationPublic, MessagePublic
+
+
+class ConversationService:
+    """A session's own conversations; `share_base` is where share links point (from
+    `Settings.share_base()`, never from a request's headers)."""
+
+    def __init__(self, db: Engine, share_base: str) -> None:
+        self.db = db
+        self.share_base = share_base
+
+    def start(self, session_id: str, system_prompt: str | None = None) -> str:
+        """An empty stored conversation (the chat tab continues it turn by turn); its id."""
+        with session_scope(self.db) as session:
+            return store.create_conversation(
+                session=session, session_id=session_id, system_prompt=system_prompt
+            ).id
+
+    def list(self, session_id: str, limit: int = 50) -> list[ConversationPublic]:
+        with session_scope(self.db) as session:
+            return store.list_conversations(session=session, session_id=session_id, limit=limit)
+
+    def get(
+        self, conversation_id: str, session_id: str
+    ) -> tuple[ConversationPublic, list[MessagePublic]]:
+        """A conversation of `session_id` and its messages as the user last saw them."""
+        with session_scope(self.db) as session:
+            conversation = store.owned_conversation(
+                session=session, conversation_id=conversation_id, session_id=session_id
+            )
+            return conversation, store.conversation_thread(
+                session=session, conversation_id=conversation_id
+            )
+
+    def rename(self, conversation_id: str, session_id: str, title: str) -> ConversationPublic:
+        with session_scope(self.db) as session:
+            return store.rename_conversation(
+                session=session, conversation_id=conversation_id, session_id=session_id, title=title
+            )
+
+    def delete(self, conversation_id: str, session_id: str, forget: bool) -> None:
+        with session_scope(self.db) as session:
+            store.delete_conversation(
+                session=session,
+                conversation_id=conversation_id,
+                session_id=session_id,
+                forget=forget,
+            )
+
+    def share(self, conversation_id: str, session_id: str) -> str:
+        """The conversation's read-only link token."""
+        with session_scope(self.db) as session:
+            return store.share_conversation(
+                session=session, conversation_id=conversation_id, session_id=session_id
+            )
+
+    def share_url(self, token: str) -> str:
+        return f"{self.share_base}/shared/{token}"
+
+    def shared(self, token: str) -> tuple[ConversationPublic, list[MessagePublic]]:
+        with session_scope(self.db) as session:
+            return store.shared_conversation(session=session, token=token)
