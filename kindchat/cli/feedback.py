@@ -164,7 +164,10 @@ def migrate_command(ctx: typer.Context) -> None:
 def judge_command(
     ctx: typer.Context,
     in_path: Annotated[
-        Path, typer.Option("--in", help="Pairs: JSON/JSONL with prompt, response1, response2.")
+        Path,
+        typer.Option(
+            "--in", help="Pairs: JSON/JSONL, prompt + response1/response2 or chosen/rejected."
+        ),
     ],
     out: Annotated[Path, typer.Option(help="Scored pairs (seed geval_scores format).")],
     data_type: Annotated[
@@ -213,10 +216,20 @@ def judge_command(
         cache=JudgeCache(settings.home / "cache" / "judge") if cache else None,
         pairs_out=pairs_out,
     )
+    position, users = report.position, report.users
     console.print(
-        f"judged {report.judged} pairs ({report.cached} from cache, {report.requests} "
-        f"requests), {report.failed} unparseable -> {out}"
+        f"judged {report.judged} pairs in both orders ({report.cached} scorings from cache, "
+        f"{report.requests} requests), {report.failed} unparseable -> {out}"
     )
+    console.print(
+        f"position bias: the answer shown first won {position.first_won} of {position.decided} "
+        f"orders; the two orders disagreed on {position.orders_disagreed} pairs (dropped)"
+    )
+    if users.agreed + users.overruled + users.dropped:
+        console.print(
+            f"against the users' choice: {users.agreed} agreed, {users.overruled} overruled, "
+            f"{users.dropped} dropped"
+        )
     if pairs_out is not None:
         console.print(f"{report.pairs} ranked pairs -> {pairs_out}; dropped {report.dropped}")
 

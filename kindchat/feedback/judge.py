@@ -1,14 +1,25 @@
 """G-Eval judge: score two answers to one prompt on the seed's criteria, then rank them.
 
 `kindchat judge --in pairs.json --out scored.json --type conversation` sends each pair to an
-OpenAI-compatible endpoint in ONE Korean G-Eval prompt (both responses, every criterion 1–5),
-parses the scores (JSON, per-response sections, or numbered lines), and applies the seed's
-ranking rule: the higher sum is chosen; ties and pairs whose sums are both below `min_sum`
-(20 for the six criteria) are dropped. A malformed reply is re-asked `parse_retries` times,
-then the pair is dropped and counted. Replies are cached on disk under the sha256 of (model,
-criteria version, data type, prompt, responses), so nothing is paid for twice. The output is
-written only when every pair has been judged (temporary file + rename); an unreachable judge
-raises :class:`JudgeUnavailableError` and leaves no output.
+OpenAI-compatible endpoint in a Korean G-Eval prompt (both responses, every criterion 1–5), and
+it does so twice: once with `response1` shown first and once with `response2` shown first. An
+LLM judge favours one position (usually the first), and the users' choice always arrives as
+`response1` (`chosen`), so one order alone would lend the users' choice the judge's position
+bias. The pair's scores are the mean of both orders (a constant bias for a position cancels).
+Replies are parsed (JSON, per-response sections, or numbered lines), then the seed's ranking
+rule applies to the mean sums: the higher sum is chosen; ties and pairs whose sums are both below
+`min_sum` (20 for the six criteria) are dropped, and so is a pair whose two orders preferred
+different responses (`order_disagreement`: the judge's verdict there is its position, not the
+answers). A malformed reply is re-asked `parse_retries` times, then the pair is dropped and
+counted.
+
+The report counts the position bias (how often the response shown first won an order, how often
+the orders disagreed) and, for pairs that came with the users' choice (`chosen`/`rejected`), how
+often the judge agreed with it, overruled it, or dropped the pair. Replies are cached on disk
+under the sha256 of (model, criteria version, data type, earlier turns, prompt, responses in the
+order shown), so nothing is paid for twice. The output is written only when every pair has been
+judged (temporary file + rename); an unreachable judge raises :class:`JudgeUnavailableError` and
+leaves no output. Multi-turn pairs keep their `context` (the earlier turns, shown to the judge).
 """
 
 from __future__ import annotations
@@ -82,11 +93,27 @@ def check_data_type(data_type: str) -> None:
         )
 
 
+ROLE_NAMES = {"user": "사용자", "assistant": "어시스턴트", "system": "시스템"}
+
+Context = tuple[dict[str, str], ...]  # earlier turns as OpenAI-style messages, oldest first
+
+
 def build_messages(
-    data_type: str, prompt: str, response1: str, response2: str
+    data_type: str,
+    prompt: str,
+    response1: str,
+    response2: str,
+    context: Sequence[Mapping[str, str]] = (),
 ) -> list[dict[str, str]]:
-    """The G-Eval chat messages for one pair (both responses, one call)."""
+    """The G-Eval chat messages for one pair in one order (`response1` is shown first), with
+    the earlier turns of the conversation when there are any."""
     names = criteria_for(data_type)
+    history = ""
+    if context:
+        turns = "\n".join(
+            f"{ROLE_NAMES.get(m['role'], m['role'])}: {m['content']}" for m in context
+        )
+        history = f"[이전 대화]\n{turns}\n\n"
     described = {**CRITERIA, TRUTHFULNESS[0]: TRUTHFULNESS[1]}
     criteria = "\n".join(f"{i}. {name}: {described[name]}" for i, name in enumerate(names, 1))
     example = ", ".join(f'"{name}": 점수' for name in names)
@@ -97,7 +124,7 @@ def build_messages(
         "1. 사용자의 입력을 읽고 무엇을 요청하는지 파악합니다.\n"
         "2. 응답 1과 응답 2를 각각 읽고, 기준마다 따로 점수를 매깁니다.\n"
         "3. 두 응답의 점수는 서로 독립적으로 매깁니다.\n\n"
-        f"[사용자 입력]\n{prompt}\n\n[응답 1]\n{response1}\n\n[응답 2]\n{response2}\n\n"
+        f"{history}[사용자 입력]\n{prompt}\n\n[응답 1]\n{response1}\n\n[응답 2]\n{response2}\n\n"
         "다른 설명 없이 아래 JSON 형식으로만 답하세요:\n"
         f'{{"응답1": {{{example}}}, "응답2": {{{example}}}}}'
     )
@@ -220,17 +247,29 @@ def rank(sum1: float, sum2: float, min_sum: float) -> Literal[1, 2] | str:
 
 
 class JudgeCache:
-    """One JSON file per judged pair under `root`, named by the sha256 of what was asked."""
+    """One JSON file per G-Eval call under `root` (two per pair: one per order), named by the
+    sha256 of what was asked; the scores are stored in the order shown."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self._lock = threading.Lock()
 
     @staticmethod
-    def key(model: str, data_type: str, prompt: str, response1: str, response2: str) -> str:
-        payload = json.dumps(
-            [model, CRITERIA_VERSION, data_type, prompt, response1, response2], ensure_ascii=False
-        )
+    def key(
+        model: str,
+        data_type: str,
+        prompt: str,
+        response1: str,
+        response2: str,
+        context: Sequence[Mapping[str, str]] = (),
+    ) -> str:
+        """The key of one G-Eval call: responses in the order shown (`response1` first). The
+        earlier turns join the key only when there are any, so single-turn keys stay as they
+        were."""
+        asked: list[Any] = [model, CRITERIA_VERSION, data_type, prompt, response1, response2]
+        if context:
+            asked.append([[m["role"], m["content"]] for m in context])
+        payload = json.dumps(asked, ensure_ascii=False)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
     def _path(self, key: str) -> Path:
@@ -290,21 +329,24 @@ class JudgeConfig:
 
 @dataclass(frozen=True)
 class JudgeItem:
+    """One pair to judge. `users_choice` is 1 when the row came as `chosen`/`rejected` (the
+    users preferred `response1`), None when nobody's preference is known."""
+
     id: str
     prompt: str
     response1: str
     response2: str
+    context: Context = ()
+    users_choice: Literal[1, 2] | None = None
 
 
 @dataclass(frozen=True)
-class Judgement:
-    """Scores of one pair, in the seed's `geval_scores` format (plus criteria names)."""
+class OrderScores:
+    """One G-Eval call's scores, mapped back to the pair: `scores1` are `response1`'s whichever
+    response was shown first (`shown_first`, 1 or 2)."""
 
-    id: str
-    prompt: str
-    response1: str
+    shown_first: Literal[1, 2]
     scores1: list[float]
-    response2: str
     scores2: list[float]
     cached: bool = False
 
@@ -316,8 +358,73 @@ class Judgement:
     def sum2(self) -> float:
         return sum(self.scores2)
 
-    def to_json(self, criteria: Sequence[str]) -> dict[str, Any]:
+    @property
+    def preferred(self) -> Literal[1, 2] | None:
+        """The response this order scored higher (None on equal sums)."""
+        if self.sum1 == self.sum2:
+            return None
+        return 1 if self.sum1 > self.sum2 else 2
+
+    @property
+    def first_won(self) -> bool | None:
+        """Whether the response shown first scored higher (None on equal sums)."""
+        preferred = self.preferred
+        return None if preferred is None else preferred == self.shown_first
+
+    def to_json(self) -> dict[str, Any]:
         return {
+            "shown_first": f"response{self.shown_first}",
+            "scores1": self.scores1,
+            "sum1": self.sum1,
+            "scores2": self.scores2,
+            "sum2": self.sum2,
+        }
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """Scores of one pair in both orders; `scores1`/`scores2` (the seed's `geval_scores`
+    format) are the per-criterion means over the two orders."""
+
+    id: str
+    prompt: str
+    response1: str
+    response2: str
+    orders: tuple[OrderScores, OrderScores]  # response1 shown first, response2 shown first
+    context: Context = ()
+    users_choice: Literal[1, 2] | None = None
+
+    def __post_init__(self) -> None:
+        if sorted(o.shown_first for o in self.orders) != [1, 2]:
+            raise InvalidValueError("a judgement needs one scoring in each order", field="orders")
+
+    @property
+    def scores1(self) -> list[float]:
+        return [(a + b) / 2 for a, b in zip(*(o.scores1 for o in self.orders), strict=True)]
+
+    @property
+    def scores2(self) -> list[float]:
+        return [(a + b) / 2 for a, b in zip(*(o.scores2 for o in self.orders), strict=True)]
+
+    @property
+    def sum1(self) -> float:
+        return sum(o.sum1 for o in self.orders) / 2
+
+    @property
+    def sum2(self) -> float:
+        return sum(o.sum2 for o in self.orders) / 2
+
+    @property
+    def cached(self) -> bool:
+        return all(o.cached for o in self.orders)
+
+    @property
+    def orders_disagree(self) -> bool:
+        """The two orders preferred different responses: the judge followed the position."""
+        return {o.preferred for o in self.orders} == {1, 2}
+
+    def to_json(self, criteria: Sequence[str]) -> dict[str, Any]:
+        row = {
             "id": self.id,
             "prompt": self.prompt,
             "response1": self.response1,
@@ -327,7 +434,12 @@ class Judgement:
             "scores2": self.scores2,
             "sum2": self.sum2,
             "criteria": list(criteria),
+            "orders": [o.to_json() for o in self.orders],
+            "users_choice": self.users_choice,
         }
+        if self.context:
+            row["context"] = [dict(m) for m in self.context]
+        return row
 
 
 @dataclass
@@ -337,9 +449,24 @@ class JudgeRun:
     counts: Counter[str] = field(default_factory=Counter)  # asked, cached, unparseable, retries
 
 
+def _read_context(value: Any, where: str) -> Context:
+    if value is None:
+        return ()
+    ok = isinstance(value, list) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in value
+    )
+    if not ok:
+        raise InvalidValueError(
+            f"{where}: `context` must be a list of {{role, content}} messages", field="context"
+        )
+    return tuple({"role": m["role"], "content": m["content"]} for m in value)
+
+
 def read_items(path: Path) -> list[JudgeItem]:
     """Pairs to judge from a JSON list or JSONL: `prompt` plus `response1`/`response2` (or
-    `chosen`/`rejected`), optional `id` (default: the row number)."""
+    `chosen`/`rejected`: then the users' choice is `response1`), optional `id` (default: the
+    row number) and `context` (earlier turns as OpenAI-style messages)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     text = path.read_text(encoding="utf-8")
@@ -368,12 +495,21 @@ def read_items(path: Path) -> list[JudgeItem]:
             if not isinstance(value, str) or (name == "prompt" and not value.strip()):
                 raise InvalidValueError(f"{where}: `{name}` must be a non-empty string", field=name)
             texts[name] = strip_eos(value)
-        items.append(JudgeItem(str(row.get("id", row_number)), **texts))
+        users = "response1" not in row and "chosen" in row
+        items.append(
+            JudgeItem(
+                str(row.get("id", row_number)),
+                **texts,
+                context=_read_context(row.get("context"), where),
+                users_choice=1 if users else None,
+            )
+        )
     return items
 
 
 class Judge:
-    """Scores pairs through a :class:`ChatClient`, `config.concurrency` at a time."""
+    """Scores pairs through a :class:`ChatClient`, `config.concurrency` at a time, each pair in
+    both orders."""
 
     def __init__(self, client: ChatClient, config: JudgeConfig, cache: JudgeCache | None) -> None:
         self.client = client
@@ -386,28 +522,38 @@ class Judge:
             counts[key] += 1
 
     def judge_one(self, item: JudgeItem, counts: Counter[str] | None = None) -> Judgement:
-        """Scores for one pair (from the cache when asked before); JudgeReplyError if the
-        reply stays unparseable after `parse_retries` re-asks."""
+        """Scores for one pair, asked with `response1` shown first and again with `response2`
+        shown first (each from the cache when asked before); JudgeReplyError if either reply
+        stays unparseable after `parse_retries` re-asks."""
         counts = counts if counts is not None else Counter()
-        names = self.config.criteria
-        key = JudgeCache.key(
-            self.client.config.model,
-            self.config.data_type,
+        a1, a2, a_cached = self._score(item, item.response1, item.response2, counts)
+        b2, b1, b_cached = self._score(item, item.response2, item.response1, counts)
+        return Judgement(
+            item.id,
             item.prompt,
             item.response1,
             item.response2,
+            (OrderScores(1, a1, a2, a_cached), OrderScores(2, b1, b2, b_cached)),
+            context=item.context,
+            users_choice=item.users_choice,
+        )
+
+    def _score(
+        self, item: JudgeItem, first: str, second: str, counts: Counter[str]
+    ) -> tuple[list[float], list[float], bool]:
+        """(scores of `first`, scores of `second`, from the cache?) for one order."""
+        names = self.config.criteria
+        data_type = self.config.data_type
+        key = JudgeCache.key(
+            self.client.config.model, data_type, item.prompt, first, second, item.context
         )
         if self.cache is not None:
             hit = self.cache.get(key)
             if hit is not None:
                 self._bump(counts, "cached")
-                return Judgement(
-                    item.id, item.prompt, item.response1, hit["scores1"], item.response2,
-                    hit["scores2"], cached=True,
-                )  # fmt: skip
-        messages = build_messages(
-            self.config.data_type, item.prompt, item.response1, item.response2
-        )
+                return hit["scores1"], hit["scores2"], True
+        messages = build_messages(data_type, item.prompt, first, second, item.context)
+        shown = "response1" if first == item.response1 else "response2"
         error: JudgeReplyError | None = None
         for attempt in range(self.config.parse_retries + 1):
             self._bump(counts, "asked")
@@ -423,14 +569,15 @@ class Judge:
                     "reply_retries" if attempt < self.config.parse_retries else "unparseable",
                 )
                 logger.info(
-                    "unparseable judge reply for %s (try %d): %s", item.id, attempt + 1, err
-                )
+                    "unparseable judge reply for %s (%s first, try %d): %s",
+                    item.id, shown, attempt + 1, err,
+                )  # fmt: skip
                 continue
             if self.cache is not None:
                 self.cache.put(
                     key, {"scores1": scores1, "scores2": scores2, "criteria": list(names)}
                 )
-            return Judgement(item.id, item.prompt, item.response1, scores1, item.response2, scores2)
+            return scores1, scores2, False
         raise error or JudgeReplyError("no reply")
 
     def judge_many(self, items: Sequence[JudgeItem], *, progress: bool = True) -> JudgeRun:
@@ -463,46 +610,99 @@ class Judge:
         return JudgeRun(ordered, failed, counts)
 
 
+def verdict(judgement: Judgement, min_sum: float) -> Literal[1, 2] | str:
+    """1 or 2 (the chosen response), or why the pair is dropped: `order_disagreement` when
+    the two orders preferred different responses, else the seed's rule (:func:`rank`) on the
+    sums averaged over both orders."""
+    if judgement.orders_disagree:
+        return "order_disagreement"
+    return rank(judgement.sum1, judgement.sum2, min_sum)
+
+
+@dataclass(frozen=True)
+class PositionBias:
+    """How the judge's verdicts leaned on the position (every order of every judged pair)."""
+
+    decided: int = 0  # order scorings that preferred one response (not equal sums)
+    first_won: int = 0  # of those, the ones the response shown first won
+    orders_disagreed: int = 0  # pairs whose two orders preferred different responses
+
+    @property
+    def first_won_share(self) -> float | None:
+        return self.first_won / self.decided if self.decided else None
+
+
+@dataclass(frozen=True)
+class UsersAgreement:
+    """For pairs that came with the users' choice: what the judge made of it."""
+
+    agreed: int = 0  # the judge chose what the users chose
+    overruled: int = 0  # the judge chose the answer the users rejected (it replaces theirs)
+    dropped: int = 0  # tie, low score, order disagreement (unparseable ones are in `failed`)
+
+
 @dataclass(frozen=True)
 class RankedPairs:
-    pairs: list[dict[str, Any]]  # seed RM format: id, prompt, chosen, rejected, source
+    pairs: list[dict[str, Any]]  # seed RM format: id, prompt, chosen, rejected, source, context
     dropped: dict[str, int]
+    position: PositionBias = field(default_factory=PositionBias)
+    users: UsersAgreement = field(default_factory=UsersAgreement)
 
 
 def rank_judgements(
     judgements: Sequence[Judgement], min_sum: float, source: str = "judge"
 ) -> RankedPairs:
-    """Apply the seed's ranking rule to scored pairs."""
+    """Apply :func:`verdict` to scored pairs; count the position bias and, where the users'
+    choice is known, the judge's agreement with it."""
     pairs: list[dict[str, Any]] = []
     dropped: Counter[str] = Counter()
+    tally: Counter[str] = Counter()
     for j in judgements:
-        verdict = rank(j.sum1, j.sum2, min_sum)
-        if isinstance(verdict, str):
-            dropped[verdict] += 1
+        for order in j.orders:
+            if order.first_won is not None:
+                tally["decided"] += 1
+                tally["first_won"] += order.first_won
+        tally["orders_disagreed"] += j.orders_disagree
+        chosen = verdict(j, min_sum)
+        if j.users_choice is not None:
+            if isinstance(chosen, str):
+                tally["users_dropped"] += 1
+            else:
+                tally["agreed" if chosen == j.users_choice else "overruled"] += 1
+        if isinstance(chosen, str):
+            dropped[chosen] += 1
             continue
-        chosen, rejected = (
-            (j.response1, j.response2) if verdict == 1 else (j.response2, j.response1)
-        )
-        pairs.append(
-            {
-                "id": j.id,
-                "prompt": j.prompt,
-                "chosen": chosen,
-                "rejected": rejected,
-                "source": source,
-            }
-        )
-    return RankedPairs(pairs, dict(dropped))
+        pair = (j.response1, j.response2) if chosen == 1 else (j.response2, j.response1)
+        row: dict[str, Any] = {
+            "id": j.id,
+            "prompt": j.prompt,
+            "chosen": pair[0],
+            "rejected": pair[1],
+            "source": source,
+        }
+        if j.context:
+            row["context"] = [dict(m) for m in j.context]
+        pairs.append(row)
+    return RankedPairs(
+        pairs,
+        dict(dropped),
+        PositionBias(tally["decided"], tally["first_won"], tally["orders_disagreed"]),
+        UsersAgreement(tally["agreed"], tally["overruled"], tally["users_dropped"]),
+    )
 
 
 @dataclass(frozen=True)
 class JudgeReport:
-    judged: int
-    cached: int
-    failed: int
-    pairs: int
-    dropped: dict[str, int]
-    requests: int
+    """What a judge run did; the cycle records it on the run (`judge` stage)."""
+
+    judged: int  # pairs scored in both orders
+    cached: int  # order scorings read from the cache (two per pair)
+    failed: int  # pairs dropped because a reply stayed unparseable
+    pairs: int  # ranked pairs written
+    dropped: dict[str, int]  # by reason: tie, low_score, order_disagreement, unparseable
+    requests: int  # calls made to the endpoint
+    position: PositionBias = field(default_factory=PositionBias)
+    users: UsersAgreement = field(default_factory=UsersAgreement)
 
 
 def judge_file(
@@ -532,13 +732,22 @@ def judge_file(
     if pairs_out is not None:
         write_json_atomic(pairs_out, ranked.pairs)
     write_json_atomic(out_path, [j.to_json(config.criteria) for j in run.judgements])
+    position, users = ranked.position, ranked.users
     logger.info(
-        "judged %d pairs (%d cached, %d unparseable, %d requests) -> %d ranked pairs",
+        "judged %d pairs in both orders (%d scorings cached, %d unparseable, %d requests) -> "
+        "%d ranked pairs; the first shown won %d of %d decided orders, the orders disagreed "
+        "on %d pairs; against the users' choice: %d agreed, %d overruled, %d dropped",
         len(run.judgements),
         run.counts["cached"],
         len(run.failed),
         run.counts["asked"],
         len(ranked.pairs),
+        position.first_won,
+        position.decided,
+        position.orders_disagreed,
+        users.agreed,
+        users.overruled,
+        users.dropped,
     )
     return JudgeReport(
         judged=len(run.judgements),
@@ -547,4 +756,6 @@ def judge_file(
         pairs=len(ranked.pairs),
         dropped=dropped,
         requests=run.counts["asked"],
+        position=position,
+        users=users,
     )

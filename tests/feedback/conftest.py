@@ -4,14 +4,18 @@
 from a script: markers in the last user message choose the behaviour, e.g. `[[5xx-twice]]`
 (503, 503, then success), `[[5xx]]` (always 500), `[[429-once]]`, `[[slow-once]]` (a reply
 slower than the client's timeout, then a fast one), `[[malformed-once]]`, `[[malformed]]`, and
-for judge prompts `[[numbered]]`, `[[fenced]]`, `[[tie]]`, `[[low]]`, `[[second]]`.
-Self-Instruct requests are answered from `server.instruction_batches`; anything else gets
-`답변: <text>`. Tests may replace `server.script` with their own `(text, n) -> Reply`.
+for judge prompts `[[numbered]]`, `[[fenced]]`, `[[tie]]`, `[[low]]`, `[[second]]`. The fake
+judge scores the answers, not their places: the longer one wins (see `judge_reply`), so both
+orders of a pair agree; `server.judge_script(score)` scores with another rule, e.g. one that
+prefers whatever is shown first. Self-Instruct requests are answered from
+`server.instruction_batches`; anything else gets `답변: <text>`. Tests may replace
+`server.script` with their own `(text, n) -> Reply`.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import Counter
@@ -69,16 +73,31 @@ class Reply:
     delay: float = 0.0
 
 
-def judge_reply(text: str) -> str:
-    """Scores for a judge prompt: response 1 better unless a marker says otherwise."""
+_SHOWN = re.compile(r"\[응답 1\]\n(.*?)\n\n\[응답 2\]\n(.*?)\n\n다른 설명", re.DOTALL)
+
+
+def shown_answers(text: str) -> tuple[str, str]:
+    """The two answers of a G-Eval prompt, in the order shown."""
+    found = _SHOWN.search(text)
+    assert found is not None, f"not a judge prompt: {text[:80]!r}"
+    return found.group(1), found.group(2)
+
+
+def judge_reply(text: str, score: Callable[[str, int], int] | None = None) -> str:
+    """Scores for a judge prompt, every criterion alike. `score(answer, shown)` (shown: 1 or 2)
+    gives an answer's score; by default the longer answer gets 5 and the shorter 3 wherever
+    they stand (equal lengths or `[[tie]]`: 4 and 4; `[[low]]`: 3 and 2; `[[second]]`: the
+    shorter is better, 4 against 2)."""
     names = [*CRITERIA, TRUTHFULNESS[0]] if TRUTHFULNESS[0] in text else list(CRITERIA)
-    first, second = 5, 3
-    if "[[tie]]" in text:
+    answers = shown_answers(text)
+    if score is not None:
+        first, second = score(answers[0], 1), score(answers[1], 2)
+    elif "[[tie]]" in text or len(answers[0]) == len(answers[1]):
         first = second = 4
-    elif "[[low]]" in text:
-        first, second = 3, 2
-    elif "[[second]]" in text:
-        first, second = 2, 4
+    else:
+        better, worse = (3, 2) if "[[low]]" in text else (4, 2) if "[[second]]" in text else (5, 3)
+        first_is_better = (len(answers[0]) > len(answers[1])) != ("[[second]]" in text)
+        first, second = (better, worse) if first_is_better else (worse, better)
     if "[[numbered]]" in text:
         lines = [f"{i}. {n}: {first}" for i, n in enumerate(names, 1)]
         lines += [f"{i}. {n}: {second}점" for i, n in enumerate(names, 1)]
@@ -104,6 +123,13 @@ class FakeOpenAI(ThreadingHTTPServer):
     @staticmethod
     def reply(content: str = "", status: int = 200, delay: float = 0.0) -> Reply:
         return Reply(content, status, delay)
+
+    shown_answers = staticmethod(shown_answers)
+
+    @staticmethod
+    def judge_script(score: Callable[[str, int], int]) -> Callable[[str, int], Reply]:
+        """A script whose judge scores each answer by `score(answer, shown)`."""
+        return lambda text, n: Reply(content=judge_reply(text, score))
 
     @property
     def base_url(self) -> str:

@@ -1,9 +1,12 @@
-"""The G-Eval judge against a real local OpenAI-compatible HTTP server."""
+"""The G-Eval judge against a real local OpenAI-compatible HTTP server; both orders of a pair,
+and a judge that prefers whatever it sees first."""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +22,17 @@ from kindchat.feedback.judge import (
     CRITERIA,
     JudgeCache,
     JudgeConfig,
+    Judgement,
+    OrderScores,
+    PositionBias,
+    UsersAgreement,
     build_messages,
     criteria_for,
     judge_file,
     parse_scores,
     rank,
+    rank_judgements,
+    verdict,
 )
 from kindchat.feedback.llm import ChatClient
 
@@ -35,7 +44,7 @@ def _pairs(path: Path, prompts: list[str]) -> Path:
         {
             "id": f"p{i}",
             "prompt": p,
-            "response1": f"좋은 답 {i}",
+            "response1": f"좋은 답 {i}입니다",  # the longer: the fake judge prefers it
             "response2": f"그냥 답 {i}<|endoftext|>",
         }
         for i, p in enumerate(prompts)
@@ -118,6 +127,32 @@ def test_prompts_name_every_criterion_and_both_responses() -> None:
         JudgeConfig(data_type="poetry")  # type: ignore[arg-type]
 
 
+def _judgement(first_shown: tuple[int, int], second_shown: tuple[int, int]) -> Judgement:
+    """A pair scored (response1, response2) = `first_shown` with response1 shown first and
+    `second_shown` with response2 shown first, every criterion alike."""
+    orders = tuple(
+        OrderScores(shown, [float(a)] * 6, [float(b)] * 6)  # type: ignore[arg-type]
+        for shown, (a, b) in ((1, first_shown), (2, second_shown))
+    )
+    return Judgement("x", "질문", "답 1", "답 2", orders, users_choice=1)  # type: ignore[arg-type]
+
+
+def test_the_orders_are_averaged_and_a_disagreement_is_no_flip() -> None:
+    agreed = _judgement((5, 3), (4, 4))  # second order a tie: the mean decides
+    assert (agreed.sum1, agreed.sum2, agreed.scores1) == (27.0, 21.0, [4.5] * 6)
+    assert verdict(agreed, 20) == 1 and not agreed.orders_disagree
+    # each order prefers what it shows first; the mean leans to response2 (the cap of 5 cut
+    # response1's bonus), but that is the position speaking: dropped, not flipped
+    biased = _judgement((5, 4), (3, 5))
+    assert biased.sum2 > biased.sum1 and biased.orders_disagree
+    assert verdict(biased, 20) == "order_disagreement"
+    ranked = rank_judgements([agreed, biased], 20)
+    assert [p["chosen"] for p in ranked.pairs] == ["답 1"]
+    assert ranked.dropped == {"order_disagreement": 1}
+    assert ranked.position == PositionBias(decided=3, first_won=3, orders_disagreed=1)
+    assert ranked.users == UsersAgreement(agreed=1, overruled=0, dropped=1)
+
+
 # --- against the server -------------------------------------------------------------------------
 
 
@@ -133,20 +168,24 @@ def test_good_replies_are_scored_ranked_and_cached(
         "[[low]] 여섯",
     ]
     report = run_judge(prompts)
-    assert (report.judged, report.failed, report.requests, report.cached) == (6, 0, 6, 0)
+    assert (report.judged, report.failed, report.requests, report.cached) == (6, 0, 12, 0)
     assert report.dropped == {"tie": 1, "low_score": 1}
+    # a judge that looks at the answers: both orders agree, the first shown won only by merit
+    assert report.position == PositionBias(decided=10, first_won=5, orders_disagreed=0)
+    assert report.users == UsersAgreement()  # response1/response2 rows: no users' choice
     scored = json.loads((tmp_path / "scored.json").read_text(encoding="utf-8"))
     assert [r["id"] for r in scored] == [f"p{i}" for i in range(6)]
     assert scored[0]["scores1"] == [5.0] * 6 and scored[0]["sum2"] == 18.0
     assert scored[0]["response2"] == "그냥 답 0"  # EOS stripped
     ranked = json.loads((tmp_path / "ranked.json").read_text(encoding="utf-8"))
     assert [(r["id"], r["chosen"]) for r in ranked] == [
-        ("p0", "좋은 답 0"), ("p1", "좋은 답 1"), ("p2", "좋은 답 2"), ("p3", "그냥 답 3"),
+        ("p0", "좋은 답 0입니다"), ("p1", "좋은 답 1입니다"), ("p2", "좋은 답 2입니다"),
+        ("p3", "그냥 답 3"),
     ]  # fmt: skip
-    # a second run pays for nothing: every pair comes from the cache
+    # a second run pays for nothing: both orders of every pair come from the cache
     before = len(openai_server.requests)
     again = run_judge(prompts)
-    assert (again.cached, again.requests) == (6, 0) and len(openai_server.requests) == before
+    assert (again.cached, again.requests) == (12, 0) and len(openai_server.requests) == before
     assert json.loads((tmp_path / "scored.json").read_text(encoding="utf-8")) == scored
 
 
@@ -161,7 +200,9 @@ def test_malformed_reply_is_reasked_then_dropped_and_counted(
     report = run_judge(["[[malformed-once]] 하나", "[[malformed]] 둘", "셋"], parse_retries=2)
     assert report.judged == 2 and report.failed == 1
     assert report.dropped.get("unparseable") == 1
-    assert report.requests == 2 + 3 + 1  # once re-asked; always-bad asked 1 + 2 times
+    # once-bad: each order re-asked once; always-bad: the first order asked 1 + 2 times, then
+    # the pair is given up; good: one request per order
+    assert report.requests == 2 * 2 + 3 + 2
     ids = [r["id"] for r in json.loads((tmp_path / "scored.json").read_text(encoding="utf-8"))]
     assert ids == ["p0", "p2"]
 
@@ -172,7 +213,7 @@ def test_5xx_429_and_timeouts_are_retried(openai_server: Any, run_judge: Any) ->
         timeout_s=0.5, max_retries=3,
     )  # fmt: skip
     assert (report.judged, report.failed) == (3, 0)
-    assert sum(openai_server.seen.values()) == 3 + 2 + 1 + 1
+    assert sum(openai_server.seen.values()) == 2 * (3 + 2 + 2)  # per order: 503×2, 429, slow
 
 
 def test_unreachable_judge_fails_clearly_and_writes_nothing(run_judge: Any, tmp_path: Path) -> None:
@@ -202,6 +243,132 @@ def test_bad_input_files_are_named(
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"prompt": "x", "response1": "a"}]), encoding="utf-8")
     with pytest.raises(InvalidValueError, match="row 1: `response2`"):
+        judge_file(
+            in_path=bad, out_path=tmp_path / "o.json", client=make_client(openai_server.base_url),
+            config=JudgeConfig(), cache=None, progress=False,
+        )  # fmt: skip
+
+
+# --- both orders, a position-biased judge, the users' choice ------------------------------------
+
+
+def _user_pairs(path: Path, rows: list[tuple[str, str]]) -> Path:
+    """Rows as the export writes them: the users' `chosen` first, `rejected` second."""
+    out = [
+        {"id": f"u{i}", "prompt": f"질문 {i}", "chosen": chosen, "rejected": rejected}
+        for i, (chosen, rejected) in enumerate(rows)
+    ]
+    path.write_text(json.dumps(out, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def judge_users(
+    openai_server: Any, make_client: Callable[..., ChatClient], tmp_path: Path
+) -> Callable[[list[tuple[str, str]]], Any]:
+    def run(rows: list[tuple[str, str]]) -> Any:
+        return judge_file(
+            in_path=_user_pairs(tmp_path / "users.json", rows),
+            out_path=tmp_path / "scored.json",
+            pairs_out=tmp_path / "ranked.json",
+            client=make_client(openai_server.base_url),
+            config=JudgeConfig(concurrency=2),
+            cache=JudgeCache(tmp_path / "cache"),
+            progress=False,
+        )
+
+    return run
+
+
+def test_every_pair_is_shown_in_both_orders(openai_server: Any, run_judge: Any) -> None:
+    run_judge(["하나", "둘"])
+    shown = {
+        openai_server.shown_answers(r["messages"][-1]["content"]) for r in openai_server.requests
+    }
+    for i in range(2):
+        good, plain = f"좋은 답 {i}입니다", f"그냥 답 {i}"
+        assert {(good, plain), (plain, good)} <= shown
+    assert len(openai_server.requests) == 4
+
+
+def test_a_judge_that_prefers_what_it_sees_first_abstains_and_is_counted(
+    openai_server: Any, judge_users: Any, tmp_path: Path
+) -> None:
+    # a real scorer, deterministic and blind to the answers: 5 for the first shown, 3 after it
+    openai_server.script = openai_server.judge_script(lambda answer, shown: 5 if shown == 1 else 3)
+    rows = [("안녕하세요, 반가워요!", "뭐"), ("짧아", "조금 더 긴 답입니다"), ("같은", "같은 길이")]
+    report = judge_users(rows)
+    # shown one order only (the users' choice first), it would have agreed with every user
+    assert report.pairs == 0 and report.dropped == {"order_disagreement": 3}
+    assert report.position == PositionBias(decided=6, first_won=6, orders_disagreed=3)
+    assert report.users == UsersAgreement(agreed=0, overruled=0, dropped=3)
+    # what the cycle records on the run (asdict of the report) carries the same counts
+    recorded = asdict(report)
+    assert recorded["position"]["orders_disagreed"] == 3 and recorded["users"]["dropped"] == 3
+    assert json.loads((tmp_path / "ranked.json").read_text(encoding="utf-8")) == []
+    scored = json.loads((tmp_path / "scored.json").read_text(encoding="utf-8"))
+    assert {(r["sum1"], r["sum2"], r["users_choice"]) for r in scored} == {(24.0, 24.0, 1)}
+    assert [o["shown_first"] for o in scored[0]["orders"]] == ["response1", "response2"]
+    assert (scored[0]["orders"][0]["sum1"], scored[0]["orders"][1]["sum1"]) == (30.0, 18.0)
+
+
+def _quality_plus_first_bonus(answer: str, shown: int) -> int:
+    """An answer's quality tag `[qN]`, plus one point when it is shown first (at most 5)."""
+    found = re.search(r"\[q(\d)\]", answer)
+    assert found is not None
+    return min(5, int(found.group(1)) + (1 if shown == 1 else 0))
+
+
+def test_a_mild_position_bias_averages_out_and_overrulings_are_counted(
+    openai_server: Any, judge_users: Any, tmp_path: Path
+) -> None:
+    openai_server.script = openai_server.judge_script(_quality_plus_first_bonus)
+    rows = [
+        ("[q4] 친절한 답", "[q3] 무심한 답"),  # the users chose the better one
+        ("[q3] 무심한 답", "[q4] 친절한 답"),  # the users chose the worse one
+        ("[q3] 이 답", "[q3] 저 답"),  # as good as each other: only the position differs
+    ]
+    report = judge_users(rows)
+    # one order (chosen first) would give: agreed, tie (dropped), chosen (agreed)
+    assert report.users == UsersAgreement(agreed=1, overruled=1, dropped=1)
+    assert report.dropped == {"order_disagreement": 1}
+    assert report.position == PositionBias(decided=4, first_won=4, orders_disagreed=1)
+    ranked = json.loads((tmp_path / "ranked.json").read_text(encoding="utf-8"))
+    assert [(r["id"], r["chosen"], r["rejected"]) for r in ranked] == [
+        ("u0", "[q4] 친절한 답", "[q3] 무심한 답"),
+        ("u1", "[q4] 친절한 답", "[q3] 무심한 답"),
+    ]
+
+
+def test_earlier_turns_are_shown_to_the_judge_and_kept(
+    openai_server: Any, make_client: Callable[..., ChatClient], tmp_path: Path
+) -> None:
+    context = [
+        {"role": "user", "content": "내 이름은 민수야"},
+        {"role": "assistant", "content": "반가워요!"},
+    ]
+    rows = [
+        {"id": "m", "prompt": "내 이름 뭐야?", "chosen": "민수 님이에요.", "rejected": "몰라",
+         "context": context},
+        {"id": "s", "prompt": "내 이름 뭐야?", "chosen": "민수 님이에요.", "rejected": "몰라"},
+    ]  # fmt: skip
+    pairs = tmp_path / "pairs.json"
+    pairs.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    report = judge_file(
+        in_path=pairs, out_path=tmp_path / "scored.json", pairs_out=tmp_path / "ranked.json",
+        client=make_client(openai_server.base_url), config=JudgeConfig(),
+        cache=JudgeCache(tmp_path / "cache"), progress=False,
+    )  # fmt: skip
+    assert report.requests == 4 and report.cached == 0  # the context makes another question
+    texts = [r["messages"][-1]["content"] for r in openai_server.requests]
+    with_history = [t for t in texts if "[이전 대화]" in t]
+    assert len(with_history) == 2
+    assert "사용자: 내 이름은 민수야\n어시스턴트: 반가워요!" in with_history[0]
+    ranked = {r["id"]: r for r in json.loads((tmp_path / "ranked.json").read_text("utf-8"))}
+    assert ranked["m"]["context"] == context and "context" not in ranked["s"]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{**rows[0], "context": "민수"}], ensure_ascii=False), "utf-8")
+    with pytest.raises(InvalidValueError, match="row 1: `context` must be a list"):
         judge_file(
             in_path=bad, out_path=tmp_path / "o.json", client=make_client(openai_server.base_url),
             config=JudgeConfig(), cache=None, progress=False,
