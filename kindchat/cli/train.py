@@ -188,9 +188,8 @@ def train_ppo_command(
 ) -> None:
     """PPO as in DeepSpeed-Chat step 3; logs each step to ppo_log.jsonl; registers a policy."""
     from kindchat.models.presets import get_preset
-    from kindchat.retrain.bootstrap import ppo_config
     from kindchat.retrain.common import LoraOptions
-    from kindchat.retrain.stages import train_ppo
+    from kindchat.retrain.ppo import ppo_config, train_ppo
 
     settings: Settings = ctx.obj
     given = {
@@ -244,8 +243,7 @@ def train_dpo_command(
 ) -> None:
     """DPO (TRL DPOTrainer) from the same pairwise data: the RM-free alternative to PPO."""
     from kindchat.retrain.common import LoraOptions
-    from kindchat.retrain.dpo import DpoConfig
-    from kindchat.retrain.stages import train_dpo
+    from kindchat.retrain.dpo import DpoConfig, train_dpo
 
     settings: Settings = ctx.obj
     config = DpoConfig(

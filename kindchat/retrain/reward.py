@@ -24,6 +24,7 @@ from transformers import (
 from trl import RewardConfig, RewardTrainer
 
 from kindchat.models.generation import position_ids_for
+from kindchat.models.presets import Preset, StageBudget
 from kindchat.models.template import Message
 from kindchat.retrain.common import (
     LogToFile,
@@ -59,6 +60,19 @@ class RmConfig:
 
     def __post_init__(self) -> None:
         check_trainer_fields(self, min_length=32)
+
+
+def rm_config(preset: Preset, budget: StageBudget) -> RmConfig:
+    """RmConfig with a preset's stage budget (`preset.rm` or `preset.gold_rm`) at its length."""
+    return RmConfig(
+        epochs=budget.epochs,
+        max_steps=budget.max_steps,
+        batch_size=budget.batch_size,
+        learning_rate=budget.learning_rate,
+        max_length=preset.seq_len,
+        max_records=budget.max_records,
+        seed=budget.seed,
+    )
 
 
 def encode_response(
