@@ -46,7 +46,7 @@ class DpoConfig:
     epochs: float = 1.0  # passes over the pairs (ignored when max_steps > 0)
     max_steps: int = -1  # optimiser steps; -1 runs `epochs` epochs
     batch_size: int = 8  # pairs per optimiser step
-    learning_rate: float = 5e-5  # peak LR of the cosine schedule
+    learning_rate: float = 2e-4  # peak LR of the cosine schedule (docs/learning.md)
     beta: float = 0.1  # strength of the implicit KL to the reference (the SFT model)
     max_length: int = 256  # tokens of prompt + answer
     exclude_eval_prompts: bool = True  # keep rm/*_test.json prompts out of training
@@ -114,16 +114,10 @@ def feedback_pairs(path: Path | None, settings_data_dir: Path) -> list[RmPair]:
 
 
 def night_config(preset: Preset) -> DpoConfig:
-    """One night's DPO on the preset: one epoch over the export's pairs (LR as KTO's, chosen
-    and checked the same way: docs/learning.md)."""
+    """One night's DPO on the preset: one epoch over the export's pairs at DpoConfig's LR."""
     budget = preset.rm
     return DpoConfig(
-        epochs=1.0,
-        batch_size=budget.batch_size,
-        learning_rate=2e-4,
-        beta=0.1,
-        max_length=preset.seq_len,
-        seed=budget.seed,
+        epochs=1.0, batch_size=budget.batch_size, max_length=preset.seq_len, seed=budget.seed
     )
 
 

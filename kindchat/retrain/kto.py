@@ -44,7 +44,9 @@ class KtoConfig:
     epochs: float = 1.0  # passes over the examples (ignored when max_steps > 0)
     max_steps: int = -1  # optimiser steps; -1 runs `epochs` epochs
     batch_size: int = 8  # examples per step; > 1, since KTO's KL term uses batch neighbours
-    learning_rate: float = 5e-5  # peak LR of the cosine schedule
+    # LR 2e-4: chosen on the `polite` users of bench/learn_per_vote.py (5e-5 moved the tiny
+    # model too little), then checked on `concise` users it was not chosen on (docs/learning.md)
+    learning_rate: float = 2e-4  # peak LR of the cosine schedule
     beta: float = 0.1  # strength of the implicit KL to the reference (the SFT model)
     balance_weights: bool = True  # λ_D·n_D = λ_U·n_U from the counts (else 1 and 1)
     max_length: int = 256  # tokens of prompt + answer
@@ -156,16 +158,11 @@ def train_kto_model(
 
 
 def night_config(preset: Preset) -> KtoConfig:
-    """One night's KTO on the preset: one epoch over the export's examples.
-
-    LR 2e-4: chosen on the `polite` users of bench/learn_per_vote.py (5e-5 moved the tiny model
-    too little), then checked on `concise` users it was not chosen on (docs/learning.md)."""
+    """One night's KTO on the preset: one epoch over the export's examples at KtoConfig's LR."""
     budget = preset.rm
     return KtoConfig(
         epochs=1.0,
         batch_size=max(2, budget.batch_size),
-        learning_rate=2e-4,
-        beta=0.1,
         max_length=preset.seq_len,
         seed=budget.seed,
     )
