@@ -30,8 +30,7 @@ def run_kindchat(home: Path, steps: int, batch: int, mini: int, epochs: int, len
 
     from kindchat.config import Settings
     from kindchat.models.registry import Registry
-    from kindchat.retrain.ppo import PpoConfig, PpoTrainer, build_rlhf_models
-    from kindchat.retrain.stages import ppo_prompts
+    from kindchat.retrain.ppo import PpoConfig, PpoTrainer, build_rlhf_models, ppo_prompts
 
     settings = Settings(home=home)
     registry = Registry(settings.models_dir)
@@ -68,8 +67,7 @@ def run_trl(
     from kindchat.models.registry import Registry
     from kindchat.models.template import prompt_format
     from kindchat.models.tokenizer import load_tokenizer
-    from kindchat.retrain.ppo import PpoConfig
-    from kindchat.retrain.stages import ppo_prompts
+    from kindchat.retrain.ppo import PpoConfig, ppo_prompts
 
     settings = Settings(home=home)
     registry = Registry(settings.models_dir)

@@ -1,5 +1,5 @@
-"""What every command group shares: the consoles, the registry, and the one place where errors
-become exit codes.
+"""What every command group shares: the consoles, the registry, the options a user gave, and the
+one place where errors become exit codes.
 
 It sits below the command groups (each `kindchat/cli/<group>.py` imports it; it imports none of
 them), and nothing outside `kindchat/cli/` imports the CLI.
@@ -50,6 +50,17 @@ def friendly(func: F) -> F:
             raise typer.Exit(USER_ERROR_EXIT) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def given(**options: Any) -> dict[str, Any]:
+    """The options the user gave. Every flag that sets a config field defaults to None, "not
+    given", so the config's own default applies: one source for every default."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
+def negated(flag: bool | None) -> bool | None:
+    """`--include-x` for a field `exclude_x`: the opposite when given, None when not."""
+    return None if flag is None else not flag
 
 
 def registry_of(settings: Settings) -> Registry:

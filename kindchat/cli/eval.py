@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from kindchat.cli.common import console, friendly, registry_of
+from kindchat.cli.common import console, friendly, given, registry_of
 from kindchat.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -22,15 +22,19 @@ app = typer.Typer(help="Evaluate reward models and policies.", no_args_is_help=T
 def eval_rm_command(
     ctx: typer.Context,
     model: Annotated[str, typer.Option(help="Reward model: alias, version or directory.")] = "rm",
-    max_length: int = 256,
+    max_length: Annotated[
+        int | None, typer.Option(help="Tokens the RM reads (default: RmConfig's).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Pairwise accuracy on the seed's held-out rm/*_test.json, per set, beside the seed's RM."""
+    from kindchat.retrain.reward import RmConfig
     from kindchat.retrain.rm_eval import SEED_RM_ACCURACY
     from kindchat.retrain.stages import eval_rm
 
     settings: Settings = ctx.obj
-    results = eval_rm(settings, registry_of(settings), model, max_length)
+    length = RmConfig().max_length if max_length is None else max_length
+    results = eval_rm(settings, registry_of(settings), model, length)
     if as_json:
         console.print_json(json.dumps({r.name: r.as_dict() for r in results}))
         return
@@ -59,17 +63,20 @@ def eval_policy_command(
     baseline: Annotated[str, typer.Option(help="Policy B.")] = "sft",
     gold_rm: Annotated[str, typer.Option(help="Gold RM that PPO did not optimise.")] = "gold-rm",
     sft: Annotated[str, typer.Option(help="Reference for the KL estimate.")] = "sft",
-    max_new_tokens: int = 64,
-    temperature: float = 0.7,
-    seed: int = 0,
+    max_new_tokens: int | None = None,
+    temperature: float | None = None,
+    seed: int | None = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Win rate of A over B on the unseen rm/*_test.json prompts, judged by the gold RM."""
+    """Win rate of A over B on the unseen rm/*_test.json prompts, judged by the gold RM
+    (sampling defaults: PolicyEvalConfig)."""
     from kindchat.retrain.policy_eval import PolicyEvalConfig
     from kindchat.retrain.stages import eval_policy
 
     settings: Settings = ctx.obj
-    config = PolicyEvalConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    config = PolicyEvalConfig(
+        **given(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    )
     results = eval_policy(settings, registry_of(settings), policy, baseline, gold_rm, config, sft)
     if as_json:
         console.print_json(json.dumps({r.name: r.as_dict() for r in results}))

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from kindchat.cli.common import console, friendly
+from kindchat.cli.common import console, friendly, given, negated
 from kindchat.config import Settings
 from kindchat.feedback.errors import InvalidValueError
 from kindchat.feedback.moderation import load_moderator
@@ -52,33 +52,38 @@ def export_command(
     ctx: typer.Context,
     out: Annotated[Path, typer.Option(help="Directory for train.json, test.json, manifest.json.")],
     since: Annotated[str | None, typer.Option(help="Only feedback since (ISO, UTC).")] = None,
-    seed: Annotated[bool, typer.Option(help="Merge the seed's rm/*_train.json.")] = True,
-    test_fraction: Annotated[float, typer.Option(help="Held-out share of prompts.")] = 0.05,
-    min_answer_chars: Annotated[int, typer.Option(help="Drop shorter answers.")] = 5,
+    seed: Annotated[
+        bool | None, typer.Option(help="Merge the seed's rm/*_train.json (default).")
+    ] = None,
+    test_fraction: Annotated[float | None, typer.Option(help="Held-out share of prompts.")] = None,
+    min_answer_chars: Annotated[int | None, typer.Option(help="Drop shorter answers.")] = None,
     max_similarity: Annotated[
-        float, typer.Option(help="Drop pairs whose answers reach this ROUGE-L F1.")
-    ] = 0.9,
+        float | None, typer.Option(help="Drop pairs whose answers reach this ROUGE-L F1.")
+    ] = None,
     include_eval_prompts: Annotated[
-        bool, typer.Option(help="Keep pairs on the seed's evaluation prompts.")
-    ] = False,
+        bool | None, typer.Option(help="Keep pairs on the seed's evaluation prompts.")
+    ] = None,
     keep_contradictions: Annotated[
-        bool, typer.Option(help="Keep a pair even when its reverse is kept too.")
-    ] = False,
+        bool | None, typer.Option(help="Keep a pair even when its reverse is kept too.")
+    ] = None,
 ) -> None:
     """Rebuild training data from every signal: pairs (battles, sibling thumbs, better
-    answers) merged with the seed, unpaired thumbs for KTO, better answers for SFT."""
+    answers) merged with the seed, unpaired thumbs for KTO, better answers for SFT
+    (defaults: ExportConfig)."""
     from kindchat.feedback.db import init_db, session_scope
     from kindchat.feedback.export import ExportConfig, export_reward_data
     from kindchat.feedback.influence import InfluenceConfig
 
     settings: Settings = ctx.obj
     config = ExportConfig(
-        test_fraction=test_fraction,
-        min_answer_chars=min_answer_chars,
-        max_similarity=max_similarity,
-        include_seed=seed,
-        exclude_eval_prompts=not include_eval_prompts,
-        drop_contradictions=not keep_contradictions,
+        **given(
+            test_fraction=test_fraction,
+            min_answer_chars=min_answer_chars,
+            max_similarity=max_similarity,
+            include_seed=seed,
+            exclude_eval_prompts=negated(include_eval_prompts),
+            drop_contradictions=negated(keep_contradictions),
+        ),
         influence=InfluenceConfig.from_settings(settings),
     )
     engine = init_db(settings)
@@ -171,8 +176,9 @@ def judge_command(
     ],
     out: Annotated[Path, typer.Option(help="Scored pairs (seed geval_scores format).")],
     data_type: Annotated[
-        str, typer.Option("--type", help="conversation, hatespeech or translation.")
-    ] = "conversation",
+        str | None,
+        typer.Option("--type", help="conversation (default), hatespeech or translation."),
+    ] = None,
     pairs_out: Annotated[
         Path | None, typer.Option(help="Also write ranked pairs in the seed RM format.")
     ] = None,
@@ -182,7 +188,9 @@ def judge_command(
     concurrency: Annotated[int | None, typer.Option(help="Requests in flight.")] = None,
     timeout: Annotated[float | None, typer.Option(help="Seconds per request.")] = None,
     max_retries: Annotated[int | None, typer.Option(help="Retries on 429/5xx/timeouts.")] = None,
-    parse_retries: Annotated[int, typer.Option(help="Re-asks after a malformed reply.")] = 2,
+    parse_retries: Annotated[
+        int | None, typer.Option(help="Re-asks after a malformed reply.")
+    ] = None,
     min_sum: Annotated[
         float | None,
         typer.Option(help="Drop pairs whose sums are both below (default 20/6 per criterion)."),
@@ -203,10 +211,8 @@ def judge_command(
         max_retries=max_retries,
     )
     config = JudgeConfig(
-        data_type=data_type,  # type: ignore[arg-type]  # checked by JudgeConfig
+        **given(data_type=data_type, parse_retries=parse_retries, min_sum=min_sum),
         concurrency=concurrency or settings.judge_concurrency,
-        parse_retries=parse_retries,
-        min_sum=min_sum,
     )
     report = judge_file(
         in_path=in_path,
@@ -238,22 +244,25 @@ def judge_command(
 def augment_command(
     ctx: typer.Context,
     out: Annotated[Path, typer.Option(help="New SFT tasks (jsonl).")],
-    num: Annotated[int, typer.Option(help="New instructions to keep.")] = 20,
-    seed_tasks: Annotated[int, typer.Option(help="Seed tasks shown per request.")] = 3,
-    per_request: Annotated[int, typer.Option(help="Instructions asked per request.")] = 5,
+    num: Annotated[int | None, typer.Option(help="New instructions to keep.")] = None,
+    seed_tasks: Annotated[int | None, typer.Option(help="Seed tasks shown per request.")] = None,
+    per_request: Annotated[int | None, typer.Option(help="Instructions asked per request.")] = None,
     max_requests: Annotated[int | None, typer.Option(help="Give up after this many.")] = None,
-    rouge_threshold: Annotated[float, typer.Option(help="Near-duplicate ROUGE-L.")] = 0.7,
+    rouge_threshold: Annotated[float | None, typer.Option(help="Near-duplicate ROUGE-L.")] = None,
     subset: Annotated[
         list[str] | None, typer.Option(help="Seed SFT subset(s) to sample (repeatable).")
     ] = None,
-    answer: Annotated[bool, typer.Option(help="Answer the new instructions too.")] = True,
+    answer: Annotated[
+        bool | None, typer.Option(help="Answer the new instructions too (default).")
+    ] = None,
     base_url: Annotated[str | None, typer.Option(help="KINDCHAT_JUDGE_BASE_URL.")] = None,
     model: Annotated[str | None, typer.Option(help="KINDCHAT_JUDGE_MODEL.")] = None,
     api_key: Annotated[str | None, typer.Option(help="KINDCHAT_JUDGE_API_KEY.")] = None,
     concurrency: Annotated[int | None, typer.Option(help="Answers in flight.")] = None,
-    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
 ) -> None:
-    """Grow the SFT data with Self-Instruct through an OpenAI-compatible endpoint."""
+    """Grow the SFT data with Self-Instruct through an OpenAI-compatible endpoint (defaults:
+    AugmentConfig)."""
     from kindchat.feedback.augment import AugmentConfig, augment_file
     from kindchat.feedback.llm import ChatClient, EndpointConfig
 
@@ -261,17 +270,18 @@ def augment_command(
     endpoint = EndpointConfig.from_settings(
         settings, base_url=base_url, model=model, api_key=api_key
     )
-    extra: dict[str, Any] = {"subsets": tuple(subset)} if subset else {}
     config = AugmentConfig(
-        num_instructions=num,
-        seed_tasks_per_prompt=seed_tasks,
-        new_per_request=per_request,
-        max_requests=max_requests,
-        rouge_threshold=rouge_threshold,
-        answer=answer,
+        **given(
+            num_instructions=num,
+            seed_tasks_per_prompt=seed_tasks,
+            new_per_request=per_request,
+            max_requests=max_requests,
+            rouge_threshold=rouge_threshold,
+            answer=answer,
+            seed=seed,
+            subsets=tuple(subset) if subset else None,
+        ),
         concurrency=concurrency or settings.judge_concurrency,
-        seed=seed,
-        **extra,
     )
     result = augment_file(
         data_dir=settings.data_dir, out_path=out, client=ChatClient(endpoint), config=config

@@ -41,13 +41,16 @@ def generate(
     ctx: typer.Context,
     prompt: Annotated[str, typer.Argument(help="The user's message.")],
     model: Annotated[str | None, typer.Option(help="Alias, version id or directory.")] = None,
-    max_new_tokens: int = 128,
-    temperature: float = 0.7,
-    top_p: float = 0.95,
-    repetition_penalty: float = 1.1,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(help="Answer budget (KINDCHAT_DEFAULT_MAX_TOKENS).")
+    ] = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float | None = None,
     seed: int | None = None,
 ) -> None:
-    """Answer one prompt with a registered model and print the answer."""
+    """Answer one prompt with a registered model and print the answer (sampling left out: the
+    server's defaults for a request that sets none)."""
     import torch
     from transformers.utils import logging as hf_logging
 
@@ -59,16 +62,23 @@ def generate(
     )
     from kindchat.models.loading import load_causal_lm
     from kindchat.models.template import prompt_format
+    from kindchat.serve.services.answers import (
+        DEFAULT_REPETITION_PENALTY,
+        DEFAULT_TEMPERATURE,
+        DEFAULT_TOP_P,
+    )
 
     hf_logging.disable_progress_bar()
     settings: Settings = ctx.obj
     if not prompt.strip():
         raise ValueError("the prompt is empty; pass some text to answer")
     params = SamplingParams(
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        repetition_penalty=repetition_penalty,
+        max_new_tokens=settings.default_max_tokens if max_new_tokens is None else max_new_tokens,
+        temperature=DEFAULT_TEMPERATURE if temperature is None else temperature,
+        top_p=DEFAULT_TOP_P if top_p is None else top_p,
+        repetition_penalty=(
+            DEFAULT_REPETITION_PENALTY if repetition_penalty is None else repetition_penalty
+        ),
     )
     path = registry_of(settings).resolve(model or default_chat_model(settings))
     lm, tokenizer = load_causal_lm(path)

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from kindchat.cli.common import console, friendly
+from kindchat.cli.common import console, friendly, given
 from kindchat.cli.retrain import _retrain_config, parse_options
 from kindchat.config import Settings
 
@@ -62,16 +62,17 @@ def simulate_command(
     users: Annotated[
         str, typer.Option(help="Built-in users (polite, concise, gold-rm) or file.py:factory.")
     ] = "polite",
-    nights: Annotated[int, typer.Option(help="Nights to simulate.")] = 1,
-    votes: Annotated[int, typer.Option(help="Arena votes + chat thumbs per night.")] = 500,
+    nights: Annotated[int | None, typer.Option(help="Nights to simulate.")] = None,
+    votes: Annotated[int | None, typer.Option(help="Arena votes + chat thumbs per night.")] = None,
     url: Annotated[
         str | None, typer.Option(help="A running server on this home (default: start one).")
     ] = None,
-    concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = 4,
-    max_tokens: Annotated[int, typer.Option(help="Answer budget.")] = 48,
+    concurrency: Annotated[int | None, typer.Option(help="Requests in flight.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Answer budget.")] = None,
     max_arena: Annotated[
-        int, typer.Option(help="Challenger battles per night before giving up on a decision.")
-    ] = 2000,
+        int | None,
+        typer.Option(help="Challenger battles per night before giving up on a decision."),
+    ] = None,
     preset: Annotated[str | None, typer.Option(help="Retrain budgets.")] = None,
     method: Annotated[
         str | None, typer.Option(help="Preference method (default: the setting).")
@@ -81,21 +82,24 @@ def simulate_command(
         typer.Option("--option", "-o", help="A method setting as NAME=VALUE."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the nights as JSON.")] = False,
-    seed: int = 0,
+    seed: int | None = None,
 ) -> None:
-    """Nights of simulated users over HTTP: feedback, retrain, challenger, users' score."""
+    """Nights of simulated users over HTTP: feedback, retrain, challenger, users' score
+    (defaults: SimulateConfig)."""
     from kindchat.models.registry import Registry
     from kindchat.simulate import SimulateConfig, simulate
     from kindchat.users import load_users
 
     settings: Settings = ctx.obj
     config = SimulateConfig(
-        nights=nights,
-        votes=votes,
-        concurrency=concurrency,
-        max_tokens=max_tokens,
-        challenger_max_battles=max_arena,
-        seed=seed,
+        **given(
+            nights=nights,
+            votes=votes,
+            concurrency=concurrency,
+            max_tokens=max_tokens,
+            challenger_max_battles=max_arena,
+            seed=seed,
+        )
     )
     retrain = _retrain_config(
         settings,

@@ -1,4 +1,9 @@
-"""`kindchat train sft|rm|ppo|dpo|kto` (one stage, one registered version) and `kindchat bootstrap`."""
+"""`kindchat train sft|rm|ppo|dpo|kto` (one stage, one registered version) and `kindchat bootstrap`.
+
+No numbers here: each stage's config dataclass (`SftConfig`, `RmConfig`, `PpoConfig`,
+`DpoConfig`, `KtoConfig`) holds the defaults, and an option left out is not given (None), so
+the config's default applies.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from kindchat.cli.common import console, friendly, registry_of
+from kindchat.cli.common import console, friendly, given, negated, registry_of
 from kindchat.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -30,13 +35,16 @@ def bootstrap(
     if_missing: Annotated[
         bool, typer.Option(help="Do nothing if this preset finished, or an `rlhf` alias exists.")
     ] = False,
-    until: Annotated[str, typer.Option(help="Last stage: base|sft|rm|gold-rm|ppo|eval.")] = "eval",
+    until: Annotated[
+        str | None, typer.Option(help="Last stage: base|sft|rm|gold-rm|ppo|eval (default: eval).")
+    ] = None,
     resume: Annotated[
-        bool, typer.Option(help="Skip the stages an interrupted run of this preset finished.")
-    ] = True,
+        bool | None,
+        typer.Option(help="Skip the stages an interrupted run of this preset finished (default)."),
+    ] = None,
     serve_sft_first: Annotated[
-        bool, typer.Option(help="Point `rlhf` at the new SFT model as soon as it lands.")
-    ] = False,
+        bool | None, typer.Option(help="Point `rlhf` at the new SFT model as soon as it lands.")
+    ] = None,
 ) -> None:
     """Train the embedded models from the seed data: tokenizer, base LM, SFT, RM, gold RM, PPO."""
     from kindchat.models.presets import get_preset
@@ -51,7 +59,9 @@ def bootstrap(
         console.print(f"models already bootstrapped ({chosen.name}); nothing to do")
         return
     report = run_bootstrap(
-        settings, chosen, until=until, resume=resume, serve_sft_first=serve_sft_first
+        settings,
+        chosen,
+        **given(until=until, resume=resume, serve_sft_first=serve_sft_first),
     )
     table = Table(title=f"bootstrap ({report.preset}) in {report.total_seconds:.0f} s")
     for column in ("stage", "version", "seconds"):
@@ -66,38 +76,42 @@ def bootstrap(
 def train_sft_command(
     ctx: typer.Context,
     base: Annotated[str, typer.Option(help="Base LM: alias, version id or directory.")] = "base",
-    epochs: float = 1.0,
-    max_steps: Annotated[int, typer.Option(help="Optimiser steps; -1 runs --epochs.")] = -1,
-    batch_size: int = 8,
-    learning_rate: float = 5e-4,
-    max_length: int = 256,
+    epochs: Annotated[float | None, typer.Option(help="Passes over the data.")] = None,
+    max_steps: Annotated[
+        int | None, typer.Option(help="Optimiser steps; -1 runs --epochs.")
+    ] = None,
+    batch_size: int | None = None,
+    learning_rate: float | None = None,
+    max_length: int | None = None,
     max_records: Annotated[int | None, typer.Option(help="Train on a slice.")] = None,
-    full_loss: Annotated[bool, typer.Option(help="Loss on prompt tokens too.")] = False,
+    full_loss: Annotated[bool | None, typer.Option(help="Loss on prompt tokens too.")] = None,
     include_eval_prompts: Annotated[
-        bool, typer.Option(help="Do not hold out rm/*_test prompts.")
-    ] = False,
-    lora: Annotated[bool, typer.Option(help="Train LoRA adapters (merged on save).")] = False,
-    lora_r: int = 8,
+        bool | None, typer.Option(help="Do not hold out rm/*_test prompts.")
+    ] = None,
+    lora: Annotated[bool | None, typer.Option(help="Train LoRA adapters (merged on save).")] = None,
+    lora_r: int | None = None,
     deepspeed: Annotated[Path | None, typer.Option(help="DeepSpeed JSON config.")] = None,
     alias: Annotated[str | None, typer.Option(help="Point this alias at the new version.")] = None,
 ) -> None:
-    """Supervised fine-tuning on the seed SFT data in the KULLM template."""
+    """Supervised fine-tuning on the seed SFT data in the KULLM template (defaults: SftConfig)."""
     from kindchat.retrain.common import LoraOptions
     from kindchat.retrain.sft import SftConfig
     from kindchat.retrain.stages import train_sft
 
     settings: Settings = ctx.obj
     config = SftConfig(
-        epochs=epochs,
-        max_steps=max_steps,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        max_length=max_length,
-        max_records=max_records,
-        completion_only_loss=not full_loss,
-        exclude_eval_prompts=not include_eval_prompts,
-        lora=LoraOptions(enabled=lora, r=lora_r),
-        deepspeed=deepspeed,
+        **given(
+            epochs=epochs,
+            max_steps=max_steps,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            max_length=max_length,
+            max_records=max_records,
+            completion_only_loss=negated(full_loss),
+            exclude_eval_prompts=negated(include_eval_prompts),
+            deepspeed=deepspeed,
+        ),
+        lora=LoraOptions(**given(enabled=lora, r=lora_r)),
     )
     registry = registry_of(settings)
     manifest = train_sft(settings, registry, base, config)
@@ -116,38 +130,43 @@ def train_rm_command(
     init: Annotated[
         str, typer.Option(help="LM (or RM) to start from: alias, version, dir.")
     ] = "base",
-    epochs: float = 1.0,
-    max_steps: Annotated[int, typer.Option(help="Optimiser steps; -1 runs --epochs.")] = -1,
-    batch_size: int = 8,
-    learning_rate: float = 1e-4,
-    max_length: int = 256,
+    epochs: Annotated[float | None, typer.Option(help="Passes over the pairs.")] = None,
+    max_steps: Annotated[
+        int | None, typer.Option(help="Optimiser steps; -1 runs --epochs.")
+    ] = None,
+    batch_size: int | None = None,
+    learning_rate: float | None = None,
+    max_length: int | None = None,
     max_records: Annotated[int | None, typer.Option(help="Train on a slice.")] = None,
     extra_data: Annotated[list[Path] | None, typer.Option(help="More pair files (export).")] = None,
     gold: Annotated[
         bool, typer.Option(help="Also learn from all G-Eval pairs (the judge).")
     ] = False,
-    lora: bool = False,
+    lora: bool | None = None,
     deepspeed: Annotated[Path | None, typer.Option(help="DeepSpeed JSON config.")] = None,
-    seed: int = 0,
+    seed: int | None = None,
     alias: Annotated[str | None, typer.Option(help="Point this alias at the new version.")] = None,
 ) -> None:
-    """Pairwise reward model (TRL RewardTrainer) on the seed RM data; evaluated and registered."""
+    """Pairwise reward model (TRL RewardTrainer) on the seed RM data; evaluated and registered
+    (defaults: RmConfig)."""
     from kindchat.retrain.common import LoraOptions
     from kindchat.retrain.reward import RmConfig
     from kindchat.retrain.stages import train_rm
 
     settings: Settings = ctx.obj
     config = RmConfig(
-        epochs=epochs,
-        max_steps=max_steps,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        max_length=max_length,
-        max_records=max_records,
-        extra_data=list(extra_data or []),
-        lora=LoraOptions(enabled=lora),
-        deepspeed=deepspeed,
-        seed=seed,
+        **given(
+            epochs=epochs,
+            max_steps=max_steps,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            max_length=max_length,
+            max_records=max_records,
+            extra_data=extra_data,
+            deepspeed=deepspeed,
+            seed=seed,
+        ),
+        lora=LoraOptions(**given(enabled=lora)),
     )
     registry = registry_of(settings)
     manifest = train_rm(settings, registry, init, config, gold=gold)
@@ -162,8 +181,6 @@ def train_ppo_command(
     ctx: typer.Context,
     sft: Annotated[str, typer.Option(help="Actor and reference init.")] = "sft",
     rm: Annotated[str, typer.Option(help="Reward model (and critic init).")] = "rm",
-    # No numbers here: PpoConfig holds the defaults, the preset's budget overrides some of them,
-    # and an option given here overrides both.
     preset: Annotated[
         str, typer.Option(help="Start from this preset's PPO budget (micro, tiny, …).")
     ] = "tiny",
@@ -179,41 +196,40 @@ def train_ppo_command(
     ema: Annotated[
         float | None, typer.Option(help="Keep an EMA of the actor (e.g. 0.992).")
     ] = None,
-    lora: Annotated[bool, typer.Option(help="LoRA on actor and critic.")] = False,
+    lora: Annotated[bool | None, typer.Option(help="LoRA on actor and critic.")] = None,
     deepspeed: Annotated[Path | None, typer.Option(help="DeepSpeed (ZeRO) JSON config.")] = None,
     checkpoint_every: int | None = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory.")] = None,
     seed: int | None = None,
     alias: Annotated[str | None, typer.Option(help="Point this alias at the new policy.")] = None,
 ) -> None:
-    """PPO as in DeepSpeed-Chat step 3; logs each step to ppo_log.jsonl; registers a policy."""
+    """PPO as in DeepSpeed-Chat step 3; logs each step to ppo_log.jsonl; registers a policy.
+
+    PpoConfig holds the defaults, the preset's budget overrides some of them, and an option
+    given here overrides both."""
     from kindchat.models.presets import get_preset
-    from kindchat.retrain.bootstrap import ppo_config
     from kindchat.retrain.common import LoraOptions
-    from kindchat.retrain.stages import train_ppo
+    from kindchat.retrain.ppo import ppo_config, train_ppo
 
     settings: Settings = ctx.obj
-    given = {
-        "steps": steps,
-        "batch_size": batch_size,
-        "mini_batch_size": mini_batch_size,
-        "ppo_epochs": ppo_epochs,
-        "max_new_tokens": max_new_tokens,
-        "actor_lr": actor_lr,
-        "critic_lr": critic_lr,
-        "kl_coef": kl_coef,
-        "reward_clip": reward_clip,
-        "ema_decay": ema,
-        "checkpoint_every": checkpoint_every,
-        "seed": seed,
-    }
-    config = dataclasses.replace(
-        ppo_config(get_preset(preset)),
-        **{k: v for k, v in given.items() if v is not None},
-        actor_lora=LoraOptions(enabled=lora),
-        critic_lora=LoraOptions(enabled=lora),
+    options = given(
+        steps=steps,
+        batch_size=batch_size,
+        mini_batch_size=mini_batch_size,
+        ppo_epochs=ppo_epochs,
+        max_new_tokens=max_new_tokens,
+        actor_lr=actor_lr,
+        critic_lr=critic_lr,
+        kl_coef=kl_coef,
+        reward_clip=reward_clip,
+        ema_decay=ema,
+        checkpoint_every=checkpoint_every,
         deepspeed=deepspeed,
+        seed=seed,
     )
+    if lora is not None:
+        options.update(actor_lora=LoraOptions(enabled=lora), critic_lora=LoraOptions(enabled=lora))
+    config = dataclasses.replace(ppo_config(get_preset(preset)), **options)
     registry = registry_of(settings)
     manifest = train_ppo(settings, registry, sft, rm, config, resume=resume)
     if alias:
@@ -230,35 +246,37 @@ def train_ppo_command(
 def train_dpo_command(
     ctx: typer.Context,
     sft: Annotated[str, typer.Option(help="Policy init and frozen reference.")] = "sft",
-    epochs: float = 1.0,
-    max_steps: int = -1,
-    batch_size: int = 8,
-    learning_rate: float = 5e-5,
-    beta: float = 0.1,
-    max_length: int = 256,
+    epochs: float | None = None,
+    max_steps: int | None = None,
+    batch_size: int | None = None,
+    learning_rate: float | None = None,
+    beta: float | None = None,
+    max_length: int | None = None,
     max_records: int | None = None,
     extra_data: Annotated[list[Path] | None, typer.Option(help="More pair files (export).")] = None,
-    lora: bool = False,
+    lora: bool | None = None,
     deepspeed: Annotated[Path | None, typer.Option(help="DeepSpeed JSON config.")] = None,
     alias: Annotated[str | None, typer.Option(help="Point this alias at the new policy.")] = None,
 ) -> None:
-    """DPO (TRL DPOTrainer) from the same pairwise data: the RM-free alternative to PPO."""
+    """DPO (TRL DPOTrainer) from the same pairwise data: the RM-free alternative to PPO
+    (defaults: DpoConfig)."""
     from kindchat.retrain.common import LoraOptions
-    from kindchat.retrain.dpo import DpoConfig
-    from kindchat.retrain.stages import train_dpo
+    from kindchat.retrain.dpo import DpoConfig, train_dpo
 
     settings: Settings = ctx.obj
     config = DpoConfig(
-        epochs=epochs,
-        max_steps=max_steps,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        beta=beta,
-        max_length=max_length,
-        max_records=max_records,
-        extra_data=list(extra_data or []),
-        lora=LoraOptions(enabled=lora),
-        deepspeed=deepspeed,
+        **given(
+            epochs=epochs,
+            max_steps=max_steps,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            beta=beta,
+            max_length=max_length,
+            max_records=max_records,
+            extra_data=extra_data,
+            deepspeed=deepspeed,
+        ),
+        lora=LoraOptions(**given(enabled=lora)),
     )
     registry = registry_of(settings)
     manifest = train_dpo(settings, registry, sft, config)
@@ -276,19 +294,22 @@ def train_kto_command(
     ],
     init: Annotated[str, typer.Option(help="The policy to start from.")] = "sft",
     reference: Annotated[str, typer.Option(help="The frozen reference (the anchor).")] = "sft",
-    epochs: float = 1.0,
-    max_steps: int = -1,
-    batch_size: int = 8,
-    learning_rate: float = 5e-5,
-    beta: float = 0.1,
-    max_length: int = 256,
+    epochs: float | None = None,
+    max_steps: int | None = None,
+    batch_size: int | None = None,
+    learning_rate: float | None = None,
+    beta: float | None = None,
+    max_length: int | None = None,
     max_records: int | None = None,
-    pairs: Annotated[bool, typer.Option(help="Also learn from the export's pairs.")] = True,
-    lora: bool = False,
+    pairs: Annotated[
+        bool | None, typer.Option(help="Also learn from the export's pairs (default).")
+    ] = None,
+    lora: bool | None = None,
     deepspeed: Annotated[Path | None, typer.Option(help="DeepSpeed JSON config.")] = None,
     alias: Annotated[str | None, typer.Option(help="Point this alias at the new policy.")] = None,
 ) -> None:
-    """KTO (TRL KTOTrainer) from single 👍/👎 and pairs of a feedback export."""
+    """KTO (TRL KTOTrainer) from single 👍/👎 and pairs of a feedback export (defaults:
+    KtoConfig, the nightly method's)."""
     from kindchat.retrain.common import LoraOptions, new_run_dir
     from kindchat.retrain.kto import KtoConfig
     from kindchat.retrain.kto import train as train_kto
@@ -300,16 +321,18 @@ def train_kto_command(
             f"{data} holds no unpaired.json or train.json; make it with `kindchat feedback export`"
         )
     config = KtoConfig(
-        epochs=epochs,
-        max_steps=max_steps,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        beta=beta,
-        max_length=max_length,
-        use_pairs=pairs,
-        max_records=max_records,
-        lora=LoraOptions(enabled=lora),
-        deepspeed=deepspeed,
+        **given(
+            epochs=epochs,
+            max_steps=max_steps,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            beta=beta,
+            max_length=max_length,
+            use_pairs=pairs,
+            max_records=max_records,
+            deepspeed=deepspeed,
+        ),
+        lora=LoraOptions(**given(enabled=lora)),
     )
     registry = registry_of(settings)
     job = MethodJob(

@@ -12,14 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kindchat.config import Settings
-from kindchat.models.presets import Preset, StageBudget
+from kindchat.models.presets import Preset
 from kindchat.models.registry import Manifest, Registry
 from kindchat.retrain.bootstrap_state import STAGES, BootstrapState, read_state, write_state
 from kindchat.retrain.policy_eval import PolicyEvalConfig
-from kindchat.retrain.ppo import PpoConfig
-from kindchat.retrain.reward import RmConfig
+from kindchat.retrain.ppo import ppo_config, train_ppo
+from kindchat.retrain.reward import rm_config
 from kindchat.retrain.sft import SftConfig
-from kindchat.retrain.stages import eval_policy, train_base, train_ppo, train_rm, train_sft
+from kindchat.retrain.stages import eval_policy, train_base, train_rm, train_sft
 
 logger = logging.getLogger(__name__)
 
@@ -33,31 +33,6 @@ class BootstrapReport:
     @property
     def total_seconds(self) -> float:
         return sum(self.seconds.values())
-
-
-def rm_config(preset: Preset, budget: StageBudget) -> RmConfig:
-    return RmConfig(
-        epochs=budget.epochs,
-        max_steps=budget.max_steps,
-        batch_size=budget.batch_size,
-        learning_rate=budget.learning_rate,
-        max_length=preset.seq_len,
-        max_records=budget.max_records,
-        seed=budget.seed,
-    )
-
-
-def ppo_config(preset: Preset) -> PpoConfig:
-    b = preset.ppo
-    return PpoConfig(
-        steps=b.steps,
-        batch_size=b.batch_size,
-        mini_batch_size=b.mini_batch_size,
-        max_new_tokens=b.max_new_tokens,
-        max_prompt_tokens=preset.seq_len - b.max_new_tokens,
-        actor_lr=b.actor_lr,
-        critic_lr=b.critic_lr,
-    )
 
 
 def run_bootstrap(

@@ -6,7 +6,8 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
 from kindchat.logs import STEPS_LOGGER
-from kindchat.models.registry import Manifest
+from kindchat.models.registry import Manifest, ModelKind, Registry
 
 T = TypeVar("T")
 
@@ -121,6 +122,39 @@ def register_once(save: Callable[[], Manifest]) -> Manifest:
     """Register a trained model once: rank 0 saves (as HF trainers save from the main process
     only) and the other ranks of a distributed run get its manifest."""
     return _from_rank_zero(save)
+
+
+def register_model(
+    registry: Registry,
+    kind: ModelKind,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    parents: Sequence[str | None],
+    config: dict[str, Any],
+    metrics: dict[str, Any],
+    data_fingerprint: str,
+    extra_files: Sequence[Path] = (),
+) -> Manifest:
+    """The one way a trained model becomes a registered version: weights, tokenizer and
+    `extra_files` (e.g. PPO's step log) written side by side, once (:func:`register_once`).
+    `parents` may hold None (a directory, not a version) and repeats; both are dropped."""
+
+    def write(path: Path) -> None:
+        writer(model, tokenizer)(path)
+        for extra in extra_files:
+            shutil.copy(extra, path / extra.name)
+
+    return register_once(
+        lambda: registry.save(
+            kind,
+            write,
+            parents=list(dict.fromkeys(p for p in parents if p)),
+            config=config,
+            metrics=metrics,
+            data_fingerprint=data_fingerprint,
+        )
+    )
 
 
 def config_dict(config: Any) -> dict[str, Any]:
@@ -233,6 +267,48 @@ def run_trainer(trainer: Any, lora: bool, stage: str) -> tuple[Any, dict[str, An
     }
     logger.info("%s finished: %s", stage, metrics)
     return trained, metrics
+
+
+def train_against_reference(
+    trainer_type: type,
+    args_type: type,
+    *,
+    model: PreTrainedModel,
+    reference: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    dataset: Any,
+    config: Any,
+    run_dir: Path,
+    stage: str,
+    **arguments: Any,
+) -> tuple[PreTrainedModel, dict[str, Any], list[dict[str, Any]]]:
+    """Train `model` with a TRL preference trainer (`DPOTrainer`/`DPOConfig`,
+    `KTOTrainer`/`KTOConfig`) against the frozen `reference`: the path DPO and KTO share.
+
+    `config` is the method's (its `beta`, `max_length`, `lora` and the fields of
+    :func:`trainer_arguments`); `arguments` are the trainer's own extra settings. With LoRA the
+    reference is the policy with its adapters off (TRL's way: one model in memory), so
+    `reference` is not passed. Returns the model (LoRA merged), its metrics, and the
+    trainer's log history for the method's own figures.
+    """
+    args = args_type(
+        **trainer_arguments(run_dir, config),
+        beta=config.beta,
+        max_length=config.max_length,
+        dataset_num_proc=None,
+        **arguments,
+    )
+    trainer = trainer_type(
+        model=model,
+        ref_model=None if config.lora.enabled else reference,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=config.lora.peft_config("CAUSAL_LM") if config.lora.enabled else None,
+        callbacks=[LogToFile(stage)],
+    )
+    trained, metrics = run_trainer(trainer, config.lora.enabled, stage)
+    return trained, metrics, list(trainer.state.log_history)
 
 
 def check_finite(value: float, what: str) -> float:

@@ -4,7 +4,9 @@ As a nightly method (`METHOD`): the new policy starts from the serving one and i
 SFT — SFT is DPO's frozen reference, so β bounds the drift from SFT over every night, not only
 from yesterday's model (Rafailov et al. 2023; iterative/online DPO as in Xu et al. 2023, with a
 fixed reference instead of yesterday's, so that nights cannot compound drift). It trains on
-the night's pairs only: arena votes, sibling thumbs and better answers, all on-policy.
+the export's pairs: arena votes, sibling thumbs and better answers (`feedback/export.py`
+decides which). `kindchat train dpo` (:func:`train_dpo`) runs the same path from SFT on the
+seed's RM pairs. The path DPO and KTO share is `methods.train_anchored`.
 """
 
 from __future__ import annotations
@@ -19,24 +21,20 @@ from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import DPOConfig, DPOTrainer
 
+from kindchat.config import Settings
 from kindchat.models.presets import Preset
+from kindchat.models.registry import Manifest, Registry
 from kindchat.retrain.common import (
-    LogToFile,
     LoraOptions,
     check_trainer_fields,
-    run_trainer,
-    trainer_arguments,
+    new_run_dir,
+    train_against_reference,
 )
 from kindchat.retrain.data import example_prompt, without_eval_prompts
-from kindchat.retrain.errors import RetrainError
-from kindchat.retrain.methods import (
-    Method,
-    MethodJob,
-    MethodResult,
-    load_policy_and_anchor,
-    register_policy,
-)
-from kindchat.seed import RmPair, fingerprint, read_rm_file
+from kindchat.retrain.methods import Method, MethodJob, MethodResult, PreferenceData, train_anchored
+from kindchat.retrain.reward import RmConfig
+from kindchat.retrain.stages import rm_training_pairs
+from kindchat.seed import RmPair, read_rm_file
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +46,7 @@ class DpoConfig:
     epochs: float = 1.0  # passes over the pairs (ignored when max_steps > 0)
     max_steps: int = -1  # optimiser steps; -1 runs `epochs` epochs
     batch_size: int = 8  # pairs per optimiser step
-    learning_rate: float = 5e-5  # peak LR of the cosine schedule
+    learning_rate: float = 2e-4  # peak LR of the cosine schedule (docs/learning.md)
     beta: float = 0.1  # strength of the implicit KL to the reference (the SFT model)
     max_length: int = 256  # tokens of prompt + answer
     exclude_eval_prompts: bool = True  # keep rm/*_test.json prompts out of training
@@ -90,75 +88,76 @@ def train_dpo_model(
     run_dir: Path,
 ) -> tuple[PreTrainedModel, dict[str, Any]]:
     """Optimise the DPO loss against the frozen `reference`; LoRA merged before returning."""
-    args = DPOConfig(
-        **trainer_arguments(run_dir, config),
-        beta=config.beta,
-        max_length=config.max_length,
-        truncation_mode="keep_start",
-        dataset_num_proc=None,
-    )
-    trainer = DPOTrainer(
+    trained, metrics, history = train_against_reference(
+        DPOTrainer,
+        DPOConfig,
         model=model,
-        ref_model=None if config.lora.enabled else reference,
-        args=args,
-        train_dataset=preference_dataset(pairs, tokenizer, config.max_length),
-        processing_class=tokenizer,
-        peft_config=config.lora.peft_config("CAUSAL_LM") if config.lora.enabled else None,
-        callbacks=[LogToFile("dpo")],
+        reference=reference,
+        tokenizer=tokenizer,
+        dataset=preference_dataset(pairs, tokenizer, config.max_length),
+        config=config,
+        run_dir=run_dir,
+        stage="dpo",
+        truncation_mode="keep_start",
     )
-    trained, metrics = run_trainer(trainer, config.lora.enabled, "dpo")
-    history = [row for row in trainer.state.log_history if "rewards/accuracies" in row]
-    if history:
-        metrics["reward_accuracy_end"] = history[-1]["rewards/accuracies"]
-        metrics["reward_margin_end"] = history[-1].get("rewards/margins")
+    metrics["pairs"] = len(pairs)
+    logged = [row for row in history if "rewards/accuracies" in row]
+    if logged:
+        metrics["reward_accuracy_end"] = logged[-1]["rewards/accuracies"]
+        metrics["reward_margin_end"] = logged[-1].get("rewards/margins")
     return trained, metrics
 
 
 def feedback_pairs(path: Path | None, settings_data_dir: Path) -> list[RmPair]:
-    """The night's pairs from an export's `train.json`, evaluation prompts left out."""
+    """The pairs of an export's `train.json`, evaluation prompts left out."""
     return [] if path is None else without_eval_prompts(read_rm_file(path), settings_data_dir)
 
 
 def night_config(preset: Preset) -> DpoConfig:
-    """One night's DPO on the preset: one epoch over the night's pairs (LR as KTO's, chosen
-    and checked the same way: docs/learning.md)."""
+    """One night's DPO on the preset: one epoch over the export's pairs at DpoConfig's LR."""
     budget = preset.rm
     return DpoConfig(
-        epochs=1.0,
-        batch_size=budget.batch_size,
-        learning_rate=2e-4,
-        beta=0.1,
-        max_length=preset.seq_len,
-        seed=budget.seed,
+        epochs=1.0, batch_size=budget.batch_size, max_length=preset.seq_len, seed=budget.seed
     )
 
 
 def train(job: MethodJob, config: DpoConfig) -> MethodResult:
-    """DPO from the serving policy (`job.policy`) against SFT on the night's pairs."""
+    """DPO from the serving policy (`job.policy`) against SFT on the export's pairs."""
     pairs = feedback_pairs(job.data.pairs, job.settings.data_dir)
-    if config.max_records is not None:
-        pairs = pairs[: config.max_records]
-    if not pairs:
-        raise RetrainError("dpo needs preference pairs, and the export has none")
-    job.progress.enter("dpo")
-    logger.info("dpo: %d pairs, from %s anchored to %s", len(pairs), job.policy, job.sft)
-    model, reference, tokenizer = load_policy_and_anchor(job)
-    model, metrics = train_dpo_model(model, reference, tokenizer, pairs, config, job.run_dir)
-    metrics["pairs"] = len(pairs)
-    return register_policy(
-        job,
-        model,
-        tokenizer,
-        algorithm="dpo",
-        config=config,
-        metrics=metrics,
-        data_fingerprint=fingerprint(pairs),
+    return train_anchored(
+        job, config, pairs, train_dpo_model, algorithm="dpo", what="preference pairs"
     )
+
+
+def train_dpo(settings: Settings, registry: Registry, sft_ref: str, config: DpoConfig) -> Manifest:
+    """`kindchat train dpo`: DPO of the SFT model (also its frozen reference) on the seed's RM
+    pairs plus `config.extra_data`, evaluation prompts left out; registers a `policy`."""
+    rm_like = RmConfig(
+        exclude_eval_prompts=config.exclude_eval_prompts,
+        max_records=config.max_records,
+        extra_data=config.extra_data,
+    )
+    sft = registry.version_of(sft_ref) or sft_ref
+    job = MethodJob(
+        settings=settings,
+        registry=registry,
+        policy=sft,
+        sft=sft,
+        rm=None,
+        base=None,
+        data=PreferenceData(),
+        run_dir=new_run_dir(settings.runs_dir, "dpo"),
+    )
+    pairs = rm_training_pairs(settings, rm_like)
+    result = train_anchored(
+        job, config, pairs, train_dpo_model, algorithm="dpo", what="preference pairs"
+    )
+    return registry.manifest(result.policy)
 
 
 METHOD = Method(
     name="dpo",
-    summary="TRL DPOTrainer on the night's pairs, from the serving policy, SFT as reference",
+    summary="TRL DPOTrainer on the export's pairs, from the serving policy, SFT as reference",
     config_type=DpoConfig,
     default_config=night_config,
     train=train,

@@ -1,4 +1,6 @@
-"""Held-out perplexity of a causal LM on answers in the KULLM template."""
+"""What a causal LM says about given answers: held-out perplexity on answers in the serving
+template, and its logits at the answer positions (PPO's log-probabilities, the policy
+evaluation's KL estimate)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from kindchat.models.generation import position_ids_for
 from kindchat.models.template import prompt_format
 from kindchat.seed import SftRecord
 
@@ -62,3 +65,23 @@ def response_perplexity(
     if was_training:
         model.train()
     return math.exp(total_nll / max(1, total_tokens))
+
+
+def response_logits(
+    model: PreTrainedModel,
+    sequences: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_length: int,
+) -> torch.Tensor:
+    """[B, R, V] logits that predict each response token (positions P−1 … P+R−2).
+
+    Only those R+1 positions go through the LM head (`logits_to_keep`), not the prompt's.
+    """
+    response_length = sequences.size(1) - prompt_length
+    logits = model(
+        input_ids=sequences,
+        attention_mask=attention_mask,
+        position_ids=position_ids_for(attention_mask),
+        logits_to_keep=response_length + 1,
+    ).logits
+    return logits[:, :-1]

@@ -29,28 +29,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import KTOConfig, KTOTrainer
 
 from kindchat.models.presets import Preset
-from kindchat.retrain.common import (
-    LogToFile,
-    LoraOptions,
-    check_trainer_fields,
-    run_trainer,
-    trainer_arguments,
-)
+from kindchat.retrain.common import LoraOptions, check_trainer_fields, train_against_reference
 from kindchat.retrain.data import example_prompt, without_eval_prompts
-from kindchat.retrain.errors import RetrainError
-from kindchat.retrain.methods import (
-    Method,
-    MethodJob,
-    MethodResult,
-    load_policy_and_anchor,
-    register_policy,
-)
-from kindchat.seed import (
-    Example,
-    fingerprint,
-    read_examples_file,
-    read_rm_file,
-)
+from kindchat.retrain.methods import Method, MethodJob, MethodResult, train_anchored
+from kindchat.seed import Example, read_examples_file, read_rm_file
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +44,9 @@ class KtoConfig:
     epochs: float = 1.0  # passes over the examples (ignored when max_steps > 0)
     max_steps: int = -1  # optimiser steps; -1 runs `epochs` epochs
     batch_size: int = 8  # examples per step; > 1, since KTO's KL term uses batch neighbours
-    learning_rate: float = 5e-5  # peak LR of the cosine schedule
+    # LR 2e-4: chosen on the `polite` users of bench/learn_per_vote.py (5e-5 moved the tiny
+    # model too little), then checked on `concise` users it was not chosen on (docs/learning.md)
+    learning_rate: float = 2e-4  # peak LR of the cosine schedule
     beta: float = 0.1  # strength of the implicit KL to the reference (the SFT model)
     balance_weights: bool = True  # λ_D·n_D = λ_U·n_U from the counts (else 1 and 1)
     max_length: int = 256  # tokens of prompt + answer
@@ -147,24 +131,19 @@ def train_kto_model(
     desirable_weight, undesirable_weight = class_weights(
         [e.label for e in examples], config.balance_weights
     )
-    args = KTOConfig(
-        **trainer_arguments(run_dir, config),
-        beta=config.beta,
-        max_length=config.max_length,
+    trained, metrics, history = train_against_reference(
+        KTOTrainer,
+        KTOConfig,
+        model=model,
+        reference=reference,
+        tokenizer=tokenizer,
+        dataset=kto_dataset(examples, tokenizer, config.max_length, config.seed),
+        config=config,
+        run_dir=run_dir,
+        stage="kto",
         desirable_weight=desirable_weight,
         undesirable_weight=undesirable_weight,
-        dataset_num_proc=None,
     )
-    trainer = KTOTrainer(
-        model=model,
-        ref_model=None if config.lora.enabled else reference,
-        args=args,
-        train_dataset=kto_dataset(examples, tokenizer, config.max_length, config.seed),
-        processing_class=tokenizer,
-        peft_config=config.lora.peft_config("CAUSAL_LM") if config.lora.enabled else None,
-        callbacks=[LogToFile("kto")],
-    )
-    trained, metrics = run_trainer(trainer, config.lora.enabled, "kto")
     desirable = sum(1 for e in examples if e.label)
     metrics.update(
         desirable=desirable,
@@ -172,53 +151,37 @@ def train_kto_model(
         desirable_weight=desirable_weight,
         undesirable_weight=undesirable_weight,
     )
-    history = [row for row in trainer.state.log_history if "kl" in row]
-    if history:
-        metrics["kl_end"] = history[-1]["kl"]
+    logged = [row for row in history if "kl" in row]
+    if logged:
+        metrics["kl_end"] = logged[-1]["kl"]
     return trained, metrics
 
 
 def night_config(preset: Preset) -> KtoConfig:
-    """One night's KTO on the preset: one epoch over the night's examples.
-
-    LR 2e-4: chosen on the `polite` users of bench/learn_per_vote.py (5e-5 moved the tiny model
-    too little), then checked on `concise` users it was not chosen on (docs/learning.md)."""
+    """One night's KTO on the preset: one epoch over the export's examples at KtoConfig's LR."""
     budget = preset.rm
     return KtoConfig(
         epochs=1.0,
         batch_size=max(2, budget.batch_size),
-        learning_rate=2e-4,
-        beta=0.1,
         max_length=preset.seq_len,
         seed=budget.seed,
     )
 
 
 def train(job: MethodJob, config: KtoConfig) -> MethodResult:
-    """KTO from the serving policy (`job.policy`) against SFT on the night's thumbs and pairs."""
+    """KTO from the serving policy (`job.policy`) against SFT on the export's thumbs and pairs."""
     examples = without_eval_prompts(
         examples_from_files(job.data.pairs, job.data.unpaired, config.use_pairs),
         job.settings.data_dir,
     )
-    if config.max_records is not None:
-        examples = examples[: config.max_records]
-    if len(examples) < config.batch_size:
-        raise RetrainError(
-            f"kto needs at least {config.batch_size} examples (one batch), the export has "
-            f"{len(examples)}"
-        )
-    job.progress.enter("kto")
-    logger.info("kto: %d examples, from %s anchored to %s", len(examples), job.policy, job.sft)
-    model, reference, tokenizer = load_policy_and_anchor(job)
-    model, metrics = train_kto_model(model, reference, tokenizer, examples, config, job.run_dir)
-    return register_policy(
+    return train_anchored(
         job,
-        model,
-        tokenizer,
+        config,
+        examples,
+        train_kto_model,
         algorithm="kto",
-        config=config,
-        metrics=metrics,
-        data_fingerprint=fingerprint(examples),
+        what="examples (one batch)",
+        minimum=config.batch_size,
     )
 
 

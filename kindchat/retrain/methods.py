@@ -13,21 +13,25 @@ from __future__ import annotations
 
 import importlib
 import json
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from kindchat.config import Settings
 from kindchat.errors import InvalidError
 from kindchat.models.presets import Preset
 from kindchat.models.registry import Registry
 from kindchat.retrain.errors import RetrainError
+from kindchat.seed import fingerprint
+
+logger = logging.getLogger(__name__)
 
 # name -> "module:attribute" of its Method (imported on first use: torch/TRL are heavy).
 METHODS: dict[str, str] = {
-    "ppo": "kindchat.retrain.rlhf:METHOD",  # warm-started RM, then PPO (DeepSpeed-Chat step 3)
-    "dpo": "kindchat.retrain.dpo:METHOD",  # TRL DPOTrainer on the night's pairs
+    "ppo": "kindchat.retrain.ppo:METHOD",  # warm-started RM, then PPO (DeepSpeed-Chat step 3)
+    "dpo": "kindchat.retrain.dpo:METHOD",  # TRL DPOTrainer on the export's pairs
     "kto": "kindchat.retrain.kto:METHOD",  # TRL KTOTrainer on pairs and single 👍/👎 alike
 }
 
@@ -178,28 +182,63 @@ def register_policy(
     data_fingerprint: str,
 ) -> MethodResult:
     """Register a policy trained from `job.policy` against `job.sft`; the method's result."""
-    from kindchat.retrain.common import (  # lazy: see load_policy_and_anchor
-        config_dict,
-        register_once,
-        writer,
-    )
+    from kindchat.retrain.common import config_dict, register_model  # lazy: see above
 
-    manifest = register_once(
-        lambda: job.registry.save(
-            "policy",
-            writer(model, tokenizer),
-            parents=list(dict.fromkeys([job.policy, job.sft])),
-            config={
-                "stage": config_dict(config),
-                "algorithm": algorithm,
-                "init": job.policy,
-                "reference": job.sft,
-            },
-            metrics=metrics,
-            data_fingerprint=data_fingerprint,
-        )
+    manifest = register_model(
+        job.registry,
+        "policy",
+        model,
+        tokenizer,
+        parents=[job.policy, job.sft],
+        config={
+            "stage": config_dict(config),
+            "algorithm": algorithm,
+            "init": job.policy,
+            "reference": job.sft,
+        },
+        metrics=metrics,
+        data_fingerprint=data_fingerprint,
     )
     return MethodResult(manifest.version, [manifest.version], metrics)
+
+
+Row = TypeVar("Row")
+Fit = Callable[[Any, Any, Any, Sequence[Row], Any, Path], tuple[Any, dict[str, Any]]]
+
+
+def train_anchored(
+    job: MethodJob,
+    config: Any,
+    rows: Sequence[Row],
+    fit: Fit[Row],
+    *,
+    algorithm: str,
+    what: str,
+    minimum: int = 1,
+) -> MethodResult:
+    """The path every reference-anchored method shares (DPO, KTO): keep the first
+    `config.max_records` rows, refuse fewer than `minimum`, load the policy (`job.policy`) and
+    its frozen reference (`job.sft`), `fit(model, reference, tokenizer, rows, config, run_dir)`,
+    register the trained policy with the rows' fingerprint."""
+    if config.max_records is not None:
+        rows = rows[: config.max_records]
+    if len(rows) < minimum:
+        raise RetrainError(f"{algorithm} needs at least {minimum} {what}, the data has {len(rows)}")
+    job.progress.enter(algorithm)
+    logger.info(
+        "%s: %d %s, from %s anchored to %s", algorithm, len(rows), what, job.policy, job.sft
+    )
+    model, reference, tokenizer = load_policy_and_anchor(job)
+    model, metrics = fit(model, reference, tokenizer, rows, config, job.run_dir)
+    return register_policy(
+        job,
+        model,
+        tokenizer,
+        algorithm=algorithm,
+        config=config,
+        metrics=metrics,
+        data_fingerprint=fingerprint(rows),
+    )
 
 
 def method_names() -> list[str]:

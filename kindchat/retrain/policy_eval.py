@@ -26,7 +26,7 @@ from kindchat.models.generation import (
 )
 from kindchat.models.loading import load_causal_lm, load_reward_model
 from kindchat.models.template import prompt_format
-from kindchat.retrain.ppo import response_logits
+from kindchat.retrain.evaluate import response_logits
 from kindchat.retrain.ppo_math import logprobs_from_logits
 from kindchat.retrain.reward import score_texts
 from kindchat.seed import RmPair

@@ -1,13 +1,33 @@
-"""PPO as in DeepSpeed-Chat step 3: actor, frozen reference, critic, frozen reward model.
+"""The `ppo` preference method, and PPO itself as in DeepSpeed-Chat step 3.
 
-One step = one rollout batch:
-  1. sample answers to a batch of prompts with the actor (KULLM template, left padding);
+**A PPO run** (:func:`train_ppo`: `kindchat train ppo`, bootstrap's `ppo` stage, the method's
+last stage). Four models, built apart from training (:func:`build_rlhf_models`): the actor and a
+frozen reference from SFT (or the serving policy at night, still anchored to SFT), a critic and
+a frozen reward model from the RM. One step = one rollout batch:
+  1. sample answers to a batch of prompts with the actor (the serving template, left padding);
   2. score them: actor and reference log-probs, critic values, RM score at the last token;
   3. per-token rewards −β·KL plus the clipped RM score on the last token; GAE;
   4. `ppo_epochs` passes of mini-batches: clipped policy loss on the actor, clipped value loss
      on the critic, each with gradient clipping (or a DeepSpeed engine doing the same);
   5. metrics to `ppo_log.jsonl`; every `checkpoint_every` steps a checkpoint to resume from.
-The math lives in `ppo_math.py`; models are built apart from training (`build_rlhf_models`).
+The math lives in `ppo_math.py` (small pure functions, hand-checked tests). Every
+hyper-parameter, the optimiser's included, is a :class:`PpoConfig` field; a preset's budget
+(:func:`ppo_config`) overrides some of them.
+
+**The nightly method** (`METHOD`, :func:`train`, config :class:`PpoMethodConfig`):
+  1. ``rm`` — fine-tune the *current* RM on the export's pairs (`warm_start`), so that a few
+     hundred fresh votes are not diluted in the seed's 2,500 pairs; with `warm_start=False` a
+     fresh RM is trained from the base LM on seed + feedback, as bootstrap does;
+  2. ``rm_gate`` — the new RM's accuracy on the seed's held-out pairs may fall at most
+     `rm_gate_margin` below the current RM's (it must not forget what it knew);
+  3. ``ppo`` — PPO from the serving policy against the new RM, the per-token KL penalty anchored
+     to SFT (not to yesterday's policy, so drift cannot compound over nights), rollouts on the
+     seed's step-3 prompts plus the export's prompts.
+The new RM is promoted together with the policy (alias `rm`).
+
+Simplified against DeepSpeed-Chat, plainly: the learning rates are constant (DeepSpeed-Chat warms
+them up and decays them), no pre-training loss is mixed into the actor's (InstructGPT's
+PPO-ptx), and advantages are whitened per batch by default (`whiten_advantages`, as TRL does).
 """
 
 from __future__ import annotations
@@ -21,7 +41,7 @@ import random
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +49,27 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from kindchat.config import Settings
 from kindchat.models.generation import (
     left_pad,
-    position_ids_for,
     response_mask,
     sample_with_logits,
 )
 from kindchat.models.loading import load_causal_lm, load_reward_model
+from kindchat.models.presets import Preset
+from kindchat.models.registry import Manifest, Registry
 from kindchat.models.template import prompt_format
-from kindchat.retrain.common import LoraOptions, ensure_distributed_env
+from kindchat.retrain.common import (
+    LoraOptions,
+    config_dict,
+    ensure_distributed_env,
+    new_run_dir,
+    register_model,
+)
+from kindchat.retrain.errors import RetrainError
+from kindchat.retrain.evaluate import response_logits
+from kindchat.retrain.gates import rm_gate
+from kindchat.retrain.methods import Method, MethodJob, MethodRefusedError, MethodResult
 from kindchat.retrain.ppo_math import (
     clipped_policy_loss,
     clipped_value_loss,
@@ -48,13 +80,19 @@ from kindchat.retrain.ppo_math import (
     masked_mean,
     masked_whiten,
 )
-from kindchat.retrain.reward import score_sequences, token_values
+from kindchat.retrain.reward import RmConfig, rm_config, score_sequences, token_values
+from kindchat.retrain.rm_eval import accuracy_metrics
+from kindchat.retrain.stages import eval_rm, train_rm
+from kindchat.seed import eval_prompt_keys, fingerprint, normalize_prompt, read_ppo_prompts
 
 logger = logging.getLogger(__name__)
 LOG_FILE = "ppo_log.jsonl"
 CHECKPOINT = "checkpoint"
+PPO_KEEP = ("reward_start", "reward_end", "kl_end", "steps")  # the night's record of the run
+RM_KEEP = ("accuracy", "train_pairs", "loss_first", "loss_last")
 
 
+# ---- configuration --------------------------------------------------------------------------
 @dataclass
 class PpoConfig:
     """Hyper-parameters of a PPO run (defaults: DeepSpeed-Chat step 3 / the VAIV seed)."""
@@ -67,24 +105,28 @@ class PpoConfig:
     max_new_tokens: int = 64  # answer budget
     temperature: float = 1.0  # rollout sampling temperature
     top_p: float = 1.0  # rollout nucleus sampling
-    actor_lr: float = 1e-5  # actor learning rate (Adam)
-    critic_lr: float = 5e-5  # critic learning rate (Adam)
+    actor_lr: float = 1e-5  # actor learning rate (AdamW, constant)
+    critic_lr: float = 5e-5  # critic learning rate (AdamW, constant)
+    adam_beta1: float = 0.9  # AdamW β1 of actor and critic
+    adam_beta2: float = 0.95  # AdamW β2 of actor and critic (DeepSpeed-Chat's)
+    adam_epsilon: float = 1e-8  # AdamW ε of actor and critic
+    weight_decay: float = 0.0  # AdamW decoupled weight decay of actor and critic
+    max_grad_norm: float = 1.0  # gradient clipping of actor and critic (global L2 norm)
     kl_coef: float = 0.1  # β of the per-token KL penalty to the reference
     reward_clip: float = 5.0  # RM score clipped to ±reward_clip
     gamma: float = 1.0  # GAE discount γ
     lam: float = 0.95  # GAE λ
     policy_clip: float = 0.2  # PPO ratio clip ε (actor)
     value_clip: float = 0.2  # value clip ε (critic)
-    max_grad_norm: float = 1.0  # gradient clipping of actor and critic
     whiten_advantages: bool = True  # normalise advantages per batch (TRL; DS-Chat does not)
     ema_decay: float | None = None  # keep an EMA of the actor (e.g. 0.992) and save it
     checkpoint_every: int = 25  # steps between checkpoints; 0: none
     max_prompts: int | None = None  # use a slice of the prompts
     exclude_eval_prompts: bool = True  # keep rm/*_test.json prompts out of rollouts
-    actor_lora: LoraOptions = field(default_factory=LoraOptions)
-    critic_lora: LoraOptions = field(default_factory=LoraOptions)
+    actor_lora: LoraOptions = field(default_factory=LoraOptions)  # LoRA on the actor
+    critic_lora: LoraOptions = field(default_factory=LoraOptions)  # LoRA on the critic
     deepspeed: Path | None = None  # a DeepSpeed JSON config: actor and critic become engines
-    seed: int = 0
+    seed: int = 0  # prompt order, mini-batch order and (through torch) the rollouts
 
     def __post_init__(self) -> None:
         checks = [
@@ -96,17 +138,37 @@ class PpoConfig:
                 f"mini_batch_size ({self.mini_batch_size}) must divide batch_size ({self.batch_size})",
             ),
             (self.ppo_epochs >= 1, f"ppo_epochs must be >= 1, got {self.ppo_epochs}"),
+            (
+                self.max_prompt_tokens >= 1,
+                f"max_prompt_tokens must be >= 1, got {self.max_prompt_tokens}",
+            ),
             (self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
+            (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
+            (0 < self.top_p <= 1, f"top_p must lie in (0, 1], got {self.top_p}"),
+            (self.actor_lr > 0, f"actor_lr must be > 0, got {self.actor_lr}"),
+            (self.critic_lr > 0, f"critic_lr must be > 0, got {self.critic_lr}"),
+            (0 <= self.adam_beta1 < 1, f"adam_beta1 must lie in [0, 1), got {self.adam_beta1}"),
+            (0 <= self.adam_beta2 < 1, f"adam_beta2 must lie in [0, 1), got {self.adam_beta2}"),
+            (self.adam_epsilon > 0, f"adam_epsilon must be > 0, got {self.adam_epsilon}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}"),
             (self.kl_coef >= 0, f"kl_coef must be >= 0, got {self.kl_coef}"),
             (self.reward_clip > 0, f"reward_clip must be > 0, got {self.reward_clip}"),
             (0 <= self.gamma <= 1, f"gamma must lie in [0, 1], got {self.gamma}"),
             (0 <= self.lam <= 1, f"lam must lie in [0, 1], got {self.lam}"),
             (self.policy_clip > 0, f"policy_clip must be > 0, got {self.policy_clip}"),
             (self.value_clip > 0, f"value_clip must be > 0, got {self.value_clip}"),
-            (self.actor_lr > 0 and self.critic_lr > 0, "learning rates must be > 0"),
             (
                 self.ema_decay is None or 0 < self.ema_decay < 1,
                 f"ema_decay must lie in (0, 1), got {self.ema_decay}",
+            ),
+            (
+                self.checkpoint_every >= 0,
+                f"checkpoint_every must be >= 0, got {self.checkpoint_every}",
+            ),
+            (
+                self.max_prompts is None or self.max_prompts >= 1,
+                f"max_prompts must be >= 1 or unset, got {self.max_prompts}",
             ),
         ]
         for ok, message in checks:
@@ -115,6 +177,7 @@ class PpoConfig:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PpoConfig:
+        """A run's saved `config.json` (fields it lacks, from older runs, take their defaults)."""
         names = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in names}
         for key in ("actor_lora", "critic_lora"):
@@ -124,7 +187,56 @@ class PpoConfig:
             kwargs["deepspeed"] = Path(kwargs["deepspeed"])
         return cls(**kwargs)
 
+    def optimizer(self, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+        """AdamW over `params` with this config's settings (one per model: its own LR)."""
+        return torch.optim.AdamW(
+            params,
+            lr=lr,
+            betas=(self.adam_beta1, self.adam_beta2),
+            eps=self.adam_epsilon,
+            weight_decay=self.weight_decay,
+            fused=True,  # the same update in one kernel per step
+        )
 
+
+def ppo_config(preset: Preset) -> PpoConfig:
+    """PpoConfig with the preset's PPO budget (`models/presets.py`); the rest at its defaults."""
+    b = preset.ppo
+    return PpoConfig(
+        steps=b.steps,
+        batch_size=b.batch_size,
+        mini_batch_size=b.mini_batch_size,
+        max_new_tokens=b.max_new_tokens,
+        max_prompt_tokens=preset.seq_len - b.max_new_tokens,
+        actor_lr=b.actor_lr,
+        critic_lr=b.critic_lr,
+    )
+
+
+@dataclass
+class PpoMethodConfig:
+    """The `ppo` method's night: one RM run, the RM gate, one PPO run."""
+
+    rm: RmConfig = field(default_factory=RmConfig)  # the reward model's run
+    ppo: PpoConfig = field(default_factory=PpoConfig)  # the policy's run
+    warm_start: bool = True  # fine-tune the current RM on the export's pairs (else base + seed)
+    rm_gate_margin: float = 0.02  # new RM accuracy >= current RM accuracy - margin
+    rm_alias: str = "rm"  # promoted with the policy
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rm_gate_margin <= 1:
+            raise ValueError(f"rm_gate_margin must lie in [0, 1], got {self.rm_gate_margin}")
+        if not self.rm_alias.strip():
+            raise ValueError("rm_alias must name an alias, got an empty string")
+
+
+def night_config(preset: Preset) -> PpoMethodConfig:
+    """The preset's RM budget (one pass over the export's pairs when warm-starting) and PPO."""
+    rm = replace(rm_config(preset, preset.rm), max_steps=-1, epochs=1.0, max_records=None)
+    return PpoMethodConfig(rm=rm, ppo=ppo_config(preset))
+
+
+# ---- rollouts and the four models ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Rollout:
     """One scored rollout batch. B rollouts, P prompt tokens (left-padded), R response tokens."""
@@ -172,13 +284,11 @@ class Trainable:
     """A trained model and its optimiser: plain PyTorch, or a DeepSpeed engine from a config."""
 
     def __init__(
-        self, model: PreTrainedModel, lr: float, max_grad_norm: float, ds_config: dict | None
+        self, model: PreTrainedModel, lr: float, config: PpoConfig, ds_config: dict | None
     ) -> None:
-        self.max_grad_norm = max_grad_norm
+        self.max_grad_norm = config.max_grad_norm
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(
-            params, lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, fused=True
-        )
+        optimizer = config.optimizer(params, lr)
         self.engine: Any = None
         if ds_config is not None:
             # lazy: DeepSpeed only with a DeepSpeed config
@@ -278,33 +388,13 @@ def build_rlhf_models(
     }
     ema = copy.deepcopy(actor).requires_grad_(False) if config.ema_decay else None
     return RlhfModels(
-        actor=Trainable(actor, config.actor_lr, config.max_grad_norm, ds["actor"]),
-        critic=Trainable(critic, config.critic_lr, config.max_grad_norm, ds["critic"]),
+        actor=Trainable(actor, config.actor_lr, config, ds["actor"]),
+        critic=Trainable(critic, config.critic_lr, config, ds["critic"]),
         reference=reference,
         reward=reward,
         tokenizer=tokenizer,
         ema=ema,
     )
-
-
-def response_logits(
-    model: PreTrainedModel,
-    sequences: torch.Tensor,
-    attention_mask: torch.Tensor,
-    prompt_length: int,
-) -> torch.Tensor:
-    """[B, R, V] logits that predict each response token (positions P−1 … P+R−2).
-
-    Only those R+1 positions go through the LM head (`logits_to_keep`), not the prompt's.
-    """
-    response_length = sequences.size(1) - prompt_length
-    logits = model(
-        input_ids=sequences,
-        attention_mask=attention_mask,
-        position_ids=position_ids_for(attention_mask),
-        logits_to_keep=response_length + 1,
-    ).logits
-    return logits[:, :-1]
 
 
 def _response_values(
@@ -317,6 +407,7 @@ def _response_values(
     return token_values(critic, sequences, attention_mask)[:, prompt_length - 1 : -1]
 
 
+# ---- training ------------------------------------------------------------------------------
 class PpoTrainer:
     """Runs PPO steps over a prompt list and logs each step to `run_dir/ppo_log.jsonl`."""
 
@@ -589,3 +680,142 @@ def summarize(history: list[dict[str, float]], window: int = 5) -> dict[str, flo
         "steps": history[-1]["step"],
         "samples_per_s": sum(r["samples_per_s"] for r in history) / len(history),
     }
+
+
+# ---- the registered stage -------------------------------------------------------------------
+def ppo_prompts(settings: Settings, config: PpoConfig, extra: list[str] | None = None) -> list[str]:
+    """Seed step-3 prompts (+ live prompts), evaluation prompts left out, deduplicated."""
+    prompts = [p.prompt for p in read_ppo_prompts(settings.data_dir)] + list(extra or [])
+    keys = eval_prompt_keys(settings.data_dir) if config.exclude_eval_prompts else frozenset()
+    seen: set[str] = set()
+    out = []
+    for prompt in prompts:
+        key = normalize_prompt(prompt)
+        if key and key not in keys and key not in seen:
+            seen.add(key)
+            out.append(prompt)
+    if config.max_prompts is not None:
+        out = out[: config.max_prompts]
+    return out
+
+
+def train_ppo(
+    settings: Settings,
+    registry: Registry,
+    sft_ref: str,
+    rm_ref: str,
+    config: PpoConfig,
+    resume: Path | None = None,
+    extra_prompts: list[str] | None = None,
+    run_dir: Path | None = None,
+    reference_ref: str | None = None,
+) -> Manifest:
+    """PPO of the SFT model against the RM (DeepSpeed-Chat step 3); register a `policy`.
+
+    With `resume`, the run in that directory continues from its last checkpoint with its own
+    config (the `config` argument is then ignored). `run_dir` names a new run's directory.
+    `reference_ref` is the KL anchor when the actor starts elsewhere than SFT (a night's PPO
+    starts from the serving policy and stays anchored to SFT).
+    """
+    if resume is not None:
+        saved = resume / "config.json"
+        if not saved.is_file():
+            raise FileNotFoundError(f"{resume} is not a PPO run directory (no config.json)")
+        config = PpoConfig.from_json(json.loads(saved.read_text(encoding="utf-8")))
+    torch.manual_seed(config.seed)
+    sft_dir, rm_dir = registry.resolve(sft_ref), registry.resolve(rm_ref)
+    prompts = ppo_prompts(settings, config, extra_prompts)
+    logger.info("ppo: %d prompts, %d steps of %d", len(prompts), config.steps, config.batch_size)
+    reference_dir = registry.resolve(reference_ref) if reference_ref else None
+    models = build_rlhf_models(sft_dir, rm_dir, config, reference_dir)
+    run_dir = resume or run_dir or new_run_dir(settings.runs_dir, "ppo")
+    trainer = PpoTrainer(models, prompts, config, run_dir)
+    if resume is not None:
+        trainer.load_checkpoint()
+    trainer.train()
+    metrics = summarize(read_log(run_dir))
+    metrics["run_dir"] = str(run_dir)
+    return register_model(
+        registry,
+        "policy",
+        trainer.final_actor(),
+        models.tokenizer,
+        parents=[registry.version_of(ref) for ref in (sft_ref, rm_ref, reference_ref) if ref],
+        config={
+            "stage": config_dict(config),
+            "algorithm": "ppo",
+            "sft": sft_ref,
+            "rm": rm_ref,
+            "reference": reference_ref or sft_ref,
+        },
+        metrics=metrics,
+        data_fingerprint=fingerprint(prompts),
+        extra_files=[run_dir / LOG_FILE],
+    )
+
+
+# ---- the nightly method ---------------------------------------------------------------------
+def current_accuracy(job: MethodJob, max_length: int) -> float | None:
+    """The serving RM's held-out accuracy: from its manifest, else measured now."""
+    if job.rm is None:
+        return None
+    accuracy = job.registry.manifest(job.rm).metrics.get("accuracy")
+    if isinstance(accuracy, int | float):
+        return float(accuracy)
+    results = eval_rm(job.settings, job.registry, job.rm, max_length)
+    return float(accuracy_metrics(results)["accuracy"])
+
+
+def train(job: MethodJob, config: PpoMethodConfig) -> MethodResult:
+    """RM (warm start) → RM gate → PPO from the serving policy, anchored to SFT."""
+    if job.data.pairs is None:
+        raise RetrainError("ppo needs preference pairs for its reward model; the export has none")
+    job.progress.enter("rm")
+    warm = config.warm_start and job.rm is not None
+    init = job.rm if warm else job.base
+    if init is None:
+        raise RetrainError("no reward model and no base LM to train one from")
+    rm_run = replace(config.rm, extra_data=[job.data.pairs], seed_data=not warm)
+    rm = train_rm(job.settings, job.registry, init, rm_run)
+    job.progress.produced_version(rm.version)
+    job.progress.record(
+        "rm",
+        {"version": rm.version, "init": init, "warm_start": warm}
+        | {k: rm.metrics.get(k) for k in RM_KEEP},
+    )
+
+    job.progress.enter("rm_gate")
+    before = current_accuracy(job, config.rm.max_length)
+    gate = rm_gate(float(rm.metrics["accuracy"]), before, config.rm_gate_margin)
+    job.progress.record("rm_gate", gate.as_dict())
+    if not gate.passed:
+        raise MethodRefusedError("; ".join(gate.reasons))
+
+    job.progress.enter("ppo")
+    policy = train_ppo(
+        job.settings,
+        job.registry,
+        job.policy,
+        rm.version,
+        config.ppo,
+        extra_prompts=job.data.prompts,
+        run_dir=job.run_dir,
+        reference_ref=job.sft,
+    )
+    metrics = {k: v for k, v in policy.metrics.items() if k in PPO_KEEP}
+    metrics["rm"] = rm.version
+    return MethodResult(
+        policy.version,
+        [rm.version, policy.version],
+        metrics,
+        promote={config.rm_alias: rm.version},
+    )
+
+
+METHOD = Method(
+    name="ppo",
+    summary="RM warm-started on the export's pairs, then PPO from the serving policy",
+    config_type=PpoMethodConfig,
+    default_config=night_config,
+    train=train,
+)

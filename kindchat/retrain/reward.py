@@ -24,6 +24,7 @@ from transformers import (
 from trl import RewardConfig, RewardTrainer
 
 from kindchat.models.generation import position_ids_for
+from kindchat.models.presets import Preset, StageBudget
 from kindchat.models.template import Message
 from kindchat.retrain.common import (
     LogToFile,
@@ -45,7 +46,9 @@ class RmConfig:
     epochs: float = 1.0  # the seed: more than one epoch over-fits RMs
     max_steps: int = -1  # optimiser steps; -1 runs `epochs` epochs
     batch_size: int = 8  # pairs per optimiser step
-    learning_rate: float = 2e-4  # peak LR of the cosine schedule
+    # LR 3e-4: the tiny preset's (RM and gold RM), so the LR of every recorded run on the demo
+    # shape (bootstrap, docs/learning.md); 1e-4 and 2e-4, the earlier defaults, never ran there
+    learning_rate: float = 3e-4  # peak LR of the cosine schedule
     max_length: int = 256  # tokens of prompt + response
     center_rewards_coefficient: float | None = 0.01  # keeps scores near 0 (TRL, Eisenstein et al.)
     exclude_eval_prompts: bool = True  # keep rm/*_test.json prompts out of training
@@ -59,6 +62,19 @@ class RmConfig:
 
     def __post_init__(self) -> None:
         check_trainer_fields(self, min_length=32)
+
+
+def rm_config(preset: Preset, budget: StageBudget) -> RmConfig:
+    """RmConfig with a preset's stage budget (`preset.rm` or `preset.gold_rm`) at its length."""
+    return RmConfig(
+        epochs=budget.epochs,
+        max_steps=budget.max_steps,
+        batch_size=budget.batch_size,
+        learning_rate=budget.learning_rate,
+        max_length=preset.seq_len,
+        max_records=budget.max_records,
+        seed=budget.seed,
+    )
 
 
 def encode_response(

@@ -1,16 +1,14 @@
-"""Registered stages: tokenizer + base LM, SFT, reward models, PPO, DPO, and their evaluations.
+"""Registered stages: tokenizer + base LM, SFT, reward models, and the evaluations.
 
-Each training stage registers a version and returns its manifest.
+Each training stage registers a version (`common.register_model`) and returns its manifest.
+The preference methods' stages live in their own modules: `ppo.train_ppo`, `dpo.train_dpo`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
-from pathlib import Path
 
-import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM
 
@@ -19,14 +17,13 @@ from kindchat.models.loading import load_causal_lm, load_reward_model
 from kindchat.models.presets import Preset
 from kindchat.models.registry import Manifest, Registry
 from kindchat.models.tokenizer import load_tokenizer, train_tokenizer
-from kindchat.retrain.common import config_dict, new_run_dir, register_once, writer
+from kindchat.retrain.common import config_dict, new_run_dir, register_model
 from kindchat.retrain.data import (
     base_corpus,
     load_sft_split,
     prompt_completion_dataset,
     without_eval_prompts,
 )
-from kindchat.retrain.dpo import DpoConfig, train_dpo_model
 from kindchat.retrain.evaluate import response_perplexity
 from kindchat.retrain.policy_eval import (
     PolicyEvalConfig,
@@ -34,25 +31,15 @@ from kindchat.retrain.policy_eval import (
     eval_metrics,
     evaluate_policies,
 )
-from kindchat.retrain.ppo import (
-    LOG_FILE,
-    PpoConfig,
-    PpoTrainer,
-    build_rlhf_models,
-    read_log,
-    summarize,
-)
 from kindchat.retrain.reward import RmConfig, reward_model_from_lm, train_reward_model
 from kindchat.retrain.rm_eval import RmSetResult, accuracy_metrics, evaluate_reward_model
 from kindchat.retrain.sft import SftConfig, train_causal_lm
 from kindchat.seed import (
     GevalRecord,
     RmPair,
-    eval_prompt_keys,
     fingerprint,
     normalize_prompt,
     read_geval,
-    read_ppo_prompts,
     read_rm,
     read_rm_file,
 )
@@ -94,18 +81,19 @@ def train_base(settings: Settings, registry: Registry, preset: Preset) -> Manife
     metrics["heldout_ppl"] = response_perplexity(model, tokenizer, split.heldout, preset.seq_len)
     metrics["parameters"] = n_params
 
-    return register_once(
-        lambda: registry.save(
-            "base",
-            writer(model, tokenizer),
-            config={
-                "preset": preset.name,
-                "architecture": preset.architecture,
-                "stage": config_dict(config),
-            },
-            metrics=metrics,
-            data_fingerprint=fingerprint(texts),
-        )
+    return register_model(
+        registry,
+        "base",
+        model,
+        tokenizer,
+        parents=[],
+        config={
+            "preset": preset.name,
+            "architecture": preset.architecture,
+            "stage": config_dict(config),
+        },
+        metrics=metrics,
+        data_fingerprint=fingerprint(texts),
     )
 
 
@@ -136,17 +124,15 @@ def train_sft(settings: Settings, registry: Registry, base_ref: str, config: Sft
         heldout_ppl_before=ppl_before, heldout_ppl=ppl_after, train_records=len(split.train)
     )
     logger.info("sft: held-out perplexity %.2f -> %.2f", ppl_before, ppl_after)
-    parent = registry.version_of(base_ref)
-
-    return register_once(
-        lambda: registry.save(
-            "sft",
-            writer(model, tokenizer),
-            parents=[parent] if parent else [],
-            config={"stage": config_dict(config), "base": str(base_ref)},
-            metrics=metrics,
-            data_fingerprint=fingerprint(split.train),
-        )
+    return register_model(
+        registry,
+        "sft",
+        model,
+        tokenizer,
+        parents=[registry.version_of(base_ref)],
+        config={"stage": config_dict(config), "base": str(base_ref)},
+        metrics=metrics,
+        data_fingerprint=fingerprint(split.train),
     )
 
 
@@ -216,125 +202,15 @@ def train_rm(
     )
     metrics.update(accuracy_metrics(results), train_pairs=len(pairs), gold=gold)
     logger.info("rm accuracy on held-out pairs: %.3f", metrics["accuracy"])
-    parent = registry.version_of(init_ref)
-
-    return register_once(
-        lambda: registry.save(
-            "rm",
-            writer(model, tokenizer),
-            parents=[parent] if parent else [],
-            config={"stage": config_dict(config), "init": init_ref, "gold": gold},
-            metrics=metrics,
-            data_fingerprint=fingerprint(pairs),
-        )
-    )
-
-
-def ppo_prompts(settings: Settings, config: PpoConfig, extra: list[str] | None = None) -> list[str]:
-    """Seed step-3 prompts (+ live prompts), evaluation prompts left out, deduplicated."""
-    prompts = [p.prompt for p in read_ppo_prompts(settings.data_dir)] + list(extra or [])
-    keys = eval_prompt_keys(settings.data_dir) if config.exclude_eval_prompts else frozenset()
-    seen: set[str] = set()
-    out = []
-    for prompt in prompts:
-        key = normalize_prompt(prompt)
-        if key and key not in keys and key not in seen:
-            seen.add(key)
-            out.append(prompt)
-    if config.max_prompts is not None:
-        out = out[: config.max_prompts]
-    return out
-
-
-def train_ppo(
-    settings: Settings,
-    registry: Registry,
-    sft_ref: str,
-    rm_ref: str,
-    config: PpoConfig,
-    resume: Path | None = None,
-    extra_prompts: list[str] | None = None,
-    run_dir: Path | None = None,
-    reference_ref: str | None = None,
-) -> Manifest:
-    """PPO of the SFT model against the RM (DeepSpeed-Chat step 3); register a `policy`.
-
-    With `resume`, the run in that directory continues from its last checkpoint with its own
-    config (the `config` argument is then ignored). `run_dir` names a new run's directory.
-    `reference_ref` is the KL anchor when the actor starts elsewhere than SFT (a night's PPO
-    starts from the serving policy and stays anchored to SFT).
-    """
-    if resume is not None:
-        saved = resume / "config.json"
-        if not saved.is_file():
-            raise FileNotFoundError(f"{resume} is not a PPO run directory (no config.json)")
-        config = PpoConfig.from_json(json.loads(saved.read_text(encoding="utf-8")))
-    torch.manual_seed(config.seed)
-    sft_dir, rm_dir = registry.resolve(sft_ref), registry.resolve(rm_ref)
-    prompts = ppo_prompts(settings, config, extra_prompts)
-    logger.info("ppo: %d prompts, %d steps of %d", len(prompts), config.steps, config.batch_size)
-    reference_dir = registry.resolve(reference_ref) if reference_ref else None
-    models = build_rlhf_models(sft_dir, rm_dir, config, reference_dir)
-    run_dir = resume or run_dir or new_run_dir(settings.runs_dir, "ppo")
-    trainer = PpoTrainer(models, prompts, config, run_dir)
-    if resume is not None:
-        trainer.load_checkpoint()
-    trainer.train()
-    metrics = summarize(read_log(run_dir))
-    metrics["run_dir"] = str(run_dir)
-    actor = trainer.final_actor()
-    tokenizer = models.tokenizer
-    refs = (sft_ref, rm_ref, reference_ref) if reference_ref else (sft_ref, rm_ref)
-    parents = list(dict.fromkeys(v for v in map(registry.version_of, refs) if v))
-
-    def write(path: Path) -> None:
-        writer(actor, tokenizer)(path)
-        shutil.copy(run_dir / LOG_FILE, path / LOG_FILE)
-
-    return register_once(
-        lambda: registry.save(
-            "policy",
-            write,
-            parents=parents,
-            config={
-                "stage": config_dict(config),
-                "algorithm": "ppo",
-                "sft": sft_ref,
-                "rm": rm_ref,
-                "reference": reference_ref or sft_ref,
-            },
-            metrics=metrics,
-            data_fingerprint=fingerprint(prompts),
-        )
-    )
-
-
-def train_dpo(settings: Settings, registry: Registry, sft_ref: str, config: DpoConfig) -> Manifest:
-    """DPO of the SFT model (also the frozen reference) on the RM's pairs; register a `policy`."""
-    sft_dir = registry.resolve(sft_ref)
-    model, tokenizer = load_causal_lm(sft_dir)
-    reference, _ = load_causal_lm(sft_dir)
-    model.train()
-    rm_like = RmConfig(
-        exclude_eval_prompts=config.exclude_eval_prompts,
-        max_records=config.max_records,
-        extra_data=config.extra_data,
-    )
-    pairs = rm_training_pairs(settings, rm_like)
-    logger.info("dpo: %d pairs", len(pairs))
-    run_dir = new_run_dir(settings.runs_dir, "dpo")
-    model, metrics = train_dpo_model(model, reference, tokenizer, pairs, config, run_dir)
-    parent = registry.version_of(sft_ref)
-
-    return register_once(
-        lambda: registry.save(
-            "policy",
-            writer(model, tokenizer),
-            parents=[parent] if parent else [],
-            config={"stage": config_dict(config), "algorithm": "dpo", "sft": sft_ref},
-            metrics=metrics,
-            data_fingerprint=fingerprint(pairs),
-        )
+    return register_model(
+        registry,
+        "rm",
+        model,
+        tokenizer,
+        parents=[registry.version_of(init_ref)],
+        config={"stage": config_dict(config), "init": init_ref, "gold": gold},
+        metrics=metrics,
+        data_fingerprint=fingerprint(pairs),
     )
 
 

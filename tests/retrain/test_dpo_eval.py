@@ -13,9 +13,9 @@ from kindchat.cli import app
 from kindchat.config import Settings
 from kindchat.models.loading import load_causal_lm
 from kindchat.models.registry import Registry
-from kindchat.retrain.dpo import DpoConfig
+from kindchat.retrain.dpo import DpoConfig, train_dpo
 from kindchat.retrain.policy_eval import PolicyEvalConfig, is_repetitive
-from kindchat.retrain.stages import eval_policy, train_dpo
+from kindchat.retrain.stages import eval_policy
 from kindchat.stats import bootstrap
 
 

@@ -14,13 +14,8 @@ from kindchat.models.generation import left_pad, response_mask, sample_token, sa
 from kindchat.models.loading import load_causal_lm
 from kindchat.models.registry import Registry
 from kindchat.models.template import kullm_prompt
-from kindchat.retrain.ppo import (
-    PpoConfig,
-    PpoTrainer,
-    _response_values,
-    build_rlhf_models,
-    response_logits,
-)
+from kindchat.retrain.evaluate import response_logits
+from kindchat.retrain.ppo import PpoConfig, PpoTrainer, _response_values, build_rlhf_models
 from kindchat.retrain.ppo_math import logprobs_from_logits
 from kindchat.seed import read_ppo_prompts
 
