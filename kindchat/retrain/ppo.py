@@ -70,6 +70,7 @@ from kindchat.retrain.errors import RetrainError
 from kindchat.retrain.evaluate import response_logits
 from kindchat.retrain.gates import rm_gate
 from kindchat.retrain.methods import Method, MethodJob, MethodRefusedError, MethodResult
+from kindchat.retrain.ppo_log import LOG_FILE, read_log
 from kindchat.retrain.ppo_math import (
     clipped_policy_loss,
     clipped_value_loss,
@@ -86,7 +87,6 @@ from kindchat.retrain.stages import eval_rm, train_rm
 from kindchat.seed import eval_prompt_keys, fingerprint, normalize_prompt, read_ppo_prompts
 
 logger = logging.getLogger(__name__)
-LOG_FILE = "ppo_log.jsonl"
 CHECKPOINT = "checkpoint"
 PPO_KEEP = ("reward_start", "reward_end", "kl_end", "steps")  # the night's record of the run
 RM_KEEP = ("accuracy", "train_pairs", "loss_first", "loss_last")
@@ -652,13 +652,6 @@ class PpoTrainer:
             model = model.merge_and_unload()
         model.eval()
         return model
-
-
-def read_log(run_dir: Path) -> list[dict[str, float]]:
-    path = run_dir / LOG_FILE
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
 def summarize(history: list[dict[str, float]], window: int = 5) -> dict[str, float]:

@@ -24,7 +24,8 @@ from kindchat.models.loading import load_causal_lm, load_reward_model
 from kindchat.models.registry import Registry
 from kindchat.models.template import kullm_prompt
 from kindchat.retrain.common import new_run_dir
-from kindchat.retrain.ppo import LOG_FILE, PpoConfig, read_log, train_ppo
+from kindchat.retrain.ppo import PpoConfig, train_ppo
+from kindchat.retrain.ppo_log import LOG_FILE, read_log
 from kindchat.retrain.reward import RmConfig, reward_model_from_lm, score_texts, train_reward_model
 from kindchat.seed import RmPair, read_ppo_prompts, read_sft
 

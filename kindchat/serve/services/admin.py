@@ -16,6 +16,8 @@ from kindchat.feedback.models import RetrainRunPublic
 from kindchat.models.manager import ModelManager, ReloadReport
 from kindchat.retrain import admin
 from kindchat.retrain.background import BackgroundBootstrap
+from kindchat.retrain.ppo_log import LOG_FILE as PPO_LOG_FILE
+from kindchat.retrain.ppo_log import read_log as read_ppo_log
 from kindchat.serve.errors import AdminDisabledError, AdminTokenError
 from kindchat.serve.protocol import Dashboard
 from kindchat.serve.services.arena import ArenaService
@@ -101,10 +103,6 @@ class AdminService:
     def dashboard(self) -> Dashboard:
         """Feedback per day and per version, retrain runs, versions and aliases, the newest PPO
         curves, the challenge (blocking: call it in a thread)."""
-        # lazy: retrain.ppo pulls in the training stack (TRL, peft), which serving never needs
-        from kindchat.retrain.ppo import LOG_FILE as PPO_LOG_FILE
-        from kindchat.retrain.ppo import read_log as read_ppo_log
-
         with session_scope(self.db) as session:
             stats = statistics.feedback_stats(session=session)
             per_day = statistics.feedback_per_day(session=session)
