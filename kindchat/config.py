@@ -138,7 +138,10 @@ class Settings(BaseSettings):
         description="The nightly preference method: a name in kindchat.retrain.methods.METHODS.",
     )
     retrain_min_new_pairs: int = Field(
-        50, ge=0, description="New feedback pairs needed since the last cycle, else skip."
+        50,
+        ge=0,
+        description="Training rows (pairs, and single thumbs for KTO) needed in the night's "
+        "window — the feedback since the serving policy's alias last moved — else skip.",
     )
     retrain_judge: bool = Field(
         False, description="Re-rank feedback pairs with the G-Eval judge (KINDCHAT_JUDGE_*)."

@@ -3,7 +3,8 @@
 Layout::
 
     models/
-      aliases.json            {"aliases": {"sft": "sft-…"}, "history": {"sft": ["sft-…", …]}}
+      aliases.json            {"aliases": {"sft": "sft-…"}, "history": {"sft": ["sft-…", …]},
+                               "set_at": {"sft": "2026-…T…+00:00"}}
       .staging/<version>/     a version being written (never listed)
       <version>/              save_pretrained output + manifest.json
 
@@ -12,7 +13,8 @@ then renamed into place in one step: a half-written version is never listed. `al
 replaced atomically (write + rename) under the `registry-aliases` lock of :mod:`kindchat.locks`
 (a file lock, plus an advisory lock when the database is PostgreSQL, so servers and training
 nodes on several hosts sharing the registry move aliases one at a time), keeping each alias's
-history so a promotion can be rolled back.
+history so a promotion can be rolled back, and when each alias last moved (the nightly training
+window starts when the serving policy's alias last moved).
 """
 
 from __future__ import annotations
@@ -225,10 +227,11 @@ class Registry:
     def _read_aliases(self) -> dict[str, Any]:
         path = self.root / ALIASES
         if not path.is_file():
-            return {"aliases": {}, "history": {}}
+            return {"aliases": {}, "history": {}, "set_at": {}}
         state = json.loads(path.read_text(encoding="utf-8"))
         state.setdefault("aliases", {})
         state.setdefault("history", {})
+        state.setdefault("set_at", {})
         return state
 
     def aliases(self) -> dict[str, str]:
@@ -237,6 +240,12 @@ class Registry:
     def alias_state(self) -> dict[str, Any]:
         """Aliases and each alias's history (oldest first), as stored."""
         return self._read_aliases()
+
+    def alias_set_at(self, alias: str) -> datetime | None:
+        """When `alias` last moved to what it names now (None: unknown, e.g. a registry from
+        before this was recorded, or no such alias)."""
+        stamp = self._read_aliases()["set_at"].get(alias)
+        return datetime.fromisoformat(stamp) if stamp else None
 
     @contextmanager
     def aliases_locked(self) -> Iterator[None]:
@@ -269,6 +278,7 @@ class Registry:
                 if previous is not None:
                     state["history"].setdefault(alias, []).append(previous)
                 state["aliases"][alias] = version
+                state["set_at"][alias] = _now()
         logger.info("alias %s -> %s (was %s)", alias, version, previous)
         return previous
 
@@ -280,6 +290,7 @@ class Registry:
             if previous is None or (expected is not None and previous != expected):
                 return None
             del state["aliases"][alias]
+            state["set_at"].pop(alias, None)
             state["history"].setdefault(alias, []).append(previous)
         logger.info("alias %s removed (was %s)", alias, previous)
         return previous
@@ -292,6 +303,7 @@ class Registry:
                 raise RegistryError(f"alias {alias!r} has no earlier version to roll back to")
             version = history.pop()
             state["aliases"][alias] = version
+            state["set_at"][alias] = _now()
         logger.info("alias %s rolled back to %s", alias, version)
         return version
 
@@ -317,3 +329,7 @@ class Registry:
         if ref in aliases:
             return aliases[ref]
         return ref if self.is_version(ref) else None
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()

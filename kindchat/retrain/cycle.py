@@ -4,14 +4,15 @@ gated. Its configuration is :mod:`~kindchat.retrain.loop_config`, its gates are 
 
 Stages, in order (each recorded on the run in the feedback store, with its metrics):
 
-1. ``feedback`` — count training rows given since the last cycle that used its data (succeeded
-   or refused): pairs, plus single 👍/👎 when the method learns from them; fewer than
-   `min_new_pairs`: the run is `skipped` with the reason;
-2. ``export`` — rebuild the training data from all feedback (kindchat.feedback.export): pairs,
+1. ``feedback`` — count the training rows of the night's window (:mod:`~kindchat.retrain.window`:
+   the feedback given since the serving policy's alias last moved, anomalous sessions left
+   out, as the export will): pairs, plus single 👍/👎 when the method learns from them; fewer
+   than `min_new_pairs`, or no vote since the last cycle trained on the window: `skipped`;
+2. ``export`` — the training data from that same window (kindchat.feedback.export): pairs,
    unpaired thumbs, better answers, each with its conversation;
 3. ``judge`` — optional: re-rank the feedback pairs with the G-Eval judge (KINDCHAT_JUDGE_*);
 4. the preference method chosen by name (`kindchat.retrain.methods`: ``ppo``, ``dpo``, ``kto``)
-   trains a new policy from the serving one (online, on-policy), anchored to SFT; it records
+   trains a new policy from the serving one (on the serving policy's window), anchored to SFT; it records
    its own stages (``ppo`` records ``rm``, ``rm_gate``, ``ppo``) and may refuse;
 5. ``policy_gate`` — evaluate it against the serving policy under the gold RM: win rate above
    `min_win_rate` (and the 95% interval above 0.5), KL to SFT under `max_kl`, no rise in empty or
@@ -44,7 +45,7 @@ from kindchat.feedback.export import ExportConfig, export_reward_data
 from kindchat.feedback.influence import InfluenceConfig, find_anomalies, read_votes
 from kindchat.feedback.judge import JudgeCache, JudgeConfig, judge_file
 from kindchat.feedback.llm import ChatClient, EndpointConfig
-from kindchat.feedback.models import RetrainRunPublic
+from kindchat.feedback.models import RetrainRunPublic, as_utc
 from kindchat.feedback.moderation import load_moderator
 from kindchat.feedback.pairs import mine_feedback
 from kindchat.models.presets import get_preset
@@ -75,6 +76,7 @@ from kindchat.retrain.recorder import (
     run_dir,
     start_run,
 )
+from kindchat.retrain.window import training_window
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +149,8 @@ class Cycle:
         self.rec = recorder
         self.preset = get_preset(config.preset)
         self.dir = run_dir(settings, recorder.run_id)
+        # one window for the check, the anomaly judgement and the export, fixed at the start
+        self.window = training_window(registry, config.served_alias, config.sft_alias)
 
     def run(self) -> RetrainRunPublic:
         refs = Refs.resolve(self.registry, self.config)
@@ -196,47 +200,60 @@ class Cycle:
                 f"challenger {challenger} of run {pending[0].id} is still being judged in the "
                 "arena; the next cycle waits for the users' decision"
             )
+        window = self.window
         with session_scope(self.engine) as session:
-            consumed = [
-                r.started_at
-                for status in ("succeeded", "refused")
-                for r in run_records.list_runs(session=session, status=status, limit=1)
-                if r.started_at is not None
-            ]
-            since = max(consumed) if consumed else None
-            # what the export will train on: anomalous sessions' votes do not count here either
+            # the rows the export will train on: anomalous sessions' votes left out here too
+            votes = read_votes(session, window.since)
             influence = InfluenceConfig.from_settings(self.settings)
-            anomalous = find_anomalies(read_votes(session, since), influence).sessions
-            mined = mine_feedback(session=session, since=since, exclude=anomalous)
+            anomalous = find_anomalies(votes, influence).sessions
+            mined = mine_feedback(session=session, since=window.since, exclude=anomalous)
+            trained = [
+                r.started_at
+                for status in ("succeeded", "refused", CHALLENGING)
+                for r in run_records.list_runs(session=session, status=status, limit=1)
+                if r.started_at is not None and r.id != self.rec.run_id
+            ]
+        last = max(trained) if trained else None
+        fresh = sum(1 for v in votes if last is None or as_utc(v.at) >= as_utc(last))
         usable = len(mined.pairs) + (len(mined.unpaired) if method.uses_unpaired else 0)
         self.rec.record(
             "feedback",
             {
-                "new_rows": usable,
-                "new_pairs": len(mined.pairs),
-                "new_unpaired": len(mined.unpaired),
+                "window": window.as_dict(),
+                "rows": usable,
+                "pairs": len(mined.pairs),
+                "unpaired": len(mined.unpaired),
                 "signals": dict(mined.signals),
-                "since": since,
+                "votes_since_last_cycle": fresh,
+                "last_cycle": last,
                 "min_new_pairs": self.config.min_new_pairs,
                 "method": method.name,
             },
         )
+        since = window.since.isoformat() if window.since else "the start"
         if usable < self.config.min_new_pairs:
             kinds = "pairs and single thumbs" if method.uses_unpaired else "preference pairs"
             return (
-                f"too little new feedback for {method.name}: {usable} {kinds} since "
-                f"{since.isoformat() if since else 'the start'}, {self.config.min_new_pairs} needed"
+                f"too little feedback for {method.name}: {usable} {kinds} since {since} (while "
+                f"{window.alias} = {window.version} serves), {self.config.min_new_pairs} needed"
+            )
+        if fresh == 0 and self.config.min_new_pairs > 0:  # (a forced run sets 0)
+            return (
+                f"no vote since the last cycle ({last.isoformat() if last else '?'}): the "
+                "window's feedback trained it already"
             )
         return None
 
     def export(self) -> PreferenceData:
-        """Training data from all feedback (no seed pairs: a night learns from its users)."""
+        """Training data from the night's window (no seed pairs: a night learns from its
+        users)."""
 
         self.rec.enter("export")
         out = self.dir / "data"
         with session_scope(self.engine) as session:
             report = export_reward_data(
                 session=session,
+                since=self.window.since,
                 data_dir=self.settings.data_dir,
                 out_dir=out,
                 config=ExportConfig(

@@ -18,7 +18,7 @@ class RetrainConfig:
     preset: str = "tiny"  # model budgets: kindchat.models.presets (micro, tiny)
     method: str = "kto"  # a name in kindchat.retrain.methods.METHODS
     method_options: dict[str, Any] = field(default_factory=dict)  # the method's config fields
-    min_new_pairs: int = 50  # new training rows since the last cycle, else skip
+    min_new_pairs: int = 50  # training rows in the night's window (retrain/window.py), else skip
     judge: bool = False  # re-rank feedback pairs with the G-Eval judge before training
     policy_init: Literal["policy", "sft"] = "policy"  # train from the serving policy, or SFT
     promotion: Literal["arena", "offline"] = "arena"  # users decide (challenger) or gold-RM gate

@@ -101,7 +101,7 @@ class MethodJob:
 
     settings: Settings
     registry: Registry
-    policy: str  # version the new policy starts from: the serving one (online, on-policy)
+    policy: str  # version the new policy starts from: the serving one
     sft: str  # the anchor: DPO/KTO's reference and PPO's KL target
     rm: str | None
     base: str | None

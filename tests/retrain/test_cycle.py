@@ -91,8 +91,40 @@ def test_too_little_feedback_skips_with_the_reason(
     run = run_retrain_cycle(micro_copy, RetrainConfig(**MICRO, min_new_pairs=5), engine=engine)
     assert run.status == "skipped" and not run.promoted
     assert "2 preference pairs" in (run.error or "") and "5 needed" in (run.error or "")
-    assert run.metrics["feedback"]["new_pairs"] == 2
+    assert run.metrics["feedback"]["pairs"] == 2
     assert Registry(micro_copy.models_dir).aliases() == before
+
+
+def test_the_night_trains_on_the_window_of_the_serving_policy(
+    micro_copy: Settings, voted_battles: Callable[..., int]
+) -> None:
+    """Votes given before the serving alias last moved are out of the check, the anomaly
+    judgement and the export alike; a night with nothing new since the last one is skipped."""
+    engine = init_db(micro_copy)
+    registry = Registry(micro_copy.models_dir)
+    voted_battles(micro_copy, engine, 6)  # feedback on the policy that served before
+    registry.set_alias("rlhf", registry.aliases()["sft"])  # a promotion opens a new window
+    opened = registry.alias_set_at("rlhf")
+    assert opened is not None
+    voted_battles(micro_copy, engine, 3, offset=6)
+    config = RetrainConfig(**MICRO, min_new_pairs=5, **LENIENT_GATES)
+    short = run_retrain_cycle(micro_copy, config, engine=engine)
+    assert short.status == "skipped" and "3 preference pairs since" in (short.error or "")
+    window = short.metrics["feedback"]["window"]
+    assert window == {
+        "since": opened.isoformat(),
+        "alias": "rlhf",
+        "version": registry.aliases()["rlhf"],
+    }
+
+    voted_battles(micro_copy, engine, 3, offset=9)
+    run = run_retrain_cycle(micro_copy, config, engine=engine)
+    assert run.status in ("succeeded", "refused"), run.error
+    assert run.metrics["feedback"]["pairs"] == 6
+    assert run.metrics["export"]["signals"] == {"battle": 6}  # the 6 older votes stayed out
+    if not run.promoted:  # the window stays open: the same votes would train the same model
+        again = run_retrain_cycle(micro_copy, config, engine=engine)
+        assert again.status == "skipped" and "no vote since the last cycle" in (again.error or "")
 
 
 def test_two_cycles_started_together_one_runs_one_is_refused(micro_copy: Settings) -> None:
@@ -219,7 +251,7 @@ def test_kto_learns_from_single_thumbs_and_dpo_skips_them(
     )
     run = run_retrain_cycle(micro_copy, kto, engine=engine)
     assert run.status == "succeeded" and run.promoted, run.error
-    assert run.metrics["feedback"]["new_unpaired"] == 16
+    assert run.metrics["feedback"]["unpaired"] == 16
     exported = run.metrics["export"]
     kto = run.metrics["kto"]
     assert exported["train"] == 0 and exported["signals"] == {"thumb_up": 8, "thumb_down": 8}
