@@ -15,9 +15,24 @@ DEFAULT_DATA_DIR = _CHECKOUT.parent / "shared" / "data" / "vaiv"
 
 
 class Settings(BaseSettings):
-    """Where kindchat keeps its state and reads its seed data.
+    """Every setting of the product, one flat object grouped by concern (a comment opens each
+    group; most groups share a name prefix):
 
-    Every field reads `KINDCHAT_<NAME>` from the environment; the CLI passes flags as overrides.
+    1. state and seed data — `home`, `registry_dir`, `data_dir`, `log_level`;
+    2. the feedback store and the G-Eval judge — `db_url`, `judge_*`;
+    3. moderation — `moderation_*`;
+    4. serving: the backend, the engine's batch and limits, the API — `host`, `port`,
+       `backend`, `openai_*`, `tgi_url`, `serve_aliases`, `max_*`, `default_max_tokens`,
+       `admin_token`, `public_url`, `metrics_public`, …;
+    5. the nightly retrain — `retrain_*`, `background_preset`;
+    6. promotion and the challenger phase — `promotion`, `challenger_*`;
+    7. who may speak and how often — `access_mode`, `session_*`, `api_keys`,
+       `trusted_proxies`, `rate_limit*`;
+    8. what one voice may weigh in training — `influence_*`, `anomaly_*`.
+
+    Every field reads `KINDCHAT_<NAME>` from the environment. CLI flags default to "not given"
+    and override a field only when given; method hyper-parameters are not settings but fields of
+    each method's config (`retrain/*.py`), defaulted there.
     """
 
     model_config = SettingsConfigDict(env_prefix="KINDCHAT_", extra="ignore")
@@ -48,6 +63,16 @@ class Settings(BaseSettings):
     judge_timeout_s: float = Field(60.0, gt=0, description="Seconds per judge request.")
     judge_max_retries: int = Field(4, ge=0, description="Retries on timeouts, 429 and 5xx.")
 
+    # Moderation of what users send and what answers say (kindchat.feedback.moderation).
+    moderation_lexicon: Path | None = Field(
+        None, description="A moderation lexicon (JSON) instead of kindchat's (feedback/data)."
+    )
+    moderation_base_url: str | None = Field(
+        None, description="An OpenAI-compatible /moderations endpoint, asked after the lexicon."
+    )
+    moderation_api_key: str = Field("EMPTY", description="API key of the moderation endpoint.")
+    moderation_model: str | None = Field(None, description="Model of the moderation endpoint.")
+
     # Serving (kindchat.serve, kindchat.models.backends / engine / manager).
     host: str = Field("127.0.0.1", description="Address `kindchat serve` listens on.")
     port: int = Field(8000, ge=0, le=65535, description="Port of `kindchat serve` (0: any free).")
@@ -61,14 +86,6 @@ class Settings(BaseSettings):
         ),
     )
     tgi_url: str | None = Field(None, description="TGI server URL for backend=tgi.")
-    moderation_lexicon: Path | None = Field(
-        None, description="A moderation lexicon (JSON) instead of kindchat's (feedback/data)."
-    )
-    moderation_base_url: str | None = Field(
-        None, description="An OpenAI-compatible /moderations endpoint, asked after the lexicon."
-    )
-    moderation_api_key: str = Field("EMPTY", description="API key of the moderation endpoint.")
-    moderation_model: str | None = Field(None, description="Model of the moderation endpoint.")
     openai_base_url: str | None = Field(
         None, description="Base URL (…/v1) of the OpenAI-compatible server for backend=openai."
     )
