@@ -17,6 +17,15 @@ and the wall time of training on this machine.
     python bench/learn_per_vote.py --home var --users my_users.py:factory
 
 Run it on a quiet machine (one heavy job at a time): it trains three models.
+
+`--second-night` asks what the nightly training window (`kindchat/retrain/window.py`) costs:
+the first method's policy is promoted, the same users spend a second night with it, and each
+method then trains from it twice — on the window (the second night only: feedback given since
+the promotion, what the nightly cycle uses) and on all the feedback (both nights). Both are
+scored against the promoted policy on the unseen prompts, with the paired difference between
+them (window − all) and its interval.
+
+    python bench/learn_per_vote.py --home var --users concise --methods kto --second-night
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -43,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--option", action="append", default=[], help="METHOD.NAME=VALUE")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    parser.add_argument(
+        "--second-night",
+        action="store_true",
+        help="promote the first method's policy, spend a second night on it, and compare "
+        "training on the window (second night) with training on all the feedback",
+    )
     args = parser.parse_args(argv)
 
     from kindchat.config import Settings
@@ -60,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     from kindchat.retrain.policy_eval import PolicyEvalConfig
     from kindchat.retrain.user_eval import paired_gain, score_policy
+    from kindchat.retrain.window import training_window
     from kindchat.seed import eval_prompt_keys, normalize_prompt, read_ppo_prompts, read_rm
     from kindchat.users import load_users
 
@@ -102,14 +119,21 @@ def main(argv: list[str] | None = None) -> int:
         NightConfig(votes=args.votes, seed=args.seed, max_new_tokens=preset.ppo.max_new_tokens),
     )
     night_s = time.perf_counter() - start
-    with session_scope(engine) as session:
-        report = export_reward_data(
-            session=session,
-            data_dir=settings.data_dir,
-            out_dir=scratch / "export",
-            config=ExportConfig(include_seed=False),
-        )
-    data = PreferenceData.from_export(scratch / "export")
+
+    def export(name: str, since: object) -> tuple[Any, Any]:
+        """The night's training data as the nightly cycle exports it, from `since` on."""
+        with session_scope(engine) as session:
+            report = export_reward_data(
+                session=session,
+                data_dir=settings.data_dir,
+                out_dir=scratch / name,
+                config=ExportConfig(include_seed=False),
+                since=since,  # type: ignore[arg-type]
+            )
+        return report, PreferenceData.from_export(scratch / name)
+
+    window = training_window(registry, "rlhf", "sft")
+    report, data = export("export", window.since)
     console.print(f"feedback {dict(counts)} in {night_s:.0f} s; training rows {report.signals}")
 
     eval_config = PolicyEvalConfig(max_new_tokens=preset.ppo.max_new_tokens, seed=args.seed)
@@ -131,26 +155,28 @@ def main(argv: list[str] | None = None) -> int:
             "train_s": 0.0,
         }
     ]
-    for method in methods:
+
+    def train_and_score(
+        method: Any, policy: str, baseline: Any, data: Any, label: str
+    ) -> tuple[dict[str, Any], Any]:
         config = method.config(preset, **options.get(method.name, {}))
         job = MethodJob(
             settings=settings,
             registry=registry,
-            policy=served,
+            policy=policy,
             sft=sft,
             rm=aliases.get("rm"),
             base=aliases.get("base"),
             data=data,
-            run_dir=scratch / method.name,
+            run_dir=scratch / label,
         )
-        console.print(f"training {method.name} …")
+        console.print(f"training {label} …")
         start = time.perf_counter()
         try:
             result = method.train(job, config)
         except MethodRefusedError as refusal:  # e.g. PPO's RM gate: reported, not hidden
-            console.print(f"{method.name}: refused: {refusal}")
-            rows.append({"method": method.name, "refused": str(refusal)})
-            continue
+            console.print(f"{label}: refused: {refusal}")
+            return {"method": label, "refused": str(refusal)}, None
         train_s = time.perf_counter() - start
         after = score_policy(
             registry.path(result.policy),
@@ -160,24 +186,92 @@ def main(argv: list[str] | None = None) -> int:
             samples=args.samples,
             config=eval_config,
         )
-        gain = paired_gain(after, before)
+        gain = paired_gain(after, baseline)
+        console.print(f"{label}: gain {gain}, KL {after.kl_sft:.2f}, {train_s:.0f} s")
+        row = {
+            "method": label,
+            "version": result.policy,
+            "score": after.mean.as_dict(),
+            "gain": gain.as_dict(),
+            "kl_sft": after.kl_sft,
+            "train_s": round(train_s, 1),
+        }
+        return row, after
+
+    first: str | None = None
+    for method in methods:
+        row, scores = train_and_score(method, served, before, data, method.name)
+        rows.append(row)
+        if first is None and scores is not None:
+            first = str(row["version"])
+
+    second: dict[str, Any] = {}
+    if args.second_night and first is not None:
+        registry.set_alias("rlhf", first)  # the promotion: a new window opens now
+        console.print(f"second night: '{args.users}' users on the promoted {first}")
+        counts2 = simulate_night(
+            engine,
+            registry.resolve(first),
+            first,
+            users,
+            pool,
+            NightConfig(
+                votes=args.votes, seed=args.seed + 1, max_new_tokens=preset.ppo.max_new_tokens
+            ),
+        )
+        promoted = score_policy(
+            registry.path(first),
+            test_prompts,
+            users.score,
+            sft_dir=registry.resolve(sft),
+            samples=args.samples,
+            config=eval_config,
+        )
         rows.append(
             {
-                "method": method.name,
-                "version": result.policy,
-                "score": after.mean.as_dict(),
-                "gain": gain.as_dict(),
-                "kl_sft": after.kl_sft,
-                "train_s": round(train_s, 1),
+                "method": "(promoted)",
+                "version": first,
+                "score": promoted.mean.as_dict(),
+                "gain": paired_gain(promoted, before).as_dict(),
+                "kl_sft": promoted.kl_sft,
+                "train_s": 0.0,
             }
         )
-        console.print(f"{method.name}: gain {gain}, KL {after.kl_sft:.2f}, {train_s:.0f} s")
+        since = training_window(registry, "rlhf", "sft").since
+        report_w, data_w = export("export-window", since)
+        report_a, data_a = export("export-all", None)
+        second = {
+            "feedback": dict(counts2),
+            "window_since": since.isoformat() if since else None,
+            "window_rows": report_w.signals,
+            "all_rows": report_a.signals,
+            "window_minus_all": {},
+        }
+        console.print(f"window rows {report_w.signals}; all rows {report_a.signals}")
+        for method in methods:
+            row_w, scores_w = train_and_score(
+                method, first, promoted, data_w, f"{method.name} · window"
+            )
+            row_a, scores_a = train_and_score(
+                method, first, promoted, data_a, f"{method.name} · all"
+            )
+            rows.extend([row_w, row_a])
+            if scores_w is not None and scores_a is not None:
+                diff = paired_gain(scores_w, scores_a)
+                second["window_minus_all"][method.name] = diff.as_dict()
+                console.print(f"{method.name}: window − all {diff}")
 
     table = Table(
         title=f"one night of {args.votes} votes by '{args.users}' users, "
         f"{len(test_prompts)} unseen prompts × {args.samples} answers"
     )
-    for column in ("method", "users' score", "gain over serving [95% CI]", "KL to SFT", "train s"):
+    for column in (
+        "method",
+        "users' score",
+        "gain over its start [95% CI]",
+        "KL to SFT",
+        "train s",
+    ):
         table.add_column(column)
     for row in rows:
         if "refused" in row:
@@ -205,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
                     "feedback": dict(counts),
                     "signals": report.signals,
                     "rows": rows,
+                    "second_night": second,
                 },
                 ensure_ascii=False,
                 indent=1,
