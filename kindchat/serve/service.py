@@ -45,7 +45,12 @@ from kindchat.models.manager import Lease, ModelManager, ModelName, ReloadReport
 from kindchat.models.registry import CHALLENGER_ALIAS
 from kindchat.retrain import admin
 from kindchat.retrain.background import BackgroundBootstrap
-from kindchat.retrain.challenger import challenge_history, current_challenge, decide_challenge
+from kindchat.retrain.challenger import (
+    challenge_history,
+    challenge_pair,
+    current_challenge,
+    decide_challenge,
+)
 from kindchat.serve.errors import (
     AdminDisabledError,
     AdminTokenError,
@@ -609,13 +614,8 @@ class ChatService:
         return chosen
 
     def _challenge_pair(self) -> list[str] | None:
-        challenger = self.manager.challenger()
-        if challenger is None or random.random() >= self.settings.challenger_share:
-            return None
-        champion = self.manager.resolve(self.manager.default_name())
-        if champion.version == challenger.version:
-            return None
-        return [challenger.name, champion.name]
+        pair = challenge_pair(self.db, self.manager, share=self.settings.challenger_share)
+        return None if pair is None else list(pair)
 
     async def vote(self, *, battle_id: str, session_id: str, winner: str) -> BattlePublic:
         """The verdict on a battle (a, b, tie, both_bad), once; the battle with its models.
