@@ -326,7 +326,10 @@ class ChallengeBase(ChallengeOutcome):
         default_factory=dict, sa_type=JSON, description="Other aliases a promotion moves."
     )
     # the rules
-    share: float = Field(description="Share of new arena battles asked for when it opened.")
+    share: float = Field(
+        description="challenger_share when it opened (kept for the record; each server draws "
+        "its battles with its own setting)."
+    )
     min_votes: int = Field(ge=1)
     min_sessions: int = Field(ge=1)
     votes_per_session: int = Field(ge=1)

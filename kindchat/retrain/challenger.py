@@ -20,9 +20,9 @@ registry aliases in the same steps:
 - :func:`open_challenge` records the challenge, then moves the `challenger` alias, then marks
   the run `challenging` (its run row exists first); if the alias cannot move, the record is
   abandoned and the run failed.
-- :func:`close_challenge` promotes or retires: moves the aliases, closes the record and
-  finishes the run (one commit); :func:`decide_challenge` calls it under the retrain lock when
-  the votes (or the deadline) decide.
+- :func:`close_challenge` promotes or retires: moves the champion alias, closes the record and
+  finishes the run (one commit), removes the `challenger` alias; :func:`decide_challenge`
+  calls it under the retrain lock when the votes (or the deadline) decide.
 - :func:`recover_challenges` (called by stale-run recovery) abandons an open challenge whose
   run is over, and clears a `challenger` alias no open challenge accounts for.
 
@@ -237,12 +237,13 @@ def close_challenge(
     """Carry out `state.decision` (promote or retire) and close the challenge; the decision
     taken.
 
-    Promote: the champion alias (and `promote_with`'s) move to the challenger, unless the
+    Promote: the champion alias (and `promote_with`'s) move to the challenger first, unless the
     champion alias moved elsewhere meanwhile (then it retires: not over a manual change).
-    Either way the `challenger` alias goes, then the record closes (`promoted` / `retired`,
-    with its record and the reason) and the run finishes (`succeeded`, promoted / `refused`) in
-    one commit. A challenge whose run is over already is abandoned instead (action
-    `abandon`). Call it under the retrain lock.
+    Then the record closes (`promoted` / `retired`, with its record and the reason) and the
+    run finishes (`succeeded`, promoted / `refused`) in one commit, and the `challenger` alias
+    goes. A promotion interrupted after its alias moved is finished by the next call. A
+    challenge whose run is over already is abandoned instead (action `abandon`). Call it
+    under the retrain lock.
     """
     decision = state.decision
     if decision.action not in ("promote", "retire"):
@@ -267,7 +268,6 @@ def close_challenge(
         registry.set_alias(state.champion_alias, state.version)
         for alias, version in state.promote_with.items():
             registry.set_alias(alias, version)
-    registry.remove_alias(CHALLENGER_ALIAS, expected=state.version)
     with session_scope(engine) as session:
         challenges.close_challenge(
             session=session,
@@ -285,6 +285,9 @@ def close_challenge(
             promoted=promoted,
         )
         session.commit()
+    # last: a server reloading on this change finds the challenge closed (a crash before it
+    # leaves a stray alias, which stale-run recovery removes)
+    registry.remove_alias(CHALLENGER_ALIAS, expected=state.version)
     logger.info("challenger %s: %s (%s)", state.version, decision.action, decision.reason)
     return decision
 
@@ -292,10 +295,9 @@ def close_challenge(
 def abandon_challenge(
     *, engine: Engine, registry: Registry, challenge: ChallengePublic, reason: str
 ) -> None:
-    """End an open challenge that cannot go on: the `challenger` alias goes (if it still
-    points at its version), the record closes as `abandoned` with `reason`, and its run, if
-    not over yet, is failed (one commit). Nothing is promoted."""
-    registry.remove_alias(CHALLENGER_ALIAS, expected=challenge.challenger_version)
+    """End an open challenge that cannot go on: the record closes as `abandoned` with
+    `reason` and its run, if not over yet, is failed (one commit); then the `challenger` alias
+    goes (if it still points at its version). Nothing is promoted."""
     with session_scope(engine) as session:
         challenges.close_challenge(
             session=session, challenge_id=challenge.id, status="abandoned", reason=reason
@@ -309,6 +311,7 @@ def abandon_challenge(
                 error=f"challenge abandoned: {reason}",
             )
         session.commit()
+    registry.remove_alias(CHALLENGER_ALIAS, expected=challenge.challenger_version)
     logger.warning("challenger %s abandoned: %s", challenge.challenger_version, reason)
 
 
