@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
@@ -101,9 +102,10 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(
         None, ge=1, description="CPU threads for torch in `serve` (unset: torch's default)."
     )
-    serve_aliases: list[str] = Field(
+    serve_aliases: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["rlhf", "sft"],
-        description="Registry aliases served as `kindchat-<alias>`; the first is the default.",
+        description="Registry aliases served as `kindchat-<alias>` (comma-separated, or a JSON "
+        "list); the first is the default.",
     )
     max_batch_size: int = Field(16, ge=1, le=1024, description="Sequences generated together.")
     max_queue: int = Field(64, ge=0, description="Requests waiting beyond the batch; then 429.")
@@ -308,6 +310,14 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @field_validator("serve_aliases", mode="before")
+    @classmethod
+    def _alias_list(cls, value: Any) -> Any:
+        """`sft,rlhf` or a JSON list (`["rlhf"]`, as compose.yaml writes it)."""
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            return json.loads(value)
+        return cls._comma_separated(value)
 
     @cached_property
     def models_dir(self) -> Path:

@@ -1,7 +1,7 @@
 """The feedback schema: SQLModel families `XBase` → `XCreate` / `X(table=True)` / `XPublic`.
 
-Tables: `conversations`, `messages`, `ratings`, `battles`, `retrain_runs`. Every schema change
-goes through an Alembic revision in `kindchat/feedback/migrations/versions/`.
+Tables: `conversations`, `messages`, `ratings`, `battles`, `retrain_runs`, `challenges`. Every
+schema change goes through an Alembic revision in `kindchat/feedback/migrations/versions/`.
 
 Times are stored as naive UTC (`timestamp without time zone` on PostgreSQL) and read back as
 timezone-aware UTC datetimes; a naive datetime passed in is taken to be UTC.
@@ -20,11 +20,13 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     Float,
+    Index,
     LargeBinary,
     Table,
     Text,
     Unicode,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -44,6 +46,10 @@ RUN_STATUSES: tuple[str, ...] = (
     "skipped",
 )
 TERMINAL_RUN_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "refused", "skipped"})
+# A challenge is `open` while the users judge it, then closed once: `promoted` or `retired` by
+# the votes (or the deadline), `abandoned` when it could not go on (its run died, the alias
+# could not move).
+CHALLENGE_STATUSES: tuple[str, ...] = ("open", "promoted", "retired", "abandoned")
 RATING_VALUES: tuple[int, ...] = (1, -1)
 
 ID_LENGTH = 64  # uuid4 hex (32) or an OpenAI-style "chatcmpl-…" id
@@ -275,6 +281,92 @@ class RetrainRunPublic(RetrainRunBase):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+
+# --- challenges ------------------------------------------------------------------------------
+
+
+class ChallengeOutcome(SQLModel):
+    """A challenge's record in the arena and the decision, as stored when it closes."""
+
+    wins: int | None = None  # counted votes the challenger won …
+    losses: int | None = None  # … lost …
+    ties: int | None = None  # … and tied (`tie` and `both_bad`)
+    votes: int | None = None
+    sessions: int | None = None  # distinct sessions whose votes count
+    origins: int | None = None  # distinct origins (client addresses) whose votes count
+    raw_votes: int | None = None  # votes cast, before the caps and the anomaly filter
+    excluded_sessions: int | None = None  # sessions left out as anomalous
+    win_rate: float | None = None
+    win_rate_low: float | None = None  # the 95% interval
+    win_rate_high: float | None = None
+
+
+class ChallengeBase(ChallengeOutcome):
+    """A challenger in the arena: whom it faces, the rules it is judged by (fixed when it
+    opens), its status, and once closed, why and its record (the outcome fields, None while
+    open). Written by :mod:`kindchat.retrain.challenger` alone (through
+    :mod:`kindchat.feedback.challenges`)."""
+
+    run_id: str = Field(foreign_key="retrain_runs.id", index=True, max_length=ID_LENGTH)
+    challenger_version: str = Field(max_length=NAME_LENGTH, index=True)
+    champion_alias: str = Field(
+        max_length=NAME_LENGTH, description="The alias a promotion moves (e.g. `rlhf`)."
+    )
+    champion_alias_target: str | None = Field(
+        default=None,
+        max_length=NAME_LENGTH,
+        description="What the alias pointed at when the challenge opened (None: nothing yet).",
+    )
+    champion_version: str = Field(
+        max_length=NAME_LENGTH,
+        description="The version the challenger faces (the alias's, else e.g. SFT's).",
+    )
+    promote_with: dict[str, str] = Field(
+        default_factory=dict, sa_type=JSON, description="Other aliases a promotion moves."
+    )
+    # the rules
+    share: float = Field(
+        description="challenger_share when it opened (kept for the record; each server draws "
+        "its battles with its own setting)."
+    )
+    min_votes: int = Field(ge=1)
+    min_sessions: int = Field(ge=1)
+    votes_per_session: int = Field(ge=1)
+    min_origins: int = Field(ge=1)
+    votes_per_origin: int = Field(ge=1)
+    influence: dict[str, Any] | None = Field(
+        default=None,
+        sa_type=JSON,
+        description="The anomaly rule (an InfluenceConfig); None: no session left out.",
+    )
+    deadline: datetime = Field(sa_type=UtcDateTime)
+    status: str = Field(default="open", max_length=16, index=True)
+    reason: str | None = Field(default=None, sa_type=Text, description="Why it was closed.")
+
+
+class Challenge(ChallengeBase, table=True):
+    __tablename__ = "challenges"
+    # one challenge at a time: at most one row is `open` (a partial unique index)
+    __table_args__ = (
+        Index(
+            "uq_challenges_one_open",
+            "status",
+            unique=True,
+            sqlite_where=text("status = 'open'"),
+            postgresql_where=text("status = 'open'"),
+        ),
+    )
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=ID_LENGTH)
+    opened_at: datetime = _time(index=True)
+    decided_at: datetime | None = _time(nullable=True)
+
+
+class ChallengePublic(ChallengeBase):
+    id: str
+    opened_at: datetime
+    decided_at: datetime | None = None
 
 
 # --- the scheduler's job table --------------------------------------------------------------

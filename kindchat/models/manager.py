@@ -14,6 +14,10 @@ If the first served alias (the default, `rlhf`) does not exist yet, or its versi
 load, its name answers with the next served alias that does (`kindchat-rlhf` -> `sft` before the
 first RLHF promotion); the response's `model` field and `/v1/models` say which version really
 answered, and the `/v1/models` note says why.
+
+For the arena alone (never listed, never answering a chat), the manager also loads the alias
+`challenger` and the versions :attr:`ModelManager.arena_versions` names at each reload (the open
+challenge's champion, when no served alias points at it).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,6 +136,9 @@ class ModelManager:
         self._remote = dict(remote) if remote else None
         self._loaded: dict[str, LoadedModel] = {}
         self._aliases: dict[str, str] = {}
+        self._arena: set[str] = set()  # versions loaded for the arena only
+        # asked at every reload: versions the arena needs beside the aliases (set by the app)
+        self.arena_versions: Callable[[], Collection[str]] | None = None
         self._lock = asyncio.Lock()
         self._closing: set[asyncio.Task[None]] = set()
         self._stamp: tuple[int, int, int] | None = None
@@ -233,8 +240,10 @@ class ModelManager:
                         continue
                     report.loaded.append(wanted)
                 new_table[alias] = wanted
+            arena = await self._load_arena_versions(report)
             changed = new_table != self._aliases
             self._aliases = new_table  # new requests use the new table from here on
+            self._arena = arena
             report.aliases = dict(new_table)
             report.retired = self._retire_unused()
             self.failures = dict(report.failed)
@@ -252,6 +261,27 @@ class ModelManager:
         )
         return report
 
+    async def _load_arena_versions(self, report: ReloadReport) -> set[str]:
+        """Load the versions :attr:`arena_versions` asks for now; those loaded (a failure to
+        ask keeps the current ones, a failure to load is reported under `arena:<version>`)."""
+        if self.arena_versions is None:
+            return set()
+        try:
+            wanted = set(await asyncio.to_thread(self.arena_versions))
+        except Exception:
+            logger.exception("could not tell which versions the arena needs; keeping the old")
+            return set(self._arena)
+        loaded = set()
+        for version in sorted(wanted):
+            if version not in self._loaded:
+                error = await self._load(version)
+                if error is not None:
+                    report.failed[f"arena:{version}"] = f"{version}: {error}"
+                    continue
+                report.loaded.append(version)
+            loaded.add(version)
+        return loaded
+
     async def _load(self, version: str) -> str | None:
         """Load and start `version`; the error text if it fails (the caller keeps the old one)."""
         try:
@@ -268,7 +298,7 @@ class ModelManager:
         return None
 
     def _retire_unused(self) -> list[str]:
-        needed = set(self._aliases.values())
+        needed = set(self._aliases.values()) | self._arena
         retired = []
         for version, model in list(self._loaded.items()):
             if version in needed:
@@ -337,6 +367,8 @@ class ModelManager:
         alias = name.removeprefix(NAME_PREFIX)
         if arena and alias == CHALLENGER_ALIAS and (challenger := self.challenger()) is not None:
             return challenger
+        if arena and name in self._arena and name in self._loaded:
+            return ModelName(name, name, None)
         if alias in self.settings.serve_aliases:
             if alias in table:
                 return ModelName(name, table[alias], alias)
@@ -376,6 +408,23 @@ class ModelManager:
 
     def default_name(self) -> str:
         return NAME_PREFIX + self.settings.serve_aliases[0]
+
+    def arena_name(self, version: str, *, alias: str | None = None) -> str | None:
+        """A name an arena side can acquire that answers with `version` now: `kindchat-<alias>`
+        when that is served and answers with it, else the first served alias that does, else
+        the version id (publicly served, or loaded for the arena); None when none does."""
+        preferred = [alias] if alias and alias != CHALLENGER_ALIAS else []
+        for candidate in [*preferred, *self.settings.serve_aliases]:
+            try:
+                if self.resolve(NAME_PREFIX + candidate).version == version:
+                    return NAME_PREFIX + candidate
+            except UnknownModelError:
+                continue
+        if version in self._loaded and (
+            version in self._public_versions() or version in self._arena
+        ):
+            return version
+        return None
 
     # ---- introspection ----------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -50,7 +50,12 @@ from kindchat.feedback.moderation import load_moderator
 from kindchat.feedback.pairs import mine_feedback
 from kindchat.models.presets import get_preset
 from kindchat.models.registry import Registry
-from kindchat.retrain.challenger import CHALLENGING, ChallengerConfig, open_challenge
+from kindchat.retrain.challenger import (
+    CHALLENGING,
+    ChallengerConfig,
+    challenge_summary,
+    open_challenge,
+)
 from kindchat.retrain.errors import (
     PromotionError,
     RetrainBusyError,
@@ -363,7 +368,7 @@ class Cycle:
     def challenge(self, refs: Refs, result: MethodResult) -> None:
         """Register the policy as the challenger of the serving one; the users decide."""
         self.rec.enter("challenger")
-        figures = open_challenge(
+        challenge = open_challenge(
             engine=self.engine,
             registry=self.registry,
             run_id=self.rec.run_id,
@@ -374,7 +379,7 @@ class Cycle:
             promote_with=result.promote,
             config=ChallengerConfig.from_settings(self.settings),
         )
-        self.rec.record("challenger", figures)
+        self.rec.record("challenger", challenge_summary(challenge))
 
     def gate_policy(self, refs: Refs, policy: str) -> GateResult:
         """The offline-promotion gate: win rate over the serving policy under the gold RM."""

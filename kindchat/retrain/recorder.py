@@ -21,6 +21,7 @@ from kindchat.feedback import run_records
 from kindchat.feedback.db import session_scope
 from kindchat.feedback.models import RetrainRun, RetrainRunPublic, as_utc, utcnow
 from kindchat.models.registry import Registry
+from kindchat.retrain.challenger import recover_challenges
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +91,10 @@ def fail_stale_runs(
 ) -> int:
     """With the lock held, runs still `running` belong to a dead process: mark them failed.
 
-    Also gives up `queued` runs older than 10 minutes and removes half-written registry
-    versions (`.staging`). Returns how many runs were marked.
+    Also gives up `queued` runs older than 10 minutes, removes half-written registry versions
+    (`.staging`), and clears what a dead process left of a challenge
+    (:func:`kindchat.retrain.challenger.recover_challenges`: an open challenge of a run now
+    over is abandoned, its `challenger` alias removed). Returns how many runs were marked.
     """
     removed = registry.prune_staging()
     if removed:
@@ -115,6 +118,7 @@ def fail_stale_runs(
             run_records.update_run(session=session, run_id=row.id, status="failed", error=reason)
             mark_run_dir(run_dir(settings, row.id), "failed", reason)
             logger.warning("retrain run %s marked failed: %s", row.id, reason)
+    recover_challenges(settings, engine, registry)
     return len(stale)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from kindchat.models.backends.base import GenerationBackend
 from kindchat.models.manager import Loader, ModelManager
 from kindchat.models.registry import Registry, RegistryError
 from kindchat.retrain.background import BackgroundBootstrap
+from kindchat.retrain.challenger import arena_versions
 from kindchat.retrain.scheduler import RetrainScheduler
 from kindchat.serve.errors import install_error_handlers
 from kindchat.serve.gate import Gate
@@ -142,6 +144,7 @@ def create_app(
 
             torch.set_num_threads(settings.torch_threads)
         db = await asyncio.to_thread(init_db, settings)
+        manager.arena_versions = functools.partial(arena_versions, db)  # the challenge's champion
         await manager.start()
         app.state.db = db
         background = (

@@ -213,7 +213,7 @@ CHALLENGER_INTERVAL = "{rate:.2f} [95% {low:.2f}, {high:.2f}]"
 COL_DECISION = "결정"
 COL_RECORD = "승-패-무"
 COL_WHY = "이유"
-DECISIONS = {"promote": "승격", "retire": "탈락"}
+DECISIONS = {"promote": "승격", "retire": "탈락", "abandon": "중단"}
 
 # ---- background bootstrap ---------------------------------------------------------------------
 BOOTSTRAP_BANNER = (

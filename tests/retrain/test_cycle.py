@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 
 from kindchat.config import Settings
-from kindchat.feedback import run_records
+from kindchat.feedback import challenges, run_records
 from kindchat.feedback.db import init_db, session_scope
 from kindchat.models.registry import Registry
 from kindchat.retrain.admin import trigger_retrain
@@ -294,6 +294,13 @@ def test_in_arena_mode_a_guarded_policy_becomes_the_challenger(
     assert guards["hatespeech_guard"].startswith(("applied", "not applied"))
     challenge = run.metrics["challenger"]
     assert challenge["version"] == policy and challenge["champion"] == before["rlhf"]
+    # the challenge is a record of its own: whom it faces, by which rules
+    with session_scope(engine) as session:
+        record = challenges.get_open(session=session)
+    assert record is not None and record.id == challenge["challenge_id"] and record.run_id == run.id
+    assert (record.challenger_version, record.champion_alias) == (policy, "rlhf")
+    assert record.champion_version == record.champion_alias_target == before["rlhf"]
+    assert record.min_votes == micro_copy.challenger_min_votes and record.influence is not None
     # The next night waits for the users' decision.
     thumbs(micro_copy, engine, 16, offset=16)
     waiting = run_retrain_cycle(micro_copy, config, engine=engine)

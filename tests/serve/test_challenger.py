@@ -1,5 +1,6 @@
 """The challenger phase over real HTTP: users' votes promote a better model and retire a worse
-one; the challenger never serves outside the arena; the deadline; a restart keeps the record.
+one, whatever the serving order; the challenger never serves outside the arena; the deadline; a
+restart keeps the record; stale-run recovery abandons what a dead process left.
 
 The two contestants are real micro models. One of them is made *mute* (its output layer always
 says EOS: every answer is empty), so that a plug-in user who dislikes empty answers (the
@@ -8,21 +9,30 @@ built-in `concise`, without noise) prefers the other side whenever it says anyth
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import torch
+from sqlmodel import select
 
+import kindchat
 from kindchat.config import Settings
-from kindchat.feedback import run_records
+from kindchat.feedback import challenges, run_records
 from kindchat.feedback.db import init_db, session_scope
+from kindchat.feedback.models import Challenge
 from kindchat.models.loading import load_causal_lm
 from kindchat.models.registry import CHALLENGER_ALIAS, Registry
 from kindchat.retrain.challenger import challenge_version, current_challenge
 from kindchat.retrain.common import writer
+from kindchat.retrain.recorder import fail_stale_runs
 from kindchat.users import ScoredUser, concise_score
 
 
@@ -187,10 +197,10 @@ def test_the_deadline_retires_an_undecided_challenger(
         assert current_challenge(engine, registry) is not None  # deadline 24 h away: waits
         # The clock moves past the deadline: the server's periodic check retires it.
         with session_scope(engine) as s:
-            [run] = run_records.list_runs(session=s, limit=1)
-            metrics = dict(run.metrics or {})
-            metrics["challenger"] = {**metrics["challenger"], "deadline": "2000-01-01T00:00:00"}
-            run_records.update_run(session=s, run_id=run.id, metrics=metrics)
+            row = s.exec(select(Challenge).where(Challenge.status == "open")).one()
+            row.deadline = datetime(2000, 1, 1, tzinfo=timezone.utc)
+            s.add(row)
+            s.commit()
         wait_for("the deadline check", lambda: CHALLENGER_ALIAS not in registry.aliases())
         history = httpx.get(f"{server.url}/v1/challenger").json()["history"]
         assert history[0]["action"] == "retire" and "deadline" in history[0]["reason"]
@@ -221,3 +231,138 @@ def test_a_restart_keeps_the_challengers_votes_and_state(
                 if registry.aliases().get("rlhf") == challenger:
                     break
     assert registry.aliases()["rlhf"] == challenger  # the votes of both lives counted
+
+
+@pytest.mark.parametrize("served", ["sft,rlhf", "sft"])
+def test_a_challenger_is_decided_by_votes_whatever_the_serving_order(
+    serve: Callable[..., Any],
+    micro_copy: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    served: str,
+) -> None:
+    """KINDCHAT_SERVE_ALIASES=sft,rlhf (the champion alias not first), or `sft` alone (the
+    champion alias not served at all): the challenger still faces the champion recorded on its
+    challenge (`rlhf`'s version), never the first served alias, and the votes promote it."""
+    registry, champion, challenger = setup_challenge(micro_copy, challenger_mute=False)
+    assert registry.aliases()["sft"] not in (champion, challenger)
+    monkeypatch.setenv("KINDCHAT_SERVE_ALIASES", served)
+    aliases = Settings().serve_aliases
+    assert aliases == served.split(",")
+    user = ScoredUser(concise_score, temperature=0, noise=0)
+    with serve(serve_aliases=aliases, challenger_share=1.0) as server:
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            assert client.get("/v1/challenger").json()["active"]["champion"] == champion
+            for i in range(40):
+                result = battle(client, user, i)
+                assert {result["version_a"], result["version_b"]} == {challenger, champion}
+                if registry.aliases().get("rlhf") == challenger:
+                    break
+            assert registry.aliases()["rlhf"] == challenger  # the users promoted it
+            assert CHALLENGER_ALIAS not in registry.aliases()
+            [decided] = client.get("/v1/challenger").json()["history"][:1]
+            assert decided["action"] == "promote" and decided["votes"] >= 12
+            assert decided["champion"] == champion and decided["win_rate_low"] > 0.5
+            # the champion is no arena side of its own any more: ordinary battles again
+            again = battle(client, user, 99)
+            assert {again["version_a"], again["version_b"]} <= {
+                registry.aliases()["sft"],
+                challenger,
+            }
+            listed = {m["id"] for m in client.get("/v1/models").json()["data"]}
+            assert champion not in listed  # never served outside the arena
+
+
+OPEN_AND_DIE = """
+import os, sys
+from kindchat.config import Settings
+from kindchat.feedback import run_records
+from kindchat.feedback.db import init_db
+from kindchat.models.registry import Registry
+from kindchat.retrain.challenger import ChallengerConfig, open_challenge
+
+settings = Settings.model_validate_json(sys.argv[1])
+registry = Registry(settings.models_dir)
+def die(**_):  # the process is killed after the alias moved, before the run is updated
+    os._exit(3)
+run_records.update_run = die
+open_challenge(
+    engine=init_db(settings), registry=registry, run_id=sys.argv[2], version=sys.argv[3],
+    champion=registry.aliases()["rlhf"], champion_alias="rlhf",
+    champion_alias_target=registry.aliases()["rlhf"], promote_with={}, config=ChallengerConfig(),
+)
+"""
+
+
+def test_stale_run_recovery_abandons_the_challenge_of_a_dead_process(
+    micro_copy: Settings,
+) -> None:
+    registry = Registry(micro_copy.models_dir)
+    champion, challenger = plain_copy(registry, "sft"), plain_copy(registry, "sft")
+    registry.set_alias("rlhf", champion)
+    engine = init_db(micro_copy)
+    with session_scope(engine) as s:
+        run = run_records.create_run(session=s, status="running", stage="challenger")
+    root = Path(kindchat.__file__).resolve().parent.parent
+    died = subprocess.run(
+        [sys.executable, "-c", OPEN_AND_DIE, micro_copy.model_dump_json(), run.id, challenger],
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert died.returncode == 3, died.stderr[-3000:]
+    # What the dead process left: the record open, the alias moved, the run `running`.
+    assert registry.aliases()[CHALLENGER_ALIAS] == challenger
+    left = current_challenge(engine, registry)
+    assert left is not None and left.run_id == run.id and left.champion == champion
+
+    assert fail_stale_runs(micro_copy, engine, registry, keep=None) == 1
+
+    assert CHALLENGER_ALIAS not in registry.aliases() and registry.aliases()["rlhf"] == champion
+    assert current_challenge(engine, registry) is None
+    with session_scope(engine) as s:
+        [record] = challenges.list_challenges(session=s, run_id=run.id)
+        failed = run_records.get_run(session=s, run_id=run.id)
+    assert record.status == "abandoned" and "interrupted" in (record.reason or "")
+    assert record.decided_at is not None
+    assert failed.status == "failed" and not failed.promoted
+    # nothing is left to block the next challenge
+    again = challenge_version(micro_copy, engine, registry, challenger)
+    assert registry.aliases()[CHALLENGER_ALIAS] == challenger
+    with session_scope(engine) as s:
+        assert run_records.get_run(session=s, run_id=again).status == "challenging"
+    engine.dispose()
+
+
+def test_recovery_removes_a_challenger_alias_no_challenge_accounts_for(
+    micro_copy: Settings,
+) -> None:
+    registry = Registry(micro_copy.models_dir)
+    stray = plain_copy(registry, "sft")
+    registry.set_alias(CHALLENGER_ALIAS, stray)  # set by hand, or by a pre-record server
+    engine = init_db(micro_copy)
+    assert fail_stale_runs(micro_copy, engine, registry, keep=None) == 0
+    assert CHALLENGER_ALIAS not in registry.aliases()
+    engine.dispose()
+
+
+def test_a_challenge_whose_alias_cannot_move_is_abandoned(
+    micro_copy: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = Registry(micro_copy.models_dir)
+    challenger = plain_copy(registry, "sft")
+    engine = init_db(micro_copy)
+
+    def refuse(alias: str, version: str) -> str | None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(registry, "set_alias", refuse)
+    with pytest.raises(OSError, match="disk full"):
+        challenge_version(micro_copy, engine, registry, challenger)
+    assert CHALLENGER_ALIAS not in registry.aliases()
+    with session_scope(engine) as s:
+        [record] = challenges.list_challenges(session=s)
+        run = run_records.get_run(session=s, run_id=record.run_id)
+    assert record.status == "abandoned" and "disk full" in (record.reason or "")
+    assert run.status == "failed"
+    engine.dispose()

@@ -18,7 +18,12 @@ from kindchat.feedback.db import session_scope
 from kindchat.feedback.models import BattlePublic
 from kindchat.models.manager import ModelManager
 from kindchat.models.registry import CHALLENGER_ALIAS
-from kindchat.retrain.challenger import challenge_history, current_challenge, decide_challenge
+from kindchat.retrain.challenger import (
+    challenge_history,
+    challenge_pair,
+    current_challenge,
+    decide_challenge,
+)
 from kindchat.retrain.gates import ChallengerDecision
 from kindchat.serve.errors import InvalidRequestError
 from kindchat.serve.leaderboard import LEADERBOARDS, Evidence, pairwise
@@ -84,13 +89,10 @@ class ArenaService:
         return chosen
 
     def _challenge_pair(self) -> list[str] | None:
-        challenger = self.manager.challenger()
-        if challenger is None or random.random() >= self.settings.challenger_share:
-            return None
-        champion = self.manager.resolve(self.manager.default_name())
-        if champion.version == challenger.version:
-            return None
-        return [challenger.name, champion.name]
+        """Challenger vs the champion its record names (never the first served alias), in a
+        share of battles; None otherwise."""
+        pair = challenge_pair(self.db, self.manager, share=self.settings.challenger_share)
+        return None if pair is None else list(pair)
 
     async def store_battle(self, session_id: str, a: Answer, b: Answer) -> str:
         """Store both answers to one context and open a battle between them, all in one
