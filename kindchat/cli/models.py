@@ -47,8 +47,8 @@ def generate(
     repetition_penalty: float = 1.1,
     seed: int | None = None,
 ) -> None:
-    """Answer one prompt with a registered model and print the answer."""
-    import torch
+    """Answer one prompt with a registered model and print the answer (drawn by the one
+    sampler: `--seed` means what a served request's seed means)."""
     from transformers.utils import logging as hf_logging
 
     from kindchat.models.generation import (
@@ -72,15 +72,14 @@ def generate(
     )
     path = registry_of(settings).resolve(model or default_chat_model(settings))
     lm, tokenizer = load_causal_lm(path)
-    if seed is not None:
-        torch.manual_seed(seed)
     params = fit_to_context(lm, params)
     text = prompt_format(tokenizer).prompt(
         [{"role": "user", "content": prompt}],
         lambda s: len(tokenizer(s, add_special_tokens=False)["input_ids"]),
         max_prompt_tokens(lm, params.max_new_tokens),
     )
-    console.print(generate_batch(lm, tokenizer, [text], params)[0].text, highlight=False)
+    [answer] = generate_batch(lm, tokenizer, [text], params, seeds=[seed])
+    console.print(answer.text, highlight=False)
 
 
 @app.command("list")

@@ -107,10 +107,11 @@ def seeded_generator(seed: int | None, device: torch.device | str) -> torch.Gene
     return generator
 
 
-def row_seeds(seed: int, count: int) -> list[int]:
-    """Seeds for `count` answers drawn under one run seed (an evaluation, a night): answer `i`
-    gets `seed * 1_000_003 + i`, so runs under different seeds share no answer's seed."""
-    return [seed * 1_000_003 + i for i in range(count)]
+def row_seeds(seed: int, count: int, start: int = 0) -> list[int]:
+    """Request seeds for answers `start .. start + count - 1` drawn under one run seed (an
+    evaluation, a night): answer `i` gets `seed * 1_000_003 + i`, so it is drawn the same
+    whatever batch it lands in, and runs under different seeds share no answer's seed."""
+    return [seed * 1_000_003 + i for i in range(start, start + count)]
 
 
 def next_tokens(

@@ -40,7 +40,7 @@ from kindchat.feedback.moderation import (
     refusal,
 )
 from kindchat.models.backends.base import GenerationOptions, StopMatcher, TextDelta
-from kindchat.models.generation import SamplingParams
+from kindchat.models.generation import DEFAULT_SAMPLING, SamplingParams
 from kindchat.models.manager import Lease, ModelManager, ModelName, ReloadReport
 from kindchat.models.registry import CHALLENGER_ALIAS
 from kindchat.retrain import admin
@@ -69,9 +69,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TEMPERATURE = 0.7
-DEFAULT_TOP_P = 0.95
-DEFAULT_REPETITION_PENALTY = 1.1
+# What a request that sets none gets: the sampler's defaults, which evaluation and nights share.
+DEFAULT_TEMPERATURE = DEFAULT_SAMPLING.temperature
+DEFAULT_TOP_P = DEFAULT_SAMPLING.top_p
+DEFAULT_REPETITION_PENALTY = DEFAULT_SAMPLING.repetition_penalty
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ the same answer alone as batched beside other requests with other parameters.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -251,3 +252,41 @@ def test_sampling_params_reject_bad_values() -> None:
         SamplingParams(repetition_penalty=0)
     with pytest.raises(ValueError, match="seeds"):
         generate_batch(None, None, ["a", "b"], SamplingParams(), seeds=[1])  # type: ignore[arg-type]
+
+
+def test_evaluation_and_nights_draw_as_a_served_request(
+    lm: tuple[Any, Any], micro_settings: Settings
+) -> None:
+    """The guard rails' answers (`sample_answers`) and a simulated night's (`nights.Sampler`) are
+    what a served request with the server's defaults and the same seed gets, whatever their
+    batch size."""
+    from kindchat.models.generation import row_seeds
+    from kindchat.models.template import prompt_format
+    from kindchat.nights import NightConfig
+    from kindchat.nights import Sampler as NightSampler
+    from kindchat.retrain.policy_eval import PolicyEvalConfig, sample_answers
+
+    model, tokenizer = lm
+    users = ["안녕하세요", "오늘 날씨", "고양이와 개"]
+    config = PolicyEvalConfig(max_new_tokens=16, seed=5, batch_size=2)
+    answers = sample_answers(model, tokenizer, users, config, "test")
+    one_by_one = sample_answers(model, tokenizer, users, replace(config, batch_size=1), "test")
+    assert [a.response_ids for a in answers] == [a.response_ids for a in one_by_one]
+    fmt = prompt_format(tokenizer)
+    served = serve(
+        BatchEngine(model, tokenizer, max_batch_size=4),
+        [
+            (ids_of(tokenizer, fmt.single(u)), SamplingParams(max_new_tokens=16), seed, 0)
+            for u, seed in zip(users, row_seeds(5, len(users)), strict=True)
+        ],
+    )
+    assert served == [a.response_ids for a in answers]
+
+    sft = Registry(micro_settings.models_dir).resolve("sft")
+    conversations = [[{"role": "user", "content": u}] for u in users]
+    night = NightSampler(sft, NightConfig(max_new_tokens=16, seed=5, batch_size=2))
+    texts = night.answer(conversations)
+    assert texts == [a.text for a in answers]  # the same defaults and seeds as the evaluation
+    again = NightSampler(sft, NightConfig(max_new_tokens=16, seed=5, batch_size=16))
+    assert again.answer(conversations) == texts
+    assert again.answer(conversations) != texts  # the next answers draw with the next seeds
