@@ -2,7 +2,8 @@
 
 One simulated night (kindchat.nights): the users (a plug-in, kindchat.users) chat with the
 serving policy and vote in its arena — about `--votes` votes and thumbs, every answer sampled
-on-policy and stored as the server stores it. The feedback is exported once
+on-policy (the server's sampler and default sampling, a request seed per answer) and stored as
+the server stores it. The feedback is exported once
 (`kindchat feedback export` without seed pairs) and every method trains from that same export,
 from the serving policy, anchored to SFT, with its nightly defaults (the preset's budget).
 

@@ -21,13 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from sqlalchemy import Engine
 from tqdm.auto import tqdm
 
 from kindchat.feedback import store
 from kindchat.feedback.db import session_scope
-from kindchat.models.generation import SamplingParams, generate_batch
+from kindchat.models.generation import DEFAULT_SAMPLING, SamplingParams, generate_batch, row_seeds
 from kindchat.models.loading import load_causal_lm
 from kindchat.models.template import prompt_format
 
@@ -45,8 +44,11 @@ class NightConfig:
     regenerate_after_down: float = 0.5  # chance to regenerate (and rate again) after a 👎
     follow_up_after_up: float = 0.25  # chance to ask a follow-up after a 👍
     max_new_tokens: int = 48
-    temperature: float = 0.8  # the server's default sampling
-    top_p: float = 0.95
+    # The server's default sampling, so the night's answers are drawn as users get them.
+    temperature: float = DEFAULT_SAMPLING.temperature
+    top_p: float = DEFAULT_SAMPLING.top_p
+    top_k: int = DEFAULT_SAMPLING.top_k
+    repetition_penalty: float = DEFAULT_SAMPLING.repetition_penalty
     batch_size: int = 16
     seed: int = 0
 
@@ -59,23 +61,34 @@ class NightConfig:
 
 
 class Sampler:
-    """The served policy, answering batches of conversations."""
+    """The served policy, answering batches of conversations through the one sampler; the
+    night's n-th answer is drawn with request seed `row_seeds(config.seed, …)[n]`."""
 
     def __init__(self, model_dir: Path, config: NightConfig) -> None:
         self.model, self.tokenizer = load_causal_lm(model_dir)
         self.format = prompt_format(self.tokenizer)
         self.params = SamplingParams(
-            max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p
+            max_new_tokens=config.max_new_tokens,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            top_k=config.top_k,
+            repetition_penalty=config.repetition_penalty,
         )
         self.batch_size = config.batch_size
+        self.seed = config.seed
+        self.drawn = 0  # answers drawn so far
 
     def answer(self, conversations: Sequence[Messages]) -> list[str]:
         out: list[str] = []
+        seeds = row_seeds(self.seed, len(conversations), self.drawn)
+        self.drawn += len(conversations)
         for start in range(0, len(conversations), self.batch_size):
-            batch = [self.format.prompt(c) for c in conversations[start : start + self.batch_size]]
-            out.extend(
-                g.text for g in generate_batch(self.model, self.tokenizer, batch, self.params)
+            end = start + self.batch_size
+            batch = [self.format.prompt(c) for c in conversations[start:end]]
+            answers = generate_batch(
+                self.model, self.tokenizer, batch, self.params, seeds[start:end]
             )
+            out.extend(g.text for g in answers)
         return out
 
 
@@ -101,8 +114,7 @@ def simulate_night(
     config: NightConfig,
 ) -> Counter[str]:
     """Let `users` chat, rate and vote on `prompts` with the policy at `model_dir`; counts."""
-    rng = random.Random(config.seed)
-    torch.manual_seed(config.seed)  # the same night for every method that learns from it
+    rng = random.Random(config.seed)  # with the sampler's seeds: the same night for every method
     sampler = Sampler(model_dir, config)
     pool = list(prompts)
     rng.shuffle(pool)

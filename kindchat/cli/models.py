@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -49,48 +50,44 @@ def generate(
     repetition_penalty: float | None = None,
     seed: int | None = None,
 ) -> None:
-    """Answer one prompt with a registered model and print the answer (sampling left out: the
-    server's defaults for a request that sets none)."""
-    import torch
+    """Answer one prompt with a registered model and print the answer (drawn by the one
+    sampler with the server's defaults for what is not given: `--seed` means what a served
+    request's seed means)."""
     from transformers.utils import logging as hf_logging
 
     from kindchat.models.generation import (
-        SamplingParams,
+        DEFAULT_SAMPLING,
         fit_to_context,
         generate_batch,
         max_prompt_tokens,
     )
     from kindchat.models.loading import load_causal_lm
     from kindchat.models.template import prompt_format
-    from kindchat.serve.services.answers import (
-        DEFAULT_REPETITION_PENALTY,
-        DEFAULT_TEMPERATURE,
-        DEFAULT_TOP_P,
-    )
 
     hf_logging.disable_progress_bar()
     settings: Settings = ctx.obj
     if not prompt.strip():
         raise ValueError("the prompt is empty; pass some text to answer")
-    params = SamplingParams(
+    given = {
+        "temperature": temperature,
+        "top_p": top_p,
+        "repetition_penalty": repetition_penalty,
+    }
+    params = replace(
+        DEFAULT_SAMPLING,
         max_new_tokens=settings.default_max_tokens if max_new_tokens is None else max_new_tokens,
-        temperature=DEFAULT_TEMPERATURE if temperature is None else temperature,
-        top_p=DEFAULT_TOP_P if top_p is None else top_p,
-        repetition_penalty=(
-            DEFAULT_REPETITION_PENALTY if repetition_penalty is None else repetition_penalty
-        ),
+        **{name: value for name, value in given.items() if value is not None},
     )
     path = registry_of(settings).resolve(model or default_chat_model(settings))
     lm, tokenizer = load_causal_lm(path)
-    if seed is not None:
-        torch.manual_seed(seed)
     params = fit_to_context(lm, params)
     text = prompt_format(tokenizer).prompt(
         [{"role": "user", "content": prompt}],
         lambda s: len(tokenizer(s, add_special_tokens=False)["input_ids"]),
         max_prompt_tokens(lm, params.max_new_tokens),
     )
-    console.print(generate_batch(lm, tokenizer, [text], params)[0].text, highlight=False)
+    [answer] = generate_batch(lm, tokenizer, [text], params, seeds=[seed])
+    console.print(answer.text, highlight=False)
 
 
 @app.command("list")

@@ -4,7 +4,7 @@ One worker thread owns the model. Each iteration it
 
 1. admits waiting requests while the batch has room: their prompts are run together (left
    padded) and their KV cache is merged into the running batch's cache (left padding the shorter
-   side), and their first token is sampled;
+   side), and their first token is chosen;
 2. runs one decode step for every running sequence (one new token each, through the KV cache);
 3. hands each new token to its request's consumer at once (streaming), and drops sequences that
    hit EOS, their `max_new_tokens`, the context, or were cancelled, trimming padding columns no
@@ -13,6 +13,10 @@ One worker thread owns the model. Each iteration it
 So a request never waits for a whole batch to finish: it starts at the next step boundary, and
 throughput grows with the number of concurrent users. The waiting queue is bounded; a full queue
 raises :class:`QueueFullError` instead of letting clients hang.
+
+Every token is chosen by the one sampler, :func:`kindchat.models.generation.next_tokens`: each
+row with its own :class:`SamplingParams` and, when the request has a seed, its own generator, so
+a request's tokens do not depend on the requests batched beside it.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import Any, cast
 import torch
 from transformers import (
     DynamicCache,
+    GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
     PreTrainedModel,
@@ -40,11 +45,16 @@ from transformers import (
 from transformers.generation.streamers import BaseStreamer
 
 from kindchat.models.backends.base import BackendUnavailableError, FinishReason, QueueFullError
-from kindchat.models.generation import SamplingParams, cache_kwarg, left_pad, position_ids_for
+from kindchat.models.generation import (
+    SamplingParams,
+    cache_kwarg,
+    left_pad,
+    next_tokens,
+    position_ids_for,
+    seeded_generator,
+)
 
 logger = logging.getLogger(__name__)
-
-MAX_CANDIDATES = 512  # tokens a sampled row chooses among (after top-k/top-p within them)
 
 
 @dataclass(frozen=True)
@@ -118,8 +128,7 @@ class _Sequence:
     prompt_ids: list[int]
     params: SamplingParams
     stream: TokenStream
-    generator: torch.Generator | None
-    greedy: bool
+    generator: torch.Generator | None  # the request's own, seeded with its seed; None: global
     min_new_tokens: int = 0
     generated: list[int] = field(default_factory=list)
     next_token: int = -1  # sampled, not yet fed through the model
@@ -269,7 +278,10 @@ class BatchEngine:
     ) -> TokenStream:
         """Queue a request; its tokens arrive on the returned stream (in the calling loop).
 
-        EOS is suppressed until `min_new_tokens` tokens exist (vLLM's `min_tokens`).
+        With a `seed`, the request draws from its own generator seeded with it: the same prompt,
+        parameters and seed give the same tokens, alone or batched with others. Without one it
+        draws from torch's global generator. EOS is suppressed until `min_new_tokens` tokens
+        exist (vLLM's `min_tokens`).
         """
         if not prompt_ids:
             raise ValueError("the prompt has no tokens")
@@ -279,12 +291,8 @@ class BatchEngine:
                 f"exceed the context of {self.context_length}"
             )
         stream = TokenStream(asyncio.get_running_loop())
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device=self.device)
-            generator.manual_seed(seed)
-        greedy = not params.do_sample or params.temperature == 0
-        seq = _Sequence(list(prompt_ids), params, stream, generator, greedy, min_new_tokens)
+        generator = seeded_generator(seed, self.device)
+        seq = _Sequence(list(prompt_ids), params, stream, generator, min_new_tokens)
         with self._cond:
             if self._stopping:
                 raise BackendUnavailableError(f"{self.name} is shutting down")
@@ -383,10 +391,12 @@ class BatchEngine:
         self._sample_and_emit(logits, first=0)
 
     def _sample_and_emit(self, logits: torch.Tensor, first: int) -> None:
-        """Sample a token for rows `first..` (whose logits are `logits`), stream it, retire rows."""
+        """Choose a token for rows `first..` (whose logits are `logits`), stream it, retire rows."""
         batch = self._batch
         rows = batch.seqs[first:]
-        tokens = sample_next_tokens(rows, logits, self.eos_id)
+        tokens = choose_tokens(
+            rows, logits, self.eos_id, [s.prompt_ids + s.generated for s in rows]
+        )
         keep: list[int] = [r for r in range(first) if not self._drop_cancelled(batch.seqs[r])]
         events: list[tuple[TokenStream, TokenEvent]] = []
         for offset, (seq, token) in enumerate(zip(rows, tokens, strict=True)):
@@ -417,55 +427,25 @@ class BatchEngine:
         return False
 
 
-def sample_next_tokens(
-    seqs: list[_Sequence], logits: torch.Tensor, eos_id: int | None
+def choose_tokens(
+    seqs: list[_Sequence],
+    logits: torch.Tensor,
+    eos_id: int | None,
+    histories: list[list[int]],
 ) -> list[int]:
-    """The next token of every row at once, each with its own parameters.
-
-    logits: [B, V] of the rows' last positions. Applies, per row: no EOS before
-    `min_new_tokens`, the repetition penalty (CTRL's, as transformers applies it), temperature,
-    top-k, top-p (within the `MAX_CANDIDATES` most likely tokens); then greedy rows take the
-    argmax and the others sample (an exponential race, `argmax(p / E)` with `E ~ Exp(1)`, so a
-    row with a seed draws its noise from its own generator).
-    """
-    scores = logits.float().clone()
-    device, vocab = scores.device, scores.shape[-1]
-    if eos_id is not None:
-        blocked = [r for r, s in enumerate(seqs) if len(s.generated) < s.min_new_tokens]
-        if blocked:
-            scores[blocked, eos_id] = float("-inf")
-    penalties = torch.tensor([s.params.repetition_penalty for s in seqs], device=device)
-    if bool((penalties != 1.0).any()):
-        width = max(s.length for s in seqs)
-        seen = torch.tensor(
-            [(ids := s.prompt_ids + s.generated) + [ids[0]] * (width - len(ids)) for s in seqs],
-            device=device,
-        )
-        picked = scores.gather(1, seen)
-        factor = penalties[:, None]
-        scores.scatter_(1, seen, torch.where(picked < 0, picked * factor, picked / factor))
-    greedy = torch.tensor([s.greedy for s in seqs], device=device)
-    if bool(greedy.all()):
-        return scores.argmax(-1).tolist()
-    temps = torch.tensor([1.0 if s.greedy else s.params.temperature for s in seqs], device=device)
-    # Sample among the most likely tokens only: a full sort of the vocabulary per row costs more
-    # than the model step on CPU, and the tail beyond holds next to no mass.
-    ordered, order = (scores / temps[:, None]).topk(min(MAX_CANDIDATES, vocab), dim=-1)
-    top_k = [s.params.top_k if not s.greedy and s.params.top_k > 0 else vocab for s in seqs]
-    kth = ordered.gather(
-        1, (torch.tensor(top_k, device=device)[:, None] - 1).clamp(max=ordered.shape[1] - 1)
-    )
-    ordered = ordered.masked_fill(ordered < kth, float("-inf"))
-    probs = torch.softmax(ordered, dim=-1)
-    top_p = torch.tensor([1.0 if s.greedy else s.params.top_p for s in seqs], device=device)
-    before = probs.cumsum(-1) - probs  # mass of the better candidates
-    probs = probs.masked_fill(before > top_p[:, None], 0.0)
-    noise = torch.empty_like(probs).exponential_()
-    for row, seq in enumerate(seqs):
-        if seq.generator is not None:
-            noise[row].exponential_(generator=seq.generator)
-    sampled = order.gather(1, (probs / noise).argmax(-1, keepdim=True)).squeeze(1)
-    return torch.where(greedy, scores.argmax(-1), sampled).tolist()
+    """The next token of every row (logits [B, V] of the rows' last positions), each with its
+    own parameters and generator, by the one sampler. `histories[r]` is row r's prompt and
+    answer so far; EOS is not allowed before the row's `min_new_tokens` (as transformers'
+    `MinNewTokensLengthLogitsProcessor`, here applied first, which changes nothing: a banned
+    EOS stays at -inf through every processor)."""
+    blocked = [
+        r for r, s in enumerate(seqs) if len(histories[r]) - len(s.prompt_ids) < s.min_new_tokens
+    ]
+    if eos_id is not None and blocked:
+        logits = logits.clone()
+        logits[blocked, eos_id] = float("-inf")
+    params = [s.params for s in seqs]
+    return next_tokens(logits, histories, params, [s.generator for s in seqs]).tolist()
 
 
 class WaveEngine(BatchEngine):
@@ -473,6 +453,10 @@ class WaveEngine(BatchEngine):
     (DeepSpeed kernel injection): requests waiting at the start of a wave run together, each
     streamed token by token and stopped on its own EOS/length/cancel; later arrivals wait for
     the next wave.
+
+    `generate` runs greedy with one logits processor, :class:`_RowSampler`, which chooses every
+    row's token with the one sampler (its own parameters and seed) and leaves only that token
+    standing; so a wave's rows need not share their sampling settings.
     """
 
     def __init__(self, *args: Any, generate: Callable[..., Any] | None = None, **kwargs: Any):
@@ -480,7 +464,6 @@ class WaveEngine(BatchEngine):
         self._generate: Callable[..., Any] = generate or cast(Any, self.model).generate
 
     def _prefill(self, seqs: list[_Sequence]) -> None:
-
         input_ids, mask = left_pad([s.prompt_ids for s in seqs], self.pad_id)
         finished = [False] * len(seqs)
         engine = self
@@ -521,60 +504,56 @@ class WaveEngine(BatchEngine):
                 done = [finished[r] or seqs[r].stream.cancelled.is_set() for r in range(len(seqs))]
                 return torch.tensor(done, device=input_ids.device)
 
-        class RowMinTokens(LogitsProcessor):
-            """No EOS for a row before its own `min_new_tokens`."""
-
-            def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> Any:
-                for row, seq in enumerate(seqs):
-                    if len(seq.generated) < seq.min_new_tokens and engine.eos_id is not None:
-                        scores[row, engine.eos_id] = float("-inf")
-                return scores
-
-        first = seqs[0].params  # one wave shares sampling settings; see `_take_waiting`
-        sample = first.do_sample and first.temperature > 0
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": max(s.params.max_new_tokens for s in seqs),
-            "do_sample": sample,
-            "repetition_penalty": first.repetition_penalty,
-            "pad_token_id": self.pad_id,
-            "eos_token_id": self.eos_id,
-        }
-        if sample:
-            kwargs.update(temperature=first.temperature, top_p=first.top_p, top_k=first.top_k)
+        config = GenerationConfig(
+            max_new_tokens=max(s.params.max_new_tokens for s in seqs),
+            do_sample=False,
+            pad_token_id=self.pad_id,
+            eos_token_id=self.eos_id,
+        )
         self.max_running = max(self.max_running, len(seqs))
         self._generate(
             input_ids=input_ids.to(self.device),
             attention_mask=mask.to(self.device),
+            generation_config=config,
             streamer=RowStreamer(),
             stopping_criteria=StoppingCriteriaList([RowStop()]),
-            logits_processor=LogitsProcessorList([RowMinTokens()]),
-            **kwargs,
+            logits_processor=LogitsProcessorList(
+                [_RowSampler(seqs, finished, input_ids.shape[1], self.eos_id)]
+            ),
         )
         self.steps += 1
 
-    def _take_waiting(self) -> list[_Sequence]:
-        """Waiting requests with the same sampling settings as the oldest one (up to the batch)."""
-        admitted: list[_Sequence] = []
-        rest: deque[_Sequence] = deque()
-        while self._waiting:
-            seq = self._waiting.popleft()
-            if seq.stream.cancelled.is_set():
-                seq.stream._push(TokenEvent(None, "stop"))
-            elif len(admitted) < self.max_batch_size and (
-                not admitted or _same_sampling(admitted[0].params, seq.params)
-            ):
-                admitted.append(seq)
-            else:
-                rest.append(seq)
-        self._waiting = rest
-        return admitted
 
+class _RowSampler(LogitsProcessor):
+    """Inside one wave's `generate`: each unfinished row's token chosen by
+    :func:`choose_tokens`, with the row's history read off `input_ids` (its left padding
+    dropped); that row's scores come back -inf everywhere but at its token, so greedy
+    `generate` takes exactly it. Finished and cancelled rows keep their scores (`generate`
+    pads them, or the wave's streamer drops them)."""
 
-def _same_sampling(a: SamplingParams, b: SamplingParams) -> bool:
-    return (a.do_sample, a.temperature, a.top_p, a.top_k, a.repetition_penalty) == (
-        b.do_sample,
-        b.temperature,
-        b.top_p,
-        b.top_k,
-        b.repetition_penalty,
-    )
+    def __init__(
+        self, seqs: list[_Sequence], finished: list[bool], prompt_width: int, eos_id: int | None
+    ) -> None:
+        self.seqs = seqs
+        self.finished = finished  # shared with the wave's streamer, which marks rows done
+        self.prompt_width = prompt_width
+        self.eos_id = eos_id
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> Any:
+        rows = [
+            r
+            for r, done in enumerate(self.finished)
+            if not done and not self.seqs[r].stream.cancelled.is_set()
+        ]
+        if not rows:
+            return scores
+        starts = [self.prompt_width - len(self.seqs[r].prompt_ids) for r in rows]
+        histories = [input_ids[r, start:].tolist() for r, start in zip(rows, starts, strict=True)]
+        index = torch.tensor(rows, device=scores.device)
+        tokens = choose_tokens(
+            [self.seqs[r] for r in rows], scores.index_select(0, index), self.eos_id, histories
+        )
+        out = scores.clone()
+        out[index] = float("-inf")
+        out[index, torch.tensor(tokens, device=scores.device)] = 0.0
+        return out

@@ -1,9 +1,11 @@
 """Policy A against policy B on held-out prompts, judged by a gold RM that PPO never optimised.
 
-For every evaluation prompt both policies sample one answer (same seed, same sampling); the
-gold RM scores both; A wins a prompt when its score is higher (a tie counts half). Reported per
-set and overall: win rate with a 95% bootstrap interval, mean gold-RM rewards, an estimate of
-KL(A‖SFT) (mean over A's answers of Σ_t log π_A − log π_SFT), empty-answer and repetition rates.
+For every evaluation prompt both policies draw one answer through the one sampler with the
+server's default sampling (as users get answers) and the same request seed (answer i of A and
+of B: `row_seeds(config.seed, …)[i]`); the gold RM scores both; A wins a prompt when its score
+is higher (a tie counts half). Reported per set and overall: win rate with a 95% bootstrap
+interval, mean gold-RM rewards, an estimate of KL(A‖SFT) (mean over A's answers of
+Σ_t log π_A − log π_SFT), empty-answer and repetition rates.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from kindchat.models.generation import (
+    DEFAULT_SAMPLING,
     Generation,
     SamplingParams,
     generate_batch,
     left_pad,
+    row_seeds,
 )
 from kindchat.models.loading import load_causal_lm, load_reward_model
 from kindchat.models.template import prompt_format
@@ -38,8 +42,11 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class PolicyEvalConfig:
     max_new_tokens: int = 64  # answer budget of both policies
-    temperature: float = 0.7  # sampling of both policies
-    top_p: float = 0.9
+    # Sampling of both policies: the server's defaults, so answers are scored as users get them.
+    temperature: float = DEFAULT_SAMPLING.temperature
+    top_p: float = DEFAULT_SAMPLING.top_p
+    top_k: int = DEFAULT_SAMPLING.top_k
+    repetition_penalty: float = DEFAULT_SAMPLING.repetition_penalty
     batch_size: int = 16  # prompts generated together
     gold_max_length: int = 256  # tokens the gold RM reads
     repetition_ngram: int = 3  # an answer is repetitive when under half its n-grams are distinct
@@ -47,7 +54,11 @@ class PolicyEvalConfig:
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(
-            max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            repetition_penalty=self.repetition_penalty,
         )
 
 
@@ -64,12 +75,15 @@ def sample_answers(
     config: PolicyEvalConfig,
     desc: str,
 ) -> list[Generation]:
-    torch.manual_seed(config.seed)
+    """One answer per prompt; answer i is drawn with request seed `row_seeds(config.seed, …)[i]`,
+    so it does not depend on `batch_size`, and two policies get the same seeds."""
     out: list[Generation] = []
     fmt = prompt_format(tokenizer)
+    seeds = row_seeds(config.seed, len(prompts))
     for start in tqdm(range(0, len(prompts), config.batch_size), desc=desc, leave=False):
-        batch = [fmt.single(p) for p in prompts[start : start + config.batch_size]]
-        out.extend(generate_batch(model, tokenizer, batch, config.sampling()))
+        end = start + config.batch_size
+        batch = [fmt.single(p) for p in prompts[start:end]]
+        out.extend(generate_batch(model, tokenizer, batch, config.sampling(), seeds[start:end]))
     return out
 
 
@@ -84,7 +98,8 @@ def sequence_logprobs(
     """Σ_t log p_T(answer token t | prompt, earlier tokens) under `model`, per generation.
 
     p_T is the model's distribution at the sampling `temperature`, so that for answers sampled
-    from A the mean of log p_T,A − log p_T,SFT estimates KL(A_T ‖ SFT_T) ≥ 0 (top-p ignored).
+    from A the mean of log p_T,A − log p_T,SFT estimates KL(A_T ‖ SFT_T) ≥ 0. Simplified: the
+    answers were drawn with top-p, top-k and the repetition penalty too, which p_T leaves out.
     """
     totals: list[float] = []
     for start in range(0, len(generations), batch_size):

@@ -54,7 +54,7 @@ async def run_all(engine: BatchEngine, tokenizer: object, stagger: float) -> lis
     async def one(prompt: str, n: int, delay: float) -> list[int]:
         await asyncio.sleep(delay)
         ids = tokenizer(kullm_prompt(prompt), add_special_tokens=False)["input_ids"]  # type: ignore[operator]
-        params = SamplingParams(max_new_tokens=n, do_sample=False)
+        params = SamplingParams(max_new_tokens=n, do_sample=False, repetition_penalty=1.0)
         return [
             e.token_id
             async for e in engine.submit(ids, params, min_new_tokens=n)

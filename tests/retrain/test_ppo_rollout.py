@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from kindchat.config import Settings
-from kindchat.models.generation import left_pad, response_mask, sample_token, sample_with_logits
+from kindchat.models.generation import (
+    SamplingParams,
+    left_pad,
+    next_tokens,
+    response_mask,
+    sample_with_logits,
+)
 from kindchat.models.loading import load_causal_lm
 from kindchat.models.registry import Registry
 from kindchat.models.template import kullm_prompt
@@ -31,6 +37,15 @@ def test_response_mask_stops_after_the_first_eos_even_when_pad_is_eos() -> None:
     eos = 2
     response = torch.tensor([[5, 2, 2, 2], [5, 6, 7, 8], [2, 9, 9, 9]])
     assert response_mask(response, eos).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+
+
+def sample_token(
+    logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0
+) -> torch.Tensor:
+    """What the rollout draws: the one sampler, no penalty or top-k, the global generator."""
+    params = SamplingParams(temperature=temperature, top_p=top_p, top_k=0, repetition_penalty=1.0)
+    rows = logits.size(0)
+    return next_tokens(logits, [[0]] * rows, [params] * rows, [None] * rows)
 
 
 def test_sample_token_follows_the_distribution() -> None:

@@ -104,7 +104,7 @@ def _full_stop_rate_and_reward(
         model,
         tokenizer,
         [kullm_prompt(p) for p in prompts],
-        SamplingParams(max_new_tokens=24, temperature=1.0, top_p=1.0),
+        SamplingParams(max_new_tokens=24, temperature=1.0, top_p=1.0, repetition_penalty=1.0),
     )
     texts = [g.text for g in gens]
     scores = score_texts(rm, tokenizer, prompts, texts, 128)

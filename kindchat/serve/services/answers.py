@@ -26,17 +26,13 @@ from kindchat.feedback.db import session_scope
 from kindchat.feedback.models import MessagePublic
 from kindchat.feedback.moderation import CLEAN, ChainModerator, Verdict, refusal
 from kindchat.models.backends.base import GenerationOptions, StopMatcher, TextDelta
-from kindchat.models.generation import SamplingParams
+from kindchat.models.generation import DEFAULT_SAMPLING, SamplingParams
 from kindchat.models.manager import Lease, ModelManager, ModelName
 from kindchat.serve.errors import InvalidRequestError, PayloadTooLargeError
 from kindchat.serve.metrics import Metrics
 from kindchat.serve.protocol import ChatMessage, FinishReason, Usage, completion_id
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_TEMPERATURE = 0.7
-DEFAULT_TOP_P = 0.95
-DEFAULT_REPETITION_PENALTY = 1.1
 
 
 @dataclass(frozen=True)
@@ -195,13 +191,15 @@ class AnswerService:
                 param="max_tokens",
                 code="invalid_value",
             )
-        temp = DEFAULT_TEMPERATURE if temperature is None else temperature
-        return SamplingParams(
+        # what a request leaves out is the one sampler's default (DEFAULT_SAMPLING)
+        temp = DEFAULT_SAMPLING.temperature if temperature is None else temperature
+        return replace(
+            DEFAULT_SAMPLING,
             max_new_tokens=max_tokens or self.limits.default_max_tokens,
             temperature=temp,
-            top_p=DEFAULT_TOP_P if top_p is None else top_p,
-            top_k=top_k or 0,
-            repetition_penalty=repetition_penalty or DEFAULT_REPETITION_PENALTY,
+            top_p=DEFAULT_SAMPLING.top_p if top_p is None else top_p,
+            top_k=top_k or DEFAULT_SAMPLING.top_k,
+            repetition_penalty=repetition_penalty or DEFAULT_SAMPLING.repetition_penalty,
             do_sample=temp > 0,
         )
 
