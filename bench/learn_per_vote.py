@@ -19,12 +19,12 @@ and the wall time of training on this machine.
 
 Run it on a quiet machine (one heavy job at a time): it trains three models.
 
-`--second-night` asks what the nightly training window (`kindchat/retrain/window.py`) costs:
-the first method's policy is promoted, the same users spend a second night with it, and each
-method then trains from it twice — on the window (the second night only: feedback given since
-the promotion, what the nightly cycle uses) and on all the feedback (both nights). Both are
-scored against the promoted policy on the unseen prompts, with the paired difference between
-them (window − all) and its interval.
+`--second-night` measures the nightly training window (`kindchat/retrain/window.py`): the
+first method's policy is promoted, the same users spend a second night with it, and each
+method then trains from it twice — on the nightly window (`retrain_window_days`: both nights)
+and on the feedback given since the promotion only (the promoted policy's own answers, the
+alternative the window was chosen against). Both are scored against the promoted policy on
+the unseen prompts, with the paired difference (window − since promotion) and its interval.
 
     python bench/learn_per_vote.py --home var --users concise --methods kto --second-night
 """
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         "--second-night",
         action="store_true",
         help="promote the first method's policy, spend a second night on it, and compare "
-        "training on the window (second night) with training on all the feedback",
+        "training on the nightly window with training on the feedback since the promotion",
     )
     args = parser.parse_args(argv)
 
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         return report, PreferenceData.from_export(scratch / name)
 
-    window = training_window(registry, "rlhf", "sft")
+    window = training_window(settings.retrain_window_days)
     report, data = export("export", window.since)
     console.print(f"feedback {dict(counts)} in {night_s:.0f} s; training rows {report.signals}")
 
@@ -238,29 +238,30 @@ def main(argv: list[str] | None = None) -> int:
                 "train_s": 0.0,
             }
         )
-        since = training_window(registry, "rlhf", "sft").since
-        report_w, data_w = export("export-window", since)
-        report_a, data_a = export("export-all", None)
+        window = training_window(settings.retrain_window_days)
+        promoted_at = registry.alias_set_at("rlhf")
+        report_w, data_w = export("export-window", window.since)
+        report_p, data_p = export("export-since-promotion", promoted_at)
         second = {
             "feedback": dict(counts2),
-            "window_since": since.isoformat() if since else None,
+            "window": window.as_dict(),
             "window_rows": report_w.signals,
-            "all_rows": report_a.signals,
-            "window_minus_all": {},
+            "since_promotion_rows": report_p.signals,
+            "window_minus_since_promotion": {},
         }
-        console.print(f"window rows {report_w.signals}; all rows {report_a.signals}")
+        console.print(f"window rows {report_w.signals}; since promotion {report_p.signals}")
         for method in methods:
             row_w, scores_w = train_and_score(
                 method, first, promoted, data_w, f"{method.name} · window"
             )
-            row_a, scores_a = train_and_score(
-                method, first, promoted, data_a, f"{method.name} · all"
+            row_p, scores_p = train_and_score(
+                method, first, promoted, data_p, f"{method.name} · since promotion"
             )
-            rows.extend([row_w, row_a])
-            if scores_w is not None and scores_a is not None:
-                diff = paired_gain(scores_w, scores_a)
-                second["window_minus_all"][method.name] = diff.as_dict()
-                console.print(f"{method.name}: window − all {diff}")
+            rows.extend([row_w, row_p])
+            if scores_w is not None and scores_p is not None:
+                diff = paired_gain(scores_w, scores_p)
+                second["window_minus_since_promotion"][method.name] = diff.as_dict()
+                console.print(f"{method.name}: window − since promotion {diff}")
 
     table = Table(
         title=f"one night of {args.votes} votes by '{args.users}' users, "

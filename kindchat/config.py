@@ -160,7 +160,13 @@ class Settings(BaseSettings):
         50,
         ge=0,
         description="Training rows (pairs, and single thumbs for KTO) needed in the night's "
-        "window — the feedback since the serving policy's alias last moved — else skip.",
+        "window (retrain_window_days), else skip.",
+    )
+    retrain_window_days: float | None = Field(
+        30.0,
+        gt=0,
+        description="A night trains on the feedback of this many days (unset: all of it); the "
+        "check, the anomaly judgement and the export share the window (docs/learning.md).",
     )
     retrain_judge: bool = Field(
         False, description="Re-rank feedback pairs with the G-Eval judge (KINDCHAT_JUDGE_*)."

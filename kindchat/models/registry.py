@@ -13,8 +13,7 @@ then renamed into place in one step: a half-written version is never listed. `al
 replaced atomically (write + rename) under the `registry-aliases` lock of :mod:`kindchat.locks`
 (a file lock, plus an advisory lock when the database is PostgreSQL, so servers and training
 nodes on several hosts sharing the registry move aliases one at a time), keeping each alias's
-history so a promotion can be rolled back, and when each alias last moved (the nightly training
-window starts when the serving policy's alias last moved).
+history so a promotion can be rolled back, and when each alias last moved (`alias_set_at`).
 """
 
 from __future__ import annotations

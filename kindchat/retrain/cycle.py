@@ -5,14 +5,14 @@ gated. Its configuration is :mod:`~kindchat.retrain.loop_config`, its gates are 
 Stages, in order (each recorded on the run in the feedback store, with its metrics):
 
 1. ``feedback`` — count the training rows of the night's window (:mod:`~kindchat.retrain.window`:
-   the feedback given since the serving policy's alias last moved, anomalous sessions left
-   out, as the export will): pairs, plus single 👍/👎 when the method learns from them; fewer
-   than `min_new_pairs`, or no vote since the last cycle trained on the window: `skipped`;
+   the last `window_days` days of feedback, anomalous sessions left out, as the export will):
+   pairs, plus single 👍/👎 when the method learns from them; fewer than `min_new_pairs`, or
+   no vote since the last cycle trained on the window: `skipped`;
 2. ``export`` — the training data from that same window (kindchat.feedback.export): pairs,
    unpaired thumbs, better answers, each with its conversation;
 3. ``judge`` — optional: re-rank the feedback pairs with the G-Eval judge (KINDCHAT_JUDGE_*);
 4. the preference method chosen by name (`kindchat.retrain.methods`: ``ppo``, ``dpo``, ``kto``)
-   trains a new policy from the serving one (on the serving policy's window), anchored to SFT; it records
+   trains a new policy from the serving one on the window's data, anchored to SFT; it records
    its own stages (``ppo`` records ``rm``, ``rm_gate``, ``ppo``) and may refuse;
 5. ``policy_gate`` — evaluate it against the serving policy under the gold RM: win rate above
    `min_win_rate` (and the 95% interval above 0.5), KL to SFT under `max_kl`, no rise in empty or
@@ -155,7 +155,7 @@ class Cycle:
         self.preset = get_preset(config.preset)
         self.dir = run_dir(settings, recorder.run_id)
         # one window for the check, the anomaly judgement and the export, fixed at the start
-        self.window = training_window(registry, config.served_alias, config.sft_alias)
+        self.window = training_window(config.window_days)
 
     def run(self) -> RetrainRunPublic:
         refs = Refs.resolve(self.registry, self.config)
@@ -239,8 +239,8 @@ class Cycle:
         if usable < self.config.min_new_pairs:
             kinds = "pairs and single thumbs" if method.uses_unpaired else "preference pairs"
             return (
-                f"too little feedback for {method.name}: {usable} {kinds} since {since} (while "
-                f"{window.alias} = {window.version} serves), {self.config.min_new_pairs} needed"
+                f"too little feedback for {method.name}: {usable} {kinds} since {since}, "
+                f"{self.config.min_new_pairs} needed"
             )
         if fresh == 0 and self.config.min_new_pairs > 0:  # (a forced run sets 0)
             return (

@@ -4,8 +4,8 @@ As a nightly method (`METHOD`): the new policy starts from the serving one and i
 SFT — SFT is DPO's frozen reference, so β bounds the drift from SFT over every night, not only
 from yesterday's model (Rafailov et al. 2023; iterative/online DPO as in Xu et al. 2023, with a
 fixed reference instead of yesterday's, so that nights cannot compound drift). It trains on
-the export's pairs of the night's window (`retrain/window.py`: the feedback given while the
-serving policy served): arena votes, sibling thumbs and better answers (`feedback/export.py`
+the export's pairs of the night's window (`retrain/window.py`: the last
+`retrain_window_days` days of feedback): arena votes, sibling thumbs and better answers (`feedback/export.py`
 decides which). `kindchat train dpo` (:func:`train_dpo`) runs the same path from SFT on the
 seed's RM pairs. The path DPO and KTO share is `methods.train_anchored`.
 """

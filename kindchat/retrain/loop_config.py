@@ -19,6 +19,7 @@ class RetrainConfig:
     method: str = "kto"  # a name in kindchat.retrain.methods.METHODS
     method_options: dict[str, Any] = field(default_factory=dict)  # the method's config fields
     min_new_pairs: int = 50  # training rows in the night's window (retrain/window.py), else skip
+    window_days: float | None = 30.0  # the night trains on this many days of feedback (None: all)
     judge: bool = False  # re-rank feedback pairs with the G-Eval judge before training
     policy_init: Literal["policy", "sft"] = "policy"  # train from the serving policy, or SFT
     promotion: Literal["arena", "offline"] = "arena"  # users decide (challenger) or gold-RM gate
@@ -62,6 +63,10 @@ class RetrainConfig:
             ),
             (self.min_new_pairs >= 0, f"min_new_pairs must be >= 0, got {self.min_new_pairs}"),
             (
+                self.window_days is None or self.window_days > 0,
+                f"window_days must be > 0 or unset (all feedback), got {self.window_days}",
+            ),
+            (
                 0 <= self.min_win_rate < 1,
                 f"min_win_rate must lie in [0, 1), got {self.min_win_rate}",
             ),
@@ -88,6 +93,7 @@ class RetrainConfig:
             "method": settings.retrain_method,
             "promotion": settings.promotion,
             "min_new_pairs": settings.retrain_min_new_pairs,
+            "window_days": settings.retrain_window_days,
             "judge": settings.retrain_judge,
         }
         return cls(**{**values, **overrides})

@@ -7,12 +7,15 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import update
 
 from kindchat.config import Settings
 from kindchat.feedback import challenges, run_records
 from kindchat.feedback.db import init_db, session_scope
+from kindchat.feedback.models import Battle
 from kindchat.models.registry import Registry
 from kindchat.retrain.admin import trigger_retrain
 from kindchat.retrain.cycle import run_retrain_cycle
@@ -95,36 +98,35 @@ def test_too_little_feedback_skips_with_the_reason(
     assert Registry(micro_copy.models_dir).aliases() == before
 
 
-def test_the_night_trains_on_the_window_of_the_serving_policy(
+def test_the_night_trains_on_its_window_of_days(
     micro_copy: Settings, voted_battles: Callable[..., int]
 ) -> None:
-    """Votes given before the serving alias last moved are out of the check, the anomaly
-    judgement and the export alike; a night with nothing new since the last one is skipped."""
+    """Votes older than `window_days` are out of the check, the anomaly judgement and the
+    export alike; a night with nothing new since the last one is skipped."""
     engine = init_db(micro_copy)
-    registry = Registry(micro_copy.models_dir)
-    voted_battles(micro_copy, engine, 6)  # feedback on the policy that served before
-    registry.set_alias("rlhf", registry.aliases()["sft"])  # a promotion opens a new window
-    opened = registry.alias_set_at("rlhf")
-    assert opened is not None
+    voted_battles(micro_copy, engine, 6)
+    long_ago = datetime.now(UTC) - timedelta(days=40)
+    with session_scope(engine) as session:  # these 6 votes were given 40 days ago
+        session.execute(update(Battle).values(created_at=long_ago, voted_at=long_ago))
     voted_battles(micro_copy, engine, 3, offset=6)
-    config = RetrainConfig(**MICRO, min_new_pairs=5, **LENIENT_GATES)
+    config = RetrainConfig(**MICRO, min_new_pairs=5, window_days=30, **LENIENT_GATES)
     short = run_retrain_cycle(micro_copy, config, engine=engine)
     assert short.status == "skipped" and "3 preference pairs since" in (short.error or "")
     window = short.metrics["feedback"]["window"]
-    assert window == {
-        "since": opened.isoformat(),
-        "alias": "rlhf",
-        "version": registry.aliases()["rlhf"],
-    }
+    assert window["days"] == 30 and window["since"] is not None
 
     voted_battles(micro_copy, engine, 3, offset=9)
     run = run_retrain_cycle(micro_copy, config, engine=engine)
     assert run.status in ("succeeded", "refused"), run.error
     assert run.metrics["feedback"]["pairs"] == 6
-    assert run.metrics["export"]["signals"] == {"battle": 6}  # the 6 older votes stayed out
-    if not run.promoted:  # the window stays open: the same votes would train the same model
-        again = run_retrain_cycle(micro_copy, config, engine=engine)
-        assert again.status == "skipped" and "no vote since the last cycle" in (again.error or "")
+    assert run.metrics["export"]["signals"] == {"battle": 6}  # the 6 old votes stayed out
+    again = run_retrain_cycle(micro_copy, config, engine=engine)
+    assert again.status == "skipped" and "no vote since the last cycle" in (again.error or "")
+
+    everything = replace(config, window_days=None)  # unset: all feedback, the old votes too
+    assert (
+        run_retrain_cycle(micro_copy, everything, engine=engine).metrics["feedback"]["pairs"] == 12
+    )
 
 
 def test_two_cycles_started_together_one_runs_one_is_refused(micro_copy: Settings) -> None:
