@@ -48,6 +48,8 @@ def test_one_simulated_night_over_http(micro_copy: Settings, monkeypatch) -> Non
     if not run["guards"]:  # the guard rails kept the new policy out of the arena
         assert run["status"] == "refused" and run["error"] and challenger is None, night
         assert night["served_after"] == night["served_before"]
+    elif challenger is None:  # guarded, yet no challenge was run or recorded
+        raise AssertionError(f"the guards passed but no challenger was judged: {night}")
     elif "undecided_after" in challenger:  # still in the arena after --max-arena battles
         assert run["status"] == "challenging" and challenger["undecided_after"] >= 48, night
         assert night["served_after"] == night["served_before"]

@@ -61,6 +61,7 @@ def test_bootstrap_registers_the_whole_pipeline(micro_settings: Settings) -> Non
     assert policy.metrics["win_rate"] == overall["win_rate"]
 
 
+@pytest.mark.slow  # a whole policy evaluation: 100 prompts, two policies, the gold RM
 def test_policy_against_itself_is_an_exact_tie(micro_settings: Settings, tmp_path) -> None:  # noqa: ANN001
     import shutil
 
