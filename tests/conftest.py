@@ -1,4 +1,5 @@
-"""Shared fixtures: seed data dir, fresh settings, and micro models bootstrapped once per session."""
+"""Shared fixtures (seed data dir, fresh settings, micro models bootstrapped once per session) and
+the suite's hooks: `slow` and `browser` marks read from the fixtures a test uses, two speed-ups."""
 
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ from kindchat.config import Settings
 from kindchat.feedback import store
 from kindchat.feedback.db import create_db_engine, database_url, session_scope
 from kindchat.feedback.models import MessagePublic, RatingPublic
+from kindchat.models.registry import Registry
 
 from ..conftest import copy_home  # type: ignore[import-not-found]
 from .conftest import ServerThread, serving  # type: ignore[import-not-found]
@@ -45,8 +46,6 @@ def client(api: ServerThread) -> openai.OpenAI:
 
 @pytest.fixture(scope="module")
 def sft_version(api: ServerThread) -> str:
-    from kindchat.models.registry import Registry
-
     return str(Registry(api.settings.models_dir).version_of("sft"))  # type: ignore[attr-defined]
 
 
