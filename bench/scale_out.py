@@ -53,7 +53,12 @@ def run(seconds: float, limits: str) -> dict[str, dict[str, float]]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=20.0, help="Load time per run.")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=20.0,
+        help="Least load time per run (each half also waits for its writes).",
+    )
     parser.add_argument("--rounds", type=int, default=2, help="ABBA rounds of off/on.")
     args = parser.parse_args()
     results: dict[tuple[str, str], list[dict[str, float]]] = {}

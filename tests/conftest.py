@@ -1,4 +1,5 @@
-"""Shared fixtures: seed data dir, fresh settings, and micro models bootstrapped once per session."""
+"""Shared fixtures (seed data dir, fresh settings, micro models bootstrapped once per session) and
+the suite's hooks: `slow` and `browser` marks read from the fixtures a test uses, two speed-ups."""
 
 from __future__ import annotations
 
@@ -12,6 +13,73 @@ import torch
 from kindchat.config import DEFAULT_DATA_DIR, Settings
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# Fixtures that make a test slow wherever it is: a real PostgreSQL or redis server, or a second
+# bootstrapped model family (~45 s of training). `scripts/test --fast` leaves such tests out.
+SLOW_FIXTURES = frozenset(
+    {"postgres_server", "postgres_url", "redis_url", "micro_llama_settings", "micro_llama_copy"}
+)
+
+
+def freeze_heap() -> None:
+    """Collect garbage, then move every live object to the collector's permanent generation
+    (`gc.freeze`): later collections skip them. Each model a test server closes runs
+    `gc.collect()`; over the heap of torch, transformers and gradio that takes ~0.3 s, and the
+    suite closes hundreds of models. Objects made afterwards are collected as usual."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    freeze_heap()  # every test module and the libraries it imports are loaded by now
+
+
+def share_tls_context() -> None:
+    """One default TLS context for every httpx client the tests make.
+
+    Each `httpx.get(...)`/`httpx.post(...)` builds a client, and each client a TLS context that
+    parses the whole CA bundle (30-60 ms), although the tests speak plain HTTP to 127.0.0.1:
+    hundreds of calls, tens of seconds. A client asking for the default context (verify on,
+    no client certificate) gets one built once; any other request builds its own as before.
+    Skipped when httpx's transport module no longer has this hook (a speed-up, nothing more).
+    """
+    try:
+        from httpx._transports import default as transport
+    except ImportError:  # pragma: no cover - another httpx layout
+        return
+    make = getattr(transport, "create_ssl_context", None)
+    if make is None:  # pragma: no cover
+        return
+    shared = make()
+
+    def create_ssl_context(
+        verify: object = True, cert: object = None, trust_env: bool = True
+    ) -> object:
+        if verify is True and cert is None and trust_env:
+            return shared
+        return make(verify=verify, cert=cert, trust_env=trust_env)
+
+    transport.create_ssl_context = create_ssl_context
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    share_tls_context()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `slow` every test that uses a fixture of `SLOW_FIXTURES`, by argument or through a
+    parameter that names it (`request.getfixturevalue(param)`), and `browser` every test that
+    uses the `browser` fixture (headless Chromium, tests/ui/conftest.py)."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        named = {value for value in params.values() if isinstance(value, str)}
+        fixtures = set(getattr(item, "fixturenames", ())) | named
+        if SLOW_FIXTURES & fixtures:
+            item.add_marker(pytest.mark.slow)
+        if "browser" in fixtures:
+            item.add_marker(pytest.mark.browser)
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +110,7 @@ def micro_settings(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> 
 
     s = Settings(home=tmp_path_factory.mktemp("micro") / "home", data_dir=data_dir)
     run_bootstrap(s, get_preset("micro"))
+    freeze_heap()  # what training imported and cached stays for the session
     return s
 
 

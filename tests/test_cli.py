@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 from typer.testing import CliRunner
 
 from kindchat.cli import app
 from kindchat.config import Settings
+from kindchat.models.registry import Registry
 
 runner = CliRunner()
 HANGUL = re.compile(r"[가-힣]")
@@ -51,19 +53,27 @@ def test_user_errors_exit_2_without_traceback(micro_settings: Settings) -> None:
         assert "Traceback" not in result.output
 
 
-def test_bad_data_dir_is_a_clear_error(settings: Settings, tmp_path) -> None:  # noqa: ANN001
+def test_bad_data_dir_is_a_clear_error(micro_copy: Settings, tmp_path: Path) -> None:
+    """The models are there; only the data dir is empty: the error names the missing seed file
+    under it, and nothing is trained or registered."""
+    empty = tmp_path / "no-seed"
+    empty.mkdir()
+    before = [m.version for m in Registry(micro_copy.models_dir).versions("sft")]
     result = runner.invoke(
         app,
         [
             "--home",
-            str(settings.home),
+            str(micro_copy.home),
             "--data-dir",
-            str(tmp_path),
+            str(empty),
             "train",
             "sft",
             "--max-steps",
             "1",
         ],
     )
-    assert result.exit_code == 2
-    assert "file not found" in result.output or "unknown model" in result.output
+    assert result.exit_code == 2, result.output
+    [error] = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert str(empty / "sft") in error and "file not found" in error, result.output
+    assert "Traceback" not in result.output
+    assert [m.version for m in Registry(micro_copy.models_dir).versions("sft")] == before

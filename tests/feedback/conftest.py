@@ -35,7 +35,7 @@ from kindchat.feedback.judge import CRITERIA, TRUTHFULNESS
 from kindchat.feedback.llm import ChatClient, EndpointConfig
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def fb_settings(tmp_path: Path, data_dir: Path, request: pytest.FixtureRequest) -> Settings:
     """Settings with an empty home and an empty database: every store test runs on SQLite (the
     file lives in the home) and on a real PostgreSQL server."""

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from sqlalchemy import Engine, func
 from sqlmodel import Session, select
 
@@ -129,6 +130,7 @@ def _process_writer(url: str, conv_id: str, answer_id: str, tag: str, count: int
     engine.dispose()
 
 
+@pytest.mark.slow  # two processes
 def test_two_processes_lose_nothing(fb_settings: Settings, tmp_path: Path) -> None:
     engine = init_db(fb_settings)
     conv_id, answer_id = _setup(engine)
@@ -153,6 +155,7 @@ def _process_init(home: str) -> None:
     init_db(Settings(home=Path(home))).dispose()
 
 
+@pytest.mark.slow  # two processes
 def test_two_processes_migrating_an_empty_database_at_once_both_succeed(tmp_path: Path) -> None:
     context = multiprocessing.get_context("spawn")
     home = str(tmp_path / "fresh")

@@ -8,6 +8,7 @@ import math
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, update
 
@@ -99,6 +100,7 @@ def rows_of(out: Path, who: str) -> int:
     return sum(f"({who} " in row["completion"] for row in rows)
 
 
+@pytest.mark.slow  # hundreds of stored votes, then an export (2-3 s)
 def test_the_cap_holds_for_a_session_that_votes_like_a_person(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -164,6 +166,7 @@ def test_a_few_fast_honest_votes_are_not_judged(settings: Settings, tmp_path: Pa
     assert rows_of(tmp_path / "out", "quick") == 9
 
 
+@pytest.mark.slow  # hundreds of stored votes, then an export (2-3 s)
 def test_many_sessions_of_one_address_are_capped_together(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -200,6 +203,7 @@ def test_answers_gathered_first_and_voted_in_a_rush_are_too_fast(
     assert rows_of(tmp_path / "out", "hoarder") == 0
 
 
+@pytest.mark.slow  # hundreds of stored votes, then an export (2-3 s)
 def test_the_burst_baseline_is_over_origins(settings: Settings, tmp_path: Path) -> None:
     """Ten sessions of one address each voting 25 times in a minute set their own median if
     the baseline were over sessions; over origins they are one origin, judged `burst`."""

@@ -9,11 +9,15 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from kindchat.config import Settings
 from kindchat.models.presets import get_preset
 from kindchat.models.registry import Registry
 from kindchat.retrain.bootstrap import run_bootstrap
 from kindchat.retrain.bootstrap_state import read_state
+
+pytestmark = pytest.mark.slow  # trains a whole bootstrap in a child process (~70 s)
 
 
 def test_killed_bootstrap_resumes_after_its_last_stage(tmp_path: Path, data_dir: Path) -> None:

@@ -184,6 +184,7 @@ def test_a_lock_held_by_another_process_refuses_a_cycle(settings: Settings) -> N
         pass
 
 
+@pytest.mark.slow  # trains
 @pytest.mark.parametrize("gate", ["rm_gate", "policy_gate"])
 def test_gate_refusal_leaves_everything_as_it_was(
     micro_copy: Settings, voted_battles: Callable[..., int], gate: str
@@ -231,6 +232,7 @@ LENIENT_GATES = {
 }
 
 
+@pytest.mark.slow  # trains
 def test_kto_learns_from_single_thumbs_and_dpo_skips_them(
     micro_copy: Settings, thumbs: Callable[..., int]
 ) -> None:
@@ -267,6 +269,7 @@ def test_kto_learns_from_single_thumbs_and_dpo_skips_them(
     )
 
 
+@pytest.mark.slow  # trains
 def test_in_arena_mode_a_guarded_policy_becomes_the_challenger(
     micro_copy: Settings, thumbs: Callable[..., int]
 ) -> None:

@@ -11,8 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from kindchat.config import Settings
 from kindchat.models.registry import Registry
+
+pytestmark = pytest.mark.slow  # trains in two processes (~20 s each)
 
 ZERO2 = {
     "zero_optimization": {"stage": 2},

@@ -11,14 +11,17 @@ from typer.testing import CliRunner
 
 from kindchat.cli import app
 from kindchat.config import Settings
-from kindchat.models.loading import load_causal_lm
+from kindchat.models.loading import load_causal_lm, load_reward_model
 from kindchat.models.registry import Registry
 from kindchat.retrain.dpo import DpoConfig, train_dpo
 from kindchat.retrain.policy_eval import PolicyEvalConfig, is_repetitive
+from kindchat.retrain.reward import score_texts
 from kindchat.retrain.stages import eval_policy
+from kindchat.seed import read_rm
 from kindchat.stats import bootstrap
 
 
+@pytest.mark.slow  # trains
 def test_dpo_micro_run(micro_copy: Settings) -> None:
     registry = Registry(micro_copy.models_dir)
     # 4 epochs over 24 pairs: the DPO loss must fall below its starting value log 2.
@@ -50,11 +53,15 @@ def test_bootstrap_registers_the_whole_pipeline(micro_settings: Settings) -> Non
     assert policy.parents == [aliases["sft"], aliases["rm"]]
     sets = policy.metrics["policy_eval"]["sets"]
     assert policy.metrics["policy_eval"]["gold_rm"] == aliases["gold-rm"]
-    overall = sets["overall"]
-    assert overall["n"] == 100
-    assert overall["win_rate_low"] <= overall["win_rate"] <= overall["win_rate_high"]
+    overall, parts = sets["overall"], [v for k, v in sets.items() if k != "overall"]
+    assert overall["n"] == sum(part["n"] for part in parts) == 100
+    # the overall win rate is over all prompts: the sets' rates weighted by their sizes
+    weighted = sum(part["win_rate"] * part["n"] for part in parts) / overall["n"]
+    assert overall["win_rate"] == pytest.approx(weighted)
+    assert policy.metrics["win_rate"] == overall["win_rate"]
 
 
+@pytest.mark.slow  # a whole policy evaluation: 100 prompts, two policies, the gold RM
 def test_policy_against_itself_is_an_exact_tie(micro_settings: Settings, tmp_path) -> None:  # noqa: ANN001
     import shutil
 
@@ -78,12 +85,36 @@ def test_policy_against_itself_is_an_exact_tie(micro_settings: Settings, tmp_pat
     assert stored["win_rate"] == 0.5 and stored["policy_eval"]["baseline"] == sft_version
 
 
-def test_eval_rm_cli_json(micro_settings: Settings) -> None:
+def test_eval_rm_cli_json_counts_the_pairs_the_rm_ranks_right(micro_settings: Settings) -> None:
+    """`eval rm --json` per set: n, accuracy (chosen scored above rejected) and the mean scores,
+    checked against the RM scoring each answer alone (no batch, no padding)."""
     result = CliRunner().invoke(app, ["--home", str(micro_settings.home), "eval", "rm", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert data["overall"]["n"] == 100
-    assert 0 <= data["overall"]["accuracy"] <= 1
+    model, tokenizer = load_reward_model(Registry(micro_settings.models_dir).resolve("rm"))
+    pairs = read_rm(micro_settings.data_dir, "test")
+    scored = [
+        (
+            pair.subset,
+            *(
+                score_texts(model, tokenizer, [pair.prompt], [text], 256)[0]
+                for text in (pair.chosen, pair.rejected)
+            ),
+        )
+        for pair in pairs
+    ]
+    assert set(data) == {pair.subset for pair in pairs} | {"overall"}
+    for name, got in data.items():
+        rows = [(c, r) for subset, c, r in scored if name in (subset, "overall")]
+        right = sum(c > r for c, r in rows) / len(rows)
+        close = sum(abs(c - r) < 1e-4 for c, r in rows)  # batched scores may round across
+        assert got["n"] == len(rows)
+        assert abs(got["accuracy"] - right) <= close / len(rows), (name, got, right)
+        if close == 0:  # the same wins, so the same bootstrap interval
+            interval = bootstrap([float(c > r) for c, r in rows])
+            assert (got["accuracy_low"], got["accuracy_high"]) == (interval.low, interval.high)
+        assert got["chosen_mean"] == pytest.approx(sum(c for c, _ in rows) / len(rows), abs=1e-4)
+        assert got["rejected_mean"] == pytest.approx(sum(r for _, r in rows) / len(rows), abs=1e-4)
 
 
 def test_repetition_and_bootstrap_helpers() -> None:

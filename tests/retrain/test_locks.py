@@ -55,25 +55,38 @@ def test_sqlite_homes_lock_by_file(tmp_path: Path) -> None:
             pass
 
 
-def test_alias_moves_take_turns_across_hosts(tmp_path: Path, postgres_url: str) -> None:
+def test_alias_moves_take_turns_across_hosts(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Two hosts' registries (their file locks differ) sharing one PostgreSQL: while one moves
     aliases, the other waits for the advisory lock."""
     import threading
 
+    from kindchat import locks
     from kindchat.models.registry import Registry
 
     host_a = Registry(tmp_path / "a", lock_url=postgres_url)
     host_b = Registry(tmp_path / "b", lock_url=postgres_url)
-    entered: list[int] = []
+    entered = threading.Event()
+    refused_b = threading.Event()  # b asked PostgreSQL for the lock and was refused
+    try_advisory = locks._try_advisory
+
+    def watched(connection: object, key: int) -> bool:
+        got = try_advisory(connection, key)  # type: ignore[arg-type]
+        if not got and threading.current_thread().name == "host-b":
+            refused_b.set()
+        return got
+
+    monkeypatch.setattr(locks, "_try_advisory", watched)
 
     def move_on_b() -> None:
         with host_b.aliases_locked():
-            entered.append(1)
+            entered.set()
 
     with host_a.aliases_locked():
-        waiter = threading.Thread(target=move_on_b)
+        waiter = threading.Thread(target=move_on_b, name="host-b")
         waiter.start()
-        time.sleep(1.0)
-        assert entered == []  # still waiting on the other host's lock
-    waiter.join(10)
-    assert entered == [1]
+        assert refused_b.wait(30), "host b never asked for the advisory lock"
+        assert not entered.is_set()  # refused, so still waiting on the other host's lock
+    assert entered.wait(30), "host b did not get the lock once host a let it go"
+    waiter.join(30)

@@ -111,6 +111,7 @@ def test_kto_weights_balance_the_classes() -> None:
     assert class_weights([True] * 10 + [False] * 30, balance=False) == (1.0, 1.0)
 
 
+@pytest.mark.slow  # trains
 def test_dpo_raises_a_toy_preference_on_unseen_prompts(
     micro_copy: Settings, tmp_path: Path
 ) -> None:
@@ -130,6 +131,7 @@ def test_dpo_raises_a_toy_preference_on_unseen_prompts(
     assert manifest.config["reference"] == the_job.sft and manifest.metrics["pairs"] == 48
 
 
+@pytest.mark.slow  # trains
 def test_kto_raises_a_toy_preference_from_single_thumbs(
     micro_copy: Settings, tmp_path: Path
 ) -> None:

@@ -87,9 +87,13 @@ def toy(micro_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> T
     return Toy(settings, manifest.version, {"accuracy": accuracy, **metrics})
 
 
+@pytest.mark.slow  # trains
 def test_reward_model_learns_the_preference(toy: Toy) -> None:
     assert toy.rm_metrics["accuracy"] >= 0.8  # held-out pairs; chance is 0.5
     assert toy.rm_metrics["train_loss"] < 0.6931  # below the loss of a constant RM (log 2)
+
+
+SAMPLES = 256  # answers before and after PPO, one per unseen prompt (see the margins below)
 
 
 def _full_stop_rate_and_reward(
@@ -98,7 +102,7 @@ def _full_stop_rate_and_reward(
     registry = Registry(settings.models_dir)
     model, tokenizer = load_causal_lm(policy_dir)
     rm, _ = load_reward_model(registry.path(rm_version))
-    prompts = [p.prompt for p in read_ppo_prompts(settings.data_dir)[1000:1064]]
+    prompts = [p.prompt for p in read_ppo_prompts(settings.data_dir)[1000 : 1000 + SAMPLES]]
     torch.manual_seed(123)
     gens = generate_batch(
         model,
@@ -111,6 +115,7 @@ def _full_stop_rate_and_reward(
     return sum("." in t for t in texts) / len(texts), sum(scores) / len(scores)
 
 
+@pytest.mark.slow  # trains
 def test_ppo_raises_reward_on_the_toy_preference(toy: Toy) -> None:
     registry = Registry(toy.settings.models_dir)
     config = PpoConfig(
@@ -146,8 +151,14 @@ def test_ppo_raises_reward_on_the_toy_preference(toy: Toy) -> None:
     rate_after, reward_after = _full_stop_rate_and_reward(
         toy.settings, registry.path(manifest.version), toy.rm_version
     )
-    assert reward_after > reward_before
-    assert rate_after > rate_before
+    # Margins, not a bare `>`: measured over PPO seeds 0-3 (8 sampling seeds each), the policy
+    # goes from a full-stop rate of 0.40 to 0.90-0.99 and a mean RM score of 0.05 to 3.1-3.6.
+    # On SAMPLES = 256 answers the standard error of each difference is ~0.036 (rate) and ~0.24
+    # (score; per-answer SD 3.4 before, <= 1.8 after): the margins lie more than 8 standard
+    # errors under the smallest gain measured, and more than 4 above the gain of a PPO that
+    # learns nothing (0), so neither a lucky seed nor an unlucky one decides the outcome.
+    assert rate_after >= rate_before + 0.2, (rate_before, rate_after)
+    assert reward_after >= reward_before + 1.0, (reward_before, reward_after)
 
 
 def _run_ppo_child(home: str, data_dir: str, rm_version: str, run_dir: str) -> None:
@@ -165,6 +176,7 @@ def _run_ppo_child(home: str, data_dir: str, rm_version: str, run_dir: str) -> N
     train_ppo(settings, registry, "sft", rm_version, config, run_dir=Path(run_dir))
 
 
+@pytest.mark.slow  # trains
 def test_resume_after_kill(toy: Toy, tmp_path: Path) -> None:
     run_dir = tmp_path / "ppo-run"
     ctx = multiprocessing.get_context("spawn")
@@ -193,6 +205,7 @@ def test_resume_after_kill(toy: Toy, tmp_path: Path) -> None:
     assert steps == list(range(1, checkpoint_step + 3))  # each step once, none lost or repeated
 
 
+@pytest.mark.slow  # trains
 @pytest.mark.parametrize("stage", [0, 2])
 def test_deepspeed_zero(toy: Toy, tmp_path: Path, stage: int) -> None:
     ds_config = tmp_path / "ds.json"

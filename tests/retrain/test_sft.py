@@ -43,6 +43,7 @@ def test_sft_split_is_stable_and_excludes_eval_prompts(micro_settings: Settings)
     assert not any(r.output in corpus for r in a.heldout)
 
 
+@pytest.mark.slow  # trains
 def test_lora_sft_trains_only_adapters_and_merges(micro_copy: Settings) -> None:
     registry = Registry(micro_copy.models_dir)
     config = SftConfig(

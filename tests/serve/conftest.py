@@ -65,28 +65,33 @@ class ServerThread:
 ServeFactory = Callable[..., Any]
 
 
+@contextmanager
+def serving(base: Settings, loader: Any = None, **overrides: Any) -> Iterator[ServerThread]:
+    """The app on `base` (plus `overrides`) under uvicorn on a free port; `server.settings` is
+    the configuration it runs with. Module-scoped fixtures use it to share one server."""
+    port = free_port()
+    configured = Settings.model_validate(
+        # rate limits off unless a test turns them on (tests/serve/test_security.py)
+        {
+            **base.model_dump(),
+            "alias_poll_s": 0.2,
+            "rate_limits": False,
+            "port": port,  # share links name the server the test talks to
+            **overrides,
+        }
+    )
+    with ServerThread(create_app(configured, loader=loader), port) as server:
+        server.settings = configured  # type: ignore[attr-defined]
+        yield server
+
+
 @pytest.fixture
 def serve(request: pytest.FixtureRequest) -> Iterator[ServeFactory]:
     """`with serve(**settings_overrides) as server:` starts the app (default: on a private copy
     of the micro registry)."""
 
-    @contextmanager
-    def start(settings: Settings | None = None, loader: Any = None, **overrides: Any):
-        base = settings or request.getfixturevalue("micro_copy")
-        port = free_port()
-        configured = Settings.model_validate(
-            # rate limits off unless a test turns them on (tests/serve/test_security.py)
-            {
-                **base.model_dump(),
-                "alias_poll_s": 0.2,
-                "rate_limits": False,
-                "port": port,  # share links name the server the test talks to
-                **overrides,
-            }
-        )
-        with ServerThread(create_app(configured, loader=loader), port) as server:
-            server.settings = configured  # type: ignore[attr-defined]
-            yield server
+    def start(settings: Settings | None = None, loader: Any = None, **overrides: Any) -> Any:
+        return serving(settings or request.getfixturevalue("micro_copy"), loader, **overrides)
 
     yield start
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 
 from kindchat.models.registry import Registry
 from kindchat.retrain.locks import cycle_lock
@@ -61,6 +62,7 @@ def test_admin_is_off_without_a_configured_token(serve: Callable[..., Any]) -> N
             assert response.json()["error"]["code"] == "admin_disabled"
 
 
+@pytest.mark.slow  # runs a retrain in a child process
 def test_promote_rollback_and_retrain_through_the_admin_api(
     serve: Callable[..., Any], new_version: Callable[..., str]
 ) -> None:

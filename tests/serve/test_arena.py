@@ -8,7 +8,9 @@ import httpx
 import pytest
 
 from kindchat.config import Settings
+from kindchat.feedback.models import BattleOutcome
 from kindchat.models.registry import Registry
+from kindchat.serve.leaderboard import bradley_terry, elo_ratings, rating_intervals
 
 
 def test_battle_vote_reveal_and_leaderboard(
@@ -20,7 +22,7 @@ def test_battle_vote_reveal_and_leaderboard(
     sft = registry.version_of("sft")
     with serve() as api:
         alice, mallory = new_session(api.url), new_session(api.url)
-        sides: set[tuple[str, str]] = set()
+        voted: list[BattleOutcome] = []  # as revealed, in vote order
         for round_ in range(4):
             battle = httpx.post(
                 f"{api.url}/v1/arena/battles",
@@ -36,14 +38,19 @@ def test_battle_vote_reveal_and_leaderboard(
                 json={"winner": "a", "session_id": mallory},
             )
             assert foreign.status_code == 403
+            winner = "a" if round_ < 3 else "tie"
             vote = httpx.post(
                 f"{api.url}/v1/arena/battles/{body['id']}/vote",
-                json={"winner": "a" if round_ < 3 else "tie", "session_id": alice},
+                json={"winner": winner, "session_id": alice},
             )
             assert vote.status_code == 200, vote.text
             revealed = vote.json()
             assert {revealed["version_a"], revealed["version_b"]} == {rlhf, sft}
-            sides.add((revealed["model_a"], revealed["model_b"]))
+            voted.append(
+                BattleOutcome(
+                    model_a=revealed["version_a"], model_b=revealed["version_b"], winner=winner
+                )
+            )
             again = httpx.post(
                 f"{api.url}/v1/arena/battles/{body['id']}/vote",
                 json={"winner": "b", "session_id": alice},
@@ -55,14 +62,23 @@ def test_battle_vote_reveal_and_leaderboard(
         assert rows[rlhf]["battles"] == rows[sft]["battles"] == 4
         assert rows[rlhf]["wins"] + rows[sft]["wins"] == 3
         assert rows[rlhf]["ties"] == rows[sft]["ties"] == 1
-        for method in ("elo", "bt"):
+        # 3 decided battles: one model won more; Elo and BT rank it first, above the mean.
+        leader, other = (rlhf, sft) if rows[rlhf]["wins"] > rows[sft]["wins"] else (sft, rlhf)
+        for method, rate in (("elo", elo_ratings), ("bt", bradley_terry)):
             ranked = httpx.get(f"{api.url}/v1/leaderboard?method={method}").json()
             assert ranked["method"] == method
             by_model = {row["model"]: row for row in ranked["rows"]}
-            for row in by_model.values():
-                assert row["rating_low"] <= row["rating"] <= row["rating_high"]
-            winner = rlhf if rows[rlhf]["wins"] > rows[sft]["wins"] else sft
-            assert ranked["rows"][0]["model"] == winner
+            # The ratings of the battles as revealed, in vote order (Elo depends on it), with
+            # their bootstrap intervals: what the leaderboard module computes from these votes.
+            expected = rating_intervals(voted, rate)
+            for model in (rlhf, sft):
+                row, estimate = by_model[model], expected[model]
+                assert row["rating"] == pytest.approx(estimate.value, abs=0.01), method
+                assert row["rating_low"] == pytest.approx(estimate.low, abs=0.01), method
+                assert row["rating_high"] == pytest.approx(estimate.high, abs=0.01), method
+                assert row["rating_low"] < row["rating_high"]  # 4 battles: no certainty
+            assert ranked["rows"][0]["model"] == leader
+            assert by_model[leader]["rating"] > 1000 > by_model[other]["rating"]
             assert by_model[rlhf]["rating"] + by_model[sft]["rating"] == pytest.approx(2000)
         cells = {(c["model"], c["opponent"]): c for c in board["pairs"]}
         assert cells[(rlhf, sft)]["battles"] == 4 and cells[(rlhf, sft)]["ties"] == 1

@@ -1,123 +1,267 @@
-"""The official `openai` client against kindchat on the micro model: Korean answers, stored."""
+"""The official `openai` client against kindchat on the micro model: Korean answers, stored.
+
+One server for the module (served aliases `nightly`, `sft`: `nightly` is not in the registry
+yet, like `rlhf` before the first promotion, so its name answers with the next served alias and
+says so); each test checks one behaviour. Tests that write (ratings) use answers of their own.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import openai
+import pytest
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from kindchat.config import Settings
 from kindchat.feedback import store
 from kindchat.feedback.db import create_db_engine, database_url, session_scope
+from kindchat.feedback.models import MessagePublic, RatingPublic
+from kindchat.models.registry import Registry
+
+from ..conftest import copy_home  # type: ignore[import-not-found]
+from .conftest import ServerThread, serving  # type: ignore[import-not-found]
 
 HANGUL = re.compile("[가-힣]")
 HELLO = [{"role": "user", "content": "안녕하세요"}]
+REQUESTS_200 = 'kindchat_requests_total{method="POST",route="/v1/chat/completions",status="200"}'
 
 
-def test_openai_client_non_streaming_and_streaming(serve: Any, new_session: Any) -> None:
-    # `nightly` is not in the registry yet: like `rlhf` before the first promotion, its name
-    # answers with the next served alias and says so.
-    with serve(serve_aliases=["nightly", "sft"]) as api:
-        client = openai.OpenAI(base_url=f"{api.url}/v1", api_key="unused")  # open: anonymous
+@pytest.fixture(scope="module")
+def api(micro_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One server for the module, on a private copy of the micro registry."""
+    settings = copy_home(micro_settings, tmp_path_factory.mktemp("chat"))
+    with serving(settings, serve_aliases=["nightly", "sft"]) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def client(api: ServerThread) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{api.url}/v1", api_key="unused")  # open: anonymous
+
+
+@pytest.fixture(scope="module")
+def sft_version(api: ServerThread) -> str:
+    return str(Registry(api.settings.models_dir).version_of("sft"))  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Asked:
+    """One non-streamed answer of 16 tokens and the session token that asked for it."""
+
+    token: str
+    reply: ChatCompletion
+
+    @property
+    def signed(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@pytest.fixture(scope="module")
+def ask(api: ServerThread, client: openai.OpenAI, new_session: Any) -> Callable[[], Asked]:
+    """`ask()`: a new session asks `kindchat-nightly` for 16 tokens (seed 3)."""
+
+    def asked() -> Asked:
         token = new_session(api.url)
-        names = {m.id: m for m in client.models.list().data}
-        assert {"kindchat-nightly", "kindchat-sft"} <= set(names)
-        sft_version = names["kindchat-sft"].model_extra["version"]
-        assert names["kindchat-nightly"].model_extra["version"] == sft_version
-        assert "does not exist yet" in names["kindchat-nightly"].model_extra["note"]
-
         reply = client.chat.completions.create(
             model="kindchat-nightly",
-            messages=HELLO,
+            messages=HELLO,  # type: ignore[arg-type]
             max_tokens=16,
             seed=3,
             user=token,
             extra_body={"min_tokens": 16},
         )
-        text = reply.choices[0].message.content or ""
-        assert HANGUL.search(text), text
-        assert reply.model == sft_version and reply.choices[0].finish_reason == "length"
-        assert reply.usage.completion_tokens == 16 and reply.usage.prompt_tokens > 20
-        assert reply.usage.total_tokens == 32 + reply.usage.prompt_tokens - 16
+        return Asked(token, reply)
 
-        chunks = list(
-            client.chat.completions.create(
-                model="kindchat-sft",
-                messages=HELLO,
-                max_tokens=12,
-                stream=True,
-                stream_options={"include_usage": True},
-                extra_body={"min_tokens": 12},
-            )
-        )
-        streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-        assert HANGUL.search(streamed), streamed
-        assert len({c.id for c in chunks}) == 1
-        assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
-        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 12
-        assert sum(bool(c.choices and c.choices[0].delta.content) for c in chunks) > 3
+    return asked
 
-        # The completion id is the stored message id; 👍 lands in the store.
-        rated = httpx.post(
-            f"{api.url}/v1/feedback",
-            json={"message_id": reply.id, "rating": -1, "reason": "unfriendly"},
-            headers={"Authorization": f"Bearer {token}"},
+
+@pytest.fixture(scope="module")
+def answer(ask: Callable[[], Asked]) -> Asked:
+    """The module's shared answer: read it, do not rate it."""
+    return ask()
+
+
+@pytest.fixture(scope="module")
+def streamed(client: openai.OpenAI) -> list[ChatCompletionChunk]:
+    """12 tokens of `kindchat-sft`, streamed with usage, anonymous."""
+    return list(
+        client.chat.completions.create(
+            model="kindchat-sft",
+            messages=HELLO,  # type: ignore[arg-type]
+            max_tokens=12,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"min_tokens": 12},
         )
-        assert rated.status_code == 200, rated.text
-        engine = create_db_engine(database_url(api.settings))
+    )
+
+
+def stored_message(api: ServerThread, message_id: str) -> MessagePublic:
+    engine = create_db_engine(database_url(api.settings))  # type: ignore[attr-defined]
+    try:
         with session_scope(engine) as session:
-            message = store.get_message(session=session, message_id=reply.id)
-            assert message.content == text and message.model_version == sft_version
-            assert message.session_id == rated.json()["session_id"]  # the token's session
-            assert message.model_alias == "sft" and message.completion_tokens == 16
-            streamed_row = store.get_message(session=session, message_id=chunks[0].id)
-            assert streamed_row.content == streamed
-            [rating] = store.list_ratings(session=session, message_id=reply.id)
-            assert rating.value == -1 and rating.reason == "unfriendly"
-        # The answer the user wanted rides on the same rating (it replaces the first one) …
-        better = {"message_id": reply.id, "rating": -1, "better_answer": "안녕하세요! 반가워요."}
-        signed = {"Authorization": f"Bearer {token}"}
-        assert httpx.post(f"{api.url}/v1/feedback", json=better, headers=signed).status_code == 200
-        # … and a too-long one is refused with the field named, the stored rating kept.
-        too_long = {**better, "better_answer": "가" * 4001}
-        refused = httpx.post(f"{api.url}/v1/feedback", json=too_long, headers=signed)
-        assert refused.status_code in (400, 422) and "better_answer" in refused.text
-        with session_scope(engine) as session:
-            [rating] = store.list_ratings(session=session, message_id=reply.id)
-            assert rating.better_answer == "안녕하세요! 반가워요."
+            return store.get_message(session=session, message_id=message_id)
+    finally:
         engine.dispose()
 
-        # A regeneration points at the answer it replaces, in the same conversation.
-        again = httpx.post(
-            f"{api.url}/v1/chat/completions",
-            json={
-                "model": "kindchat-sft",
-                "messages": HELLO,
-                "regenerate": reply.id,
-                "max_tokens": 4,
-            },
-            headers=signed,  # the asker's session: a regeneration joins its conversation
-        )
-        assert again.status_code == 200
-        # Nobody else can write into that conversation by regenerating its answer.
-        regenerate = {"model": "kindchat-sft", "messages": HELLO, "regenerate": reply.id}
-        for headers, status in (
-            ({}, 401),
-            ({"Authorization": f"Bearer {new_session(api.url)}"}, 404),
-        ):
-            hijack = httpx.post(f"{api.url}/v1/chat/completions", json=regenerate, headers=headers)
-            assert hijack.status_code == status, hijack.text
-        metrics = httpx.get(f"{api.url}/metrics").text
-        assert (
-            'kindchat_requests_total{method="POST",route="/v1/chat/completions",status="200"} 3.0'
-            in metrics
-        )
-        assert "kindchat_time_to_first_token_seconds_count" in metrics
-        assert (
-            f'kindchat_model_info{{alias="sft",backend="hf",version="{sft_version}"}} 1.0'
-            in metrics
-        )
-        assert "kindchat_queue_depth 0.0" in metrics
-        health = httpx.get(f"{api.url}/healthz").json()
-        assert health["status"] == "ok" and health["aliases"] == {"sft": sft_version}
+
+def stored_ratings(api: ServerThread, message_id: str) -> list[RatingPublic]:
+    engine = create_db_engine(database_url(api.settings))  # type: ignore[attr-defined]
+    try:
+        with session_scope(engine) as session:
+            return store.list_ratings(session=session, message_id=message_id)
+    finally:
+        engine.dispose()
+
+
+def metric(api: ServerThread, line_start: str) -> float:
+    """The value of the one sample in /metrics whose line starts with `line_start` (0 if none)."""
+    for line in httpx.get(f"{api.url}/metrics").text.splitlines():
+        if line.startswith(line_start + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_models_list_an_alias_not_registered_yet_with_its_stand_in(
+    client: openai.OpenAI, sft_version: str
+) -> None:
+    names = {m.id: m for m in client.models.list().data}
+    assert {"kindchat-nightly", "kindchat-sft"} <= set(names)
+    assert names["kindchat-sft"].model_extra["version"] == sft_version  # type: ignore[index]
+    assert names["kindchat-nightly"].model_extra["version"] == sft_version  # type: ignore[index]
+    assert "does not exist yet" in names["kindchat-nightly"].model_extra["note"]  # type: ignore[index]
+
+
+def test_an_alias_not_registered_yet_is_answered_by_the_next_served_one(
+    answer: Asked, sft_version: str
+) -> None:
+    assert answer.reply.model == sft_version
+
+
+def test_answer_is_korean_and_its_usage_counts_the_tokens(answer: Asked) -> None:
+    text = answer.reply.choices[0].message.content or ""
+    assert HANGUL.search(text), text
+    assert answer.reply.choices[0].finish_reason == "length"
+    usage = answer.reply.usage
+    assert usage is not None
+    assert usage.completion_tokens == 16 and usage.prompt_tokens > 20
+    assert usage.total_tokens == usage.prompt_tokens + 16
+
+
+def test_a_streamed_answer_is_korean_one_id_and_ends_with_usage(
+    streamed: list[ChatCompletionChunk],
+) -> None:
+    text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+    assert HANGUL.search(text), text
+    assert len({c.id for c in streamed}) == 1
+    assert [c.choices[0].finish_reason for c in streamed if c.choices][-1] == "length"
+    assert streamed[-1].usage is not None and streamed[-1].usage.completion_tokens == 12
+    assert sum(bool(c.choices and c.choices[0].delta.content) for c in streamed) > 3
+
+
+def test_the_completion_id_is_the_stored_answer_of_the_askers_session(
+    api: ServerThread, answer: Asked, sft_version: str
+) -> None:
+    message = stored_message(api, answer.reply.id)
+    me = httpx.get(f"{api.url}/v1/sessions/me", headers=answer.signed).json()["session_id"]
+    assert message.content == answer.reply.choices[0].message.content
+    assert message.model_alias == "sft" and message.model_version == sft_version
+    assert message.session_id == me and message.completion_tokens == 16
+
+
+def test_a_streamed_answer_is_stored_whole(
+    api: ServerThread, streamed: list[ChatCompletionChunk]
+) -> None:
+    text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+    assert stored_message(api, streamed[0].id).content == text
+
+
+def test_a_rating_lands_in_the_store_under_the_tokens_session(
+    api: ServerThread, ask: Callable[[], Asked]
+) -> None:
+    mine = ask()
+    rated = httpx.post(
+        f"{api.url}/v1/feedback",
+        json={"message_id": mine.reply.id, "rating": -1, "reason": "unfriendly"},
+        headers=mine.signed,
+    )
+    assert rated.status_code == 200, rated.text
+    [rating] = stored_ratings(api, mine.reply.id)
+    assert rating.value == -1 and rating.reason == "unfriendly"
+    assert rating.session_id == rated.json()["session_id"]
+    assert stored_message(api, mine.reply.id).session_id == rating.session_id
+
+
+def test_a_better_answer_rides_on_the_rating_and_replaces_it(
+    api: ServerThread, ask: Callable[[], Asked]
+) -> None:
+    mine = ask()
+    first = {"message_id": mine.reply.id, "rating": -1, "reason": "unfriendly"}
+    better = {"message_id": mine.reply.id, "rating": -1, "better_answer": "안녕하세요! 반가워요."}
+    for body in (first, better):
+        posted = httpx.post(f"{api.url}/v1/feedback", json=body, headers=mine.signed)
+        assert posted.status_code == 200, posted.text
+    [rating] = stored_ratings(api, mine.reply.id)  # one rating: the second replaced the first
+    assert rating.better_answer == "안녕하세요! 반가워요." and rating.reason is None
+
+
+def test_a_too_long_better_answer_is_refused_naming_the_field_and_the_rating_is_kept(
+    api: ServerThread, ask: Callable[[], Asked]
+) -> None:
+    mine = ask()
+    kept = {"message_id": mine.reply.id, "rating": 1, "better_answer": "안녕하세요! 반가워요."}
+    assert httpx.post(f"{api.url}/v1/feedback", json=kept, headers=mine.signed).status_code == 200
+    too_long = {**kept, "rating": -1, "better_answer": "가" * 4001}
+    refused = httpx.post(f"{api.url}/v1/feedback", json=too_long, headers=mine.signed)
+    assert refused.status_code in (400, 422) and "better_answer" in refused.text
+    [rating] = stored_ratings(api, mine.reply.id)
+    assert rating.value == 1 and rating.better_answer == "안녕하세요! 반가워요."
+
+
+def test_a_regeneration_points_at_the_answer_it_replaces_in_its_conversation(
+    api: ServerThread, answer: Asked
+) -> None:
+    again = httpx.post(
+        f"{api.url}/v1/chat/completions",
+        json={"model": "kindchat-sft", "messages": HELLO, "regenerate": answer.reply.id},
+        headers=answer.signed,  # the asker's session: a regeneration joins its conversation
+    )
+    assert again.status_code == 200, again.text
+    new, old = stored_message(api, again.json()["id"]), stored_message(api, answer.reply.id)
+    assert new.id != old.id and new.parent_id == old.id
+    assert new.conversation_id == old.conversation_id and new.session_id == old.session_id
+
+
+@pytest.mark.parametrize(
+    ("who", "status"), [("nobody", 401), ("another session", 404)], ids=["anonymous", "other"]
+)
+def test_nobody_else_can_regenerate_into_a_conversation(
+    api: ServerThread, answer: Asked, new_session: Any, who: str, status: int
+) -> None:
+    headers = {"Authorization": f"Bearer {new_session(api.url)}"} if who != "nobody" else {}
+    regenerate = {"model": "kindchat-sft", "messages": HELLO, "regenerate": answer.reply.id}
+    hijack = httpx.post(f"{api.url}/v1/chat/completions", json=regenerate, headers=headers)
+    assert hijack.status_code == status, hijack.text
+
+
+def test_metrics_count_each_answer_and_name_the_served_version(
+    api: ServerThread, client: openai.OpenAI, sft_version: str
+) -> None:
+    ttft = f'kindchat_time_to_first_token_seconds_count{{model="{sft_version}"}}'
+    before, ttft_before = metric(api, REQUESTS_200), metric(api, ttft)
+    client.chat.completions.create(model="kindchat-sft", messages=HELLO, max_tokens=2)  # type: ignore[arg-type]
+    assert metric(api, REQUESTS_200) == before + 1
+    assert metric(api, ttft) == ttft_before + 1
+    info = f'kindchat_model_info{{alias="sft",backend="hf",version="{sft_version}"}}'
+    assert metric(api, info) == 1.0
+    assert metric(api, "kindchat_queue_depth") == 0.0
+
+
+def test_health_is_ok_and_lists_the_loaded_aliases(api: ServerThread, sft_version: str) -> None:
+    health = httpx.get(f"{api.url}/healthz").json()
+    assert health["status"] == "ok" and health["aliases"] == {"sft": sft_version}

@@ -49,6 +49,7 @@ def test_alias_moved_mid_traffic(micro_copy: Settings, serve: Any, new_version: 
     results: list[tuple[str, float, float, int, str | None]] = []
     errors: list[BaseException] = []
     switched = {"at": float("inf")}
+    flowing = threading.Event()  # three answers came back (or a client failed)
     with serve(max_batch_size=4, serve_aliases=["sft"]) as api:
 
         def client() -> None:
@@ -58,15 +59,19 @@ def test_alias_moved_mid_traffic(micro_copy: Settings, serve: Any, new_version: 
                     result = stream_once(api.url)
                 except BaseException as err:  # noqa: BLE001 - every failure is a test failure
                     errors.append(err)
+                    flowing.set()
                     return
                 results.append(result)
+                if len(results) >= len(threads):
+                    flowing.set()
                 if result[1] > switched["at"]:
                     return
 
         threads = [threading.Thread(target=client) for _ in range(3)]
         for thread in threads:
             thread.start()
-        time.sleep(1.0)
+        # Move the alias under traffic: once answers come back, the clients are asking again.
+        assert flowing.wait(120) and not errors, errors
         moved = time.monotonic()
         registry.set_alias("sft", new)  # the nightly job promotes a version
         deadline = time.monotonic() + 60

@@ -28,6 +28,8 @@ from kindchat.retrain.loop_config import RetrainConfig
 from kindchat.retrain.recorder import run_dir
 from kindchat.seed import read_rm
 
+pytestmark = pytest.mark.slow  # trains a night through the server
+
 # Micro budgets, and gates any micro policy passes (the refusal is tested in test_cycle.py).
 LENIENT = {
     "preset": "micro",

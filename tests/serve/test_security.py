@@ -38,6 +38,8 @@ from kindchat.users import ScoredUser, concise_score
 
 from .test_challenger import setup_challenge  # type: ignore[import-not-found]
 
+pytestmark = pytest.mark.slow  # hundreds of requests and arena battles each (15-25 s)
+
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 ATTEMPTS = 5000
 KEY = "team-a:kc-0123456789abcdef0123"

@@ -9,11 +9,14 @@ from collections import Counter
 from typing import Any
 
 import httpx
+import pytest
 
 from kindchat.config import Settings
 from kindchat.serve.app import create_app
 
 from .conftest import ServerThread  # type: ignore[import-not-found]
+
+pytestmark = pytest.mark.slow  # two servers and redis
 
 BUDGET = 10
 

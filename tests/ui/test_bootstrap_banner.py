@@ -21,6 +21,9 @@ from kindchat.ui import strings
 
 from .conftest import ADMIN_TOKEN, ServerThread  # type: ignore[import-not-found]
 
+# a browser, and a Llama-family bootstrap trained in a child process (~60 s)
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
 BACKGROUND = "micro-llama"
 
 
