@@ -86,6 +86,7 @@ def test_alias_never_moves_to_a_damaged_version(tmp_path: Path) -> None:
     good = registry.save("policy", write_model).version
     bad = registry.save("policy", write_model).version
     registry.set_alias("rlhf", good)
+    set_at = registry.alias_set_at("rlhf")
     with (tmp_path / bad / "model.safetensors").open("ab") as handle:
         handle.write(b"\x00\x01")  # damaged after saving
     with pytest.raises(RegistryError, match=f"model {bad}: checksum mismatch in model.safetensors"):
@@ -93,15 +94,21 @@ def test_alias_never_moves_to_a_damaged_version(tmp_path: Path) -> None:
     (tmp_path / bad / "config.json").unlink()
     with pytest.raises(RegistryError, match="config.json is missing"):
         registry.set_alias("nightly", bad)
-    assert registry.alias_state() == {"aliases": {"rlhf": good}, "history": {}}
+    state = registry.alias_state()
+    assert state["aliases"] == {"rlhf": good} and state["history"] == {}
+    assert registry.alias_set_at("rlhf") == set_at  # the refused moves left no trace
 
 
 def test_aliases_history_and_rollback(tmp_path: Path) -> None:
     registry = Registry(tmp_path)
     a = registry.save("policy", write_model).version
     b = registry.save("policy", write_model).version
+    assert registry.alias_set_at("rlhf") is None
     assert registry.set_alias("rlhf", a) is None
+    first = registry.alias_set_at("rlhf")
     assert registry.set_alias("rlhf", b) == a
+    moved = registry.alias_set_at("rlhf")
+    assert first is not None and moved is not None and moved >= first  # when it last moved
     assert registry.aliases() == {"rlhf": b}
     assert registry.rollback_alias("rlhf") == a
     assert registry.aliases()["rlhf"] == a
