@@ -1,4 +1,4 @@
-"""Generation backends behind one interface (:class:`GenerationBackend`): hf, deepspeed, tgi."""
+"""Generation backends behind one interface (:class:`GenerationBackend`): hf, deepspeed, openai, tgi."""
 
 from __future__ import annotations
 

@@ -1,1 +1,2 @@
-"""One router per resource: chat, models, feedback, arena, health (+ metrics, admin)."""
+"""One router per resource: chat, models, feedback, arena, conversations, sessions, health
+(+ metrics, bootstrap) and admin."""
