@@ -138,14 +138,19 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"feedback {dict(counts)} in {night_s:.0f} s; training rows {report.signals}")
 
     eval_config = PolicyEvalConfig(max_new_tokens=preset.ppo.max_new_tokens, seed=args.seed)
-    before = score_policy(
-        registry.resolve(served),
-        test_prompts,
-        users.score,
-        sft_dir=registry.resolve(sft),
-        samples=args.samples,
-        config=eval_config,
-    )
+
+    def score(policy_dir: Path) -> Any:
+        """The users' scores of a policy's answers to the unseen prompts."""
+        return score_policy(
+            policy_dir,
+            test_prompts,
+            users.score,
+            sft_dir=registry.resolve(sft),
+            samples=args.samples,
+            config=eval_config,
+        )
+
+    before = score(registry.resolve(served))
     rows = [
         {
             "method": "(serving)",
@@ -179,14 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"{label}: refused: {refusal}")
             return {"method": label, "refused": str(refusal)}, None
         train_s = time.perf_counter() - start
-        after = score_policy(
-            registry.path(result.policy),
-            test_prompts,
-            users.score,
-            sft_dir=registry.resolve(sft),
-            samples=args.samples,
-            config=eval_config,
-        )
+        after = score(registry.path(result.policy))
         gain = paired_gain(after, baseline)
         console.print(f"{label}: gain {gain}, KL {after.kl_sft:.2f}, {train_s:.0f} s")
         row = {
@@ -220,14 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                 votes=args.votes, seed=args.seed + 1, max_new_tokens=preset.ppo.max_new_tokens
             ),
         )
-        promoted = score_policy(
-            registry.path(first),
-            test_prompts,
-            users.score,
-            sft_dir=registry.resolve(sft),
-            samples=args.samples,
-            config=eval_config,
-        )
+        promoted = score(registry.path(first))
         rows.append(
             {
                 "method": "(promoted)",
