@@ -135,7 +135,7 @@ def test_nightly_loop_end_to_end(
         assert not any((settings.models_dir / STAGING).glob("*"))
 
         # 3. Feedback in the DB became new versions, promoted; the server answers with them.
-        assert run.metrics["export"]["train"] >= 1 and run.metrics["feedback"]["new_pairs"] == 8
+        assert run.metrics["export"]["train"] >= 1 and run.metrics["feedback"]["pairs"] == 8
         aliases = registry.aliases()
         assert aliases["rlhf"] == new_policy and aliases["rm"] == new_rm
         assert aliases["sft"] == before["sft"] and aliases["gold-rm"] == before["gold-rm"]
