@@ -56,6 +56,7 @@ def _setup(engine: Engine) -> tuple[str, str]:
     return conv.id, answer.id
 
 
+@pytest.mark.slow  # eight writer threads
 def test_threads_lose_no_message_and_no_rating(engine: Engine) -> None:
     conv_id, answer_id = _setup(engine)
 

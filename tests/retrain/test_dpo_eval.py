@@ -85,6 +85,7 @@ def test_policy_against_itself_is_an_exact_tie(micro_settings: Settings, tmp_pat
     assert stored["win_rate"] == 0.5 and stored["policy_eval"]["baseline"] == sft_version
 
 
+@pytest.mark.slow  # scores the seed's held-out pairs
 def test_eval_rm_cli_json_counts_the_pairs_the_rm_ranks_right(micro_settings: Settings) -> None:
     """`eval rm --json` per set: n, accuracy (chosen scored above rejected) and the mean scores,
     checked against the RM scoring each answer alone (no batch, no padding)."""

@@ -35,6 +35,8 @@ from kindchat.retrain.common import writer
 from kindchat.retrain.recorder import fail_stale_runs
 from kindchat.users import ScoredUser, concise_score
 
+pytestmark = pytest.mark.slow  # dozens of votes through real apps, restarts
+
 
 def mute_copy(registry: Registry, alias: str) -> str:
     """A policy that only ever says EOS: a constant final hidden state, EOS its only logit."""
