@@ -39,7 +39,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from kindchat.config import Settings
-from kindchat.feedback import run_records
+from kindchat.feedback import challenges, run_records
 from kindchat.feedback.db import init_db, session_scope
 from kindchat.feedback.export import ExportConfig, export_reward_data
 from kindchat.feedback.influence import InfluenceConfig, find_anomalies, read_votes
@@ -198,12 +198,11 @@ class Cycle:
 
         self.rec.enter("feedback")
         with session_scope(self.engine) as session:
-            pending = run_records.list_runs(session=session, status=CHALLENGING, limit=1)
-        if pending:
-            challenger = ((pending[0].metrics or {}).get("challenger") or {}).get("version")
+            pending = challenges.get_open(session=session)
+        if pending is not None:
             return (
-                f"challenger {challenger} of run {pending[0].id} is still being judged in the "
-                "arena; the next cycle waits for the users' decision"
+                f"challenger {pending.challenger_version} of run {pending.run_id} is still being "
+                "judged in the arena; the next cycle waits for the users' decision"
             )
         window = self.window
         with session_scope(self.engine) as session:
