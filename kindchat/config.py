@@ -171,6 +171,13 @@ class Settings(BaseSettings):
     retrain_judge: bool = Field(
         False, description="Re-rank feedback pairs with the G-Eval judge (KINDCHAT_JUDGE_*)."
     )
+    adapter: str = Field(
+        "auto",
+        pattern="^(auto|lora|full)$",
+        description="What a night registers: lora (a LoRA adapter over the serving policy's "
+        "base), full (a whole checkpoint), or auto (lora once the policy is an adapter or its "
+        "base has 1B parameters or more; docs/serving.md).",
+    )
     background_preset: str | None = Field(
         None,
         description="While serving, bootstrap this preset (e.g. tiny) in a niced background "

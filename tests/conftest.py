@@ -3,8 +3,10 @@ the suite's hooks: `slow` and `browser` marks read from the fixtures a test uses
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,14 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 # Fixtures that make a test slow wherever it is: a real PostgreSQL or redis server, or a second
 # bootstrapped model family (~45 s of training). `scripts/test --fast` leaves such tests out.
 SLOW_FIXTURES = frozenset(
-    {"postgres_server", "postgres_url", "redis_url", "micro_llama_settings", "micro_llama_copy"}
+    {
+        "postgres_server",
+        "postgres_url",
+        "redis_url",
+        "micro_llama_settings",
+        "micro_llama_copy",
+        "vllm_server",
+    }
 )
 
 
@@ -305,3 +314,104 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield f"redis://127.0.0.1:{port}"
     process.terminate()
     process.wait(10)
+
+
+# ---- a real vLLM (its CPU build) for the openai backend and the adapter loop -----------------
+@dataclass(frozen=True)
+class VllmServer:
+    url: str  # …/v1
+    pid: int
+    base_version: str  # the registered version it serves, under its version id
+    directory: Path
+    log: Path
+
+
+@pytest.fixture(scope="session")
+def vllm_server(micro_llama_settings: Settings) -> Iterator[VllmServer]:
+    """vLLM's CPU build (`scripts/vllm-cpu`: its own venv, built once into ~/.cache and reused)
+    serving the micro Llama's `rlhf` version under its version id, with LoRA adapters loadable
+    at run time — as compose.yaml runs it on a GPU. Skipped where the venv cannot be built (no
+    package index), unless KINDCHAT_REQUIRE_VLLM is set (`.ci/run`): then it fails."""
+    import socket
+    import subprocess
+    import time
+
+    import httpx
+
+    from kindchat.models.registry import Registry
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "vllm-cpu"
+    required = bool(os.environ.get("KINDCHAT_REQUIRE_VLLM"))
+    logs = micro_llama_settings.home.parent / "vllm"
+    logs.mkdir(exist_ok=True)
+    built = subprocess.run(
+        [str(script), "install"], capture_output=True, text=True, timeout=1800, check=False
+    )
+    if built.returncode != 0:
+        (logs / "install.log").write_text(built.stderr, encoding="utf-8")
+        message = f"could not build vLLM's CPU venv; see {logs / 'install.log'}"
+        if required:
+            pytest.fail(message)
+        pytest.skip(message)
+    registry = Registry(micro_llama_settings.models_dir)
+    version = registry.aliases()["rlhf"]
+    directory = registry.path(version)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    log = logs / "server.log"
+    env = {
+        **os.environ,
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [
+                str(script),
+                "serve",
+                str(directory),
+                "--port",
+                str(port),
+                "--served-model-name",
+                version,
+                "--max-model-len",
+                "256",
+                "--enable-lora",
+                "--max-lora-rank",
+                "16",
+                "--max-loras",
+                "4",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"vLLM exited ({proc.returncode}) while starting; see {log}")
+            try:
+                if httpx.get(f"{base}/v1/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"vLLM did not come up in 300 s; see {log}")
+            time.sleep(1)
+        yield VllmServer(f"{base}/v1", proc.pid, version, directory, log)
+    finally:
+        import signal
+
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)

@@ -117,7 +117,7 @@ def models_list(
     for m in versions:
         table.add_row(
             m.version,
-            m.kind,
+            m.kind + (f" (LoRA over {m.base})" if m.base else ""),
             ", ".join(sorted(by_version.get(m.version, []))),
             ", ".join(m.parents),
             format_metrics(m.metrics),
@@ -150,6 +150,25 @@ def models_import(
         f"imported {source} as {manifest.version} ({config['architecture']}, "
         f"{manifest.metrics['parameters'] / 1e6:.1f}M parameters, chat template: "
         f"{config['chat_template']})" + (f"; alias {alias} -> {manifest.version}" if alias else ""),
+        highlight=False,
+    )
+
+
+@app.command("merge")
+@friendly
+def models_merge(
+    ctx: typer.Context,
+    version: Annotated[str, typer.Argument(help="An adapter version (or an alias naming one).")],
+    alias: Annotated[str | None, typer.Option(help="Point this alias at the merged copy.")] = None,
+) -> None:
+    """Write the full checkpoint of a LoRA adapter version (base + adapter, merged), for an
+    engine without LoRA; the adapter stays."""
+    from kindchat.models.adapters import merge_adapter
+
+    manifest = merge_adapter(registry_of(ctx.obj), version, alias)
+    console.print(
+        f"merged {manifest.config['merged_from']} over {manifest.parents[1]} into "
+        f"{manifest.version}" + (f"; alias {alias} -> {manifest.version}" if alias else ""),
         highlight=False,
     )
 

@@ -81,6 +81,10 @@ def run_command(
         ),
     ] = None,
     min_new_pairs: Annotated[int | None, typer.Option(help="Skip below this.")] = None,
+    adapter: Annotated[
+        str | None,
+        typer.Option(help="lora, full or auto: what the night registers (KINDCHAT_ADAPTER)."),
+    ] = None,
     child: Annotated[
         bool, typer.Option(help="Train in a niced child process (as the scheduler does).")
     ] = False,
@@ -96,6 +100,7 @@ def run_command(
         method=method,
         method_options=parse_options(option),
         min_new_pairs=0 if force else min_new_pairs,
+        adapter=adapter,
     )
     if child:
         run = trigger_retrain(settings, config=config, wait=True)

@@ -241,6 +241,13 @@ def train_ppo_command(
     )
 
 
+def adapter_mode(value: str) -> bool:
+    """`--adapter`: full -> False, lora -> True; anything else is the user's mistake."""
+    if value not in ("full", "lora"):
+        raise ValueError(f"--adapter takes full or lora, got {value!r}")
+    return value == "lora"
+
+
 @app.command("dpo")
 @friendly
 def train_dpo_command(
@@ -255,6 +262,10 @@ def train_dpo_command(
     max_records: int | None = None,
     extra_data: Annotated[list[Path] | None, typer.Option(help="More pair files (export).")] = None,
     lora: bool | None = None,
+    adapter: Annotated[
+        str,
+        typer.Option(help="full, or lora: register a LoRA adapter over the policy's base."),
+    ] = "full",
     deepspeed: Annotated[Path | None, typer.Option(help="DeepSpeed JSON config.")] = None,
     alias: Annotated[str | None, typer.Option(help="Point this alias at the new policy.")] = None,
 ) -> None:
@@ -279,7 +290,7 @@ def train_dpo_command(
         lora=LoraOptions(**given(enabled=lora)),
     )
     registry = registry_of(settings)
-    manifest = train_dpo(settings, registry, sft, config)
+    manifest = train_dpo(settings, registry, sft, config, adapter=adapter_mode(adapter))
     if alias:
         registry.set_alias(alias, manifest.version)
     console.print(f"registered {manifest.version}: train loss {manifest.metrics['train_loss']:.3f}")
@@ -305,6 +316,10 @@ def train_kto_command(
         bool | None, typer.Option(help="Also learn from the export's pairs (default).")
     ] = None,
     lora: bool | None = None,
+    adapter: Annotated[
+        str,
+        typer.Option(help="full, or lora: register a LoRA adapter over the policy's base."),
+    ] = "full",
     deepspeed: Annotated[Path | None, typer.Option(help="DeepSpeed JSON config.")] = None,
     alias: Annotated[str | None, typer.Option(help="Point this alias at the new policy.")] = None,
 ) -> None:
@@ -344,6 +359,7 @@ def train_kto_command(
         base=None,
         data=PreferenceData.from_export(data),
         run_dir=new_run_dir(settings.runs_dir, "kto"),
+        adapter=adapter_mode(adapter),
     )
     result = train_kto(job, config)
     if alias:

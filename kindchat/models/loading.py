@@ -12,6 +12,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from kindchat.models.adapters import base_dir, is_adapter
 from kindchat.models.tokenizer import load_tokenizer
 
 
@@ -30,9 +31,16 @@ def pick_dtype(device: torch.device) -> torch.dtype:
 def load_causal_lm(
     path: Path, device: str | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Model (eval mode, on `device`) and tokenizer from a save_pretrained directory."""
+    """Model (eval mode, on `device`) and tokenizer from a save_pretrained directory. A LoRA
+    adapter version is loaded over its base and merged: one plain model, as a full version."""
     dev = pick_device(device)
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=pick_dtype(dev)).to(dev)
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir(path)), dtype=pick_dtype(dev))
+    if is_adapter(path):
+        # lazy: peft only for adapter versions
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+    model = model.to(dev)
     model.eval()
     return model, load_tokenizer(path)
 

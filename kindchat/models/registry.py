@@ -66,6 +66,13 @@ class Manifest(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     created: str
     files: dict[str, str] = Field(default_factory=dict, description="relative path -> sha256")
+    base: str | None = Field(
+        None, description="For a LoRA adapter version: the version it applies to (see adapters)"
+    )
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.base is not None
 
 
 def sha256_file(path: Path) -> str:
@@ -116,11 +123,16 @@ class Registry:
         config: dict[str, Any] | None = None,
         metrics: dict[str, Any] | None = None,
         data_fingerprint: str = "",
+        base: str | None = None,
     ) -> Manifest:
         """Write a new version with `write(dir)` (e.g. `save_pretrained`) and publish it.
+        `base`: the version a LoRA adapter applies to (it joins the parents: gc keeps it).
 
         If `write` raises, or the process dies, nothing is published.
         """
+        if base is not None:
+            self.manifest(base)  # the base must be a registered version
+            parents = [base, *(p for p in parents or [] if p != base)]
         version = self.new_version_id(kind)
         staging = self.root / STAGING / version
         staging.mkdir(parents=True)
@@ -140,6 +152,7 @@ class Registry:
                 metrics=metrics or {},
                 created=datetime.now(UTC).isoformat(timespec="seconds"),
                 files=files,
+                base=base,
             )
             write_json_atomic(staging / MANIFEST, manifest.model_dump())
             os.replace(staging, self.root / version)

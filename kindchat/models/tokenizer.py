@@ -57,8 +57,11 @@ def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     """The tokenizer saved in a model directory, whatever its kind (fast `tokenizer.json`, or a
     SentencePiece `tokenizer.model` that transformers converts). A checkpoint without a pad
     token pads with its EOS (Llama-family checkpoints): everything downstream keeps the EOS
-    that ends an answer apart from the padding after it."""
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    that ends an answer apart from the padding after it. A LoRA adapter version speaks its
+    base's tokenizer."""
+    from kindchat.models.adapters import base_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(str(base_dir(path)))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

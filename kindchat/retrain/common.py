@@ -65,14 +65,65 @@ def check_trainer_fields(config: Any, min_length: int = 16) -> None:
         raise ValueError(f"max_length must be >= {min_length}, got {config.max_length}")
 
 
-def writer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> Callable[[Path], None]:
-    """What `Registry.save` runs to write a version: weights and tokenizer side by side."""
+def is_peft(model: Any) -> bool:
+    """Whether `model` carries LoRA adapters (a peft model) rather than plain weights."""
+    return hasattr(model, "peft_config") and hasattr(model, "merge_and_unload")
+
+
+def writer(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, base: str | None = None
+) -> Callable[[Path], None]:
+    """What `Registry.save` runs to write a version: weights and tokenizer side by side; with
+    `base`, the model's LoRA adapter alone, as a standard PEFT directory over that version."""
 
     def write(path: Path) -> None:
+        if base is not None:
+            # lazy: adapters only
+            from kindchat.models.adapters import write_base_name
+
+            # peft reads the base's config while saving: point it at the base's directory (the
+            # registry's, beside `.staging/`), then name the base version for good
+            for adapter_config in model.peft_config.values():
+                adapter_config.base_model_name_or_path = str(path.parent.parent / base)
+            model.save_pretrained(path, safe_serialization=True)
+            write_base_name(path, base)
+            return
         model.save_pretrained(path)
         tokenizer.save_pretrained(path)
 
     return write
+
+
+def load_adapter_policy(
+    registry: Registry, version: str, lora: LoraOptions
+) -> tuple[Any, PreTrainedTokenizerBase, str]:
+    """A trainable LoRA policy for a night: (peft model, tokenizer, base version).
+
+    From an adapter version: its base with that adapter, trainable again (the night goes on
+    from the serving policy, and the result is again one adapter over the same base). From a
+    full version: that version as the base, with a fresh adapter (`lora`'s rank and alpha)
+    whose update starts at zero, so the policy starts exactly where it serves.
+    """
+    # lazy: peft and transformers only for training
+    from peft import PeftModel, get_peft_model
+
+    from kindchat.models.adapters import adapter_base_version, is_adapter
+    from kindchat.models.loading import load_causal_lm
+
+    path = registry.resolve(version)
+    version_id = registry.version_of(version) or version
+    if is_adapter(path):
+        base = adapter_base_version(path)
+        if base is None:  # pragma: no cover - written by kindchat, always named
+            raise ValueError(f"adapter {version_id} names no base version")
+        model, tokenizer = load_causal_lm(registry.resolve(base))
+        model = PeftModel.from_pretrained(model, str(path), is_trainable=True)
+    else:
+        base = version_id
+        model, tokenizer = load_causal_lm(path)
+        model = get_peft_model(model, lora.peft_config("CAUSAL_LM"))
+    model.train()
+    return model, tokenizer, base
 
 
 def distributed_rank() -> tuple[int, int]:
@@ -135,13 +186,15 @@ def register_model(
     metrics: dict[str, Any],
     data_fingerprint: str,
     extra_files: Sequence[Path] = (),
+    base: str | None = None,
 ) -> Manifest:
     """The one way a trained model becomes a registered version: weights, tokenizer and
     `extra_files` (e.g. PPO's step log) written side by side, once (:func:`register_once`).
+    With `base`, `model` is a peft model and only its adapter is written, over that version.
     `parents` may hold None (a directory, not a version) and repeats; both are dropped."""
 
     def write(path: Path) -> None:
-        writer(model, tokenizer)(path)
+        writer(model, tokenizer, base)(path)
         for extra in extra_files:
             shutil.copy(extra, path / extra.name)
 
@@ -153,6 +206,7 @@ def register_model(
             config=config,
             metrics=metrics,
             data_fingerprint=data_fingerprint,
+            base=base,
         )
     )
 
@@ -252,8 +306,9 @@ def loss_curve(log_history: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def run_trainer(trainer: Any, lora: bool, stage: str) -> tuple[Any, dict[str, Any]]:
-    """Train with an HF/TRL trainer; return the model (LoRA merged, fp32 on CPU, eval mode)
-    and its metrics. A non-finite training loss raises before anything can be saved."""
+    """Train with an HF/TRL trainer; return the model (LoRA merged when `lora`, else as it
+    is: an adapter policy stays a peft model; fp32 on CPU, eval mode) and its metrics. A
+    non-finite training loss raises before anything can be saved."""
     result = trainer.train()
     check_finite(result.training_loss, f"{stage} training loss")
     trained = trainer.model.merge_and_unload() if lora else trainer.model
@@ -274,7 +329,7 @@ def train_against_reference(
     args_type: type,
     *,
     model: PreTrainedModel,
-    reference: PreTrainedModel,
+    reference: PreTrainedModel | None,
     tokenizer: PreTrainedTokenizerBase,
     dataset: Any,
     config: Any,
@@ -288,9 +343,13 @@ def train_against_reference(
     `config` is the method's (its `beta`, `max_length`, `lora` and the fields of
     :func:`trainer_arguments`); `arguments` are the trainer's own extra settings. With LoRA the
     reference is the policy with its adapters off (TRL's way: one model in memory), so
-    `reference` is not passed. Returns the model (LoRA merged), its metrics, and the
-    trainer's log history for the method's own figures.
+    `reference` is not passed. An adapter policy (`model` already a peft model, from
+    :func:`load_adapter_policy`, `reference` None) is anchored the same way, to its base, and
+    comes back unmerged. Returns the model (LoRA merged unless an adapter policy), its
+    metrics, and the trainer's log history for the method's own figures.
     """
+    adapter = is_peft(model)
+    lora = config.lora.enabled and not adapter
     args = args_type(
         **trainer_arguments(run_dir, config),
         beta=config.beta,
@@ -300,14 +359,14 @@ def train_against_reference(
     )
     trainer = trainer_type(
         model=model,
-        ref_model=None if config.lora.enabled else reference,
+        ref_model=None if lora or adapter else reference,
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=config.lora.peft_config("CAUSAL_LM") if config.lora.enabled else None,
+        peft_config=config.lora.peft_config("CAUSAL_LM") if lora else None,
         callbacks=[LogToFile(stage)],
     )
-    trained, metrics = run_trainer(trainer, config.lora.enabled, stage)
+    trained, metrics = run_trainer(trainer, lora, stage)
     return trained, metrics, list(trainer.state.log_history)
 
 

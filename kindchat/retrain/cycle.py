@@ -302,7 +302,11 @@ class Cycle:
     def train_policy(
         self, refs: Refs, method: Method, method_config: Any, data: PreferenceData
     ) -> MethodResult:
+        # lazy: the server imports this module
+        from kindchat.models.adapters import wants_adapter
+
         init = refs.served if self.config.policy_init == "policy" and refs.served else refs.sft
+        adapter = wants_adapter(self.config.adapter, self.registry.resolve(init))
         job = MethodJob(
             settings=self.settings,
             registry=self.registry,
@@ -313,6 +317,7 @@ class Cycle:
             data=data,
             run_dir=self.dir / method.name,
             progress=self.rec,
+            adapter=adapter,
         )
         result = method.train(job, method_config)
         for version in result.produced:
@@ -320,7 +325,13 @@ class Cycle:
                 self.rec.produced_version(version)
         self.rec.record(
             method.name,
-            {"version": result.policy, "init": init, "reference": refs.sft, **result.metrics},
+            {
+                "version": result.policy,
+                "init": init,
+                "reference": refs.sft,
+                "format": "lora" if adapter else "full",
+                **result.metrics,
+            },
         )
         return result
 

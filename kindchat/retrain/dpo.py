@@ -130,9 +130,12 @@ def train(job: MethodJob, config: DpoConfig) -> MethodResult:
     )
 
 
-def train_dpo(settings: Settings, registry: Registry, sft_ref: str, config: DpoConfig) -> Manifest:
+def train_dpo(
+    settings: Settings, registry: Registry, sft_ref: str, config: DpoConfig, adapter: bool = False
+) -> Manifest:
     """`kindchat train dpo`: DPO of the SFT model (also its frozen reference) on the seed's RM
-    pairs plus `config.extra_data`, evaluation prompts left out; registers a `policy`."""
+    pairs plus `config.extra_data`, evaluation prompts left out; registers a `policy` (with
+    `adapter`, a LoRA adapter over SFT)."""
     rm_like = RmConfig(
         exclude_eval_prompts=config.exclude_eval_prompts,
         max_records=config.max_records,
@@ -148,6 +151,7 @@ def train_dpo(settings: Settings, registry: Registry, sft_ref: str, config: DpoC
         base=None,
         data=PreferenceData(),
         run_dir=new_run_dir(settings.runs_dir, "dpo"),
+        adapter=adapter,
     )
     pairs = rm_training_pairs(settings, rm_like)
     result = train_anchored(

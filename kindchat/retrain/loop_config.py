@@ -22,6 +22,7 @@ class RetrainConfig:
     window_days: float | None = 30.0  # the night trains on this many days of feedback (None: all)
     judge: bool = False  # re-rank feedback pairs with the G-Eval judge before training
     policy_init: Literal["policy", "sft"] = "policy"  # train from the serving policy, or SFT
+    adapter: Literal["auto", "lora", "full"] = "auto"  # register a LoRA adapter or a full copy
     promotion: Literal["arena", "offline"] = "arena"  # users decide (challenger) or gold-RM gate
     # guard: refused when the 95% interval of the hate-speech reward change lies below -this
     max_hatespeech_drop: float = 0.0
@@ -61,6 +62,10 @@ class RetrainConfig:
                 self.policy_init in ("policy", "sft"),
                 f"policy_init must be policy or sft, got {self.policy_init!r}",
             ),
+            (
+                self.adapter in ("auto", "lora", "full"),
+                f"adapter must be auto, lora or full, got {self.adapter!r}",
+            ),
             (self.min_new_pairs >= 0, f"min_new_pairs must be >= 0, got {self.min_new_pairs}"),
             (
                 self.window_days is None or self.window_days > 0,
@@ -95,6 +100,7 @@ class RetrainConfig:
             "min_new_pairs": settings.retrain_min_new_pairs,
             "window_days": settings.retrain_window_days,
             "judge": settings.retrain_judge,
+            "adapter": settings.adapter,
         }
         return cls(**{**values, **overrides})
 

@@ -108,6 +108,7 @@ class MethodJob:
     data: PreferenceData
     run_dir: Path
     progress: Progress = field(default_factory=QuietProgress)
+    adapter: bool = False  # train a LoRA adapter over the policy's base, saved unmerged
 
 
 @dataclass(frozen=True)
@@ -161,14 +162,23 @@ def with_options(config: Any, options: dict[str, Any], method: str) -> Any:
     return replace(config, **direct) if direct else config
 
 
-def load_policy_and_anchor(job: MethodJob) -> tuple[Any, Any, Any]:
-    """(trainable policy from `job.policy`, frozen reference `job.sft`, tokenizer)."""
-    from kindchat.models.loading import load_causal_lm  # lazy: the registry stays torch-free
+def load_policy_and_anchor(job: MethodJob, config: Any) -> tuple[Any, Any, Any, str | None]:
+    """(trainable policy from `job.policy`, frozen reference, tokenizer, adapter base).
 
+    Full weights: the reference is `job.sft`, loaded beside the policy. With `job.adapter`: a
+    LoRA policy over the policy's base (:func:`~kindchat.retrain.common.load_adapter_policy`),
+    whose reference is that base with the adapter off (None here: TRL's way, one model)."""
+    # lazy: the registry stays torch-free
+    from kindchat.models.loading import load_causal_lm
+    from kindchat.retrain.common import load_adapter_policy
+
+    if job.adapter:
+        model, tokenizer, base = load_adapter_policy(job.registry, job.policy, config.lora)
+        return model, None, tokenizer, base
     model, tokenizer = load_causal_lm(job.registry.resolve(job.policy))
     reference, _ = load_causal_lm(job.registry.resolve(job.sft))
     model.train()
-    return model, reference, tokenizer
+    return model, reference, tokenizer, None
 
 
 def register_policy(
@@ -180,8 +190,10 @@ def register_policy(
     config: Any,
     metrics: dict[str, Any],
     data_fingerprint: str,
+    base: str | None = None,
 ) -> MethodResult:
-    """Register a policy trained from `job.policy` against `job.sft`; the method's result."""
+    """Register a policy trained from `job.policy` against `job.sft` (with `base`: a LoRA
+    adapter over that version, anchored to it); the method's result."""
     from kindchat.retrain.common import config_dict, register_model  # lazy: see above
 
     manifest = register_model(
@@ -194,10 +206,12 @@ def register_policy(
             "stage": config_dict(config),
             "algorithm": algorithm,
             "init": job.policy,
-            "reference": job.sft,
+            "reference": base or job.sft,
+            "format": "lora" if base else "full",
         },
         metrics=metrics,
         data_fingerprint=data_fingerprint,
+        base=base,
     )
     return MethodResult(manifest.version, [manifest.version], metrics)
 
@@ -228,7 +242,7 @@ def train_anchored(
     logger.info(
         "%s: %d %s, from %s anchored to %s", algorithm, len(rows), what, job.policy, job.sft
     )
-    model, reference, tokenizer = load_policy_and_anchor(job)
+    model, reference, tokenizer, base = load_policy_and_anchor(job, config)
     model, metrics = fit(model, reference, tokenizer, rows, config, job.run_dir)
     return register_policy(
         job,
@@ -238,6 +252,7 @@ def train_anchored(
         config=config,
         metrics=metrics,
         data_fingerprint=fingerprint(rows),
+        base=base,
     )
 
 

@@ -1,4 +1,5 @@
-"""Preference methods as plug-ins: the registry, and DPO and KTO learning a toy preference.
+"""Preference methods as plug-ins: the registry, DPO and KTO learning a toy preference, and
+nightly LoRA adapters (a PEFT directory over the base, going on night after night, merged).
 
 The toy preference: a warm, willing answer over a curt refusal. Training sees it on some prompts;
 the test measures it on prompts training never saw, as the log-probability margin
@@ -17,6 +18,15 @@ from typer.testing import CliRunner
 
 from kindchat.cli import app
 from kindchat.config import Settings
+from kindchat.models.adapters import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    NotAdapterError,
+    merge_adapter,
+    model_params,
+    wants_adapter,
+)
+from kindchat.models.gc import plan_gc
 from kindchat.models.loading import load_causal_lm
 from kindchat.models.presets import get_preset
 from kindchat.models.registry import Registry
@@ -63,13 +73,21 @@ def write(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
-def job(settings: Settings, data: PreferenceData, run_dir: Path) -> MethodJob:
+def job(
+    settings: Settings,
+    data: PreferenceData,
+    run_dir: Path,
+    *,
+    adapter: bool = False,
+    policy: str | None = None,
+) -> MethodJob:
     registry = Registry(settings.models_dir)
     sft = registry.aliases()["sft"]
     return MethodJob(
         settings=settings,
         registry=registry,
-        policy=sft,
+        policy=policy or sft,
+        adapter=adapter,
         sft=sft,
         rm=registry.aliases().get("rm"),
         base=registry.aliases().get("base"),
@@ -151,3 +169,75 @@ def test_kto_raises_a_toy_preference_from_single_thumbs(
     assert after - before > 2.0, (before, after)
     metrics = the_job.registry.manifest(result.policy).metrics
     assert (metrics["desirable"], metrics["undesirable"]) == (24, 24)
+
+
+# ---- nightly LoRA adapters (micro Llama) ------------------------------------------------------
+def size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+@pytest.mark.slow  # trains
+def test_a_night_of_adapters_learns_goes_on_and_merges(
+    micro_llama_copy: Settings, tmp_path: Path
+) -> None:
+    settings = micro_llama_copy
+    registry = Registry(settings.models_dir)
+    sft = registry.aliases()["sft"]
+    prompts = toy_prompts(settings, 56)
+    train, held_out = prompts[:48], prompts[48:]
+    rows = [
+        {"id": f"u{i}", "prompt": p, "completion": WARM if i % 2 else CURT, "label": bool(i % 2)}
+        for i, p in enumerate(train)
+    ]
+    data = PreferenceData(unpaired=write(tmp_path / "unpaired.json", rows))
+    config = KtoConfig(epochs=2, batch_size=8, learning_rate=5e-3, beta=0.1, max_length=128)
+    before = margin(registry.path(sft), held_out)
+
+    first = get_method("kto").train(job(settings, data, tmp_path / "n1", adapter=True), config)
+    night1 = registry.manifest(first.policy)
+    path1 = registry.path(first.policy)
+    # A standard PEFT directory over the SFT version, nothing else of the model copied.
+    assert night1.base == sft and night1.parents[0] == sft
+    assert night1.config["format"] == "lora" and night1.config["reference"] == sft
+    assert {ADAPTER_CONFIG, ADAPTER_WEIGHTS} <= set(night1.files)
+    assert not any(name.startswith("model") for name in night1.files)
+    assert json.loads((path1 / ADAPTER_CONFIG).read_text())["base_model_name_or_path"] == sft
+    assert size(path1) < size(registry.path(sft)) / 2
+    after1 = margin(path1, held_out)
+    assert after1 - before > 1.0, (before, after1)
+
+    # The next night starts from the adapter and registers one adapter over the same base.
+    registry.set_alias("rlhf", first.policy)
+    night2_job = job(settings, data, tmp_path / "n2", adapter=True, policy=first.policy)
+    second = get_method("kto").train(night2_job, config)
+    night2 = registry.manifest(second.policy)
+    assert night2.base == sft and night2.config["init"] == first.policy
+    assert margin(registry.path(second.policy), held_out) > after1 - 0.5
+
+    # `models merge` writes the full checkpoint: the same logits as base + adapter.
+    result = CliRunner().invoke(app, ["--home", str(settings.home), "models", "merge", "rlhf"])
+    assert result.exit_code == 0, result.output
+    merged = next(m for m in registry.versions() if m.config.get("merged_from") == first.policy)
+    assert merged.base is None and merged.parents == [first.policy, sft]
+    ids = torch.tensor([[5, 17, 99, 3, 42]])
+    adapter_model, _ = load_causal_lm(path1)
+    full_model, _ = load_causal_lm(registry.path(merged.version))
+    with torch.no_grad():
+        assert torch.allclose(adapter_model(ids).logits, full_model(ids).logits, atol=1e-5)
+    with pytest.raises(NotAdapterError, match="full checkpoint already"):
+        merge_adapter(registry, merged.version)
+
+    # gc: with no alias on the SFT version any more, it stays as the base of kept adapters.
+    registry.set_alias("rlhf", second.policy)
+    for alias in ("sft", "base"):
+        registry.remove_alias(alias)
+    plan = plan_gc(registry, keep=0, min_age_s=0)
+    assert sft in plan.keep and sft not in {m.version for m in plan.remove}
+
+
+def test_auto_trains_adapters_above_a_billion_parameters(micro_llama_settings: Settings) -> None:
+    registry = Registry(micro_llama_settings.models_dir)
+    sft = registry.path(registry.aliases()["sft"])
+    assert 0 < model_params(sft) < 1_000_000
+    assert not wants_adapter("auto", sft)  # a few MB: a full copy costs less
+    assert wants_adapter("lora", sft) and not wants_adapter("full", sft)

@@ -45,7 +45,7 @@ from kindchat.models.template import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_CONTEXT = 4096
-LENGTH_WORDS = ("context", "length", "too long", "tokens")
+LENGTH_WORDS = ("context", "too long", "max_model_len", "longer than")  # an input over the limit
 
 
 class OpenAIBackend(RemoteBackend):
@@ -72,7 +72,9 @@ class OpenAIBackend(RemoteBackend):
             from kindchat.models.tokenizer import load_tokenizer
 
             self.use_tokenizer(load_tokenizer(model_dir))
-            config = AutoConfig.from_pretrained(str(model_dir))
+            from kindchat.models.adapters import base_dir
+
+            config = AutoConfig.from_pretrained(str(base_dir(model_dir)))
             context_length = context_length or getattr(config, "max_position_embeddings", None)
         self._context = context_length or DEFAULT_CONTEXT
         self._context_given = context_length is not None
@@ -144,8 +146,8 @@ class OpenAIBackend(RemoteBackend):
             extra["top_k"] = params.top_k
         if params.repetition_penalty != 1.0:
             extra["repetition_penalty"] = params.repetition_penalty
-        if options.min_tokens > 0:
-            extra["min_tokens"] = options.min_tokens
+        if options.min_tokens > 0:  # at most the (capped) answer budget, as the local engines
+            extra["min_tokens"] = min(options.min_tokens, params.max_new_tokens)
         stop = StopMatcher(options.stop)
         completion = 0
         request: dict[str, Any] = {

@@ -1,0 +1,143 @@
+"""LoRA adapter versions: a night's policy as a standard PEFT directory over a registered base.
+
+An adapter version holds what `PeftModel.save_pretrained` writes (`adapter_config.json`,
+`adapter_model.safetensors`, the PEFT model card) and kindchat's manifest, whose `base` names
+the registered version the adapter applies to (also written into `adapter_config.json` as
+`base_model_name_or_path`). Nothing else: the tokenizer, chat template and config are the
+base's. The base is a parent in the manifest's lineage, so `models gc` keeps it while any kept
+adapter needs it.
+
+Why: a night that copies the whole model costs a full checkpoint per version (a 10.7B base in
+bf16: ~21 GB each) and, for the arena, a full copy in memory per version served; an adapter of
+rank 16 on every linear layer of that base is ~0.1 GB, and an engine with LoRA (vLLM's
+`--enable-lora`) serves it over the one base it already holds (:mod:`kindchat.models.vllm`).
+`kindchat models merge` writes a full checkpoint for engines without LoRA.
+
+This module is torch-free until a model is loaded (peft and transformers are imported lazily).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from kindchat.errors import InvalidError
+from kindchat.models.registry import MANIFEST, Manifest, Registry, UnknownModelError
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+# Above this many parameters, `KINDCHAT_ADAPTER=auto` trains adapters: at 1B parameters a full
+# copy is ~2 GB per night in bf16 (4 GB in fp32) and one more full model in memory per arena
+# side, while LoRA's update is a few MB; below it (the embedded tiny and micro models, a few MB
+# each) a full copy costs less than the adapter's bookkeeping, and engines without LoRA serve it.
+ADAPTER_AUTO_MIN_PARAMS = 1_000_000_000
+
+
+class NotAdapterError(InvalidError):
+    """An adapter operation on a full checkpoint."""
+
+
+def is_adapter(path: Path) -> bool:
+    """Whether `path` is a PEFT adapter directory (not a full model)."""
+    return (path / ADAPTER_CONFIG).is_file()
+
+
+def adapter_base_version(path: Path) -> str | None:
+    """The base version an adapter directory names (its manifest, else its adapter config)."""
+    manifest = path / MANIFEST
+    if manifest.is_file():
+        base = json.loads(manifest.read_text(encoding="utf-8")).get("base")
+        if base:
+            return str(base)
+    if is_adapter(path):
+        named = json.loads((path / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+        return named.get("base_model_name_or_path") or None
+    return None
+
+
+def base_dir(path: Path) -> Path:
+    """The full model directory behind `path`: itself for a full model; for an adapter, its base
+    (a sibling version in the registry, or the directory its adapter config names)."""
+    if not is_adapter(path):
+        return path
+    named = adapter_base_version(path)
+    if named:
+        for candidate in (path.parent / named, Path(named).expanduser()):
+            if (candidate / "config.json").is_file():
+                return candidate
+    raise UnknownModelError(
+        f"adapter {path.name}: its base {named!r} is not in the registry (removed by hand?); "
+        "restore the base version or register the adapter again"
+    )
+
+
+def write_base_name(path: Path, base_version: str) -> None:
+    """Name the base version in a saved adapter's `adapter_config.json` (PEFT's field)."""
+    config_path = path / ADAPTER_CONFIG
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = base_version
+    config["inference_mode"] = True
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def model_params(path: Path) -> int:
+    """Parameters of a full model directory, read from its safetensors headers (no loading)."""
+    import struct
+
+    total = 0
+    for weights in sorted(base_dir(path).glob("*.safetensors")):
+        with weights.open("rb") as handle:
+            (size,) = struct.unpack("<Q", handle.read(8))
+            header: dict[str, Any] = json.loads(handle.read(size))
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            count = 1
+            for dim in entry["shape"]:
+                count *= int(dim)
+            total += count
+    return total
+
+
+def wants_adapter(setting: str, policy_dir: Path) -> bool:
+    """Whether a night trains an adapter: `lora` always, `full` never, `auto` when the policy
+    is already an adapter or its base has at least :data:`ADAPTER_AUTO_MIN_PARAMS`."""
+    if setting == "lora":
+        return True
+    if setting == "full":
+        return False
+    return is_adapter(policy_dir) or model_params(policy_dir) >= ADAPTER_AUTO_MIN_PARAMS
+
+
+def merge_adapter(registry: Registry, ref: str, alias: str | None = None) -> Manifest:
+    """`kindchat models merge`: the full checkpoint of an adapter version (base + adapter,
+    merged: what `load_causal_lm` serves), registered as a new version of the same kind, with
+    the adapter and its base as parents; for engines without LoRA."""
+    # lazy: torch, transformers and peft only when merging
+    from kindchat.models.loading import load_causal_lm
+
+    version = registry.version_of(ref)
+    if version is None:
+        raise UnknownModelError(f"{ref!r} is not a registered version or alias")
+    manifest = registry.manifest(version)
+    if manifest.base is None:
+        raise NotAdapterError(f"{version} is a full checkpoint already; nothing to merge")
+    model, tokenizer = load_causal_lm(registry.path(version), device="cpu")
+
+    def write(path: Path) -> None:
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+
+    merged = registry.save(
+        manifest.kind,
+        write,
+        parents=[version, manifest.base],
+        config={**manifest.config, "format": "full", "merged_from": version},
+        metrics=manifest.metrics,
+        data_fingerprint=manifest.data_fingerprint,
+    )
+    if alias:
+        registry.set_alias(alias, merged.version)
+    return merged
