@@ -6,7 +6,10 @@ Servers, each a real HTTP server in a subprocess, one after the other:
 2. kindchat generating one request at a time (`max_batch_size` = 1);
 3. `transformers serve` on the same directory, without batching;
 4. `transformers serve --continuous-batching` (transformers' paged-attention batching; it
-   crashes on GPT-NeoX, so the default model is a Llama).
+   crashes on GPT-NeoX, so the default model is a Llama);
+5. vLLM (`scripts/vllm-cpu serve`: the CPU build in its own venv here; on a GPU host point
+   `--vllm` at any `vllm serve`-compatible command), the engine kindchat's `openai` backend
+   talks to in production.
 
 Each of `--clients` clients streams `--requests` answers of up to `--max-tokens` tokens (kindchat
 gets `min_tokens` = `max_tokens`; `transformers serve` refuses that field, and a random-weight
@@ -15,6 +18,7 @@ completion tokens/s, time to first token p50/p95, and kindchat's ratio to each p
 
     python bench/serve_load.py                                  # random-weight tiny-llama
     python bench/serve_load.py --home /tmp/kc_tiny --alias sft  # a registered model
+    python bench/serve_load.py --clients 1 --requests 8          # latency, one client
 """
 
 from __future__ import annotations
@@ -228,6 +232,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of every server.")
     parser.add_argument("--log-dir", type=Path, default=Path("logs/bench"))
     parser.add_argument("--skip", nargs="*", default=[], help="Modes to leave out.")
+    parser.add_argument(
+        "--vllm",
+        default=str(Path(__file__).resolve().parents[1] / "scripts" / "vllm-cpu") + " serve",
+        help="The command that starts vLLM on a model directory (then its flags).",
+    )
     args = parser.parse_args()
     args.log_dir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -245,6 +254,22 @@ def main() -> None:
     def transformers_serve(*flags: str) -> list[str]:
         return [transformers_cli, "serve", str(directory), *flags, "--port"]
 
+    def vllm() -> list[str]:
+        from transformers import AutoConfig
+
+        positions = AutoConfig.from_pretrained(str(directory)).max_position_embeddings
+        return [
+            *args.vllm.split(),
+            str(directory),
+            "--served-model-name",
+            "bench",
+            "--max-model-len",
+            str(positions),
+            "--max-num-seqs",
+            str(max(args.clients, 1)),
+            "--port",
+        ]
+
     exact = {"min_tokens": "max_tokens"}
     plan = [
         ("kindchat", kindchat(args.clients), "/healthz", kc_model, args.clients, exact),
@@ -258,6 +283,7 @@ def main() -> None:
             args.clients,
             {},
         ),
+        ("vllm", vllm(), "/v1/models", "bench", args.clients, exact),
     ]
     results: dict[str, RunResult | str] = {}
     for mode, command, health, model, batch, extra in plan:

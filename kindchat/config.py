@@ -98,6 +98,17 @@ class Settings(BaseSettings):
             "name for every alias (empty: the server's first model)."
         ),
     )
+    openai_lora: bool = Field(
+        False,
+        description="backend=openai on a vLLM with --enable-lora and runtime LoRA updating: "
+        "serve the registry's aliases through it, loading LoRA adapter versions as aliases "
+        "move (promotion without a restart; kindchat/models/vllm.py).",
+    )
+    openai_registry_dir: Path | None = Field(
+        None,
+        description="The model registry as the vLLM server sees it, for adapter paths (unset: "
+        "the same path as here).",
+    )
     device: str | None = Field(None, description="Torch device for local backends (auto if unset).")
     torch_threads: int | None = Field(
         None, ge=1, description="CPU threads for torch in `serve` (unset: torch's default)."

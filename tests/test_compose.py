@@ -41,8 +41,10 @@ def test_compose_matches_the_settings() -> None:
     assert settings.backend == "openai" and settings.db_url.startswith("postgresql+psycopg://")
     assert settings.openai_base_url == "http://vllm:8001/v1"
     command = " ".join(services["vllm"]["command"])
-    assert "--served-model-name kindchat-rlhf" in command and "--port 8001" in command
-    assert settings.openai_models == ["kindchat-rlhf"]
+    assert '--served-model-name "$$base"' in command and "--port 8001" in command
+    assert "--enable-lora" in command  # adapters load at run time: a promotion needs no restart
+    assert services["vllm"]["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    assert settings.openai_lora and settings.adapter == "lora"
     assert services["kindchat"]["build"] == "." and (ROOT / "Dockerfile").is_file()
     assert '".[postgres]"' in (ROOT / "Dockerfile").read_text(encoding="utf-8")
     assert services["kindchat"]["depends_on"]["db"]["condition"] == "service_healthy"

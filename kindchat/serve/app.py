@@ -86,7 +86,7 @@ def remote_backend(settings: Settings) -> dict[str, GenerationBackend] | None:
             settings.tgi_url, tokenizer=_local_tokenizer(settings, settings.serve_aliases[-1])
         )
         return dict.fromkeys(settings.serve_aliases, tgi)
-    if settings.backend == "openai":
+    if settings.backend == "openai" and not settings.openai_lora:
         if not settings.openai_base_url:
             raise ValueError(
                 "backend openai needs a server URL: set --openai-base-url or "
@@ -131,6 +131,11 @@ def create_app(
     """The API app. `loader` replaces how versions are loaded (e.g. a failing one in tests);
     each extension adds to the finished app (`kindchat.app` mounts the UI this way, so serve
     never imports the UI above it)."""
+    if loader is None and settings.backend == "openai" and settings.openai_lora:
+        # lazy: only for a vLLM that loads the registry's adapters at run time
+        from kindchat.models.vllm import VllmLoader
+
+        loader = VllmLoader(settings)
     manager = ModelManager(settings, loader=loader, remote=remote_backend(settings))
     metrics = Metrics(manager)
     gate = Gate(settings, metrics)

@@ -329,6 +329,14 @@ class Dashboard(BaseModel):
     runs: list[RetrainRunPublic]
     versions: list[Manifest]
     aliases: dict[str, str]
+    serving: dict[str, str] = Field(
+        default_factory=dict, description="alias -> the version the engine answers with now"
+    )
+    serving_failures: dict[str, str] = Field(
+        default_factory=dict,
+        description="alias -> why its registry version is not served (e.g. the engine must be "
+        "restarted for a full checkpoint); the old version keeps serving",
+    )
     ppo_version: str | None = Field(None, description="The newest policy with a PPO log.")
     ppo_log: list[dict[str, float]] = Field(default_factory=list)
     challenger: dict[str, Any] = Field(default_factory=dict)

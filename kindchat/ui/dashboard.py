@@ -136,7 +136,11 @@ def totals(data: Dashboard) -> str:
         battles=s.battles,
         voted=s.voted_battles,
     )
-    return f"{counts}  \n{strings.ALIASES_NOW.format(aliases=aliases or '-')}"
+    text = f"{counts}  \n{strings.ALIASES_NOW.format(aliases=aliases or '-')}"
+    for alias, why in sorted(data.serving_failures.items()):
+        serving = data.serving.get(alias, "-")
+        text += "  \n" + strings.NOT_SERVED.format(alias=alias, serving=serving, why=why)
+    return text
 
 
 def challenger_text(challenger: dict[str, Any]) -> str:

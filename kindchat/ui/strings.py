@@ -162,6 +162,7 @@ COL_ALIASES = "별칭"
 COL_GOLD = "판정용(골드)"
 TOTALS = "대화 {conversations}개 · 메시지 {messages}개 · 평가 {ratings}개 · 대결 {battles}개 (투표 {voted}개)"
 ALIASES_NOW = "현재 별칭: {aliases}"
+NOT_SERVED = "⚠️ {alias}: 새 버전을 서빙하지 못해 {serving}(으)로 계속 답합니다 — {why}"
 
 # ---- admin ------------------------------------------------------------------------------------
 ADMIN_TITLE = "🔐 관리자"

@@ -115,6 +115,8 @@ class AdminService:
             runs=runs,
             versions=versions,
             aliases=registry.aliases(),
+            serving=dict(self.manager.status()["aliases"]),
+            serving_failures=dict(self.manager.failures),
             challenger=self.arena.challenger(),
             bootstrap=self.bootstrap(),
         )

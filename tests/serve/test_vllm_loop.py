@@ -1,0 +1,147 @@
+"""One night end to end on a real vLLM (its CPU build): kindchat serves through vLLM, simulated
+users chat, rate and vote over HTTP, the nightly cycle trains a LoRA adapter, vLLM serves the
+challenger in the arena as an adapter loaded at run time, the users' votes promote it, vLLM
+serves it as `rlhf` — the same vLLM process throughout — and a rollback goes back to the base.
+A full checkpoint that vLLM does not serve is refused in one line and the alias keeps serving.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from kindchat.config import Settings
+from kindchat.feedback import challenges
+from kindchat.feedback.db import init_db, session_scope
+from kindchat.models.loading import load_causal_lm
+from kindchat.models.registry import Registry
+from kindchat.retrain.common import writer
+from kindchat.retrain.loop_config import RetrainConfig
+from kindchat.simulate import SimulateConfig, simulate
+from kindchat.users import load_users
+
+pytestmark = pytest.mark.slow  # a night through vLLM: feedback, training, the arena
+
+VllmServer = Any  # tests/conftest.py's VllmServer (conftest modules are not importable)
+
+
+def vllm_models(server: VllmServer) -> dict[str, str | None]:
+    """What vLLM serves now: served name -> its parent (None for the base model)."""
+    data = httpx.get(f"{server.url}/models", timeout=10).json()["data"]
+    return {m["id"]: m.get("parent") for m in data}
+
+
+def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 120.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+    return value
+
+
+def answered_by(url: str, token: str) -> str:
+    reply = httpx.post(
+        f"{url}/v1/chat/completions",
+        json={
+            "model": "kindchat-rlhf",
+            "messages": [{"role": "user", "content": "안녕하세요, 오늘 기분이 어때요?"}],
+            "max_tokens": 8,
+        },
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=60,
+    )
+    assert reply.status_code == 200, reply.text
+    return str(reply.json()["model"])
+
+
+def test_one_night_on_vllm_promotes_an_adapter_without_a_restart(
+    vllm_server: VllmServer, micro_llama_copy: Settings, serve: Callable[..., Any]
+) -> None:
+    settings = micro_llama_copy
+    registry = Registry(settings.models_dir)
+    base = registry.aliases()["rlhf"]
+    assert base == vllm_server.base_version
+    pid = vllm_server.pid
+    on_vllm = {
+        "backend": "openai",
+        "openai_base_url": vllm_server.url,
+        "openai_lora": True,
+        "serve_aliases": ["rlhf"],
+        "trusted_proxies": ["127.0.0.1"],  # the simulated people's own addresses
+        "challenger_share": 1.0,
+        "challenger_min_votes": 16,
+        "challenger_min_sessions": 16,
+        "challenger_min_origins": 4,
+        "admin_token": "night-admin",
+    }
+    retrain = RetrainConfig(
+        preset="micro",
+        method="kto",
+        method_options={"learning_rate": 2e-3, "epochs": 2.0},
+        adapter="lora",
+        promotion="arena",
+        min_new_pairs=5,
+        eval_max_new_tokens=8,
+        max_kl=1e9,
+        max_empty_rise=1.0,
+        max_repetitive_rise=1.0,
+    )
+    with serve(settings=settings, **on_vllm) as server:
+        token = httpx.post(f"{server.url}/v1/sessions").json()["token"]
+        assert answered_by(server.url, token) == base  # kindchat → vLLM's base model
+        night_settings = server.settings
+        [_, night] = simulate(
+            night_settings,
+            load_users("polite"),
+            SimulateConfig(
+                votes=240, max_tokens=24, concurrency=4, read_chars_per_s=0, score_samples=1
+            ),
+            retrain,
+            url=server.url,
+        )
+        run, decided = night.run, night.challenger
+        assert run["status"] not in ("failed", "refused", "skipped"), (run, night.feedback)
+        assert decided is not None and decided.get("action") == "promote", str((run, decided))
+        adapter = decided["version"]
+        manifest = registry.manifest(adapter)
+        # the night registered an adapter over vLLM's base, not a copy of the model
+        assert manifest.base == base and manifest.config["format"] == "lora"
+        assert registry.aliases()["rlhf"] == adapter
+        wait_for(
+            "the hot swap",
+            lambda: httpx.get(f"{server.url}/healthz").json()["aliases"].get("rlhf") == adapter,
+        )
+        assert vllm_models(vllm_server).get(adapter) == base  # vLLM serves it over its base
+        assert answered_by(server.url, token) == adapter
+        with session_scope(init_db(settings)) as session:
+            record = challenges.get_challenge(session=session, challenge_id=decided["challenge_id"])
+        assert record.status == "promoted" and record.champion_version == base
+        assert record.run_id == run["id"] and record.challenger_version == adapter
+
+        # rollback: the base answers again, and the adapter no alias needs leaves vLLM
+        admin = {"Authorization": "Bearer night-admin"}
+        rolled = httpx.post(
+            f"{server.url}/v1/admin/rollback", json={"alias": "rlhf"}, headers=admin
+        )
+        assert rolled.status_code == 200, rolled.text
+        wait_for("the rollback", lambda: answered_by(server.url, token) == base)
+        wait_for("the unload", lambda: adapter not in vllm_models(vllm_server))
+
+        # a full checkpoint vLLM does not serve: refused in one line, the base keeps serving
+        model, tokenizer = load_causal_lm(registry.path(base))
+        full = registry.save("policy", writer(model, tokenizer)).version
+        registry.set_alias("rlhf", full)
+        failure = wait_for(
+            "the refusal",
+            lambda: httpx.get(f"{server.url}/healthz").json().get("failures", {}).get("rlhf"),
+        )
+        assert "restart vLLM" in failure and full in failure
+        assert answered_by(server.url, token) == base
+    # one vLLM process served every version: never restarted
+    os.kill(pid, 0)
+    assert vllm_server.log.read_text(errors="replace").count("Started server process") == 1
