@@ -163,7 +163,7 @@ def models_merge(
 ) -> None:
     """Write the full checkpoint of a LoRA adapter version (base + adapter, merged), for an
     engine without LoRA; the adapter stays."""
-    from kindchat.models.adapters import merge_adapter
+    from kindchat.models.loading import merge_adapter
 
     manifest = merge_adapter(registry_of(ctx.obj), version, alias)
     console.print(

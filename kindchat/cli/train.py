@@ -241,8 +241,11 @@ def train_ppo_command(
     )
 
 
-def adapter_mode(value: str) -> bool:
-    """`--adapter`: full -> False, lora -> True; anything else is the user's mistake."""
+def adapter_mode(value: str | None) -> bool:
+    """`--adapter`: full or not given -> False, lora -> True; anything else is the user's
+    mistake."""
+    if value is None:
+        return False
     if value not in ("full", "lora"):
         raise ValueError(f"--adapter takes full or lora, got {value!r}")
     return value == "lora"
@@ -263,9 +266,9 @@ def train_dpo_command(
     extra_data: Annotated[list[Path] | None, typer.Option(help="More pair files (export).")] = None,
     lora: bool | None = None,
     adapter: Annotated[
-        str,
-        typer.Option(help="full, or lora: register a LoRA adapter over the policy's base."),
-    ] = "full",
+        str | None,
+        typer.Option(help="full (default), or lora: a LoRA adapter over the policy's base."),
+    ] = None,
     deepspeed: Annotated[Path | None, typer.Option(help="DeepSpeed JSON config.")] = None,
     alias: Annotated[str | None, typer.Option(help="Point this alias at the new policy.")] = None,
 ) -> None:
@@ -317,9 +320,9 @@ def train_kto_command(
     ] = None,
     lora: bool | None = None,
     adapter: Annotated[
-        str,
-        typer.Option(help="full, or lora: register a LoRA adapter over the policy's base."),
-    ] = "full",
+        str | None,
+        typer.Option(help="full (default), or lora: a LoRA adapter over the policy's base."),
+    ] = None,
     deepspeed: Annotated[Path | None, typer.Option(help="DeepSpeed JSON config.")] = None,
     alias: Annotated[str | None, typer.Option(help="Point this alias at the new policy.")] = None,
 ) -> None:

@@ -11,7 +11,8 @@ Why: a night that copies the whole model costs a full checkpoint per version (a 
 bf16: ~21 GB each) and, for the arena, a full copy in memory per version served; an adapter of
 rank 16 on every linear layer of that base is ~0.1 GB, and an engine with LoRA (vLLM's
 `--enable-lora`) serves it over the one base it already holds (:mod:`kindchat.models.vllm`).
-`kindchat models merge` writes a full checkpoint for engines without LoRA.
+`kindchat models merge` (:func:`kindchat.models.loading.merge_adapter`) writes a full
+checkpoint for engines without LoRA.
 
 This module is torch-free until a model is loaded (peft and transformers are imported lazily).
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from kindchat.errors import InvalidError
-from kindchat.models.registry import MANIFEST, Manifest, Registry, UnknownModelError
+from kindchat.models.registry import MANIFEST, UnknownModelError
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -109,35 +110,3 @@ def wants_adapter(setting: str, policy_dir: Path) -> bool:
     if setting == "full":
         return False
     return is_adapter(policy_dir) or model_params(policy_dir) >= ADAPTER_AUTO_MIN_PARAMS
-
-
-def merge_adapter(registry: Registry, ref: str, alias: str | None = None) -> Manifest:
-    """`kindchat models merge`: the full checkpoint of an adapter version (base + adapter,
-    merged: what `load_causal_lm` serves), registered as a new version of the same kind, with
-    the adapter and its base as parents; for engines without LoRA."""
-    # lazy: torch, transformers and peft only when merging
-    from kindchat.models.loading import load_causal_lm
-
-    version = registry.version_of(ref)
-    if version is None:
-        raise UnknownModelError(f"{ref!r} is not a registered version or alias")
-    manifest = registry.manifest(version)
-    if manifest.base is None:
-        raise NotAdapterError(f"{version} is a full checkpoint already; nothing to merge")
-    model, tokenizer = load_causal_lm(registry.path(version), device="cpu")
-
-    def write(path: Path) -> None:
-        model.save_pretrained(path)
-        tokenizer.save_pretrained(path)
-
-    merged = registry.save(
-        manifest.kind,
-        write,
-        parents=[version, manifest.base],
-        config={**manifest.config, "format": "full", "merged_from": version},
-        metrics=manifest.metrics,
-        data_fingerprint=manifest.data_fingerprint,
-    )
-    if alias:
-        registry.set_alias(alias, merged.version)
-    return merged

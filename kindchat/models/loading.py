@@ -12,7 +12,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from kindchat.models.adapters import base_dir, is_adapter
+from kindchat.models.adapters import NotAdapterError, base_dir, is_adapter
+from kindchat.models.registry import Manifest, Registry, UnknownModelError
 from kindchat.models.tokenizer import load_tokenizer
 
 
@@ -57,3 +58,32 @@ def load_reward_model(
     tokenizer = load_tokenizer(path)
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def merge_adapter(registry: Registry, ref: str, alias: str | None = None) -> Manifest:
+    """`kindchat models merge`: the full checkpoint of an adapter version (base + adapter,
+    merged: what `load_causal_lm` serves), registered as a new version of the same kind, with
+    the adapter and its base as parents; for engines without LoRA."""
+    version = registry.version_of(ref)
+    if version is None:
+        raise UnknownModelError(f"{ref!r} is not a registered version or alias")
+    manifest = registry.manifest(version)
+    if manifest.base is None:
+        raise NotAdapterError(f"{version} is a full checkpoint already; nothing to merge")
+    model, tokenizer = load_causal_lm(registry.path(version), device="cpu")
+
+    def write(path: Path) -> None:
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+
+    merged = registry.save(
+        manifest.kind,
+        write,
+        parents=[version, manifest.base],
+        config={**manifest.config, "format": "full", "merged_from": version},
+        metrics=manifest.metrics,
+        data_fingerprint=manifest.data_fingerprint,
+    )
+    if alias:
+        registry.set_alias(alias, merged.version)
+    return merged

@@ -329,7 +329,8 @@ class Cycle:
                 "version": result.policy,
                 "init": init,
                 "reference": refs.sft,
-                "format": "lora" if adapter else "full",
+                # what was registered (a method without adapters, PPO, registers a full copy)
+                "format": "lora" if self.registry.manifest(result.policy).base else "full",
                 **result.metrics,
             },
         )

@@ -22,12 +22,11 @@ from kindchat.models.adapters import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     NotAdapterError,
-    merge_adapter,
     model_params,
     wants_adapter,
 )
 from kindchat.models.gc import plan_gc
-from kindchat.models.loading import load_causal_lm
+from kindchat.models.loading import load_causal_lm, merge_adapter
 from kindchat.models.presets import get_preset
 from kindchat.models.registry import Registry
 from kindchat.models.template import kullm_prompt
