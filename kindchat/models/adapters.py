@@ -20,11 +20,11 @@ This module is torch-free until a model is loaded (peft and transformers are imp
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
-from typing import Any
 
 from kindchat.errors import InvalidError
-from kindchat.models.registry import MANIFEST, UnknownModelError
+from kindchat.models.registry import UnknownModelError
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -40,27 +40,24 @@ class NotAdapterError(InvalidError):
     """An adapter operation on a full checkpoint."""
 
 
-def is_adapter(path: Path) -> bool:
+def is_adapter(path: Path | str) -> bool:
     """Whether `path` is a PEFT adapter directory (not a full model)."""
-    return (path / ADAPTER_CONFIG).is_file()
+    return (Path(path) / ADAPTER_CONFIG).is_file()
 
 
 def adapter_base_version(path: Path) -> str | None:
-    """The base version an adapter directory names (its manifest, else its adapter config)."""
-    manifest = path / MANIFEST
-    if manifest.is_file():
-        base = json.loads(manifest.read_text(encoding="utf-8")).get("base")
-        if base:
-            return str(base)
-    if is_adapter(path):
-        named = json.loads((path / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-        return named.get("base_model_name_or_path") or None
-    return None
+    """The base an adapter directory names in its adapter config (for a registered adapter,
+    the base version id: :func:`write_base_name`); None for a full model."""
+    if not is_adapter(path):
+        return None
+    named = json.loads((path / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    return named.get("base_model_name_or_path") or None
 
 
-def base_dir(path: Path) -> Path:
+def base_dir(path: Path | str) -> Path:
     """The full model directory behind `path`: itself for a full model; for an adapter, its base
     (a sibling version in the registry, or the directory its adapter config names)."""
+    path = Path(path)
     if not is_adapter(path):
         return path
     named = adapter_base_version(path)
@@ -84,21 +81,14 @@ def write_base_name(path: Path, base_version: str) -> None:
 
 
 def model_params(path: Path) -> int:
-    """Parameters of a full model directory, read from its safetensors headers (no loading)."""
-    import struct
+    """Parameters of the full model behind `path`, read from its safetensors headers (the
+    tensors' shapes; nothing is loaded)."""
+    from safetensors import safe_open  # lazy: only `auto` asks
 
     total = 0
     for weights in sorted(base_dir(path).glob("*.safetensors")):
-        with weights.open("rb") as handle:
-            (size,) = struct.unpack("<Q", handle.read(8))
-            header: dict[str, Any] = json.loads(handle.read(size))
-        for name, entry in header.items():
-            if name == "__metadata__":
-                continue
-            count = 1
-            for dim in entry["shape"]:
-                count *= int(dim)
-            total += count
+        with safe_open(str(weights), framework="np") as handle:
+            total += sum(math.prod(handle.get_slice(k).get_shape()) for k in handle.keys())  # noqa: SIM118
     return total
 
 

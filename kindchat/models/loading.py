@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -12,7 +14,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from kindchat.models.adapters import NotAdapterError, base_dir, is_adapter
+from kindchat.models.adapters import NotAdapterError, base_dir, is_adapter, write_base_name
 from kindchat.models.registry import Manifest, Registry, UnknownModelError
 from kindchat.models.tokenizer import load_tokenizer
 
@@ -60,6 +62,28 @@ def load_reward_model(
     return model, tokenizer
 
 
+def is_peft(model: Any) -> bool:
+    """Whether `model` carries LoRA adapters (a peft model) rather than plain weights."""
+    return hasattr(model, "peft_config") and hasattr(model, "merge_and_unload")
+
+
+def writer(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, base: str | None = None
+) -> Callable[[Path], None]:
+    """What `Registry.save` runs to write a version: weights and tokenizer side by side; with
+    `base`, the model's LoRA adapter alone, as a standard PEFT directory over that version."""
+
+    def write(path: Path) -> None:
+        if base is not None:
+            model.save_pretrained(path, safe_serialization=True)
+            write_base_name(path, base)
+            return
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+
+    return write
+
+
 def merge_adapter(registry: Registry, ref: str, alias: str | None = None) -> Manifest:
     """`kindchat models merge`: the full checkpoint of an adapter version (base + adapter,
     merged: what `load_causal_lm` serves), registered as a new version of the same kind, with
@@ -71,14 +95,9 @@ def merge_adapter(registry: Registry, ref: str, alias: str | None = None) -> Man
     if manifest.base is None:
         raise NotAdapterError(f"{version} is a full checkpoint already; nothing to merge")
     model, tokenizer = load_causal_lm(registry.path(version), device="cpu")
-
-    def write(path: Path) -> None:
-        model.save_pretrained(path)
-        tokenizer.save_pretrained(path)
-
     merged = registry.save(
         manifest.kind,
-        write,
+        writer(model, tokenizer),
         parents=[version, manifest.base],
         config={**manifest.config, "format": "full", "merged_from": version},
         metrics=manifest.metrics,

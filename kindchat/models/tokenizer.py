@@ -8,6 +8,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from kindchat.models.adapters import base_dir
 from kindchat.models.template import KULLM_CHAT_TEMPLATE
 
 EOS_TOKEN = "<|endoftext|>"
@@ -59,8 +60,6 @@ def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     token pads with its EOS (Llama-family checkpoints): everything downstream keeps the EOS
     that ends an answer apart from the padding after it. A LoRA adapter version speaks its
     base's tokenizer."""
-    from kindchat.models.adapters import base_dir
-
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir(path)))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

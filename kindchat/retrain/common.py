@@ -17,6 +17,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
 from kindchat.logs import STEPS_LOGGER
+from kindchat.models.loading import is_peft, writer
 from kindchat.models.registry import Manifest, ModelKind, Registry
 
 T = TypeVar("T")
@@ -65,35 +66,6 @@ def check_trainer_fields(config: Any, min_length: int = 16) -> None:
         raise ValueError(f"max_length must be >= {min_length}, got {config.max_length}")
 
 
-def is_peft(model: Any) -> bool:
-    """Whether `model` carries LoRA adapters (a peft model) rather than plain weights."""
-    return hasattr(model, "peft_config") and hasattr(model, "merge_and_unload")
-
-
-def writer(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, base: str | None = None
-) -> Callable[[Path], None]:
-    """What `Registry.save` runs to write a version: weights and tokenizer side by side; with
-    `base`, the model's LoRA adapter alone, as a standard PEFT directory over that version."""
-
-    def write(path: Path) -> None:
-        if base is not None:
-            # lazy: adapters only
-            from kindchat.models.adapters import write_base_name
-
-            # peft reads the base's config while saving: point it at the base's directory (the
-            # registry's, beside `.staging/`), then name the base version for good
-            for adapter_config in model.peft_config.values():
-                adapter_config.base_model_name_or_path = str(path.parent.parent / base)
-            model.save_pretrained(path, safe_serialization=True)
-            write_base_name(path, base)
-            return
-        model.save_pretrained(path)
-        tokenizer.save_pretrained(path)
-
-    return write
-
-
 def load_adapter_policy(
     registry: Registry, version: str, lora: LoraOptions
 ) -> tuple[Any, PreTrainedTokenizerBase, str]:
@@ -116,8 +88,13 @@ def load_adapter_policy(
         base = adapter_base_version(path)
         if base is None:  # pragma: no cover - written by kindchat, always named
             raise ValueError(f"adapter {version_id} names no base version")
-        model, tokenizer = load_causal_lm(registry.resolve(base))
+        base_path = registry.resolve(base)
+        model, tokenizer = load_causal_lm(base_path)
         model = PeftModel.from_pretrained(model, str(path), is_trainable=True)
+        # the adapter config names the base by version id; peft reads the base's config from
+        # this field when it saves, so it names the base's directory while the model lives
+        for adapter_config in model.peft_config.values():
+            adapter_config.base_model_name_or_path = str(base_path)
     else:
         base = version_id
         model, tokenizer = load_causal_lm(path)

@@ -28,10 +28,9 @@ from kindchat.config import Settings
 from kindchat.feedback import challenges, run_records
 from kindchat.feedback.db import init_db, session_scope
 from kindchat.feedback.models import Challenge
-from kindchat.models.loading import load_causal_lm
+from kindchat.models.loading import load_causal_lm, writer
 from kindchat.models.registry import CHALLENGER_ALIAS, Registry
 from kindchat.retrain.challenger import challenge_version, current_challenge
-from kindchat.retrain.common import writer
 from kindchat.retrain.recorder import fail_stale_runs
 from kindchat.users import ScoredUser, concise_score
 

@@ -18,9 +18,8 @@ import pytest
 from kindchat.config import Settings
 from kindchat.feedback import challenges
 from kindchat.feedback.db import init_db, session_scope
-from kindchat.models.loading import load_causal_lm
+from kindchat.models.loading import load_causal_lm, writer
 from kindchat.models.registry import Registry
-from kindchat.retrain.common import writer
 from kindchat.retrain.loop_config import RetrainConfig
 from kindchat.simulate import SimulateConfig, simulate
 from kindchat.users import load_users

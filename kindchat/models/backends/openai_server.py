@@ -24,6 +24,7 @@ from typing import Any
 
 import openai
 
+from kindchat.models.adapters import base_dir
 from kindchat.models.backends.base import (
     BackendUnavailableError,
     FinishReason,
@@ -72,8 +73,6 @@ class OpenAIBackend(RemoteBackend):
             from kindchat.models.tokenizer import load_tokenizer
 
             self.use_tokenizer(load_tokenizer(model_dir))
-            from kindchat.models.adapters import base_dir
-
             config = AutoConfig.from_pretrained(str(base_dir(model_dir)))
             context_length = context_length or getattr(config, "max_position_embeddings", None)
         self._context = context_length or DEFAULT_CONTEXT
