@@ -3,7 +3,6 @@ the suite's hooks: `slow` and `browser` marks read from the fixtures a test uses
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ import pytest
 import torch
 
 from kindchat.config import DEFAULT_DATA_DIR, Settings
+from tests.helpers import free_port, server_process
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -332,11 +332,7 @@ def vllm_server(micro_llama_settings: Settings) -> Iterator[VllmServer]:
     serving the micro Llama's `rlhf` version under its version id, with LoRA adapters loadable
     at run time — as compose.yaml runs it on a GPU. Skipped where the venv cannot be built (no
     package index), unless KINDCHAT_REQUIRE_VLLM is set (`.ci/run`): then it fails."""
-    import socket
     import subprocess
-    import time
-
-    import httpx
 
     from kindchat.models.registry import Registry
 
@@ -356,9 +352,7 @@ def vllm_server(micro_llama_settings: Settings) -> Iterator[VllmServer]:
     registry = Registry(micro_llama_settings.models_dir)
     version = registry.aliases()["rlhf"]
     directory = registry.path(version)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+    port = free_port()
     log = logs / "server.log"
     env = {
         **os.environ,
@@ -367,51 +361,22 @@ def vllm_server(micro_llama_settings: Settings) -> Iterator[VllmServer]:
         "OMP_NUM_THREADS": "1",
         "HF_HUB_OFFLINE": "1",
     }
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [
-                str(script),
-                "serve",
-                str(directory),
-                "--port",
-                str(port),
-                "--served-model-name",
-                version,
-                "--max-model-len",
-                "256",
-                "--enable-lora",
-                "--max-lora-rank",
-                "16",
-                "--max-loras",
-                "4",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
+    command = [
+        str(script),
+        "serve",
+        str(directory),
+        "--port",
+        str(port),
+        "--served-model-name",
+        version,
+        "--max-model-len",
+        "256",
+        "--enable-lora",
+        "--max-lora-rank",
+        "16",
+        "--max-loras",
+        "4",
+    ]
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vLLM exited ({proc.returncode}) while starting; see {log}")
-            try:
-                if httpx.get(f"{base}/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vLLM did not come up in 300 s; see {log}")
-            time.sleep(1)
+    with server_process("vLLM", command, f"{base}/v1/models", log, env, timeout=300) as proc:
         yield VllmServer(f"{base}/v1", proc.pid, version, directory, log)
-    finally:
-        import signal
-
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 
 from kindchat.config import Settings
 from kindchat.models.registry import Registry
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.slow  # trains in two processes (~20 s each)
 
@@ -26,12 +26,6 @@ ZERO2 = {
     "gradient_clipping": "auto",
     "zero_allow_untested_optimizer": True,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def launch(settings: Settings, config: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -21,12 +20,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from kindchat.config import Settings
 from kindchat.serve.app import create_app
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.helpers import free_port
 
 
 class ServerThread:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +32,7 @@ from kindchat.models.registry import CHALLENGER_ALIAS, Registry
 from kindchat.retrain.challenger import challenge_version, current_challenge
 from kindchat.retrain.recorder import fail_stale_runs
 from kindchat.users import ScoredUser, concise_score
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.slow  # dozens of votes through real apps, restarts
 
@@ -71,14 +71,6 @@ def battle(client: httpx.Client, user: ScoredUser, i: int) -> dict[str, Any]:
     )
     assert voted.status_code == 200, voted.text
     return voted.json()
-
-
-def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-    return value
 
 
 def setup_challenge(

@@ -6,12 +6,9 @@ template kindchat wrote into it is what the server applies, so its prompt is kin
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +22,12 @@ from kindchat.models.backends.base import (
     BackendUnavailableError,
     GenerationOptions,
     InputTooLongError,
-    TextDelta,
 )
 from kindchat.models.backends.openai_server import OpenAIBackend
 from kindchat.models.generation import SamplingParams
 from kindchat.models.registry import Registry
 from kindchat.models.tokenizer import load_tokenizer
+from tests.helpers import collect, free_port, server_process
 
 pytestmark = pytest.mark.slow
 
@@ -44,61 +41,18 @@ class TransformersServe:
     directory: Path
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def transformers_serve(micro_llama_settings: Settings) -> Iterator[TransformersServe]:
     """`transformers serve` on the registered micro Llama SFT directory (offline mode on)."""
     exe = shutil.which("transformers") or str(Path(sys.executable).with_name("transformers"))
     directory = Registry(micro_llama_settings.models_dir).resolve("sft")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    log = (micro_llama_settings.home / "transformers-serve.log").open("w")
-    proc = subprocess.Popen(
-        [exe, "serve", str(directory), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
+    command = [exe, "serve", str(directory), "--host", "127.0.0.1", "--port", str(port)]
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"transformers serve exited ({proc.returncode}); see {log.name}")
-            try:
-                if httpx.get(f"{base}/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("transformers serve did not come up in 180 s")
-            time.sleep(0.5)
+    log = micro_llama_settings.home / "transformers-serve.log"
+    with server_process("transformers serve", command, f"{base}/v1/models", log, env, 180):
         yield TransformersServe(f"{base}/v1", str(directory), directory)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-
-
-def _collect(backend: OpenAIBackend, messages, params, options=None) -> list[TextDelta]:  # type: ignore[no-untyped-def]
-    async def run() -> list[TextDelta]:
-        await backend.start()
-        try:
-            return [d async for d in backend.stream(messages, params, options)]
-        finally:
-            await backend.close()
-
-    return asyncio.run(run())
 
 
 def test_streams_with_usage_and_the_registered_template(
@@ -107,7 +61,7 @@ def test_streams_with_usage_and_the_registered_template(
     tokenizer = load_tokenizer(transformers_serve.directory)
     backend = backend_for(transformers_serve)
     greedy = SamplingParams(max_new_tokens=12, do_sample=False)
-    deltas = _collect(backend, QUESTION, greedy)
+    deltas = collect(backend, QUESTION, greedy)
     assert backend.model_id == transformers_serve.model  # the server's only model, found
     assert deltas[-1].finish_reason in ("stop", "length")
     assert all(d.finish_reason is None for d in deltas[:-1])
@@ -119,10 +73,10 @@ def test_streams_with_usage_and_the_registered_template(
     assert deltas[-1].prompt_tokens == len(tokenizer(kullm, add_special_tokens=False)["input_ids"])
     assert 1 <= deltas[-1].completion_tokens <= 12
     # Greedy answers repeat: the same text again, and `stop` cuts it at a stop string.
-    again = "".join(d.text for d in _collect(backend_for(transformers_serve), QUESTION, greedy))
+    again = "".join(d.text for d in collect(backend_for(transformers_serve), QUESTION, greedy))
     assert again == text
     cut = next(i for i in range(1, len(text)) if not text[i].isspace())
-    stopped = _collect(
+    stopped = collect(
         backend_for(transformers_serve),
         QUESTION,
         greedy,
@@ -140,11 +94,11 @@ def test_errors_map_to_kindchats(transformers_serve: TransformersServe) -> None:
     params = SamplingParams(max_new_tokens=8)
     long_input = [{"role": "user", "content": "아주 긴 질문 " * 400}]
     with pytest.raises(InputTooLongError, match="tokens"):
-        _collect(backend_for(transformers_serve), long_input, params)
+        collect(backend_for(transformers_serve), long_input, params)
     with pytest.raises(BackendUnavailableError, match="does not serve 'nope'"):
-        _collect(backend_for(transformers_serve, model="nope"), QUESTION, params)
+        collect(backend_for(transformers_serve, model="nope"), QUESTION, params)
     with pytest.raises(BackendUnavailableError, match="unreachable"):
-        _collect(OpenAIBackend("http://127.0.0.1:9/v1"), QUESTION, params)
+        collect(OpenAIBackend("http://127.0.0.1:9/v1"), QUESTION, params)
 
 
 def test_kindchat_serves_through_it_and_takes_feedback(

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import signal
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +26,7 @@ from kindchat.retrain.locks import lock_holder, lock_path
 from kindchat.retrain.loop_config import RetrainConfig
 from kindchat.retrain.recorder import run_dir
 from kindchat.seed import read_rm
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.slow  # trains a night through the server
 
@@ -44,14 +44,6 @@ LENIENT = {
     "max_empty_rise": 1.0,
     "max_repetitive_rise": 1.0,
 }
-
-
-def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 180.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-    return value
 
 
 def answer_version(url: str) -> str:
@@ -109,7 +101,7 @@ def test_nightly_loop_end_to_end(
         long_ppo = RetrainConfig(**{**lenient, "method_options": options})
         killed = trigger_retrain(settings, config=long_ppo)
         assert killed.status == "queued"
-        wait_for("PPO to be under way", lambda: ppo_started(settings, killed.id))
+        wait_for("PPO to be under way", lambda: ppo_started(settings, killed.id), 180)
         pid = int(re.search(r"pid (\d+)", lock_path(settings).read_text(encoding="utf-8"))[1])
         niceness = os.getpriority(os.PRIO_PROCESS, 0)
         assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, niceness + settings.retrain_nice)

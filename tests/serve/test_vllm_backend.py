@@ -25,6 +25,7 @@ from kindchat.models.backends.base import (
 from kindchat.models.backends.openai_server import OpenAIBackend
 from kindchat.models.generation import SamplingParams
 from kindchat.models.tokenizer import load_tokenizer
+from tests.helpers import collect
 
 VllmServer = Any  # tests/conftest.py's VllmServer (conftest modules are not importable)
 
@@ -33,22 +34,6 @@ QUESTION = [{"role": "user", "content": "주말에 뭐 하면 좋을까?"}]
 
 def backend_for(server: VllmServer, **kwargs: object) -> OpenAIBackend:
     return OpenAIBackend(server.url, model_dir=server.directory, **kwargs)  # type: ignore[arg-type]
-
-
-def collect(
-    backend: OpenAIBackend,
-    messages: list[dict[str, str]],
-    params: SamplingParams,
-    options: GenerationOptions | None = None,
-) -> list[TextDelta]:
-    async def run() -> list[TextDelta]:
-        await backend.start()
-        try:
-            return [d async for d in backend.stream(messages, params, options)]
-        finally:
-            await backend.close()
-
-    return asyncio.run(run())
 
 
 def text_of(deltas: list[TextDelta]) -> str:

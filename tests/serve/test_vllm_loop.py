@@ -8,7 +8,6 @@ A full checkpoint that vLLM does not serve is refused in one line and the alias 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +22,7 @@ from kindchat.models.registry import Registry
 from kindchat.retrain.loop_config import RetrainConfig
 from kindchat.simulate import SimulateConfig, simulate
 from kindchat.users import load_users
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.slow  # a night through vLLM: feedback, training, the arena
 
@@ -33,14 +33,6 @@ def vllm_models(server: VllmServer) -> dict[str, str | None]:
     """What vLLM serves now: served name -> its parent (None for the base model)."""
     data = httpx.get(f"{server.url}/models", timeout=10).json()["data"]
     return {m["id"]: m.get("parent") for m in data}
-
-
-def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-    return value
 
 
 def answered_by(url: str, token: str) -> str:
@@ -114,6 +106,7 @@ def test_one_night_on_vllm_promotes_an_adapter_without_a_restart(
         wait_for(
             "the hot swap",
             lambda: httpx.get(f"{server.url}/healthz").json()["aliases"].get("rlhf") == adapter,
+            120,
         )
         assert vllm_models(vllm_server).get(adapter) == base  # vLLM serves it over its base
         assert answered_by(server.url, token) == adapter
@@ -128,8 +121,8 @@ def test_one_night_on_vllm_promotes_an_adapter_without_a_restart(
             f"{server.url}/v1/admin/rollback", json={"alias": "rlhf"}, headers=admin
         )
         assert rolled.status_code == 200, rolled.text
-        wait_for("the rollback", lambda: answered_by(server.url, token) == base)
-        wait_for("the unload", lambda: adapter not in vllm_models(vllm_server))
+        wait_for("the rollback", lambda: answered_by(server.url, token) == base, 120)
+        wait_for("the unload", lambda: adapter not in vllm_models(vllm_server), 120)
 
         # a full checkpoint vLLM does not serve: refused in one line, the base keeps serving
         model, tokenizer = load_causal_lm(registry.path(base))
@@ -138,6 +131,7 @@ def test_one_night_on_vllm_promotes_an_adapter_without_a_restart(
         failure = wait_for(
             "the refusal",
             lambda: httpx.get(f"{server.url}/healthz").json().get("failures", {}).get("rlhf"),
+            120,
         )
         assert "restart vLLM" in failure and full in failure
         assert answered_by(server.url, token) == base
