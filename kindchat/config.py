@@ -145,6 +145,17 @@ class Settings(BaseSettings):
         "otherwise.",
     )
 
+    # What is kept, and for how long (README "What kindchat keeps").
+    retention_days: float | None = Field(
+        None,
+        gt=0,
+        description="Remove a conversation, its ratings and its battles this many days after "
+        "its last message, on the scheduler (and with `kindchat feedback purge`); unset: keep.",
+    )
+    retention_check_s: float = Field(
+        3600.0, gt=0, description="How often the scheduler removes what retention_days expired."
+    )
+
     # Nightly retraining (kindchat.retrain.cycle / scheduler).
     retrain_schedule: bool = Field(
         False, description="Run the retrain scheduler inside `kindchat serve`."

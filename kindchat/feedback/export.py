@@ -30,7 +30,14 @@ side run after run. Output, written to temporary names and renamed, the manifest
 * `unpaired.json` — KTO examples (`id`, `prompt`, `completion`, `label`, `source`, `context`);
 * `sft.json` — demonstrations in the same format (`label` true);
 * `manifest.json` — training rows per rule (`signals`), pairs by source and split, drops by
-  reason, file row counts, fingerprint, thresholds.
+  reason, file row counts, personal data replaced per kind (`personal_data`: counts, never
+  values), fingerprint, thresholds.
+
+Personal data never leaves: every feedback row (pairs, unpaired, demonstrations) has its phone
+numbers, 주민등록번호, e-mails, cards, accounts, passports, IPs, addresses and introduced names
+replaced by typed placeholders (`<전화번호>` …; :mod:`kindchat.feedback.privacy`) before the
+filters, so the files, their fingerprint and the night's training see only the placeholders.
+The seed's pairs are a published dataset and pass as published.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -52,6 +59,7 @@ from kindchat.feedback.influence import InfluenceConfig, cap_rows, find_anomalie
 from kindchat.feedback.models import utcnow
 from kindchat.feedback.moderation import Moderator, load_moderator
 from kindchat.feedback.pairs import FeedbackExample, mine_feedback
+from kindchat.feedback.privacy import Redactor
 from kindchat.feedback.textsim import Tokenizer, rouge_l
 from kindchat.seed import (
     RM_SUBSETS,
@@ -124,6 +132,7 @@ class RewardRow:
     context: list[dict[str, str]] = field(default_factory=list)
     sessions: tuple[str, ...] = field(default=(), compare=False)  # never written out
     at: datetime | None = field(default=None, compare=False)
+    models: tuple[str, ...] = field(default=(), compare=False)  # versions that answered
 
     def to_json(self) -> dict[str, Any]:
         row: dict[str, Any] = {
@@ -163,6 +172,7 @@ class ExampleRow:
     context: list[dict[str, str]] = field(default_factory=list)
     sessions: tuple[str, ...] = field(default=(), compare=False)  # never written out
     at: datetime | None = field(default=None, compare=False)
+    models: tuple[str, ...] = field(default=(), compare=False)  # the version that answered
 
     @classmethod
     def of(cls, example: FeedbackExample) -> ExampleRow:
@@ -175,6 +185,7 @@ class ExampleRow:
             context=example.context,
             sessions=example.sessions,
             at=example.at,
+            models=(example.model,) if example.model else (),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -210,6 +221,7 @@ class ExportReport:
     unpaired: int = 0  # rows in unpaired.json (KTO)
     demonstrations: int = 0  # rows in sft.json (better answers)
     influence: dict[str, Any] = field(default_factory=dict)  # the cap and the anomalies
+    personal_data: dict[str, int] = field(default_factory=dict)  # kind -> values replaced
 
 
 def visible_length(text: str) -> int:
@@ -228,6 +240,7 @@ def pair_rows(pairs: Iterable[Any]) -> Iterator[RewardRow]:
             context=pair.context,
             sessions=pair.sessions,
             at=pair.at,
+            models=tuple(m for m in (pair.chosen_model, pair.rejected_model) if m),
         )
 
 
@@ -304,6 +317,30 @@ def drop_flagged(rows: Sequence[R], moderator: Moderator, dropped: Counter[str])
     return out
 
 
+def redact_rows(rows: Sequence[R], counts: Counter[str]) -> list[R]:
+    """Rows with personal data replaced by typed placeholders (:mod:`kindchat.feedback.privacy`),
+    one redactor per row — its conversation: the earlier turns, the prompt, then the answers —
+    so one value keeps one placeholder through it; replacements counted per kind in `counts`."""
+    out = []
+    for row in rows:
+        redactor = Redactor()
+        context = redactor.messages(row.context)
+        prompt = redactor(row.prompt)
+        if isinstance(row, RewardRow):
+            new = replace(
+                row,
+                context=context,
+                prompt=prompt,
+                chosen=redactor(row.chosen),
+                rejected=redactor(row.rejected),
+            )
+        else:
+            new = replace(row, context=context, prompt=prompt, completion=redactor(row.completion))
+        counts.update(redactor.counts)
+        out.append(new)
+    return out
+
+
 def filter_examples(
     rows: Iterable[ExampleRow],
     config: ExportConfig,
@@ -357,15 +394,23 @@ def export_reward_data(
     mined = mine_feedback(session=session, since=since, exclude=anomalies.sessions)
     dropped: Counter[str] = Counter(mined.dropped)
     moderator = moderator or load_moderator()
-    candidates: list[RewardRow] = drop_flagged(list(pair_rows(mined.pairs)), moderator, dropped)
+    personal: Counter[str] = Counter()
+    candidates: list[RewardRow] = redact_rows(
+        drop_flagged(list(pair_rows(mined.pairs)), moderator, dropped), personal
+    )
     from_feedback = len(candidates)
     if config.include_seed:
         candidates.extend(seed_rows(data_dir, config.seed_subsets))
     eval_prompts = eval_prompt_keys(data_dir) if config.exclude_eval_prompts else frozenset()
     kept = filter_rows(candidates, config, eval_prompts, dropped)
-    unpaired_rows = drop_flagged(list(map(ExampleRow.of, mined.unpaired)), moderator, dropped)
+    unpaired_rows = redact_rows(
+        drop_flagged(list(map(ExampleRow.of, mined.unpaired)), moderator, dropped), personal
+    )
     kto = filter_examples(unpaired_rows, config, eval_prompts, dropped, "kto")
-    demo_rows = drop_flagged(list(map(ExampleRow.of, mined.demonstrations)), moderator, dropped)
+    demo_rows = redact_rows(
+        drop_flagged(list(map(ExampleRow.of, mined.demonstrations)), moderator, dropped),
+        personal,
+    )
     sft = filter_examples(demo_rows, config, eval_prompts, dropped, "sft")
     (kept, kto, sft), cap = cap_rows([kept, kto, sft], config.influence)  # one cap for all
     if cap.dropped:
@@ -377,6 +422,9 @@ def export_reward_data(
     unpaired, _ = split_rows(kto, config.test_fraction)
     demos, _ = split_rows(sft, config.test_fraction)
     influence = {**cap.as_dict(config.influence), "anomalous": anomalies.as_dict()}
+    from_users = [row for rows in (train, test, unpaired, demos) for row in rows if row.at]
+    times = sorted(row.at for row in from_users if row.at is not None)
+    model_versions = Counter(model for row in from_users for model in row.models)
 
     counts: dict[str, dict[str, int]] = {}
     for split, rows in (("train", train), ("test", test)):
@@ -402,6 +450,9 @@ def export_reward_data(
         "rows": {name: len(rows) for name, rows in files.items()},
         "dropped": dict(sorted(dropped.items())),
         "influence": influence,
+        "personal_data": dict(sorted(personal.items())),
+        "date_range": [times[0].isoformat(), times[-1].isoformat()] if times else None,
+        "model_versions": dict(model_versions.most_common()),
         "fingerprint": fingerprint,
         "thresholds": {
             k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()
@@ -435,4 +486,5 @@ def export_reward_data(
         unpaired=len(unpaired),
         demonstrations=len(demos),
         influence=influence,
+        personal_data=dict(sorted(personal.items())),
     )

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -65,6 +66,7 @@ from kindchat.feedback.models import (
     MessagePublic,
     Rating,
     RatingPublic,
+    as_utc,
     utcnow,
 )
 from kindchat.feedback.validation import (
@@ -189,24 +191,53 @@ def delete_conversation(
         session.add(row)
         session.flush()
         return
-    ids = list(session.exec(select(Message.id).where(Message.conversation_id == row.id)))
-    if ids:
-        battles = session.exec(
-            select(Battle).where(
-                col(Battle.message_a_id).in_(ids) | col(Battle.message_b_id).in_(ids)
+    remove_conversations(session=session, conversation_ids=[row.id])
+
+
+def remove_conversations(*, session: Session, conversation_ids: Sequence[str]) -> Counter[str]:
+    """Remove conversations for good: their messages, the ratings of those and every battle
+    one of them fought in (the other side's message stays in its own conversation). Returns
+    what was removed per table."""
+    removed: Counter[str] = Counter()
+    for start in range(0, len(conversation_ids), 500):  # bounded IN lists
+        chunk = list(conversation_ids[start : start + 500])
+        ids = list(session.exec(select(Message.id).where(col(Message.conversation_id).in_(chunk))))
+        if ids:
+            battles = session.exec(
+                select(Battle).where(
+                    col(Battle.message_a_id).in_(ids) | col(Battle.message_b_id).in_(ids)
+                )
+            ).all()
+            for battle in battles:
+                session.delete(battle)
+            ratings = session.exec(select(Rating).where(col(Rating.message_id).in_(ids))).all()
+            for rating in ratings:
+                session.delete(rating)
+            session.flush()
+            session.exec(update(Message).where(col(Message.id).in_(ids)).values(parent_id=None))
+            session.exec(  # a regeneration in another conversation pointing here
+                update(Message).where(col(Message.parent_id).in_(ids)).values(parent_id=None)
             )
-        ).all()
-        for battle in battles:
-            session.delete(battle)
-        for rating in session.exec(select(Rating).where(col(Rating.message_id).in_(ids))).all():
-            session.delete(rating)
+            for message in session.exec(select(Message).where(col(Message.id).in_(ids))).all():
+                session.delete(message)
+            session.flush()
+            removed.update(battles=len(battles), ratings=len(ratings), messages=len(ids))
+        for row in session.exec(select(Conversation).where(col(Conversation.id).in_(chunk))):
+            session.delete(row)
+            removed["conversations"] += 1
         session.flush()
-        session.exec(update(Message).where(col(Message.id).in_(ids)).values(parent_id=None))
-        for message in session.exec(select(Message).where(col(Message.id).in_(ids))).all():
-            session.delete(message)
-        session.flush()
-    session.delete(row)
-    session.flush()
+    return removed
+
+
+def purge_expired(*, session: Session, before: datetime) -> Counter[str]:
+    """Retention: remove every conversation whose last activity (its latest message, else
+    its creation) is older than `before`, with its messages, ratings and battles."""
+    last = func.coalesce(col(Conversation.updated_at), col(Conversation.created_at))
+    ids = list(session.exec(select(Conversation.id).where(last < as_utc(before))))
+    removed = remove_conversations(session=session, conversation_ids=ids)
+    if ids:
+        logger.info("retention: removed %s (last active before %s)", dict(removed), before)
+    return removed
 
 
 def share_conversation(*, session: Session, conversation_id: str, session_id: str) -> str:

@@ -276,6 +276,7 @@ class Cycle:
                 "signals": report.signals,
                 "dropped": report.dropped,
                 "influence": report.influence,
+                "personal_data": report.personal_data,
                 "fingerprint": report.fingerprint,
                 "prompts": len(data.prompts),
             },

@@ -7,13 +7,17 @@ down starts late within `retrain_misfire_grace_s`, several missed runs coalesce 
 instance runs at a time. Several servers on one database elect one leader through it (see
 :class:`RetrainScheduler`): the night fires once. The job runs the cycle in a niced child
 process and waits; should a cycle run already (an admin trigger), it logs that it is busy.
+
+With `retention_days` set, the leader also runs the retention job (`kindchat-retention`: at
+start, then every `retention_check_s`), which removes conversations whose last message is older
+than that, with their ratings and battles (:func:`kindchat.feedback.store.purge_expired`).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -21,10 +25,13 @@ from apscheduler.job import Job
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 
 from kindchat.config import Settings
-from kindchat.feedback.db import init_db
+from kindchat.feedback.db import init_db, session_scope
+from kindchat.feedback.models import utcnow
+from kindchat.feedback.store import purge_expired
 from kindchat.locks import Lease, postgres_url
 from kindchat.retrain import admin
 from kindchat.retrain.errors import RetrainBusyError
@@ -32,6 +39,7 @@ from kindchat.retrain.errors import RetrainBusyError
 logger = logging.getLogger(__name__)
 
 JOB_ID = "kindchat-retrain"
+RETENTION_JOB_ID = "kindchat-retention"
 JOB_TABLE = "apscheduler_jobs"
 LEADER_LOCK = "retrain-scheduler"
 LEADER_FILE = "scheduler.lock"
@@ -60,6 +68,17 @@ def job_settings(settings: Settings) -> dict[str, Any]:
     return settings.model_dump(mode="json", exclude=set(SECRET_FIELDS))
 
 
+def scheduled_purge(settings_data: dict[str, Any]) -> None:
+    """The stored retention job: remove conversations older than `retention_days`."""
+    settings = Settings(**settings_data)
+    if not settings.retention_days:
+        return
+    before = utcnow() - timedelta(days=settings.retention_days)
+    with session_scope(init_db(settings)) as session:
+        removed = purge_expired(session=session, before=before)
+    logger.info("retention (%s days): removed %s", settings.retention_days, dict(removed))
+
+
 def scheduled_retrain(settings_data: dict[str, Any]) -> None:
     """The stored job: one cycle in a child process, waited for (a busy lock is only logged)."""
 
@@ -82,8 +101,11 @@ class RetrainScheduler:
     the misfire grace time, from the stored job.
     """
 
-    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+    def __init__(
+        self, settings: Settings, engine: Engine | None = None, *, retrain: bool = True
+    ) -> None:
         self.settings = settings
+        self.retrain = retrain  # the nightly job (off: only retention, when retention_days)
         self.engine = engine if engine is not None else init_db(settings)
         self.trigger = cron_trigger(settings)
         self.lease = Lease(LEADER_LOCK, settings.home / LEADER_FILE, url=postgres_url(settings))
@@ -130,7 +152,7 @@ class RetrainScheduler:
                 self.lease.release()
                 raise
 
-    def _start_scheduler(self) -> Job:
+    def _start_scheduler(self) -> Job | None:
         """Start, keeping the stored job (and its next run time) when nothing about it changed."""
         scheduler = BackgroundScheduler(
             jobstores={"default": SQLAlchemyJobStore(engine=self.engine, tablename=JOB_TABLE)},
@@ -144,7 +166,11 @@ class RetrainScheduler:
         scheduler.start(paused=True)
         kwargs = {"settings_data": job_settings(self.settings)}
         job = scheduler.get_job(JOB_ID)
-        if job is None or str(job.trigger) != str(self.trigger) or job.kwargs != kwargs:
+        if not self.retrain:
+            if job is not None:
+                scheduler.remove_job(JOB_ID)  # scheduled before; not any more
+            job = None
+        elif job is None or str(job.trigger) != str(self.trigger) or job.kwargs != kwargs:
             job = scheduler.add_job(
                 scheduled_retrain,
                 self.trigger,
@@ -153,6 +179,18 @@ class RetrainScheduler:
                 kwargs=kwargs,
                 replace_existing=True,
             )
+        if self.settings.retention_days:
+            scheduler.add_job(  # at once, then every retention_check_s
+                scheduled_purge,
+                IntervalTrigger(seconds=self.settings.retention_check_s),
+                id=RETENTION_JOB_ID,
+                name="retention",
+                kwargs=kwargs,
+                replace_existing=True,
+                next_run_time=datetime.now(self.trigger.timezone),
+            )
+        elif scheduler.get_job(RETENTION_JOB_ID) is not None:
+            scheduler.remove_job(RETENTION_JOB_ID)
         scheduler.resume()
         self.scheduler = scheduler
         logger.info("retrain scheduled (%s); next run %s", self.trigger, self.next_run_time())

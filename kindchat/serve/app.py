@@ -166,8 +166,8 @@ def create_app(
             name="kindchat-challenger-deadline",
         )
         app.state.scheduler = None
-        if settings.retrain_schedule:
-            app.state.scheduler = RetrainScheduler(settings, db)
+        if settings.retrain_schedule or settings.retention_days:
+            app.state.scheduler = RetrainScheduler(settings, db, retrain=settings.retrain_schedule)
             await asyncio.to_thread(app.state.scheduler.start)
         logger.info("serving %s with backend %s", manager.status()["aliases"], manager.backend_name)
         try:

@@ -7,6 +7,7 @@ from sqlalchemy import Engine
 from kindchat.feedback import store
 from kindchat.feedback.db import session_scope
 from kindchat.feedback.models import ConversationPublic, MessagePublic
+from kindchat.feedback.privacy import Redactor
 
 
 class ConversationService:
@@ -66,5 +67,17 @@ class ConversationService:
         return f"{self.share_base}/shared/{token}"
 
     def shared(self, token: str) -> tuple[ConversationPublic, list[MessagePublic]]:
+        """What a share link shows to anyone: the conversation with its personal data replaced
+        by placeholders (one per value through the conversation, the title included). Its owner
+        still sees what they wrote in their own history."""
         with session_scope(self.db) as session:
-            return store.shared_conversation(session=session, token=token)
+            conversation, messages = store.shared_conversation(session=session, token=token)
+        redactor = Redactor()
+        shown = [m.model_copy(update={"content": redactor(m.content)}) for m in messages]
+        title = redactor(conversation.title) if conversation.title else conversation.title
+        system = (
+            redactor(conversation.system_prompt)
+            if conversation.system_prompt
+            else conversation.system_prompt
+        )
+        return conversation.model_copy(update={"title": title, "system_prompt": system}), shown
