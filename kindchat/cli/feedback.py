@@ -50,7 +50,25 @@ def _counts_table(title: str, rows: dict[str, Any], *columns: str) -> Table:
 @friendly
 def export_command(
     ctx: typer.Context,
-    out: Annotated[Path, typer.Option(help="Directory for train.json, test.json, manifest.json.")],
+    out_arg: Annotated[
+        Path | None, typer.Argument(metavar="OUT", help="The output directory (or --out).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Directory for train.json, test.json, manifest.json.")
+    ] = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="json: kindchat's files (train/test/unpaired/sft.json); hf: a datasets-loadable "
+            "folder (preference, unpaired, sft as Parquet splits, and a dataset card). "
+            "Default json.",
+        ),
+    ] = None,
+    push_to_hub: Annotated[
+        str | None,
+        typer.Option(help="With --format hf: upload to this hub dataset repo (user/name)."),
+    ] = None,
     since: Annotated[str | None, typer.Option(help="Only feedback since (ISO, UTC).")] = None,
     seed: Annotated[
         bool | None, typer.Option(help="Merge the seed's rm/*_train.json (default).")
@@ -75,6 +93,16 @@ def export_command(
     from kindchat.feedback.influence import InfluenceConfig
 
     settings: Settings = ctx.obj
+    fmt = fmt or "json"
+    if fmt not in ("json", "hf"):
+        raise InvalidValueError(f"--format must be json or hf, got {fmt!r}", field="format")
+    if out is not None and out_arg is not None and out != out_arg:
+        raise InvalidValueError("give the output directory once (OUT or --out)", field="out")
+    out = out or out_arg
+    if out is None:
+        raise InvalidValueError("name the output directory: OUT or --out DIR", field="out")
+    if push_to_hub is not None and fmt != "hf":
+        raise InvalidValueError("--push-to-hub needs --format hf", field="push_to_hub")
     config = ExportConfig(
         **given(
             test_fraction=test_fraction,
@@ -87,20 +115,38 @@ def export_command(
         influence=InfluenceConfig.from_settings(settings),
     )
     engine = init_db(settings)
+    hf_rows: dict[str, dict[str, int]] = {}
     with session_scope(engine) as session:
-        report = export_reward_data(
-            session=session,
-            data_dir=settings.data_dir,
-            out_dir=out,
-            config=config,
-            since=parse_since(since),
-            moderator=load_moderator(settings.moderation_lexicon),
-        )
+        if fmt == "hf":
+            from kindchat.feedback.hf_dataset import export_hf
+
+            hf = export_hf(
+                session=session,
+                data_dir=settings.data_dir,
+                out_dir=out,
+                config=config,
+                since=parse_since(since),
+                moderator=load_moderator(settings.moderation_lexicon),
+            )
+            report, hf_rows = hf.report, hf.rows
+        else:
+            report = export_reward_data(
+                session=session,
+                data_dir=settings.data_dir,
+                out_dir=out,
+                config=config,
+                since=parse_since(since),
+                moderator=load_moderator(settings.moderation_lexicon),
+            )
     if report.signals:
         console.print(_counts_table("training rows per signal", report.signals, "rule", "rows"))
     console.print(_counts_table(f"pairs in {out}", report.counts, "source", "train", "test"))
     if report.dropped:
         console.print(_counts_table("dropped", report.dropped, "reason", "rows"))
+    if report.personal_data:
+        console.print(
+            _counts_table("personal data replaced", report.personal_data, "kind", "values")
+        )
     influence, anomalous = report.influence, report.influence["anomalous"]
     console.print(
         f"influence: at most {influence['cap']} rows per session; "
@@ -111,6 +157,48 @@ def export_command(
     console.print(
         f"{report.train} train / {report.test} test pairs, {report.unpaired} unpaired "
         f"(KTO), {report.demonstrations} demonstrations (SFT); fingerprint {report.fingerprint}"
+    )
+    if hf_rows:
+        splits = ", ".join(f"{c}/{s} {n}" for c, sp in hf_rows.items() for s, n in sp.items())
+        console.print(
+            f"datasets folder {out}: {splits}; load with "
+            f"datasets.load_dataset('{out}', 'preference')"
+        )
+    if push_to_hub is not None:
+        from kindchat.feedback.hf_dataset import push_to_hub as push
+
+        console.print(f"pushed to {push(out, push_to_hub)}")
+
+
+@app.command("purge")
+@friendly
+def purge_command(
+    ctx: typer.Context,
+    days: Annotated[
+        float | None,
+        typer.Option(help="Remove conversations idle this long (default KINDCHAT_RETENTION_DAYS)."),
+    ] = None,
+) -> None:
+    """Retention now: remove conversations whose last message is older than --days, with their
+    ratings and battles (the server does this on its schedule when KINDCHAT_RETENTION_DAYS is
+    set)."""
+    from datetime import timedelta
+
+    from kindchat.feedback.db import init_db, session_scope
+    from kindchat.feedback.models import utcnow
+    from kindchat.feedback.store import purge_expired
+
+    settings: Settings = ctx.obj
+    days = days if days is not None else settings.retention_days
+    if days is None or days <= 0:
+        raise InvalidValueError("give --days N (> 0) or set KINDCHAT_RETENTION_DAYS", field="days")
+    before = utcnow() - timedelta(days=days)
+    with session_scope(init_db(settings)) as session:
+        removed = purge_expired(session=session, before=before)
+    console.print(
+        f"removed {removed['conversations']} conversation(s), {removed['messages']} message(s), "
+        f"{removed['ratings']} rating(s), {removed['battles']} battle(s) last active before "
+        f"{before.isoformat(timespec='seconds')}"
     )
 
 
