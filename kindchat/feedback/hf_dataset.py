@@ -35,6 +35,7 @@ from typing import Any
 from datasets import Dataset, Features, Value
 from sqlmodel import Session
 
+from kindchat.feedback.errors import InvalidValueError
 from kindchat.feedback.export import ExportConfig, ExportReport, export_reward_data
 from kindchat.feedback.files import write_json_atomic
 from kindchat.feedback.moderation import Moderator
@@ -170,7 +171,7 @@ filtered, capped per session, and with personal data replaced by typed placehold
 {_table("Training rows per rule", manifest.get("signals", {}), "rule", "rows")}
 {_table("Pairs per source", manifest.get("counts", {}), "source", "train", "test")}
 {_table("Dropped, by reason", manifest.get("dropped", {}), "reason", "rows")}
-{_table("Personal data replaced (values, never shown)", personal, "kind", "values")}
+{_table("Personal data replaced (occurrences; the values never leave)", personal, "kind", "replaced")}
 {_table("Model versions that produced the answers", manifest.get("model_versions", {}), "version", "answers")}
 ## Filters and caps
 
@@ -249,10 +250,17 @@ def push_to_hub(out_dir: Path, repo: str, token: str | None = None) -> str:
 
     api = HfApi(token=token)
     url = api.create_repo(repo, repo_type="dataset", private=True, exist_ok=True)
+    if not api.repo_info(repo, repo_type="dataset").private:
+        raise InvalidValueError(
+            f"{repo} is public: users' feedback goes to private repositories only (make it "
+            "private on the hub, or push to a new name)",
+            field="push_to_hub",
+        )
     api.upload_folder(
         repo_id=repo,
         repo_type="dataset",
         folder_path=str(out_dir),
+        allow_patterns=["README.md", "manifest.json", "*/*.parquet"],  # what the export wrote
         commit_message="kindchat feedback export",
     )
     return str(url)

@@ -111,6 +111,7 @@ class ContextRecognizer(PatternRecognizer):
         boost: float = 0.35,
         needs_context: bool = False,
         deny: Sequence[str] = (),
+        deny_after: str | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(
@@ -122,6 +123,7 @@ class ContextRecognizer(PatternRecognizer):
         )
         self.words = tuple(word.lower() for word in context)
         self.deny = tuple(word.lower() for word in deny)
+        self.deny_after = re.compile(deny_after) if deny_after else None
         self.before, self.after = before, after
         self.boost, self.needs_context = boost, needs_context
 
@@ -140,6 +142,8 @@ class ContextRecognizer(PatternRecognizer):
                 for word in self.deny
             ):
                 continue
+            if self.deny_after and self.deny_after.match(text, result.end):
+                continue
             if self.near(text, result.start, result.end, self.words):
                 result.score = min(1.0, result.score + self.boost)
             elif self.needs_context:
@@ -151,7 +155,7 @@ class ContextRecognizer(PatternRecognizer):
 # --- numbers with a fixed format --------------------------------------------------------------
 
 
-_NOT_PHONE = ("고객번호", "회원번호", "주문번호", "송장", "등기번호", "사업자", "계좌", "은행")
+_NOT_PHONE = ("고객번호", "회원번호", "주문번호", "송장", "등기번호", "사업자")
 
 
 class KoreanPhoneRecognizer(PhoneRecognizer):
@@ -277,7 +281,7 @@ class EmailRecognizer(PatternRecognizer):
 class KoreanCardRecognizer(CreditCardRecognizer):
     """Card numbers (Luhn, by Presidio) in 4-4-4-4 and Amex 4-6-5, with hyphens, spaces or
     none, glued to Hangul or not. Without separators and without 카드 nearby, a Luhn-valid
-    run could be an order number: it needs a card issuer's first digit (3, 4, 5, 6, 9)."""
+    run could be an order number: it needs a card issuer's first digit (2, 3, 4, 5, 6, 9)."""
 
     def __init__(self) -> None:
         sep = r"[ \-]?"
@@ -310,8 +314,8 @@ class KoreanCardRecognizer(CreditCardRecognizer):
             around = text[max(0, result.start - 20) : result.start].lower()
             if value.isdigit() and value[0] not in "234569" and "카드" not in around:
                 continue
-            if "운송장" in around or "송장" in around or "주문" in around:
-                continue
+            if value.isdigit() and ("송장" in around or "주문" in around):
+                continue  # a bare digit run by an order or a parcel; a card is grouped
             out.append(result)
         return out
 
@@ -371,7 +375,8 @@ def account_recognizer() -> ContextRecognizer:
         after=6,
         boost=0.4,
         needs_context=True,
-        deny=("주문", "운송장", "송장", "원", "₩", "만원", "등기", "고객센터", "대표번호", "ars"),
+        deny=("주문", "운송장", "송장", "등기", "고객센터", "대표번호", "ars"),
+        deny_after=r"\s?(?:원|만\s?원|천\s?원|달러)",  # 1,250,000원 is a sum
     )
 
 
@@ -489,6 +494,14 @@ NOT_NAMES = frozenset(
     이에요 이예요 이라고 이구요 이고요 이에용 이랍니다 이었어 이었고 이래요 이네요 이지요""".split()
 )
 _VERB_ENDINGS = frozenset("줘요해다죠네까면며")
+
+
+def _has_final(syllable: str) -> bool:
+    """Whether a Hangul syllable ends in a consonant (받침): 진 yes, 지 no."""
+    code = ord(syllable) - 0xAC00
+    return 0 <= code < 11172 and code % 28 != 0
+
+
 _SURNAME = "(?:" + "|".join(sorted(SURNAMES, key=len, reverse=True)) + ")"
 _NAME = rf"{_SURNAME}[가-힣]{{1,2}}"  # greedy: 최가은 대리, not 최가+은
 _NAME3 = rf"{_SURNAME}[가-힣]{{2}}"  # three syllables: where a name is only likely
@@ -583,7 +596,7 @@ class NameRecognizer(EntityRecognizer):
             0.6,
         ),
         (  # an account holder after the number: 신한 110-264-413918 홍채린
-            re.compile(rf"\d[\d\- ]{{6,}}\d\s?\(?({_NAME3})\)?(?=\s*(?:$|[,.)/\n]))"),
+            re.compile(rf"(?<![\d\- ])\d[\d\- ]{{6,30}}\d\s?\(?({_NAME3})\)?(?=\s*(?:$|[,.)/\n]))"),
             0.6,
         ),
         (re.compile(rf"(?:^|\n)({_NAME3})\s?(?:고객님|님),"), 0.6),
@@ -616,7 +629,10 @@ class NameRecognizer(EntityRecognizer):
                     continue
                 if name[-1] in _VERB_ENDINGS:  # 문자줘, 보내요: a verb, not a name
                     continue
-                out.append(RecognizerResult("PERSON", match.start(1), match.end(1), score))
+                end = match.end(1)
+                if len(name) == 3 and name[-1] == "이" and _has_final(name[-2]):
+                    name, end = name[:-1], end - 1  # 김진이에요: 김진 + 이에요
+                out.append(RecognizerResult("PERSON", match.start(1), end, score))
         return out
 
 

@@ -40,7 +40,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import func, update
+from sqlalchemy import delete, func, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -194,47 +194,47 @@ def delete_conversation(
     remove_conversations(session=session, conversation_ids=[row.id])
 
 
+PURGE_BATCH = 200  # conversations per statement batch (bounded IN lists, short write locks)
+
+
 def remove_conversations(*, session: Session, conversation_ids: Sequence[str]) -> Counter[str]:
     """Remove conversations for good: their messages, the ratings of those and every battle
-    one of them fought in (the other side's message stays in its own conversation). Returns
-    what was removed per table."""
+    one of them fought in (the other side's message stays in its own conversation). Bulk
+    statements on subqueries, `PURGE_BATCH` conversations at a time. Returns what was removed
+    per table."""
     removed: Counter[str] = Counter()
-    for start in range(0, len(conversation_ids), 500):  # bounded IN lists
-        chunk = list(conversation_ids[start : start + 500])
-        ids = list(session.exec(select(Message.id).where(col(Message.conversation_id).in_(chunk))))
-        if ids:
-            battles = session.exec(
-                select(Battle).where(
-                    col(Battle.message_a_id).in_(ids) | col(Battle.message_b_id).in_(ids)
-                )
-            ).all()
-            for battle in battles:
-                session.delete(battle)
-            ratings = session.exec(select(Rating).where(col(Rating.message_id).in_(ids))).all()
-            for rating in ratings:
-                session.delete(rating)
-            session.flush()
-            session.exec(update(Message).where(col(Message.id).in_(ids)).values(parent_id=None))
-            session.exec(  # a regeneration in another conversation pointing here
-                update(Message).where(col(Message.parent_id).in_(ids)).values(parent_id=None)
-            )
-            for message in session.exec(select(Message).where(col(Message.id).in_(ids))).all():
-                session.delete(message)
-            session.flush()
-            removed.update(battles=len(battles), ratings=len(ratings), messages=len(ids))
-        for row in session.exec(select(Conversation).where(col(Conversation.id).in_(chunk))):
-            session.delete(row)
-            removed["conversations"] += 1
+    for start in range(0, len(conversation_ids), PURGE_BATCH):
+        chunk = list(conversation_ids[start : start + PURGE_BATCH])
+        ids = select(Message.id).where(col(Message.conversation_id).in_(chunk))
+        steps = (
+            ("battles", delete(Battle).where(
+                col(Battle.message_a_id).in_(ids) | col(Battle.message_b_id).in_(ids)
+            )),
+            ("ratings", delete(Rating).where(col(Rating.message_id).in_(ids))),
+            # links within the conversations, and from regenerations elsewhere pointing here
+            ("", update(Message).where(col(Message.parent_id).in_(ids)).values(parent_id=None)),
+            ("messages", delete(Message).where(col(Message.conversation_id).in_(chunk))),
+            ("conversations", delete(Conversation).where(col(Conversation.id).in_(chunk))),
+        )  # fmt: skip
+        for table, statement in steps:
+            result = session.exec(statement)  # type: ignore[call-overload]
+            if table:
+                removed[table] += max(result.rowcount or 0, 0)
         session.flush()
     return removed
 
 
 def purge_expired(*, session: Session, before: datetime) -> Counter[str]:
     """Retention: remove every conversation whose last activity (its latest message, else
-    its creation) is older than `before`, with its messages, ratings and battles."""
+    its creation) is older than `before`, with its messages, ratings and battles; committed a
+    batch at a time, so a long purge never holds the write lock for long."""
     last = func.coalesce(col(Conversation.updated_at), col(Conversation.created_at))
     ids = list(session.exec(select(Conversation.id).where(last < as_utc(before))))
-    removed = remove_conversations(session=session, conversation_ids=ids)
+    removed: Counter[str] = Counter()
+    for start in range(0, len(ids), PURGE_BATCH):
+        batch = ids[start : start + PURGE_BATCH]
+        removed.update(remove_conversations(session=session, conversation_ids=batch))
+        session.commit()
     if ids:
         logger.info("retention: removed %s (last active before %s)", dict(removed), before)
     return removed
@@ -346,7 +346,7 @@ def record_message(
     session.add(row)
     conversation.updated_at = utcnow()
     if conversation.title is None and role == "user":
-        conversation.title = _title(content)
+        conversation.title = title_of(content)
     session.add(conversation)
     try:
         session.flush()
@@ -360,7 +360,7 @@ def record_message(
     return public
 
 
-def _title(text: str, limit: int = 40) -> str:
+def title_of(text: str, limit: int = 40) -> str:
     """A conversation's title: its first user message, on one line, cut at `limit` characters."""
     line = " ".join(text.split())
     return line if len(line) <= limit else line[: limit - 1] + "…"

@@ -16,6 +16,7 @@ than that, with their ratings and battles (:func:`kindchat.feedback.store.purge_
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 from datetime import datetime, timedelta
 from typing import Any
@@ -68,15 +69,44 @@ def job_settings(settings: Settings) -> dict[str, Any]:
     return settings.model_dump(mode="json", exclude=set(SECRET_FIELDS))
 
 
+def purge_files(settings: Settings, before: datetime) -> int:
+    """Training files older than `before`: each retrain run's exported data (`runs/*/data`,
+    with placeholders for personal data, but still users' words) and the judge's cache. What
+    stays of a run is its record (counts and the data's fingerprint). Returns files removed."""
+    cutoff = before.timestamp()
+    removed = 0
+    for data in settings.runs_dir.glob("*/data"):
+        if data.is_dir() and data.stat().st_mtime < cutoff:
+            removed += sum(1 for p in data.rglob("*") if p.is_file())
+            shutil.rmtree(data, ignore_errors=True)
+    cache = settings.home / "cache" / "judge"
+    for path in cache.rglob("*") if cache.is_dir() else ():
+        if path.is_file() and path.stat().st_mtime < cutoff:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def scheduled_purge(settings_data: dict[str, Any]) -> None:
-    """The stored retention job: remove conversations older than `retention_days`."""
+    """The retention job: remove conversations (with their ratings and battles) and training
+    files older than `retention_days`."""
     settings = Settings(**settings_data)
     if not settings.retention_days:
         return
     before = utcnow() - timedelta(days=settings.retention_days)
-    with session_scope(init_db(settings)) as session:
-        removed = purge_expired(session=session, before=before)
-    logger.info("retention (%s days): removed %s", settings.retention_days, dict(removed))
+    engine = init_db(settings)
+    try:
+        with session_scope(engine) as session:
+            removed = purge_expired(session=session, before=before)
+    finally:
+        engine.dispose()
+    files = purge_files(settings, before)
+    logger.info(
+        "retention (%s days): removed %s and %d training file(s)",
+        settings.retention_days,
+        dict(removed),
+        files,
+    )
 
 
 def scheduled_retrain(settings_data: dict[str, Any]) -> None:
@@ -116,10 +146,16 @@ class RetrainScheduler:
 
     @property
     def is_leader(self) -> bool:
-        return self.scheduler is not None and self.scheduler.running
+        return self.retrain and self.scheduler is not None and self.scheduler.running
 
     def start(self) -> Job | None:
-        """Lead at once if nobody else does (the job, else None), and keep watching."""
+        """Lead at once if nobody else does (the job, else None), and keep watching. Without
+        the nightly job (`retrain=False`), only retention runs: on every server, in memory, no
+        lease (removing what expired twice removes nothing more), and the stored nightly job —
+        another server's — is left alone."""
+        if not self.retrain:
+            self._start_retention_only()
+            return None
         job = self._step()
         self._watch = threading.Thread(
             target=self._watch_leader, name="retrain-leader", daemon=True
@@ -166,11 +202,7 @@ class RetrainScheduler:
         scheduler.start(paused=True)
         kwargs = {"settings_data": job_settings(self.settings)}
         job = scheduler.get_job(JOB_ID)
-        if not self.retrain:
-            if job is not None:
-                scheduler.remove_job(JOB_ID)  # scheduled before; not any more
-            job = None
-        elif job is None or str(job.trigger) != str(self.trigger) or job.kwargs != kwargs:
+        if job is None or str(job.trigger) != str(self.trigger) or job.kwargs != kwargs:
             job = scheduler.add_job(
                 scheduled_retrain,
                 self.trigger,
@@ -195,6 +227,22 @@ class RetrainScheduler:
         self.scheduler = scheduler
         logger.info("retrain scheduled (%s); next run %s", self.trigger, self.next_run_time())
         return job
+
+    def _start_retention_only(self) -> None:
+        scheduler = BackgroundScheduler(
+            job_defaults={"max_instances": 1, "coalesce": True}, timezone=self.trigger.timezone
+        )
+        scheduler.add_job(
+            scheduled_purge,
+            IntervalTrigger(seconds=self.settings.retention_check_s),
+            id=RETENTION_JOB_ID,
+            name="retention",
+            kwargs={"settings_data": job_settings(self.settings)},
+            next_run_time=datetime.now(self.trigger.timezone),
+        )
+        scheduler.start()
+        self.scheduler = scheduler
+        logger.info("retention every %ss", self.settings.retention_check_s)
 
     def next_run_time(self) -> datetime | None:
         if self.scheduler is None:

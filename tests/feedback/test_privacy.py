@@ -99,3 +99,39 @@ def test_spellings_people_type() -> None:
     assert redact("서울특별시 강남구 테헤란로 123 래미안아파트 101동 1203호로 보내주세요") == (
         "<주소>로 보내주세요"
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [  # words near a number that once hid it (found in review)
+        (
+            "회원님 신한은행 계좌 110-264-413918로 보내주세요",
+            "회원님 신한은행 계좌 <계좌번호>로 보내주세요",
+        ),
+        ("병원비는 국민은행 123456-01-234567 으로", "병원비는 국민은행 <계좌번호> 으로"),
+        ("은행 직원분 번호 010-1234-5678로 연락", "은행 직원분 번호 <전화번호>로 연락"),
+        ("주문할 때 쓴 카드 4111-1111-1111-1111", "주문할 때 쓴 카드 <카드번호>"),
+        (
+            "가격은 1,250,000원이고 국민은행 계좌로 보내요",
+            "가격은 1,250,000원이고 국민은행 계좌로 보내요",
+        ),
+    ],
+)
+def test_nearby_words_do_not_hide_a_number(text: str, expected: str) -> None:
+    assert redact(text) == expected
+
+
+def test_a_name_before_its_particle_is_found_again_without_it() -> None:
+    redactor = Redactor()
+    assert redactor("제 이름은 김진이에요.") == "제 이름은 <이름>이에요."
+    assert redactor("김진으로 예약해 주세요.") == "<이름>으로 예약해 주세요."
+
+
+@pytest.mark.parametrize("text", ["7" * 20000, "1 " * 10000, "12-" * 6000, "가 " * 10000])
+def test_long_inputs_stay_linear(text: str) -> None:
+    import time
+
+    start = time.perf_counter()
+    find(text)
+    # not a speed target (bench/privacy.py is): a quadratic pattern takes minutes here
+    assert time.perf_counter() - start < 10

@@ -148,7 +148,16 @@ def test_retention_removes_old_conversations_on_the_scheduler(
         assert row is not None
         row.created_at = row.updated_at = utcnow() - timedelta(days=40)
         session.add(row)
+    old_run = micro_copy.runs_dir / "cycle-old" / "data"  # a night's training files, 40 days old
+    new_run = micro_copy.runs_dir / "cycle-new" / "data"
+    for data in (old_run, new_run):
+        data.mkdir(parents=True)
+        (data / "train.json").write_text("[]", encoding="utf-8")
+    stale = (utcnow() - timedelta(days=40)).timestamp()
+    os.utime(old_run, (stale, stale))
     with serve(micro_copy, retention_days=30, retention_check_s=0.5) as server:
+        scheduler = server.server.config.app.state.scheduler
+        assert scheduler is not None and not scheduler.is_leader  # retention alone: no lead
         me = new_session(server.url)
         fresh = chat(server.url, me, [{"role": "user", "content": "오늘 날씨 어때?"}])
 
@@ -163,6 +172,7 @@ def test_retention_removes_old_conversations_on_the_scheduler(
                 Rating.__table__.select().where(Rating.message_id == answer.id)  # type: ignore[attr-defined]
             ).all()
             assert session.get(Conversation, fresh["conversation_id"]) is not None
+        assert not old_run.exists() and (new_run / "train.json").exists()
 
 
 def test_purge_from_the_command_line(micro_copy: Any) -> None:

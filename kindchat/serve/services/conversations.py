@@ -74,10 +74,28 @@ class ConversationService:
             conversation, messages = store.shared_conversation(session=session, token=token)
         redactor = Redactor()
         shown = [m.model_copy(update={"content": redactor(m.content)}) for m in messages]
-        title = redactor(conversation.title) if conversation.title else conversation.title
-        system = (
-            redactor(conversation.system_prompt)
-            if conversation.system_prompt
-            else conversation.system_prompt
-        )
-        return conversation.model_copy(update={"title": title, "system_prompt": system}), shown
+        return conversation.model_copy(
+            update={
+                "title": shared_title(conversation.title, messages, redactor),
+                "system_prompt": redactor(conversation.system_prompt)
+                if conversation.system_prompt
+                else conversation.system_prompt,
+            }
+        ), shown
+
+
+def shared_title(
+    title: str | None, messages: list[MessagePublic], redactor: Redactor
+) -> str | None:
+    """The title others see. A title made from the first message (cut at 40 characters, where
+    a number or an address may be cut in two and no longer recognised) is made again from that
+    message with its personal data replaced; a title the owner wrote is redacted as it is, a
+    word cut by `…` dropped."""
+    if not title:
+        return title
+    first = next((m.content for m in messages if m.role == "user"), None)
+    if first is not None and title == store.title_of(first):
+        return store.title_of(redactor(first))
+    if title.endswith("…"):
+        title = title[:-1].rsplit(" ", 1)[0] + " …"
+    return redactor(title)
