@@ -216,7 +216,13 @@ class Settings(BaseSettings):
         0.5, ge=0, le=1, description="Share of new arena battles given to the challenger."
     )
     challenger_min_votes: int = Field(
-        200, ge=1, description="Challenger-vs-champion votes before a decision."
+        40, ge=1, description="Challenger-vs-champion votes before any decision."
+    )
+    challenger_rule: str = Field(
+        "sequential",
+        pattern="^(sequential|fixed)$",
+        description="sequential: decide as soon as a test valid at every look allows "
+        "(bench/challenger_decisions.py); fixed: the 95% interval from challenger_min_votes on.",
     )
     challenger_deadline_hours: float = Field(
         24.0, gt=0, description="An undecided challenger is retired after this long."

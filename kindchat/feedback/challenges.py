@@ -64,6 +64,15 @@ def _influence(value: Any) -> InfluenceConfig | None:
         ) from None
 
 
+RULES = ("sequential", "fixed")
+
+
+def _rule(value: object) -> str:
+    if value not in RULES:
+        raise InvalidValueError(f"rule must be one of {list(RULES)}, got {value!r}", field="rule")
+    return str(value)
+
+
 def create_challenge(
     *,
     session: Session,
@@ -75,6 +84,7 @@ def create_challenge(
     promote_with: dict[str, str],
     share: float,
     min_votes: int,
+    rule: str = "sequential",
     min_sessions: int,
     votes_per_session: int,
     min_origins: int,
@@ -120,6 +130,7 @@ def create_challenge(
         champion_version=check_str(champion_version, "champion_version"),
         promote_with=dict(check_json(promote_with, "promote_with")),
         share=float(share),
+        rule=_rule(rule),
         min_votes=_positive(min_votes, "min_votes"),
         min_sessions=_positive(min_sessions, "min_sessions"),
         votes_per_session=_positive(votes_per_session, "votes_per_session"),

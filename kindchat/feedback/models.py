@@ -330,6 +330,13 @@ class ChallengeBase(ChallengeOutcome):
         description="challenger_share when it opened (kept for the record; each server draws "
         "its battles with its own setting)."
     )
+    rule: str = Field(
+        default="fixed",
+        max_length=16,
+        sa_column_kwargs={"server_default": "fixed"},
+        description="sequential (a test valid at every look) or fixed (the interval from "
+        "min_votes on).",
+    )
     min_votes: int = Field(ge=1)
     min_sessions: int = Field(ge=1)
     votes_per_session: int = Field(ge=1)

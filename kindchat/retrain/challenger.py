@@ -4,7 +4,8 @@ A policy that passed a cycle's offline guard rails is not promoted at once: it b
 `challenger` and takes part in a share of new arena battles (`challenger_share`), always
 against the champion it was opened against, sides random, identities hidden until the vote.
 Its record is read from the stored votes of those battles (ties and both-bad split), and
-:func:`kindchat.retrain.gates.challenger_decision` decides once `challenger_min_votes` votes
+:func:`kindchat.retrain.gates.challenger_decision` decides, by a sequential test valid at every
+look (`challenger_rule`), as soon as `challenger_min_votes` votes
 (at most `challenger_votes_per_session` of each session and `challenger_votes_per_origin` of each
 origin) of `challenger_min_sessions` distinct sessions from `challenger_min_origins` origins are
 in, sessions that vote like a script left out, or the deadline passes: promote
@@ -84,7 +85,8 @@ class ChallengerConfig:
     """How much of the arena a challenger gets and what it takes to decide."""
 
     share: float = 0.5  # of new arena battles, challenger vs champion
-    min_votes: int = 200  # decide from this many counted votes on …
+    min_votes: int = 40  # decide from this many counted votes on …
+    rule: str = "sequential"  # … by a test valid at every look (or "fixed": the interval)
     deadline_hours: float = 24.0  # retire an undecided challenger after this long
     min_sessions: int = 20  # … cast by this many distinct sessions …
     votes_per_session: int = 5  # votes of one session that count, at most
@@ -105,6 +107,7 @@ class ChallengerConfig:
         return cls(
             share=settings.challenger_share,
             min_votes=settings.challenger_min_votes,
+            rule=settings.challenger_rule,
             deadline_hours=settings.challenger_deadline_hours,
             min_sessions=settings.challenger_min_sessions,
             votes_per_session=settings.challenger_votes_per_session,
@@ -130,6 +133,7 @@ class ChallengerState:
     min_votes: int
     record: ArenaRecord
     decision: ChallengerDecision
+    rule: str = "fixed"
     promote_with: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -142,6 +146,7 @@ class ChallengerState:
             "started_at": self.started_at.isoformat(),
             "deadline": self.deadline.isoformat(),
             "min_votes": self.min_votes,
+            "rule": self.rule,
             "wins": self.record.wins,
             "losses": self.record.losses,
             "ties": self.record.ties,
@@ -199,6 +204,7 @@ def open_challenge(
                 promote_with=dict(promote_with),
                 share=config.share,
                 min_votes=config.min_votes,
+                rule=config.rule,
                 min_sessions=config.min_sessions,
                 votes_per_session=config.votes_per_session,
                 min_origins=config.min_origins,
@@ -425,6 +431,7 @@ def arena_record(
     (:func:`kindchat.feedback.influence.origin_of`); sessions that vote like a script (judged
     over all their votes since `since`) left out. Votes are grouped by origin (one voice)."""
     by_origin: dict[str, list[float]] = defaultdict(list)
+    sequence: list[float] = []
     per_session: dict[str, int] = defaultdict(int)
     raw = 0
     with session_scope(engine) as session:
@@ -453,7 +460,8 @@ def arena_record(
             score = 0.0
         per_session[voter] += 1
         by_origin[origin].append(score)
-    return ArenaRecord.of_voices(by_origin, len(per_session), raw, len(excluded))
+        sequence.append(score)
+    return ArenaRecord.of_voices(by_origin, len(per_session), raw, len(excluded), sequence)
 
 
 def current_challenge(
@@ -481,6 +489,7 @@ def current_challenge(
         deadline_passed=now >= challenge.deadline,
         min_sessions=challenge.min_sessions,
         min_origins=challenge.min_origins,
+        rule=challenge.rule,
     )
     return ChallengerState(
         challenge_id=challenge.id,
@@ -494,6 +503,7 @@ def current_challenge(
         min_votes=challenge.min_votes,
         record=record,
         decision=decision,
+        rule=challenge.rule,
         promote_with=dict(challenge.promote_with),
     )
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kindchat.stats import bootstrap, cluster_bootstrap
+from kindchat.stats import betting_test, bootstrap, cluster_bootstrap
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,7 @@ class ArenaRecord:
     n_sessions: int = 0  # distinct sessions whose votes count
     raw_votes: int = 0  # votes cast, before the caps and the anomaly filter
     excluded_sessions: int = 0  # anomalous sessions left out
+    sequence: tuple[float, ...] = ()  # the counted votes in the order they came (1, 0, ½)
 
     @property
     def votes(self) -> int:
@@ -130,6 +132,7 @@ class ArenaRecord:
         sessions: int,
         raw_votes: int,
         excluded_sessions: int = 0,
+        sequence: Sequence[float] = (),
     ) -> ArenaRecord:
         clusters = tuple(tuple(v) for _, v in sorted(by_origin.items()) if v)
         flat = [x for c in clusters for x in c]
@@ -141,6 +144,7 @@ class ArenaRecord:
             n_sessions=sessions,
             raw_votes=raw_votes,
             excluded_sessions=excluded_sessions,
+            sequence=tuple(sequence),
         )
 
 
@@ -166,6 +170,10 @@ class ChallengerDecision:
         }
 
 
+RULES: tuple[str, ...] = ("sequential", "fixed")
+SEQUENTIAL_ALPHA = 0.05  # each side α/2: promote or retire wrongly at most 2.5% of the time
+
+
 def challenger_decision(
     record: ArenaRecord,
     *,
@@ -173,11 +181,22 @@ def challenger_decision(
     deadline_passed: bool,
     min_sessions: int = 1,
     min_origins: int = 1,
+    rule: str = "fixed",
 ) -> ChallengerDecision:
-    """Promote when the 95% interval of the win rate lies above ½, retire when below ½ or when
-    the deadline passes undecided. Decide only from `min_votes` counted votes of `min_sessions`
-    distinct sessions from `min_origins` origins on; at the deadline, retire unless those many
-    voices promote it. The interval resamples origins (voices), not votes."""
+    """Promote or retire once `min_votes` counted votes of `min_sessions` distinct sessions from
+    `min_origins` origins are in (the quorum), by `rule`:
+
+    * `sequential`: a test by betting on the votes in the order they came
+      (:func:`kindchat.stats.betting_test`): promote when the evidence that users prefer the
+      challenger reaches 2/α (α = 5%), retire when the evidence against does. Its error holds
+      at every look, so it decides as soon as the votes allow — a clearly better or worse
+      challenger in tens of votes, a close one later;
+    * `fixed`: the 95% interval of the win rate (resampling origins) lying above ½ promotes,
+      below ½ retires (the rule before; its error grows with every look after the quorum).
+
+    At the deadline, retire unless the interval of those many voices promotes it."""
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
     if record.votes == 0:
         if deadline_passed:
             return ChallengerDecision(
@@ -194,7 +213,20 @@ def challenger_decision(
     )
     voices = record.sessions >= min_sessions and record.origins >= min_origins
     quorum = voices and record.votes >= min_votes
-    if quorum or deadline_passed:
+    if rule == "sequential" and quorum:
+        test = betting_test(record.sequence or record.scores(), alpha=SEQUENTIAL_ALPHA)
+        crossed = [
+            (at, action)
+            for at, action in ((test.up_at, "promote"), (test.down_at, "retire"))
+            if at is not None
+        ]
+        first = min(crossed) if crossed else None  # the side whose evidence crossed first
+        if first is not None:
+            who = "it" if first[1] == "promote" else "the champion"
+            return ChallengerDecision(
+                first[1], f"users prefer {who} (sequential test: {test}): {interval}", *figures
+            )
+    if (quorum and rule == "fixed") or deadline_passed:
         if estimate.low > 0.5 and voices:
             return ChallengerDecision("promote", f"users prefer it: {interval}", *figures)
         if estimate.high < 0.5:
@@ -203,6 +235,7 @@ def challenger_decision(
             return ChallengerDecision(
                 "retire", f"the deadline passed undecided: {interval}", *figures
             )
+    if quorum:
         return ChallengerDecision("continue", f"undecided: {interval}", *figures)
     return ChallengerDecision(
         "continue",

@@ -51,7 +51,7 @@ def test_migrates_an_empty_database_to_head(fb_settings: Settings) -> None:
     assert not db_file.exists()
     engine = init_db(fb_settings)
     assert db_file.is_file() == (fb_settings.db_url is None)  # PostgreSQL: nothing on disk
-    assert current_revision(engine) == head_revision() == "0005"
+    assert current_revision(engine) == head_revision() == "0006"
     assert set(inspect(engine).get_table_names()) == TABLES
     uniques = inspect(engine).get_unique_constraints("ratings")
     assert [u["column_names"] for u in uniques] == [["message_id", "session_id"]]
@@ -193,7 +193,7 @@ def test_migration_0005_turns_stored_challenges_into_records(fb_settings: Settin
             ],
         )
     migrate(engine)
-    assert current_revision(engine) == "0005"
+    assert current_revision(engine) == "0006"
     with session_scope(engine) as session:
         found = {c.run_id: c for c in challenges.list_challenges(session=session)}
         now = challenges.get_open(session=session)
@@ -206,6 +206,7 @@ def test_migration_0005_turns_stored_challenges_into_records(fb_settings: Settin
     )
     assert (now.min_sessions, now.votes_per_session, now.min_origins, now.share) == (20, 5, 10, 0.3)
     assert challenges.influence_config(now) == InfluenceConfig(min_votes=12)
+    assert now.rule == "fixed"  # 0006: a challenge opened before keeps the rule it opened with
     assert now.opened_at == datetime(2026, 12, 20, 10, tzinfo=timezone.utc)
     assert now.deadline == datetime(2026, 12, 21, 10, tzinfo=timezone.utc)
     old = found["run-old"]

@@ -370,3 +370,32 @@ def test_the_hatespeech_guard_needs_a_judge_shown_above_chance() -> None:
     assert gold_rm_skill(skilled, "hatespeech") == 0.7
     assert gold_rm_skill(chance, "hatespeech") == 0.4
     assert gold_rm_skill({}, "hatespeech") is None
+
+
+def test_the_sequential_rule_decides_as_soon_as_the_votes_allow() -> None:
+    import random
+
+    from kindchat.retrain.gates import ArenaRecord, challenger_decision
+
+    def record(p: float, n: int, seed: int = 0) -> ArenaRecord:
+        rng = random.Random(seed)
+        sequence = [1.0 if rng.random() < p else 0.0 for _ in range(n)]
+        return ArenaRecord(
+            wins=int(sum(sequence)),
+            losses=n - int(sum(sequence)),
+            sequence=tuple(sequence),
+        )
+
+    rule = {"min_votes": 40, "deadline_passed": False, "rule": "sequential"}
+    clear = challenger_decision(record(0.9, 60), **rule)
+    assert clear.action == "promote" and "sequential test" in clear.reason
+    assert challenger_decision(record(0.1, 60), **rule).action == "retire"
+    assert challenger_decision(record(0.9, 30), **rule).action == "continue"  # below the quorum
+    # the fixed rule waits for its 200 votes where the sequential one has decided
+    assert challenger_decision(record(0.9, 60), min_votes=200, deadline_passed=False).action == (
+        "continue"
+    )
+    # even votes decide nothing before the deadline, and retire at it
+    even = record(0.5, 300, seed=3)
+    assert challenger_decision(even, **rule).action == "continue"
+    assert challenger_decision(even, **{**rule, "deadline_passed": True}).action == "retire"
