@@ -29,11 +29,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     KINDCHAT_MAX_QUEUE=256
 
 WORKDIR /opt/kindchat
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY kindchat ./kindchat
-# Keep the image's CUDA torch: a constraint stops pip from swapping it for another build.
+# The versions of requirements.lock (what CI tests), as constraints; the image's CUDA torch is
+# kept (the lock's CPU torch line is left out, and a constraint stops pip swapping the build).
 RUN python -c "import torch; print(f'torch=={torch.__version__}')" > /tmp/torch.txt \
- && pip install --constraint /tmp/torch.txt ".[postgres]" \
+ && grep -v '^torch==' requirements.lock > /tmp/lock.txt \
+ && pip install --constraint /tmp/torch.txt --constraint /tmp/lock.txt ".[postgres]" \
  && useradd --create-home --uid 1000 kindchat \
  && mkdir -p "$KINDCHAT_HOME" && chown kindchat "$KINDCHAT_HOME"
 

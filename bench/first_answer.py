@@ -1,0 +1,125 @@
+"""Fresh clone → first answer, in phases, as a new user meets kindchat.
+
+    python bench/first_answer.py --runs 3                # uv, its cache warm (a second user)
+    python bench/first_answer.py --runs 1 --cold         # uv with an empty cache
+    python bench/first_answer.py --runs 1 --installer pip
+
+Each run: `git clone` this checkout into a temporary folder (with `../shared` beside it, as CI
+has), a fresh venv, then what `scripts/run` does, timed step by step — install
+(`scripts/setup`), the micro bootstrap (its tokenizer, base LM and SFT, from the bootstrap's own
+table), `kindchat serve` until `POST /v1/chat/completions` answers. Prints one row per run and
+the median. Run by hand on a quiet machine: it is a timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def one_run(installer: str, cold: bool, keep: bool) -> dict[str, float]:
+    work = Path(tempfile.mkdtemp(prefix="kindchat-first-"))
+    try:
+        subprocess.run(["git", "clone", "--quiet", str(ROOT), str(work / "kindchat")], check=True)
+        (work / "shared").symlink_to((ROOT.parent / "shared").resolve())
+        repo, venv = work / "kindchat", work / "venv"
+        env = {
+            **os.environ,
+            "PYTHON": str(venv / "bin" / "python"),
+            "PATH": f"{venv / 'bin'}:{os.environ['PATH']}",
+            "KINDCHAT_INSTALLER": installer,
+            "KINDCHAT_HOME": str(repo / "var"),
+        }
+        env.pop("VIRTUAL_ENV", None)
+        if cold:
+            env["UV_CACHE_DIR"] = str(work / "uv-cache")
+        phases: dict[str, float] = {}
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run(["scripts/setup"], cwd=repo, env=env, check=True)
+        phases["install"] = time.perf_counter() - start
+        mark = time.perf_counter()
+        boot = subprocess.run(
+            ["kindchat", "bootstrap", "--if-missing", "--preset", "micro", "--until", "sft",
+             "--serve-sft-first"],
+            cwd=repo, env={**env, "COLUMNS": "200"}, check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        phases["bootstrap"] = time.perf_counter() - mark
+        for stage in ("tokenizer", "base", "sft"):
+            found = re.search(rf"│ {stage}\s*│[^│]*│\s*([\d.]+)", boot.stdout)
+            phases[stage] = float(found.group(1)) if found else float("nan")
+        mark = time.perf_counter()
+        port = free_port()
+        server = subprocess.Popen(
+            ["kindchat", "serve", "--port", str(port), "--background-preset",
+             os.environ.get("KINDCHAT_PRESET", "tiny")],
+            cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            body = {"model": "kindchat-rlhf", "messages": [{"role": "user", "content": "안녕"}]}
+            while True:
+                try:
+                    answer = httpx.post(
+                        f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=60
+                    )
+                    if answer.status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if server.poll() is not None:
+                    raise RuntimeError("kindchat serve exited before answering")
+                time.sleep(0.1)
+        finally:
+            server.terminate()
+            server.wait(30)
+        phases["serve → answer"] = time.perf_counter() - mark
+        phases["total"] = time.perf_counter() - start
+        return phases
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--installer", choices=("uv", "pip"), default="uv")
+    parser.add_argument("--cold", action="store_true", help="uv with an empty cache")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folders")
+    args = parser.parse_args()
+    rows = [one_run(args.installer, args.cold, args.keep) for _ in range(args.runs)]
+    columns = list(rows[0])
+    table = Table(
+        title=f"fresh clone → first answer ({args.installer}{', cold cache' if args.cold else ''})"
+    )
+    for column in ("run", *columns):
+        table.add_column(column, justify="right")
+    for i, row in enumerate(rows, 1):
+        table.add_row(str(i), *(f"{row[c]:.1f}" for c in columns))
+    table.add_row("median", *(f"{statistics.median(r[c] for r in rows):.1f}" for c in columns))
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
