@@ -150,6 +150,39 @@ async def load(
     return sum(t for _, t in flat), seconds, [ttft for ttft, _ in flat]
 
 
+def start(
+    mode: str, command: list[str], health: str, args: argparse.Namespace, **env: str
+) -> tuple[subprocess.Popen[bytes], str] | str:
+    """`command` (listening on the port at its end) started and healthy: (process, url), or
+    why not."""
+    port = free_port()
+    full_env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1", **env}
+    log = open(args.log_dir / f"{mode.replace(' ', '_')}.log", "w")  # noqa: SIM115
+    server = subprocess.Popen(
+        [*command, str(port)], env=full_env, stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            if httpx.get(f"{url}{health}", timeout=2).status_code == 200:
+                return server, url
+        except httpx.HTTPError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            stop(server)
+            return f"did not start (see {log.name})"
+        time.sleep(0.2)
+
+
+def stop(server: subprocess.Popen[bytes]) -> None:
+    server.terminate()
+    try:
+        server.wait(30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
 def run_server(
     mode: str,
     command: list[str],
@@ -158,39 +191,39 @@ def run_server(
     batch: int,
     args: argparse.Namespace,
     extra: dict[str, object],
+    upstream: list[str] | None = None,
 ) -> RunResult | str:
-    """Start `command` (listening on the port at its end), load it, stop it; the result, or why
-    the server could not be measured."""
-    port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
-    log = open(args.log_dir / f"{mode.replace(' ', '_')}.log", "w")  # noqa: SIM115
-    server = subprocess.Popen([*command, str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    """Start `command`, load it, stop it; the result, or why the server could not be measured.
+    With `upstream` (vLLM), that starts first and `command` is kindchat in front of it
+    (`--backend openai`)."""
+    servers: list[subprocess.Popen[bytes]] = []
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if httpx.get(f"{url}{health}", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                return f"did not start (see {log.name})"
-            time.sleep(0.2)
+        env: dict[str, str] = {}
+        if upstream is not None:
+            engine = start(f"{mode} engine", upstream, "/v1/models", args)
+            if isinstance(engine, str):
+                return engine
+            servers.append(engine[0])
+            env = {
+                "KINDCHAT_BACKEND": "openai",
+                "KINDCHAT_OPENAI_BASE_URL": f"{engine[1]}/v1",
+                "KINDCHAT_OPENAI_MODELS": json.dumps([f"{args.alias}=bench"]),
+            }
+        started = start(mode, command, health, args, **env)
+        if isinstance(started, str):
+            return started
+        servers.append(started[0])
+        url = started[1]
         logger.info("%s: %d clients x %d requests", mode, args.clients, args.requests)
         try:
             tokens, seconds, ttft = asyncio.run(
                 load(url, model, args.clients, args.requests, args.max_tokens, extra)
             )
         except httpx.HTTPError as err:
-            return f"failed under load: {type(err).__name__} (see {log.name})"
+            return f"failed under load: {type(err).__name__} (see {args.log_dir})"
     finally:
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+        for server in reversed(servers):
+            stop(server)
     return RunResult(mode, batch, args.clients * args.requests, tokens, seconds, ttft)
 
 
@@ -232,6 +265,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of every server.")
     parser.add_argument("--log-dir", type=Path, default=Path("logs/bench"))
     parser.add_argument("--skip", nargs="*", default=[], help="Modes to leave out.")
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="py-spy the kindchat in front of vLLM (raw)."
+    )
     parser.add_argument(
         "--vllm",
         default=str(Path(__file__).resolve().parents[1] / "scripts" / "vllm-cpu") + " serve",
@@ -290,6 +326,22 @@ def main() -> None:
         if mode in args.skip:
             continue
         results[mode] = run_server(mode, command, health, model, batch, args, extra)
+    if "kindchat → vllm" not in args.skip:  # the product's layer in front of the engine
+        profile = (
+            ["py-spy", "record", "-f", "raw", "-r", "100", "-o", str(args.profile), "--"]
+            if args.profile
+            else []
+        )
+        results["kindchat → vllm"] = run_server(
+            "kindchat → vllm",
+            [*profile, *kindchat(args.clients)],
+            "/healthz",
+            kc_model,
+            args.clients,
+            args,
+            exact,
+            upstream=vllm(),
+        )
 
     table = Table(
         title=f"{args.clients} streaming clients x {args.requests} answers x {args.max_tokens} "
@@ -308,6 +360,7 @@ def main() -> None:
     ):
         table.add_column(column, justify="right")
     ours = results.get("kindchat")
+    layer, engine = results.get("kindchat → vllm"), results.get("vllm")
     for mode, run in results.items():
         if isinstance(run, str):
             table.add_row(mode, "", "", "", "", run, "", "", "")
@@ -331,6 +384,12 @@ def main() -> None:
     console = Console(width=160)
     console.print(table)
     console.print("kindchat ×: kindchat's tokens/s divided by that server's (higher is better)")
+    if isinstance(layer, RunResult) and isinstance(engine, RunResult):
+        console.print(
+            f"kindchat in front of vLLM: {layer.tokens_per_s / engine.tokens_per_s:.2f}× vLLM's "
+            f"tokens/s; TTFT p50 {statistics.median(layer.ttft) - statistics.median(engine.ttft):+.3f}"
+            " s against vLLM direct"
+        )
 
 
 if __name__ == "__main__":
