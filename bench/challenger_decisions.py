@@ -11,7 +11,8 @@ the server does. Rules:
   approximation of the percentile bootstrap the server uses) lying above ½ promotes, below ½
   retires — checked again after every vote, so its error grows with the looks;
 * `sequential` (now, :func:`kindchat.stats.betting_test`): from `--min-votes` (40) on, a
-  capital that crossed 2/α promotes or retires; valid at every look.
+  capital that crossed 2/α promotes or retires once the interval agrees (on the server the
+  interval resamples origins, so one origin's burst of votes cannot carry the test alone).
 
 At the deadline both fall back to the fixed interval (promote only if above ½, else retire).
 Wrong: retiring a better challenger, promoting an equal or a worse one. The quorum of sessions
@@ -80,11 +81,24 @@ def fixed_rule(values: list[float], start: int) -> Outcome:
 
 
 def sequential_rule(values: list[float], start: int, alpha: float) -> Outcome:
+    """The server's rule: the betting test's crossing, confirmed by the interval (which there
+    resamples origins; here every vote is its own origin)."""
     test = betting_test(values, alpha=alpha)
-    crossings = [(at, a) for at, a in ((test.up_at, "promote"), (test.down_at, "retire")) if at]
+    crossings = [at for at in (test.up_at, test.down_at) if at]
     if crossings:
-        at, action = min(crossings)
-        return Outcome(action, max(at, start))
+        first = max(min(crossings), start)
+        total = sum(values[:first])
+        squares = sum(v * v for v in values[:first])
+        for t in range(first, len(values) + 1):
+            if t > first:
+                total += values[t - 1]
+                squares += values[t - 1] ** 2
+            mean = total / t
+            half = 1.96 * math.sqrt(max(squares / t - mean * mean, 0.0)) / math.sqrt(t)
+            if test.up_at and test.up_at <= t and mean - half > 0.5:
+                return Outcome("promote", t)
+            if test.down_at and test.down_at <= t and mean + half < 0.5:
+                return Outcome("retire", t)
     return at_deadline(values)
 
 

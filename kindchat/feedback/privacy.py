@@ -596,7 +596,7 @@ class NameRecognizer(EntityRecognizer):
             0.6,
         ),
         (  # an account holder after the number: 신한 110-264-413918 홍채린
-            re.compile(rf"(?<![\d\- ])\d[\d\- ]{{6,30}}\d\s?\(?({_NAME3})\)?(?=\s*(?:$|[,.)/\n]))"),
+            re.compile(rf"(?<![\d\-])\d[\d\- ]{{6,30}}\d\s?\(?({_NAME3})\)?(?=\s*(?:$|[,.)/\n]))"),
             0.6,
         ),
         (re.compile(rf"(?:^|\n)({_NAME3})\s?(?:고객님|님),"), 0.6),

@@ -214,17 +214,19 @@ def challenger_decision(
     voices = record.sessions >= min_sessions and record.origins >= min_origins
     quorum = voices and record.votes >= min_votes
     if rule == "sequential" and quorum:
+        # The test's crossing, confirmed by the interval that resamples origins: the test
+        # treats votes as independent, so 20 votes of one origin at once could carry it alone;
+        # the origin-resampled interval does not let one voice decide.
         test = betting_test(record.sequence or record.scores(), alpha=SEQUENTIAL_ALPHA)
-        crossed = [
-            (at, action)
-            for at, action in ((test.up_at, "promote"), (test.down_at, "retire"))
-            if at is not None
-        ]
-        first = min(crossed) if crossed else None  # the side whose evidence crossed first
-        if first is not None:
-            who = "it" if first[1] == "promote" else "the champion"
+        if test.up and estimate.low > 0.5:
             return ChallengerDecision(
-                first[1], f"users prefer {who} (sequential test: {test}): {interval}", *figures
+                "promote", f"users prefer it (sequential test: {test}): {interval}", *figures
+            )
+        if test.down and estimate.high < 0.5:
+            return ChallengerDecision(
+                "retire",
+                f"users prefer the champion (sequential test: {test}): {interval}",
+                *figures,
             )
     if (quorum and rule == "fixed") or deadline_passed:
         if estimate.low > 0.5 and voices:

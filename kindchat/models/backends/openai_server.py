@@ -17,6 +17,7 @@ kindchat's: unreachable or failing server → :class:`BackendUnavailableError` (
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -159,11 +160,11 @@ class OpenAIBackend(RemoteBackend):
             "stream": True,
             "stream_options": {"include_usage": True},
         }
+        create = self._client.chat.completions.with_streaming_response.create
         try:
             try:
-                chunks = await self._client.chat.completions.create(
-                    **request, extra_body=(extra if self._extras else None) or None
-                )
+                opened = create(**request, extra_body=(extra if self._extras else None) or None)
+                response = await opened.__aenter__()
             except openai.UnprocessableEntityError:
                 if not extra or not self._extras:
                     raise
@@ -171,29 +172,56 @@ class OpenAIBackend(RemoteBackend):
                 # without the extras, for this request and the next.
                 logger.warning("%s refuses %s; sending OpenAI fields only", self.base_url, extra)
                 self._extras = False
-                chunks = await self._client.chat.completions.create(**request)
-            async with chunks:
-                finish: FinishReason | None = None
-                async for chunk in chunks:
-                    if chunk.usage is not None:
-                        completion = chunk.usage.completion_tokens
-                        prompt_tokens = chunk.usage.prompt_tokens
-                    for choice in chunk.choices:
-                        piece = choice.delta.content or ""
-                        if piece and chunk.usage is None:
-                            completion += 1  # one token per delta until usage says
-                        text = stop.feed(piece)
-                        if choice.finish_reason is not None:
-                            finish = "length" if choice.finish_reason == "length" else "stop"
-                            text += stop.feed("", final=True)
-                        if stop.stopped:
-                            finish = "stop"
-                        if text:
-                            yield TextDelta(text, prompt_tokens or 0, completion)
-                    if stop.stopped:
+                opened = create(**request)
+                response = await opened.__aenter__()
+            finish: FinishReason | None = None
+            try:
+                # Per network read, not per token: every SSE event that arrived together is
+                # parsed here (json, no pydantic object per chunk) and goes on as one delta,
+                # so under load the layer's work per token shrinks as the engine batches.
+                buffer = b""
+                async for data in response.http_response.aiter_bytes():
+                    buffer = (buffer + data).replace(b"\r\n", b"\n")  # sse-starlette: CRLF
+                    *events, buffer = buffer.split(b"\n\n")
+                    text, done = "", False
+                    for event in events:
+                        payload = _sse_data(event)
+                        if payload is None:
+                            continue
+                        if payload == b"[DONE]":
+                            done = True
+                            break
+                        chunk = json.loads(payload)
+                        if "error" in chunk and "choices" not in chunk:
+                            raise BackendUnavailableError(
+                                f"{self.base_url} failed mid-stream: {chunk['error']}"
+                            )
+                        usage = chunk.get("usage")
+                        if usage:
+                            completion = usage.get("completion_tokens", completion)
+                            prompt_tokens = usage.get("prompt_tokens", prompt_tokens)
+                        for choice in chunk.get("choices") or ():
+                            piece = (choice.get("delta") or {}).get("content") or ""
+                            if piece and not usage:
+                                completion += 1  # one token per delta until usage says
+                            text += stop.feed(piece)
+                            reason = choice.get("finish_reason")
+                            if reason is not None:
+                                finish = "length" if reason == "length" else "stop"
+                                text += stop.feed("", final=True)
+                            if stop.stopped:
+                                finish = "stop"
+                                done = True
+                                break
+                        if done or (finish is not None and usage):
+                            done = True
+                            break
+                    if text:
+                        yield TextDelta(text, prompt_tokens or 0, completion)
+                    if done:
                         break  # closing the stream aborts the request on the server
-                    if finish is not None and chunk.usage is not None:
-                        break
+            finally:
+                await opened.__aexit__(None, None, None)
             if finish is None:
                 raise BackendUnavailableError(
                     f"{self.base_url} ended the stream without a finish reason"
@@ -216,6 +244,12 @@ class OpenAIBackend(RemoteBackend):
             raise BackendUnavailableError(
                 f"{self.base_url} failed ({err.status_code}): {_message(err)}"
             ) from None
+
+
+def _sse_data(event: bytes) -> bytes | None:
+    """The `data:` payload of one server-sent event (lines joined), None for comments."""
+    lines = [line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:")]
+    return b"\n".join(lines).strip() if lines else None
 
 
 def _message(err: openai.APIStatusError) -> str:
