@@ -42,13 +42,6 @@ def serve(
         str | None,
         typer.Option(help="Train this preset (e.g. tiny) in the background while serving."),
     ] = None,
-    first_preset: Annotated[
-        str | None,
-        typer.Option(
-            help="With no model to serve yet, train this preset's base LM and SFT here first "
-            "(e.g. micro, under a minute), in this process: one start, one import."
-        ),
-    ] = None,
 ) -> None:
     """Serve the chat UI at / and the OpenAI-compatible API (chat, feedback, arena) at /v1."""
     import uvicorn
@@ -71,8 +64,6 @@ def serve(
     }
     settings = base.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     settings = Settings.model_validate(settings.model_dump())  # re-check the overrides
-    if first_preset is not None:
-        bootstrap_first(settings, first_preset)
     url = f"http://{settings.host}:{settings.port}"
     logger.info("kindchat: chat UI at %s/ · API at %s/v1 (%s)", url, url, settings.backend)
     uvicorn.run(
@@ -83,26 +74,3 @@ def serve(
         timeout_graceful_shutdown=30,
         proxy_headers=False,  # X-Forwarded-For only from KINDCHAT_TRUSTED_PROXIES (the app's)
     )
-
-
-def bootstrap_first(settings: Settings, preset_name: str) -> None:
-    """`--first-preset`: the preset's tokenizer, base LM and SFT, `rlhf` pointed at the SFT,
-    unless an alias the server would serve exists already or this preset finished before (what
-    `kindchat bootstrap --if-missing --until sft --serve-sft-first` does, without a second
-    Python start)."""
-    from kindchat.cli.common import registry_of
-    from kindchat.models.presets import get_preset
-    from kindchat.retrain.bootstrap import run_bootstrap
-    from kindchat.retrain.bootstrap_state import read_state
-
-    preset = get_preset(preset_name)
-    state = read_state(settings, preset.name)
-    aliases = registry_of(settings).aliases()
-    if (state is not None and state.status == "done") or any(
-        alias in aliases for alias in settings.serve_aliases
-    ):
-        return
-    logger.info(
-        "no model to serve yet: training the %s preset's base LM and SFT first", preset.name
-    )
-    run_bootstrap(settings, preset, until="sft", serve_sft_first=True)
