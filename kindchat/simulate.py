@@ -52,7 +52,7 @@ class SimulateConfig:
     nights: int = 1
     votes: int = 500  # arena votes + chat thumbs per night, about
     arena_share: float = 0.5  # of a night's prompts, the share that goes to the arena
-    concurrency: int = 4  # requests in flight (the server batches them)
+    concurrency: int = 16  # requests in flight at most (the server batches them)
     max_tokens: int = 48  # answer budget
     challenger_max_battles: int = 2000  # stop driving the arena if still undecided
     score_samples: int = 2  # answers per test prompt for the report
@@ -148,6 +148,9 @@ class Users:
         self._lock = threading.Lock()
         self._rng = random.Random(config.seed)
         self._people: dict[int, dict[str, str]] = {}
+        # People read at once, each at their pace; what they send waits for one of
+        # `concurrency` slots (the server batches what is in flight).
+        self._in_flight = threading.BoundedSemaphore(config.concurrency)
 
     def _count(self, key: str, n: int = 1) -> None:
         with self._lock:
@@ -170,7 +173,8 @@ class Users:
         self, path: str, body: dict[str, Any], headers: dict[str, str] | None = None
     ) -> dict[str, Any]:
         for _ in range(20):  # a polite client: 429 -> wait as told, then again
-            response = self.client.post(path, json=body, headers=headers)
+            with self._in_flight:
+                response = self.client.post(path, json=body, headers=headers)
             if response.status_code != 429:
                 break
             self._count("rate_limited")
@@ -231,11 +235,23 @@ class Users:
         return int(value)
 
 
-def drive(tasks: list[Any], concurrency: int, desc: str) -> None:
-    with ThreadPoolExecutor(concurrency) as pool:
-        futures = [pool.submit(task) for task in tasks]
-        for future in tqdm(futures, desc=desc, leave=False):
-            future.result()
+def drive(tasks: list[tuple[int, Any]], people: int, desc: str) -> None:
+    """Run `(person, task)` pairs as people do: every person at once, each one's tasks in
+    order (one person never votes on two things at the same time, so the anomaly rules see
+    the pace a person has); requests in flight are capped in :class:`Users`."""
+    queues: dict[int, list[Any]] = {}
+    for person, task in tasks:
+        queues.setdefault(person % people, []).append(task)
+    with tqdm(total=len(tasks), desc=desc, leave=False) as bar:
+
+        def one_person(queue: list[Any]) -> None:
+            for task in queue:
+                task()
+                bar.update(1)
+
+        with ThreadPoolExecutor(max(1, len(queues))) as pool:
+            for future in [pool.submit(one_person, queue) for queue in queues.values()]:
+                future.result()
 
 
 @dataclass
@@ -302,13 +318,13 @@ def run_night(
     with httpx.Client(base_url=url, timeout=600) as client:
         actor = Users(client, users, config)
         tasks = [
-            (lambda p=p, i=i: actor.battle(p, i, night * 100_000 + i))
+            (i, lambda p=p, i=i: actor.battle(p, i, night * 100_000 + i))
             for i, p in enumerate(prompts[:n_arena])
         ] + [
-            (lambda p=p, i=i: actor.chat(p, n_arena + i, night * 100_000 + i))
+            (n_arena + i, lambda p=p, i=i: actor.chat(p, n_arena + i, night * 100_000 + i))
             for i, p in enumerate(prompts[n_arena:])
         ]
-        drive(tasks, config.concurrency, f"night {night}: feedback")
+        drive(tasks, config.people, f"night {night}: feedback")
         feedback = dict(actor.counts)
         logger.info("night %d feedback: %s", night, feedback)
         run = trigger_retrain(settings, config=retrain, wait=True)
@@ -346,7 +362,7 @@ def judge_challenger(
     """Keep the users voting in the arena until the server decides the challenge; the
     decision as the server recorded it (or the open record when it stayed undecided)."""
     battles = 0
-    chunk_size = 4 * config.concurrency
+    chunk_size = max(4 * config.concurrency, config.people)
     with tqdm(desc=f"night {night}: challenger", leave=False) as bar:
         while battles < config.challenger_max_battles:
             state = client.get("/v1/challenger").json()
@@ -354,10 +370,10 @@ def judge_challenger(
                 history = state["history"]
                 return dict(history[0]) if history else None
             chunk = [
-                (lambda k=k: actor.battle(pool[k % len(pool)], k, night * 1_000_000 + k))
+                (k, lambda k=k: actor.battle(pool[k % len(pool)], k, night * 1_000_000 + k))
                 for k in range(battles, battles + chunk_size)
             ]
-            drive(chunk, config.concurrency, "arena")
+            drive(chunk, config.people, "arena")
             battles += len(chunk)
             bar.update(len(chunk))
     state = client.get("/v1/challenger").json()

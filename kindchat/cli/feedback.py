@@ -117,27 +117,21 @@ def export_command(
     engine = init_db(settings)
     hf_rows: dict[str, dict[str, int]] = {}
     with session_scope(engine) as session:
+        what = {
+            "session": session,
+            "data_dir": settings.data_dir,
+            "out_dir": out,
+            "config": config,
+            "since": parse_since(since),
+            "moderator": load_moderator(settings.moderation_lexicon),
+        }
         if fmt == "hf":
             from kindchat.feedback.hf_dataset import export_hf
 
-            hf = export_hf(
-                session=session,
-                data_dir=settings.data_dir,
-                out_dir=out,
-                config=config,
-                since=parse_since(since),
-                moderator=load_moderator(settings.moderation_lexicon),
-            )
+            hf = export_hf(**what)
             report, hf_rows = hf.report, hf.rows
         else:
-            report = export_reward_data(
-                session=session,
-                data_dir=settings.data_dir,
-                out_dir=out,
-                config=config,
-                since=parse_since(since),
-                moderator=load_moderator(settings.moderation_lexicon),
-            )
+            report = export_reward_data(**what)
     if report.signals:
         console.print(_counts_table("training rows per signal", report.signals, "rule", "rows"))
     console.print(_counts_table(f"pairs in {out}", report.counts, "source", "train", "test"))

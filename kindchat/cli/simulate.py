@@ -67,7 +67,14 @@ def simulate_command(
     url: Annotated[
         str | None, typer.Option(help="A running server on this home (default: start one).")
     ] = None,
-    concurrency: Annotated[int | None, typer.Option(help="Requests in flight.")] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            help="Requests in flight at most (default 16): every person reads and votes at "
+            "once, each at their own pace; what they send waits for a slot, and the server "
+            "batches what is in flight."
+        ),
+    ] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Answer budget.")] = None,
     max_arena: Annotated[
         int | None,

@@ -32,6 +32,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import tldextract
 from presidio_analyzer import (
@@ -193,6 +194,20 @@ _RRN_BODY = r"\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])"
 _RRN_CONTEXT = ("주민", "등록번호", "생년월일", "rrn", "외국인", "등록증", "신분증")
 
 
+def _registration(label: str, seventh: str) -> dict[str, Any]:
+    """Patterns of a 13-digit registration number (birth date, then the 7th digit in
+    `seventh`): with a hyphen (` - `, `–` too) a match; a bare run needs its check digit or
+    context to pass."""
+    hyphen = rf"(?<!\d){_RRN_BODY}\s?[-–]\s?[{seventh}]\d{{6}}{_NOT_DIGIT_AFTER}"
+    return {
+        "patterns": [
+            Pattern(f"{label} hyphen", hyphen, 0.5),
+            Pattern(f"{label} digits", rf"(?<!\d){_RRN_BODY}[{seventh}]\d{{6}}(?!\d)", 0.3),
+        ],
+        "replacement_pairs": [("-", ""), ("–", ""), (" ", "")],
+    }
+
+
 def _rrn_context(text: str, results: list[RecognizerResult]) -> list[RecognizerResult]:
     for result in results:
         around = text[max(0, result.start - 20) : result.start].lower()
@@ -207,20 +222,8 @@ class KoreanRrnRecognizer(KrRrnRecognizer):
     without a hyphen, a check digit that fails (numbers since Oct 2020 have none) and no
     주민/등록번호 nearby could be an order number."""
 
-    SEVENTH = "1-4"
-
     def __init__(self) -> None:
-        super().__init__(
-            patterns=[
-                Pattern(
-                    "RRN hyphen",
-                    rf"(?<!\d){_RRN_BODY}\s?[-–]\s?[{self.SEVENTH}]\d{{6}}{_NOT_DIGIT_AFTER}",
-                    0.5,
-                ),
-                Pattern("RRN digits", rf"(?<!\d){_RRN_BODY}[{self.SEVENTH}]\d{{6}}(?!\d)", 0.3),
-            ],
-            replacement_pairs=[("-", ""), ("–", ""), (" ", "")],
-        )
+        super().__init__(**_registration("RRN", "1-4"))
 
     def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):  # type: ignore[no-untyped-def]
         return _rrn_context(text, super().analyze(text, entities, nlp_artifacts, regex_flags))
@@ -229,20 +232,8 @@ class KoreanRrnRecognizer(KrRrnRecognizer):
 class KoreanFrnRecognizer(KrFrnRecognizer):
     """외국인등록번호: as :class:`KoreanRrnRecognizer`, the 7th digit 5–8."""
 
-    SEVENTH = "5-8"
-
     def __init__(self) -> None:
-        super().__init__(
-            patterns=[
-                Pattern(
-                    "FRN hyphen",
-                    rf"(?<!\d){_RRN_BODY}\s?[-–]\s?[{self.SEVENTH}]\d{{6}}{_NOT_DIGIT_AFTER}",
-                    0.5,
-                ),
-                Pattern("FRN digits", rf"(?<!\d){_RRN_BODY}[{self.SEVENTH}]\d{{6}}(?!\d)", 0.3),
-            ],
-            replacement_pairs=[("-", ""), ("–", ""), (" ", "")],
-        )
+        super().__init__(**_registration("FRN", "5-8"))
 
     def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):  # type: ignore[no-untyped-def]
         return _rrn_context(text, super().analyze(text, entities, nlp_artifacts, regex_flags))
