@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.table import Table
 
-from kindchat.stats import betting_test
+from kindchat.stats import betting_test, proportion_cell
 
 # name, P(win), P(loss), P(tie): mean = win + tie/2
 SCENARIOS = (
@@ -106,13 +106,6 @@ def wrong(truth: float, action: str) -> bool:
     return action == "retire" if truth > 0.5 else action == "promote"
 
 
-def wilson(k: int, n: int) -> str:
-    p, z = k / n, 1.96
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return f"{p:.3f} [{max(0, centre - half):.3f}, {min(1, centre + half):.3f}]"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--challenges", type=int, default=1000)
@@ -146,7 +139,7 @@ def main() -> None:
                 name,
                 rule,
                 f"{sum(o.action == 'promote' for o in outcomes) / len(outcomes):.3f}",
-                wilson(sum(wrong(truth, o.action) for o in outcomes), len(outcomes)),
+                proportion_cell(sum(wrong(truth, o.action) for o in outcomes), len(outcomes)),
                 str(int(statistics.median(votes))),
                 str(votes[int(0.9 * (len(votes) - 1))]),
             )

@@ -17,7 +17,6 @@ import argparse
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,14 +27,9 @@ from pathlib import Path
 import httpx
 from rich.console import Console
 from rich.table import Table
+from serve_load import free_port  # bench/ is the script's path
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def one_run(installer: str, cold: bool, keep: bool) -> dict[str, float]:

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kindchat.stats import wilson
+
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
 
 
@@ -41,12 +43,7 @@ class Rate:
 
     def wilson(self, z: float = 1.96) -> tuple[float, float]:
         """The 95% Wilson score interval of hits / n."""
-        if not self.n:
-            return (float("nan"), float("nan"))
-        p, n = self.value, self.n
-        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-        return (max(0.0, centre - half), min(1.0, centre + half))
+        return wilson(self.hits, self.n, z)
 
     def cell(self) -> str:
         low, high = self.wilson()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import time
 from pathlib import Path
@@ -25,24 +24,9 @@ from rich.console import Console
 from rich.table import Table
 
 from kindchat.feedback.privacy import KIND_NAMES, KindScore, find, score_corpus
+from kindchat.stats import proportion_cell as cell
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
-
-
-def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if not n:
-        return (math.nan, math.nan)
-    p = hits / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def cell(hits: int, n: int) -> str:
-    if not n:
-        return "-"
-    low, high = wilson(hits, n)
-    return f"{hits / n:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def main() -> None:

@@ -64,6 +64,26 @@ def cluster_bootstrap(
     return Estimate(float(sums.sum() / sizes.sum()), float(low), float(high), len(groups))
 
 
+def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of the proportion hits / n (95% by default); NaNs for n = 0."""
+    import math
+
+    if not n:
+        return (math.nan, math.nan)
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def proportion_cell(hits: int, n: int) -> str:
+    """`0.123 [0.100, 0.150]`: the proportion with its Wilson interval (`-` for n = 0)."""
+    if not n:
+        return "-"
+    low, high = wilson(hits, n)
+    return f"{hits / n:.3f} [{low:.3f}, {high:.3f}]"
+
+
 @dataclass(frozen=True)
 class SequentialTest:
     """Testing by betting (Waudby-Smith & Ramdas 2023, "Estimating means of bounded random

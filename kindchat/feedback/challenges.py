@@ -64,7 +64,7 @@ def _influence(value: Any) -> InfluenceConfig | None:
         ) from None
 
 
-RULES = ("sequential", "fixed")
+RULES: tuple[str, ...] = ("sequential", "fixed")  # how a challenge is decided (retrain.gates)
 
 
 def _rule(value: object) -> str:

@@ -423,7 +423,7 @@ def export_reward_data(
     demos, _ = split_rows(sft, config.test_fraction)
     influence = {**cap.as_dict(config.influence), "anomalous": anomalies.as_dict()}
     from_users = [row for rows in (train, test, unpaired, demos) for row in rows if row.at]
-    times = sorted(row.at for row in from_users if row.at is not None)
+    times = sorted(at for row in from_users if (at := row.at) is not None)
     model_versions = Counter(model for row in from_users for model in row.models)
 
     counts: dict[str, dict[str, int]] = {}

@@ -37,7 +37,7 @@ from sqlmodel import Session
 
 from kindchat.feedback.errors import InvalidValueError
 from kindchat.feedback.export import ExportConfig, ExportReport, export_reward_data
-from kindchat.feedback.files import write_json_atomic
+from kindchat.feedback.files import write_json_atomic, write_text_atomic
 from kindchat.feedback.moderation import Moderator
 
 logger = logging.getLogger(__name__)
@@ -212,10 +212,7 @@ def write_hf(export_dir: Path, out_dir: Path) -> dict[str, dict[str, int]]:
             dataset.to_parquet(str(tmp))
             tmp.replace(target)
     write_json_atomic(out_dir / "manifest.json", manifest)
-    card = out_dir / "README.md"
-    tmp_card = out_dir / ".README.md.tmp"
-    tmp_card.write_text(dataset_card(manifest, rows), encoding="utf-8")
-    tmp_card.replace(card)
+    write_text_atomic(out_dir / "README.md", dataset_card(manifest, rows))
     return rows
 
 

@@ -79,6 +79,7 @@ KINDS: tuple[Kind, ...] = (
     Kind("name", "PERSON", "이름"),
 )
 BY_ENTITY: dict[str, Kind] = {kind.entity: kind for kind in KINDS}
+BY_NAME: dict[str, Kind] = {kind.name: kind for kind in KINDS}
 KIND_NAMES: tuple[str, ...] = tuple(kind.name for kind in KINDS)
 PLACEHOLDER = re.compile(
     "<(?:" + "|".join(re.escape(kind.placeholder) for kind in KINDS) + r")\d*>"
@@ -216,7 +217,15 @@ def _rrn_context(text: str, results: list[RecognizerResult]) -> list[RecognizerR
     return results
 
 
-class KoreanRrnRecognizer(KrRrnRecognizer):
+class _RegistrationContext:
+    """The 주민/등록번호 words before a registration number make it certain."""
+
+    def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):  # type: ignore[no-untyped-def]
+        results = super().analyze(text, entities, nlp_artifacts, regex_flags)  # type: ignore[misc]
+        return _rrn_context(text, results)
+
+
+class KoreanRrnRecognizer(_RegistrationContext, KrRrnRecognizer):
     """Presidio's 주민등록번호 recogniser (its check digit makes a match certain), with the
     spellings people type (` - `, `–`) and context read around the match: a 13-digit run
     without a hyphen, a check digit that fails (numbers since Oct 2020 have none) and no
@@ -225,18 +234,12 @@ class KoreanRrnRecognizer(KrRrnRecognizer):
     def __init__(self) -> None:
         super().__init__(**_registration("RRN", "1-4"))
 
-    def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):  # type: ignore[no-untyped-def]
-        return _rrn_context(text, super().analyze(text, entities, nlp_artifacts, regex_flags))
 
-
-class KoreanFrnRecognizer(KrFrnRecognizer):
+class KoreanFrnRecognizer(_RegistrationContext, KrFrnRecognizer):
     """외국인등록번호: as :class:`KoreanRrnRecognizer`, the 7th digit 5–8."""
 
     def __init__(self) -> None:
         super().__init__(**_registration("FRN", "5-8"))
-
-    def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):  # type: ignore[no-untyped-def]
-        return _rrn_context(text, super().analyze(text, entities, nlp_artifacts, regex_flags))
 
 
 @functools.cache
@@ -679,8 +682,15 @@ _PRIORITY = {name: rank for rank, name in enumerate(
 def find(text: str, threshold: float = THRESHOLD) -> list[Finding]:
     """Personal data in `text`, no two findings overlapping (the more specific kind, then the
     higher score, then the longer span wins)."""
+    return list(_find(text, threshold))
+
+
+@functools.lru_cache(maxsize=2048)
+def _find(text: str, threshold: float) -> tuple[Finding, ...]:
+    """:func:`find`, remembered: an export redacts a conversation's earlier turns once for every
+    rated answer in it, and a share page again on every view."""
     if not text or not text.strip():
-        return []
+        return ()
     folded = text.translate(_FOLD)
     results = analyzer().analyze(folded, language=LANGUAGE, score_threshold=threshold)
     findings = sorted(
@@ -695,7 +705,7 @@ def find(text: str, threshold: float = THRESHOLD) -> list[Finding]:
     for finding in findings:
         if all(finding.end <= k.start or finding.start >= k.end for k in kept):
             kept.append(finding)
-    return sorted(kept, key=lambda f: f.start)
+    return tuple(sorted(kept, key=lambda f: f.start))
 
 
 def _key(kind: str, value: str) -> str:
@@ -715,14 +725,14 @@ class Redactor:
     counts: Counter[str] = field(default_factory=Counter)
     _names: dict[tuple[str, str], str] = field(default_factory=dict)
     _per_kind: Counter[str] = field(default_factory=Counter)
-    _seen: dict[tuple[str, str], str] = field(default_factory=dict)  # spellings replaced
+    _seen: dict[tuple[str, str], None] = field(default_factory=dict)  # (kind, spelling) found
 
     def placeholder(self, kind: str, value: str) -> str:
         key = (kind, _key(kind, value))
         if key not in self._names:
             self._per_kind[kind] += 1
             n = self._per_kind[kind]
-            label = next(k.placeholder for k in KINDS if k.name == kind)
+            label = BY_NAME[kind].placeholder
             self._names[key] = f"<{label}>" if n == 1 else f"<{label}{n}>"
         return self._names[key]
 
@@ -733,8 +743,8 @@ class Redactor:
         findings = find(text, self.threshold)
         for f in findings:
             if f.end - f.start >= 2:
-                self._seen.setdefault((f.kind, f.value(text)), f.value(text))
-        for (kind, _), raw in self._seen.items():
+                self._seen.setdefault((f.kind, f.value(text)))
+        for kind, raw in self._seen:
             for match in re.finditer(re.escape(raw), text):
                 if all(match.end() <= f.start or match.start() >= f.end for f in findings):
                     findings.append(Finding(kind, match.start(), match.end(), 1.0))

@@ -133,7 +133,7 @@ class ChallengerState:
     min_votes: int
     record: ArenaRecord
     decision: ChallengerDecision
-    rule: str = "fixed"
+    rule: str  # sequential or fixed, as the challenge opened
     promote_with: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kindchat.feedback.challenges import RULES
 from kindchat.stats import betting_test, bootstrap, cluster_bootstrap
 
 
@@ -170,7 +171,6 @@ class ChallengerDecision:
         }
 
 
-RULES: tuple[str, ...] = ("sequential", "fixed")
 SEQUENTIAL_ALPHA = 0.05  # each side α/2: promote or retire wrongly at most 2.5% of the time
 
 

@@ -188,7 +188,7 @@ class RetrainScheduler:
                 self.lease.release()
                 raise
 
-    def _start_scheduler(self) -> Job | None:
+    def _start_scheduler(self) -> Job:
         """Start, keeping the stored job (and its next run time) when nothing about it changed."""
         scheduler = BackgroundScheduler(
             jobstores={"default": SQLAlchemyJobStore(engine=self.engine, tablename=JOB_TABLE)},
@@ -212,15 +212,7 @@ class RetrainScheduler:
                 replace_existing=True,
             )
         if self.settings.retention_days:
-            scheduler.add_job(  # at once, then every retention_check_s
-                scheduled_purge,
-                IntervalTrigger(seconds=self.settings.retention_check_s),
-                id=RETENTION_JOB_ID,
-                name="retention",
-                kwargs=kwargs,
-                replace_existing=True,
-                next_run_time=datetime.now(self.trigger.timezone),
-            )
+            self._add_retention(scheduler, kwargs)
         elif scheduler.get_job(RETENTION_JOB_ID) is not None:
             scheduler.remove_job(RETENTION_JOB_ID)
         scheduler.resume()
@@ -232,17 +224,22 @@ class RetrainScheduler:
         scheduler = BackgroundScheduler(
             job_defaults={"max_instances": 1, "coalesce": True}, timezone=self.trigger.timezone
         )
+        self._add_retention(scheduler, {"settings_data": job_settings(self.settings)})
+        scheduler.start()
+        self.scheduler = scheduler
+        logger.info("retention every %ss", self.settings.retention_check_s)
+
+    def _add_retention(self, scheduler: BackgroundScheduler, kwargs: dict[str, Any]) -> None:
+        """The retention job: at once, then every `retention_check_s`."""
         scheduler.add_job(
             scheduled_purge,
             IntervalTrigger(seconds=self.settings.retention_check_s),
             id=RETENTION_JOB_ID,
             name="retention",
-            kwargs={"settings_data": job_settings(self.settings)},
+            kwargs=kwargs,
+            replace_existing=True,
             next_run_time=datetime.now(self.trigger.timezone),
         )
-        scheduler.start()
-        self.scheduler = scheduler
-        logger.info("retention every %ss", self.settings.retention_check_s)
 
     def next_run_time(self) -> datetime | None:
         if self.scheduler is None:

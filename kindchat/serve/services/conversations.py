@@ -76,7 +76,7 @@ class ConversationService:
         shown = [m.model_copy(update={"content": redactor(m.content)}) for m in messages]
         return conversation.model_copy(
             update={
-                "title": shared_title(conversation.title, messages, redactor),
+                "title": shared_title(conversation.title, messages, shown, redactor),
                 "system_prompt": redactor(conversation.system_prompt)
                 if conversation.system_prompt
                 else conversation.system_prompt,
@@ -85,17 +85,20 @@ class ConversationService:
 
 
 def shared_title(
-    title: str | None, messages: list[MessagePublic], redactor: Redactor
+    title: str | None,
+    messages: list[MessagePublic],
+    shown: list[MessagePublic],
+    redactor: Redactor,
 ) -> str | None:
     """The title others see. A title made from the first message (cut at 40 characters, where
     a number or an address may be cut in two and no longer recognised) is made again from that
     message with its personal data replaced; a title the owner wrote is redacted as it is, a
-    word cut by `…` dropped."""
+    word cut by `…` dropped. `shown`: `messages` as redacted."""
     if not title:
         return title
-    first = next((m.content for m in messages if m.role == "user"), None)
-    if first is not None and title == store.title_of(first):
-        return store.title_of(redactor(first))
+    first = next((i for i, m in enumerate(messages) if m.role == "user"), None)
+    if first is not None and title == store.title_of(messages[first].content):
+        return store.title_of(shown[first].content)
     if title.endswith("…"):
         title = title[:-1].rsplit(" ", 1)[0] + " …"
     return redactor(title)
