@@ -205,6 +205,12 @@ class Settings(BaseSettings):
         description="While serving, bootstrap this preset (e.g. tiny) in a niced background "
         "process; each stage hot-swaps in as it lands. Unset: no background training.",
     )
+    first_preset: str | None = Field(
+        "micro",
+        description="When a server with a background preset starts with no model at all, this "
+        "small preset's base LM and SFT train first, at full priority (~20 s on 2 cores), and "
+        "answer until the background preset's models land. Unset: wait for those.",
+    )
     retrain_nice: int = Field(10, ge=0, le=19, description="os.nice of the training process.")
     # Who promotes a retrained policy: the users in the arena, or the gold RM offline.
     promotion: str = Field(

@@ -44,9 +44,7 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the chat UI at / and the OpenAI-compatible API (chat, feedback, arena) at /v1."""
-    import uvicorn
-
-    from kindchat.app import create_product_app
+    from kindchat.retrain.background import BackgroundBootstrap
 
     base: Settings = ctx.obj
     overrides = {
@@ -64,13 +62,28 @@ def serve(
     }
     settings = base.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     settings = Settings.model_validate(settings.model_dump())  # re-check the overrides
-    url = f"http://{settings.host}:{settings.port}"
-    logger.info("kindchat: chat UI at %s/ · API at %s/v1 (%s)", url, url, settings.backend)
-    uvicorn.run(
-        create_product_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        timeout_graceful_shutdown=30,
-        proxy_headers=False,  # X-Forwarded-For only from KINDCHAT_TRUSTED_PROXIES (the app's)
-    )
+    background = None
+    if settings.background_preset:
+        # before the serving stack's imports (~10 s): on a fresh machine the first models train
+        # meanwhile, on the other core
+        settings.ensure_dirs()
+        background = BackgroundBootstrap(settings, settings.background_preset)
+        background.start()
+    try:
+        import uvicorn
+
+        from kindchat.app import create_product_app
+
+        url = f"http://{settings.host}:{settings.port}"
+        logger.info("kindchat: chat UI at %s/ · API at %s/v1 (%s)", url, url, settings.backend)
+        uvicorn.run(
+            create_product_app(settings, background=background),
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level.lower(),
+            timeout_graceful_shutdown=30,
+            proxy_headers=False,  # X-Forwarded-For only from KINDCHAT_TRUSTED_PROXIES (the app's)
+        )
+    finally:
+        if background is not None:  # a server that failed to start leaves no child behind
+            background.stop()

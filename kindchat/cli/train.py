@@ -10,13 +10,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from kindchat.cli.common import console, friendly, given, negated, registry_of
 from kindchat.config import Settings
+
+if TYPE_CHECKING:
+    from kindchat.retrain.bootstrap import BootstrapReport
 
 logger = logging.getLogger(__name__)
 
@@ -45,24 +48,46 @@ def bootstrap(
     serve_sft_first: Annotated[
         bool | None, typer.Option(help="Point `rlhf` at the new SFT model as soon as it lands.")
     ] = None,
+    first: Annotated[
+        str | None,
+        typer.Option(
+            help="When no `rlhf` alias exists yet, first train this small preset's base and "
+            "SFT (micro: ~20 s) and serve it, then the preset."
+        ),
+    ] = None,
+    nice: Annotated[
+        int, typer.Option(min=0, max=19, help="Lower this process's priority by N after --first.")
+    ] = 0,
 ) -> None:
     """Train the embedded models from the seed data: tokenizer, base LM, SFT, RM, gold RM, PPO."""
+    import os
+
     from kindchat.models.presets import get_preset
     from kindchat.retrain.bootstrap import run_bootstrap
     from kindchat.retrain.bootstrap_state import read_state
 
     settings: Settings = ctx.obj
     chosen = get_preset(preset)
+    starter = get_preset(first) if first else None
     state = read_state(settings, chosen.name)
     done = state is not None and state.status == "done"
     if if_missing and (done or (state is None and "rlhf" in registry_of(settings).aliases())):
         console.print(f"models already bootstrapped ({chosen.name}); nothing to do")
         return
+    if starter is not None and "rlhf" not in registry_of(settings).aliases():
+        # someone waits for an answer: the small models at full priority, served as they land
+        print_report(run_bootstrap(settings, starter, "sft", serve_sft_first=True))
+    if nice:
+        os.nice(nice)
     report = run_bootstrap(
         settings,
         chosen,
         **given(until=until, resume=resume, serve_sft_first=serve_sft_first),
     )
+    print_report(report)
+
+
+def print_report(report: BootstrapReport) -> None:
     table = Table(title=f"bootstrap ({report.preset}) in {report.total_seconds:.0f} s")
     for column in ("stage", "version", "seconds"):
         table.add_column(column)

@@ -33,7 +33,13 @@ from typing import Any
 
 from kindchat.config import Settings
 from kindchat.models.backends.base import BackendUnavailableError, GenerationBackend
-from kindchat.models.registry import ALIASES, CHALLENGER_ALIAS, Registry, UnknownModelError
+from kindchat.models.registry import (
+    ALIASES,
+    CHALLENGER_ALIAS,
+    Registry,
+    RegistryError,
+    UnknownModelError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +122,13 @@ def default_loader(settings: Settings) -> Loader:
     return load
 
 
+class ModelsStartingError(RegistryError):
+    """Nothing is served yet: the first models of a fresh machine are still training."""
+
+    code = "model_starting"
+    retry_after = 5
+
+
 class ModelManager:
     """Loaded versions, the alias table, leases, and hot swap."""
 
@@ -146,6 +159,7 @@ class ModelManager:
         self.load_failures_total = 0
         self.swaps_total = 0
         self.last_report: ReloadReport | None = None
+        self.starting = False  # started empty: the first models are on their way
 
     @property
     def backend_name(self) -> str:
@@ -154,8 +168,10 @@ class ModelManager:
         return self.settings.backend
 
     # ---- lifecycle --------------------------------------------------------------------------
-    async def start(self) -> ReloadReport:
-        """Load what the served aliases point at; fail if nothing can be served."""
+    async def start(self, *, allow_empty: bool = False) -> ReloadReport:
+        """Load what the served aliases point at; fail if nothing can be served, unless
+        `allow_empty` (the first models are training: requests get :class:`ModelsStartingError`
+        until they land and the alias watcher loads them)."""
         if self._remote is not None:
             started: dict[int, str] = {}
             for alias, backend in self._remote.items():
@@ -170,6 +186,10 @@ class ModelManager:
             )
         else:
             report = await self.reload("start")
+        if not self._aliases and allow_empty:
+            self.starting = True
+            logger.info("no model to serve yet: waiting for the first models to land")
+            return report
         if not self._aliases:
             known = ", ".join(sorted(self.registry.aliases())) or "none"
             detail = "; ".join(f"{a}: {e}" for a, e in report.failed.items())
@@ -197,7 +217,8 @@ class ModelManager:
             return
         self._stamp = self._aliases_stamp()
         while True:
-            await asyncio.sleep(interval)
+            # someone may be waiting for the first model: look more often until it is there
+            await asyncio.sleep(min(interval, 0.5) if self.starting else interval)
             stamp = self._aliases_stamp()
             if stamp == self._stamp:
                 continue
@@ -243,6 +264,8 @@ class ModelManager:
             arena = await self._load_arena_versions(report)
             changed = new_table != self._aliases
             self._aliases = new_table  # new requests use the new table from here on
+            if new_table:
+                self.starting = False
             self._arena = arena
             report.aliases = dict(new_table)
             report.retired = self._retire_unused()
@@ -379,6 +402,12 @@ class ModelManager:
                         return ModelName(name, table[other], other, note)
         if name in self._loaded and name in self._public_versions():
             return ModelName(name, name, None)
+        if not table and self.starting:
+            raise ModelsStartingError(
+                "the first model is still training on this machine (about 30 s after the "
+                "server started); try again in a few seconds",
+                field="model",
+            )
         served = ", ".join(n.name for n in self.names()) or "none"
         raise UnknownModelError(f"model {name!r} is not served here; choose one of: {served}")
 

@@ -6,6 +6,12 @@ low-priority child process and reads its progress.
 that preset is bootstrapped already (its state says `done`) or another process is on it. As
 its stages register, the aliases move and every server hot-swaps, as for a nightly promotion.
 Stopping the server stops the child; the next start resumes after the last finished stage.
+
+On a machine with no model at all (a fresh clone), the child first trains the `first_preset`
+(micro: base LM and SFT, ~20 s) at full priority and serves it, then nices itself for the rest.
+`kindchat serve` starts the child before it imports the serving stack, so the two overlap; the
+server starts with nothing to serve and answers `model_starting` (503, Retry-After) until the
+first SFT model lands and hot-swaps in.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ class BackgroundBootstrap:
         self.settings = settings
         self.preset = preset
         self.process: subprocess.Popen[bytes] | None = None
+        self.first: str | None = None  # the small preset trained first, when nothing served
 
     def needed(self) -> bool:
         state = read_state(self.settings, self.preset)
@@ -54,6 +61,8 @@ class BackgroundBootstrap:
 
     def start(self) -> bool:
         """Start the child when the preset still needs training; whether one was started."""
+        if self.process is not None and self.process.poll() is None:
+            return False  # started already (by `kindchat serve`, before the app)
         if not self.needed():
             return False
         log = self.settings.logs_dir / f"bootstrap-{self.preset}.log"
@@ -65,22 +74,34 @@ class BackgroundBootstrap:
         if self.settings.db_url:
             env["KINDCHAT_DB_URL"] = self.settings.db_url
         command = [sys.executable, "-m", "kindchat", "bootstrap", "--preset", self.preset]
+        command += ["--serve-sft-first", "--nice", str(self.settings.retrain_nice)]
+        self.first = self.settings.first_preset if self.nothing_served() else None
+        if self.first is not None:
+            command += ["--first", self.first]
         with log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [*command, "--serve-sft-first"],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                preexec_fn=lambda: os.nice(self.settings.retrain_nice),  # noqa: PLW1509
-            )
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
         logger.info(
-            "background bootstrap of %s: pid %d (nice +%d), log %s",
+            "background bootstrap of %s%s: pid %d (nice +%d), log %s",
             self.preset,
+            f" ({self.first} first, at full priority)" if self.first else "",
             self.process.pid,
             self.settings.retrain_nice,
             log,
         )
         return True
+
+    def nothing_served(self) -> bool:
+        return "rlhf" not in Registry.for_settings(self.settings).aliases()
+
+    def training_first(self) -> bool:
+        """Whether the child is training the first models of a machine that has none (the
+        server then starts empty and waits for them)."""
+        return (
+            self.first is not None
+            and self.process is not None
+            and self.process.poll() is None
+            and self.nothing_served()
+        )
 
     def stop(self) -> None:
         """Stop the child (it resumes after its last finished stage next time)."""
@@ -93,10 +114,18 @@ class BackgroundBootstrap:
                 self.process.wait(30)
 
     def view(self) -> dict[str, Any]:
-        """The preset's progress for `GET /v1/bootstrap` (`active`: training now)."""
-        state = read_state(self.settings, self.preset)
+        """The preset's progress for `GET /v1/bootstrap` (`active`: training now); while the
+        first models train, theirs (`first`: true)."""
+        if self.first is not None:
+            first = read_state(self.settings, self.first)
+            if first is None or first.status == "running":
+                return {**self._view(self.first), "first": True}
+        return self._view(self.preset)
+
+    def _view(self, preset: str) -> dict[str, Any]:
+        state = read_state(self.settings, preset)
         if state is None:
-            return {"active": self.process is not None, "preset": self.preset, "status": "waiting"}
+            return {"active": self.process is not None, "preset": preset, "status": "waiting"}
         data = state.view()
         alive = state.status == "running" and process_alive(state.pid)
         if state.status == "running" and not alive:

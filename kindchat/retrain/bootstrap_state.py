@@ -24,7 +24,7 @@ STAGES = ("base", "sft", "rm", "gold-rm", "ppo", "eval")
 # Seconds per stage on 2 cores (tiny: the bootstrap measured in issue #18; micro: ~45 s in all).
 EXPECTED_S: dict[str, dict[str, float]] = {
     "tiny": {"base": 365, "sft": 221, "rm": 78, "gold-rm": 76, "ppo": 115, "eval": 12},
-    "micro": {"base": 15, "sft": 12, "rm": 5, "gold-rm": 6, "ppo": 4, "eval": 4},
+    "micro": {"base": 10, "sft": 6, "rm": 5, "gold-rm": 6, "ppo": 4, "eval": 4},
     "micro-llama": {"base": 30, "sft": 14, "rm": 5, "gold-rm": 6, "ppo": 3, "eval": 4},
 }
 EXPECTED_S["tiny-llama"] = EXPECTED_S["tiny"]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from datasets import Dataset
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
 from trl import SFTConfig, SFTTrainer
 
 from kindchat.retrain.common import (
@@ -22,6 +22,28 @@ from kindchat.retrain.common import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+class CausalLmTrainer(SFTTrainer):
+    """TRL's SFTTrainer (its data handling: packing, prompt/completion masks as -100 labels)
+    with the model's own cross-entropy as the loss.
+
+    TRL computes the loss through a chunked, fused LM head that also yields per-token entropy
+    and top-1 accuracy for its logs: made for large vocabularies on a GPU. On CPU, for the
+    embedded models, it took 2.2× the step time (micro base: 154–181 ms/step against 70–82 ms,
+    the same loss to the third decimal, one run each on 2 cores), which a new user waits for
+    before the first answer. The loss is the same masked mean over the label tokens.
+    """
+
+    def compute_loss(
+        self,
+        model: Any,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        inputs["use_cache"] = False
+        return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
 
 
 @dataclass
@@ -67,7 +89,7 @@ def train_causal_lm(
         completion_only_loss=config.completion_only_loss if not packing else None,
         dataset_num_proc=None,
     )
-    trainer = SFTTrainer(
+    trainer = CausalLmTrainer(
         model=model,
         args=args,
         train_dataset=dataset,

@@ -21,7 +21,6 @@ from pydantic import SecretStr
 
 from kindchat.config import Settings
 from kindchat.logs import setup_logging
-from kindchat.retrain.cycle import run_retrain_cycle
 from kindchat.retrain.errors import RetrainBusyError, RetrainFailedError
 from kindchat.retrain.loop_config import RetrainConfig
 from kindchat.retrain.recorder import run_dir
@@ -69,6 +68,9 @@ def main() -> int:
 
     setup_logging(settings.logs_dir, settings.log_level)
     config = RetrainConfig.from_json(request["config"])
+    # lazy: the training stack is the child's, not the server's (it spawns this module)
+    from kindchat.retrain.cycle import run_retrain_cycle
+
     try:
         run = run_retrain_cycle(settings, config, run_id=request["run_id"])
     except RetrainBusyError as err:

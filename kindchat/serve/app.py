@@ -127,10 +127,13 @@ def create_app(
     *,
     loader: Loader | None = None,
     extensions: Sequence[Callable[[FastAPI], None]] = (),
+    background: BackgroundBootstrap | None = None,
 ) -> FastAPI:
     """The API app. `loader` replaces how versions are loaded (e.g. a failing one in tests);
     each extension adds to the finished app (`kindchat.app` mounts the UI this way, so serve
-    never imports the UI above it)."""
+    never imports the UI above it). `background`: the background bootstrap of
+    `settings.background_preset`, when `kindchat serve` started it before building the app
+    (made and started here otherwise)."""
     if loader is None and settings.backend == "openai" and settings.openai_lora:
         # lazy: only for a vLLM that loads the registry's adapters at run time
         from kindchat.models.vllm import VllmLoader
@@ -150,16 +153,14 @@ def create_app(
             torch.set_num_threads(settings.torch_threads)
         db = await asyncio.to_thread(init_db, settings)
         manager.arena_versions = functools.partial(arena_versions, db)  # the challenge's champion
-        await manager.start()
+        trainer = background
+        if trainer is None and settings.background_preset:
+            trainer = BackgroundBootstrap(settings, settings.background_preset)
+        if trainer is not None:
+            await asyncio.to_thread(trainer.start)
+        await manager.start(allow_empty=trainer is not None and trainer.training_first())
         app.state.db = db
-        background = (
-            BackgroundBootstrap(settings, settings.background_preset)
-            if settings.background_preset
-            else None
-        )
-        app.state.services = build_services(settings, manager, db, metrics, gate, background)
-        if background is not None:
-            await asyncio.to_thread(background.start)
+        app.state.services = build_services(settings, manager, db, metrics, gate, trainer)
         watcher = asyncio.create_task(manager.watch(), name="kindchat-alias-watch")
         judge = asyncio.create_task(
             check_challenger(app.state.services.arena, settings.challenger_check_s),
@@ -175,8 +176,8 @@ def create_app(
         finally:
             if app.state.scheduler is not None:
                 app.state.scheduler.shutdown()
-            if background is not None:
-                await asyncio.to_thread(background.stop)
+            if trainer is not None:
+                await asyncio.to_thread(trainer.stop)
             for task in (watcher, judge):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

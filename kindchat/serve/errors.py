@@ -29,6 +29,7 @@ from kindchat.errors import (
 )
 from kindchat.feedback.errors import JudgeError, JudgeUnavailableError
 from kindchat.models.backends.base import BackendError, BackendUnavailableError, QueueFullError
+from kindchat.models.manager import ModelsStartingError
 from kindchat.models.registry import RegistryError, UnknownModelError
 from kindchat.models.template import ConversationError
 from kindchat.serve.protocol import ErrorBody, ErrorResponse
@@ -106,6 +107,7 @@ class AdminTokenError(ForbiddenError):
 
 # Statuses of the layers' errors: a few named ones first, then by kind (first match wins).
 BY_TYPE: list[tuple[type[Exception], Mapping]] = [
+    (ModelsStartingError, Mapping(503, "service_unavailable", "model_starting", "model")),
     (UnknownModelError, Mapping(404, "not_found_error", "model_not_found", "model")),
     (RegistryError, Mapping(503, "service_unavailable", "model_unavailable", "model")),
     (TooLongError, Mapping(413, "invalid_request_error", "context_length_exceeded", "messages")),

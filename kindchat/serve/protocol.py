@@ -270,7 +270,9 @@ class Leaderboard(BaseModel):
 
 # ---- health / admin --------------------------------------------------------------------------
 class Health(BaseModel):
-    status: Literal["ok", "degraded"]
+    status: Literal["ok", "degraded", "starting"] = Field(
+        description="starting: nothing served yet (the first models are training)."
+    )
     backend: str
     aliases: dict[str, str]
     loaded: list[str]

@@ -48,8 +48,9 @@ def banner_text(view: dict[str, Any], state: BannerState, now: float) -> tuple[s
     if view.get("active") and view.get("stage"):
         stages = view.get("stages") or []
         done = sum(1 for s in stages if s["status"] == "done")
+        banner = strings.BOOTSTRAP_FIRST_BANNER if view.get("first") else strings.BOOTSTRAP_BANNER
         lines.append(
-            strings.BOOTSTRAP_BANNER.format(
+            banner.format(
                 stage=strings.BOOTSTRAP_STAGES.get(view["stage"], view["stage"]),
                 done=done,
                 total=len(stages),

@@ -54,6 +54,7 @@ ERROR_MESSAGES = {
     "session_required": strings.ERROR_NO_SESSION,
     "model_not_found": strings.ERROR_MODEL,
     "model_unavailable": strings.ERROR_MODEL,
+    "model_starting": strings.ERROR_MODEL_STARTING,
     "retrain_busy": strings.ERROR_RETRAIN_BUSY,
     "flagged_text": strings.ERROR_FLAGGED_TEXT,
 }

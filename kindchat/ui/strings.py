@@ -220,6 +220,10 @@ DECISIONS = {"promote": "승격", "retire": "탈락", "abandon": "중단"}
 BOOTSTRAP_BANNER = (
     "⏳ **더 똑똑한 모델을 준비하고 있어요** · {stage} 단계 ({done}/{total}) · 약 {eta} 남았어요"
 )
+BOOTSTRAP_FIRST_BANNER = (
+    "⏳ **첫 모델을 준비하고 있어요** · {stage} 단계 ({done}/{total}) · 약 {eta} 남았어요. "
+    "준비되는 대로 바로 답할게요."
+)
 BOOTSTRAP_NEW_MODEL = "✨ **새 모델이 도착했어요!** 이제 `{version}` 모델이 답해요."
 BOOTSTRAP_STAGES = {
     "base": "기초 언어 모델",
@@ -229,6 +233,7 @@ BOOTSTRAP_STAGES = {
     "ppo": "강화학습 (PPO)",
     "eval": "평가",
 }
+ERROR_MODEL_STARTING = "첫 모델을 아직 준비하고 있어요. 몇 초 뒤에 다시 보내 주세요."
 BOOTSTRAP_STATUS = {"done": "완료", "running": "진행 중", "waiting": "대기", "failed": "실패"}
 BOOTSTRAP_TITLE = "모델 준비 단계"
 COL_BOOT_STAGE = "단계"

@@ -17,12 +17,13 @@ router = APIRouter(tags=["health"])
 
 @router.get("/healthz")
 def healthz(manager: ManagerDep, request: Request) -> Health:
-    """`degraded` when a model version failed to load (the previous one is still serving)."""
+    """`degraded` when a model version failed to load (the previous one is still serving);
+    `starting` while the first models of a fresh machine train."""
     status = manager.status()
     scheduler = getattr(request.app.state, "scheduler", None)
     queue = manager.queue_stats()
     return Health(
-        status="degraded" if status["failures"] else "ok",
+        status="starting" if manager.starting else "degraded" if status["failures"] else "ok",
         backend=status["backend"],
         aliases=status["aliases"],
         loaded=sorted(status["loaded"]),

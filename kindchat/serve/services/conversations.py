@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlalchemy import Engine
 
 from kindchat.feedback import store
 from kindchat.feedback.db import session_scope
 from kindchat.feedback.models import ConversationPublic, MessagePublic
-from kindchat.feedback.privacy import Redactor
 
 
 class ConversationService:
@@ -72,6 +73,9 @@ class ConversationService:
         still sees what they wrote in their own history."""
         with session_scope(self.db) as session:
             conversation, messages = store.shared_conversation(session=session, token=token)
+        # lazy: Presidio (and the spaCy it imports) costs the server ~2 s at start
+        from kindchat.feedback.privacy import Redactor
+
         redactor = Redactor()
         shown = [m.model_copy(update={"content": redactor(m.content)}) for m in messages]
         return conversation.model_copy(
@@ -88,7 +92,7 @@ def shared_title(
     title: str | None,
     messages: list[MessagePublic],
     shown: list[MessagePublic],
-    redactor: Redactor,
+    redactor: Callable[[str], str],
 ) -> str | None:
     """The title others see. A title made from the first message (cut at 40 characters, where
     a number or an address may be cut in two and no longer recognised) is made again from that
