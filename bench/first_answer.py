@@ -34,7 +34,7 @@ from serve_load import free_port  # bench/ is the script's path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def one_run(installer: str, cold: bool, keep: bool) -> dict[str, float]:
+def one_run(installer: str, cold: bool, keep: bool, compile_bytecode: bool) -> dict[str, float]:
     work = Path(tempfile.mkdtemp(prefix="kindchat-first-"))
     try:
         subprocess.run(["git", "clone", "--quiet", str(ROOT), str(work / "kindchat")], check=True)
@@ -48,6 +48,10 @@ def one_run(installer: str, cold: bool, keep: bool) -> dict[str, float]:
             "KINDCHAT_HOME": str(repo / "var"),
         }
         env.pop("VIRTUAL_ENV", None)
+        # a user's Python writes .pyc at the first import (this machine's environment says not to)
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        if compile_bytecode:
+            env["KINDCHAT_COMPILE_BYTECODE"] = "1"
         if cold:
             env["UV_CACHE_DIR"] = str(work / "uv-cache")
         phases: dict[str, float] = {}
@@ -95,12 +99,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--installer", choices=("uv", "pip"), default="uv")
     parser.add_argument("--cold", action="store_true", help="uv with an empty cache")
+    parser.add_argument(
+        "--compile", action="store_true", help="KINDCHAT_COMPILE_BYTECODE=1: .pyc at install"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folders")
     args = parser.parse_args()
-    rows = [one_run(args.installer, args.cold, args.keep) for _ in range(args.runs)]
+    rows = [one_run(args.installer, args.cold, args.keep, args.compile) for _ in range(args.runs)]
     columns = list(rows[0])
     table = Table(
-        title=f"fresh clone → first answer ({args.installer}{', cold cache' if args.cold else ''})"
+        title=f"fresh clone → first answer ({args.installer}{', cold cache' if args.cold else ''}"
+        f"{', .pyc at install' if args.compile else ''})"
     )
     for column in ("run", *columns):
         table.add_column(column, justify="right")
