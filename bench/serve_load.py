@@ -28,7 +28,9 @@ import asyncio
 import json
 import logging
 import os
+import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -55,6 +57,11 @@ settings = Settings(home=home, serve_aliases=[alias], max_batch_size=batch, max_
 uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
             proxy_headers=False)
 """
+
+SAMPLING: dict[str, dict[str, object]] = {
+    "product": {"top_p": 0.95, "repetition_penalty": 1.1},  # kindchat's defaults
+    "plain": {"top_p": 1.0, "repetition_penalty": 1.0},
+}
 
 PROMPTS = [
     "안녕하세요, 오늘 기분이 어때요?",
@@ -215,16 +222,57 @@ def run_server(
         servers.append(started[0])
         url = started[1]
         logger.info("%s: %d clients x %d requests", mode, args.clients, args.requests)
+        spy = None
+        if args.profile is not None and upstream is not None:  # the serving process, under load
+            spy = subprocess.Popen(
+                ["py-spy", "record", "--pid", str(started[0].pid), "--rate", "200"]
+                + ["--format", "raw", "--output", str(args.profile), "--nonblocking"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            time.sleep(1.0)  # attached
         try:
             tokens, seconds, ttft = asyncio.run(
                 load(url, model, args.clients, args.requests, args.max_tokens, extra)
             )
         except httpx.HTTPError as err:
             return f"failed under load: {type(err).__name__} (see {args.log_dir})"
+        finally:
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+                spy.wait(60)
+                print_profile(args.profile)
     finally:
         for server in reversed(servers):
             stop(server)
     return RunResult(mode, batch, args.clients * args.requests, tokens, seconds, ttft)
+
+
+LINE = re.compile(r":\d+\)$")
+
+
+def print_profile(path: Path, top: int = 25) -> None:
+    """The functions where the serving process spent its samples: self and inclusive shares
+    (py-spy's raw format: one collapsed stack per line, then its count)."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [LINE.sub(")", frame) for frame in stack.split(";")]  # per function
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + n
+    table = Table(title=f"profile of kindchat → vllm under load ({total} samples, {path})")
+    for column in ("function", "self %", "inclusive %"):
+        table.add_column(column, justify="right" if column != "function" else "left")
+    for frame, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        table.add_row(frame[:90], f"{100 * n / total:.1f}", f"{100 * inclusive[frame] / total:.1f}")
+    Console().print(table)
 
 
 def prepare_model(args: argparse.Namespace) -> tuple[Path, str, Path]:
@@ -263,10 +311,20 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2, help="Answers per client.")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of every server.")
+    parser.add_argument(
+        "--sampling",
+        choices=tuple(SAMPLING),
+        default="product",
+        help="What kindchat and vLLM are asked to sample with (temperature 0.7 in both): "
+        "product = kindchat's defaults (top-p 0.95, repetition penalty 1.1), plain = neither.",
+    )
     parser.add_argument("--log-dir", type=Path, default=Path("logs/bench"))
     parser.add_argument("--skip", nargs="*", default=[], help="Modes to leave out.")
     parser.add_argument(
-        "--profile", type=Path, default=None, help="py-spy the kindchat in front of vLLM (raw)."
+        "--profile",
+        type=Path,
+        default=None,
+        help="py-spy the kindchat in front of vLLM while loaded; print its top functions.",
     )
     parser.add_argument(
         "--vllm",
@@ -306,7 +364,12 @@ def main() -> None:
             "--port",
         ]
 
-    exact = {"min_tokens": "max_tokens"}
+    # kindchat and vLLM draw with the same sampling: kindchat sends the engine what it is given,
+    # or its own defaults (repetition penalty 1.1, top-p 0.95), which cost vLLM on CPU about
+    # twice the work per token of plain temperature sampling; a comparison that lets them
+    # differ measures the sampling, not the layer.
+    sampling = SAMPLING[args.sampling]
+    exact = {"min_tokens": "max_tokens", **sampling}
     plan = [
         ("kindchat", kindchat(args.clients), "/healthz", kc_model, args.clients, exact),
         ("kindchat one at a time", kindchat(1), "/healthz", kc_model, 1, exact),
@@ -327,14 +390,9 @@ def main() -> None:
             continue
         results[mode] = run_server(mode, command, health, model, batch, args, extra)
     if "kindchat → vllm" not in args.skip:  # the product's layer in front of the engine
-        profile = (
-            ["py-spy", "record", "-f", "raw", "-r", "100", "-o", str(args.profile), "--"]
-            if args.profile
-            else []
-        )
         results["kindchat → vllm"] = run_server(
             "kindchat → vllm",
-            [*profile, *kindchat(args.clients)],
+            kindchat(args.clients),
             "/healthz",
             kc_model,
             args.clients,
@@ -345,7 +403,8 @@ def main() -> None:
 
     table = Table(
         title=f"{args.clients} streaming clients x {args.requests} answers x {args.max_tokens} "
-        f"tokens ({directory.name}, {args.threads} torch thread(s) per server)"
+        f"tokens ({directory.name}, {args.threads} torch thread(s) per server, "
+        f"{args.sampling} sampling)"
     )
     for column in (
         "server",

@@ -179,8 +179,14 @@ class OpenAIBackend(RemoteBackend):
                 # Per network read, not per token: every SSE event that arrived together is
                 # parsed here (json, no pydantic object per chunk) and goes on as one delta,
                 # so under load the layer's work per token shrinks as the engine batches.
+                # At the end of a finished answer the body is read to its end (the `[DONE]`
+                # and the chunk terminator), so that the connection goes back to the pool;
+                # only a stop sequence closes it early, which aborts the request upstream.
                 buffer = b""
+                ended = False
                 async for data in response.http_response.aiter_bytes():
+                    if ended:
+                        continue  # what is left of a finished answer's body
                     buffer = (buffer + data).replace(b"\r\n", b"\n")  # sse-starlette: CRLF
                     *events, buffer = buffer.split(b"\n\n")
                     text, done = "", False
@@ -189,7 +195,7 @@ class OpenAIBackend(RemoteBackend):
                         if payload is None:
                             continue
                         if payload == b"[DONE]":
-                            done = True
+                            ended = True
                             break
                         chunk = json.loads(payload)
                         if "error" in chunk and "choices" not in chunk:
@@ -213,8 +219,10 @@ class OpenAIBackend(RemoteBackend):
                                 finish = "stop"
                                 done = True
                                 break
-                        if done or (finish is not None and usage):
-                            done = True
+                        if done:
+                            break
+                        if finish is not None and usage:
+                            ended = True
                             break
                     if text:
                         yield TextDelta(text, prompt_tokens or 0, completion)
