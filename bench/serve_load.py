@@ -53,7 +53,8 @@ from kindchat.serve.app import create_app
 home, alias = sys.argv[1], sys.argv[2]
 batch, threads, port = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 settings = Settings(home=home, serve_aliases=[alias], max_batch_size=batch, max_queue=1024,
-                    alias_poll_s=0, torch_threads=threads, log_level="WARNING")
+                    alias_poll_s=0, torch_threads=threads, log_level="WARNING",
+                    rate_limits=False)  # one address plays every client
 uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
             proxy_headers=False)
 """

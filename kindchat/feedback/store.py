@@ -137,15 +137,18 @@ def _owned(session: Session, conversation_id: str, session_id: str | None) -> Co
 def list_conversations(
     *, session: Session, session_id: str, limit: int = 50, offset: int = 0
 ) -> list[ConversationPublic]:
-    """The session's conversations that were not deleted, most recently active first."""
+    """The session's conversations that were not deleted, most recently active first. An arena
+    battle's stored context is not a conversation of the chat: it stays out."""
     check_limit(limit, offset)
     check_str(session_id, "session_id", max_len=NAME_LENGTH)
+    battles = select(Message.conversation_id).join(Battle, col(Battle.message_a_id) == Message.id)
     query = (
         select(Conversation)
         .where(
             Conversation.session_id == session_id,
             col(Conversation.deleted_at).is_(None),
             col(Conversation.title).isnot(None),  # started, not empty
+            col(Conversation.id).not_in(battles),
         )
         .order_by(
             func.coalesce(col(Conversation.updated_at), col(Conversation.created_at)).desc(),
@@ -533,6 +536,18 @@ def _dialect_insert(session: Session) -> Any:
     if session.get_bind().dialect.name == "postgresql":
         return postgresql_insert
     return sqlite_insert
+
+
+def session_ratings(
+    *, session: Session, session_id: str, message_ids: Sequence[str]
+) -> dict[str, int]:
+    """message id -> the value `session_id` gave it (+1/-1), for the messages it rated."""
+    if not message_ids:
+        return {}
+    query = select(Rating.message_id, Rating.value).where(
+        Rating.session_id == session_id, col(Rating.message_id).in_(list(message_ids))
+    )
+    return {message_id: int(value) for message_id, value in session.exec(query)}
 
 
 def list_ratings(

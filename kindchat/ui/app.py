@@ -11,6 +11,7 @@ against the cookie of its own request, and counted on the API's limits (:mod:`ki
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,6 +52,58 @@ FONTS = [
 CSS = """
 #chat-bot .message-content, #arena-a .message-content, #arena-b .message-content { font-size: 15px; }
 #admin-actions { padding: 8px; }
+#chat-error { color: var(--error-text-color, #b91c1c); }
+/* On a phone the conversation and its input come first, on the first screen; the history and
+   the settings follow below them. */
+@media (max-width: 640px) {
+  #header p { display: none; }
+  #chat-main { order: -1; }
+  #chat-bot { height: 48vh !important; max-height: 48vh; }
+}
+"""
+
+# The page is Korean (screen readers pick their voice from `lang`), and has the shortcuts people
+# know from ChatGPT: Ctrl/⌘+Shift+O starts a new chat, Esc stops the answer streaming. Buttons
+# whose text is an emoji and a word get a Korean `aria-label` that says what they do.
+HEAD = """
+<script>
+(() => {
+  document.documentElement.lang = "ko";
+  const [labels, pressed] = %s;
+  const label = () => {
+    for (const [id, text] of Object.entries(labels)) {
+      const button = document.querySelector(`#${id}`);
+      if (button && button.getAttribute("aria-label") !== text) {
+        button.setAttribute("aria-label", text);
+      }
+    }
+    // Gradio names a pressed thumb in English ("Liked", "Disliked")
+    for (const [english, korean] of Object.entries(pressed)) {
+      for (const button of document.querySelectorAll(`button[aria-label="${english}"]`)) {
+        button.setAttribute("aria-label", korean);
+        if (button.title === english) button.title = korean;
+      }
+    }
+  };
+  new MutationObserver(label).observe(document.documentElement, {
+    childList: true, subtree: true, attributes: true, attributeFilter: ["aria-label"],
+  });
+  const visible = (el) => el && el.offsetParent !== null;
+  document.addEventListener("keydown", (event) => {
+    const key = event.key.toLowerCase();
+    if ((event.ctrlKey || event.metaKey) && event.shiftKey && key === "o") {
+      event.preventDefault();
+      document.querySelector("#chat-new")?.click();
+    } else if (key === "escape") {
+      const stop = document.querySelector("#chat-stop");
+      if (visible(stop)) {
+        event.preventDefault();
+        stop.click();
+      }
+    }
+  });
+})();
+</script>
 """
 
 TABS: list[tuple[str, Callable[[ServicesRef], OnLoad]]] = [
@@ -185,6 +238,7 @@ def mount_ui(app: FastAPI, page_checks: bool = True) -> FastAPI:
         theme=theme,
         css=CSS,
         footer_links=[],
+        head=HEAD % json.dumps([strings.ARIA_LABELS, strings.PRESSED_LABELS], ensure_ascii=False),
         enable_monitoring=False,  # Gradio's /monitoring pages: operator data, off
     )
     mount = app.router.routes[-1]

@@ -14,7 +14,15 @@ from kindchat.models.backends.base import GenerationOptions
 from kindchat.serve.protocol import ChatMessage
 from kindchat.serve.services import Answer, AnswerRequest, AnswerService, ArenaService, Services
 from kindchat.ui import strings
-from kindchat.ui.common import OnLoad, ServicesRef, model_choices, user_error
+from kindchat.ui.common import (
+    OnLoad,
+    ServicesRef,
+    friendly_name,
+    model_choices,
+    run_blocking,
+    user_error,
+    user_message,
+)
 from kindchat.ui.guard import action
 from kindchat.ui.state import ArenaRound
 
@@ -74,6 +82,9 @@ async def battle(
     chosen = [m for m in (model_a, model_b) if m]
     if len(chosen) == 1 or (len(chosen) == 2 and chosen[0] == chosen[1]):
         raise gr.Error(strings.ARENA_SAME_MODEL)
+    verdict = await run_blocking(service.moderator.check, text=prompt)
+    if verdict.flagged:  # a refusal on both sides is nothing to vote on: no battle
+        raise gr.Error(strings.ARENA_FLAGGED)
     names = arena.battle_models(chosen or None)
     params = service.sampling(max_tokens=None, temperature=None, top_p=None)
     requests = [
@@ -113,18 +124,17 @@ async def start(
             done = current.battle_id is not None
             status = strings.ARENA_VOTE_NOW if done else strings.ARENA_STREAMING
             yield round_update(current, status, done, gr.update(interactive=False))
-    except Exception as err:
-        yield round_update(before, strings.ARENA_WAITING, False, gr.update(interactive=True))
-        if isinstance(err, gr.Error):
-            raise
-        raise user_error(err) from err
+    except Exception as err:  # said on the status line and in a toast; the input stays usable
+        message = user_message(err, services.answers.limits.max_input_chars)
+        gr.Warning(message, duration=8)
+        yield round_update(before, f"⚠️ {message}", False, gr.update(interactive=True))
 
 
 async def vote(arena: ArenaService, state: ArenaRound, verdict: str) -> Update:
     """Record the verdict, reveal both models, disable the buttons."""
     if state.battle_id is None or state.verdict is not None:
         gr.Warning(strings.ARENA_NO_BATTLE)
-        return state, gr.update(), *vote_buttons(False)
+        return state, gr.update(), *vote_buttons(False), gr.update()
     try:
         result = await arena.vote(
             battle_id=state.battle_id, session_id=state.session_id, winner=verdict
@@ -133,11 +143,20 @@ async def vote(arena: ArenaService, state: ArenaRound, verdict: str) -> Update:
         raise user_error(err) from err
     state.verdict = verdict
     reveal = strings.ARENA_REVEAL.format(
-        a=f"{result.model_a} · {result.version_a}", b=f"{result.model_b} · {result.version_b}"
+        a=friendly_name(result.model_a or str(result.version_a)),
+        b=friendly_name(result.model_b or str(result.version_b)),
     )
+    reveal += "  \n" + strings.ARENA_VERSIONS.format(a=result.version_a, b=result.version_b)
     mine = strings.ARENA_YOUR_VOTE.format(verdict=strings.ARENA_VERDICTS[verdict])
     void = f"  \n{strings.ARENA_VOIDED}" if result.void_reason else ""
-    return state, f"{reveal}  \n{mine}{void}", *vote_buttons(False)
+    # the next step is a new battle: an empty input for the next question
+    following = gr.update(value="", interactive=True, placeholder=strings.ARENA_NEXT_PLACEHOLDER)
+    return (
+        state,
+        f"{reveal}  \n{mine}{void}  \n{strings.ARENA_NEXT}",
+        *vote_buttons(False),
+        following,
+    )
 
 
 def new_round(state: ArenaRound) -> Update:
@@ -210,7 +229,7 @@ def build_arena_tab(services: ServicesRef) -> OnLoad:
         async def on_vote(state: ArenaRound, verdict: str = verdict) -> Update:
             return await vote(services().arena, state, verdict)
 
-        button.click(on_vote, [state], [state, status, *buttons])
+        button.click(on_vote, [state], [state, status, *buttons, prompt])
     again.click(new_round, [state], round_outputs)
 
     def on_load(session_id: str) -> Update:

@@ -28,10 +28,13 @@ from kindchat.ui import personas, strings
 from kindchat.ui.common import (
     OnLoad,
     ServicesRef,
+    error_line,
     model_choices,
     run_blocking,
+    safe,
     stream_text,
     user_error,
+    user_message,
 )
 from kindchat.ui.guard import action
 from kindchat.ui.state import ChatSession, Turn
@@ -39,6 +42,17 @@ from kindchat.ui.state import ChatSession, Turn
 logger = logging.getLogger(__name__)
 
 Update = tuple[Any, ...]
+# After a 👎, the focus goes to the better-answer box once the form has appeared.
+FOCUS_BETTER_ANSWER = """() => {
+  let tries = 0;
+  const focus = () => {
+    const box = [...document.querySelectorAll('#chat-better-answer textarea')]
+      .find((el) => el.offsetParent !== null);
+    if (box) { box.focus(); box.scrollIntoView({block: 'nearest'}); }
+    else if (++tries < 20) setTimeout(focus, 50);
+  };
+  focus();
+}"""
 
 
 def chatbot_update(state: ChatSession) -> Any:
@@ -105,14 +119,14 @@ async def send(
     state.turns = [*before, Turn(role="user", content=text)]
     state.awaiting_reason = None
     try:
-        yield "", chatbot_update(state), state, gr.update(visible=False), *busy(True)
+        yield "", chatbot_update(state), state, gr.update(visible=False), *busy(True), error_line()
         async for current in answer(services, state, model):
-            yield "", chatbot_update(current), current, gr.update(), *busy(True)
-        yield "", chatbot_update(state), state, gr.update(), *busy(False)
-    except Exception as err:
+            yield "", chatbot_update(current), current, gr.update(), *busy(True), gr.update()
+        yield "", chatbot_update(state), state, gr.update(), *busy(False), gr.update()
+    except Exception as err:  # said under the input; the chat and the input stay usable
         state.turns = before
-        yield text, chatbot_update(state), state, gr.update(), *busy(False)
-        raise user_error(err) from err
+        message = user_message(err, services.answers.limits.max_input_chars)
+        yield text, chatbot_update(state), state, gr.update(), *busy(False), error_line(message)
 
 
 async def edit(
@@ -123,7 +137,8 @@ async def edit(
     old = state.turns[index] if 0 <= index < len(state.turns) else None
     value = data.value if isinstance(data.value, str) else str(data.value.get("text", ""))
     if old is None or old.role != "user" or not value.strip():
-        yield chatbot_update(state), state, gr.update(), *busy(False)
+        message = strings.ERROR_EMPTY if old is not None and not value.strip() else None
+        yield chatbot_update(state), state, gr.update(), *busy(False), error_line(message)
         return
     before = list(state.turns)
     state.turns = [*before[:index], Turn(role="user", content=value)]
@@ -138,13 +153,14 @@ async def _streamed(
     turns go back to `before`."""
     state.awaiting_reason = None
     try:
+        yield chatbot_update(state), state, gr.update(visible=False), *busy(True), error_line()
         async for current in answer(services, state, model, **how):
-            yield chatbot_update(current), current, gr.update(visible=False), *busy(True)
-        yield chatbot_update(state), state, gr.update(), *busy(False)
-    except Exception as err:
+            yield chatbot_update(current), current, gr.update(), *busy(True), gr.update()
+        yield chatbot_update(state), state, gr.update(), *busy(False), gr.update()
+    except Exception as err:  # said under the input; the chat and the input stay usable
         state.turns = before
-        yield chatbot_update(state), state, gr.update(), *busy(False)
-        raise user_error(err) from err
+        message = user_message(err, services.answers.limits.max_input_chars)
+        yield chatbot_update(state), state, gr.update(), *busy(False), error_line(message)
 
 
 async def regenerate(services: Services, state: ChatSession, model: str) -> AsyncIterator[Update]:
@@ -152,7 +168,7 @@ async def regenerate(services: Services, state: ChatSession, model: str) -> Asyn
     last = state.last_answer()
     if last is None:
         gr.Info(strings.NOTHING_TO_REGENERATE, duration=3)
-        yield chatbot_update(state), state, gr.update(), *busy(False)
+        yield chatbot_update(state), state, gr.update(), *busy(False), gr.update()
         return
     async for update in _streamed(
         services, state, model, list(state.turns), regenerate=last.message_id
@@ -175,21 +191,31 @@ async def like(feedback: FeedbackService, state: ChatSession, data: gr.LikeData)
     turn = state.turns[index] if 0 <= index < len(state.turns) else None
     if turn is None or turn.role != "assistant" or turn.message_id is None:
         gr.Warning(strings.NOT_RATABLE)
-        return state, gr.update()
-    if data.liked not in (True, False):  # the thumb was clicked off: the store keeps votes
-        gr.Info(strings.RATING_KEPT, duration=3)
-        return state, gr.update()
+        return state, gr.update(), gr.update(), gr.update()
+    if data.liked not in (True, False):  # clicked off: votes are kept, so the screen shows it
+        gr.Info(strings.RATING_KEPT, duration=4)
+        return state, gr.update(), chatbot_update(state), gr.update()
     value = 1 if data.liked else -1
     try:
         await run_blocking(
             feedback.rate, message_id=turn.message_id, value=value, session_id=state.session_id
         )
     except Exception as err:
-        raise user_error(err) from err
+        gr.Warning(user_message(err))
+        return state, gr.update(), chatbot_update(state), gr.update()  # the vote as stored
     turn.rating = value
     state.awaiting_reason = turn.message_id if value < 0 else None
     gr.Info(strings.THANKS_UP if value > 0 else strings.THANKS_DOWN, duration=3)
-    return state, gr.update(visible=value < 0)
+    if value > 0:
+        return state, gr.update(visible=False), gr.update(), gr.update()
+    about = strings.REASON_ABOUT.format(answer=excerpt(turn.content))
+    return state, gr.update(visible=True), gr.update(), f"{about}  \n{strings.REASON_TITLE}"
+
+
+def excerpt(text: str, length: int = 40) -> str:
+    """The start of an answer, to say which one a form is about (as text, never markup)."""
+    flat = " ".join(text.split())
+    return safe(flat if len(flat) <= length else flat[:length].rstrip() + "…")
 
 
 async def send_reason(
@@ -221,9 +247,10 @@ async def send_reason(
 
 
 def clear(state: ChatSession) -> Update:
-    """A new, empty chat (the old one stays in the history)."""
+    """A new, empty chat (the old one stays in the history; an answer streaming into it was
+    stopped first, and stays stored as far as it got)."""
     fresh = ChatSession(session_id=state.session_id)
-    return chatbot_update(fresh), fresh, gr.update(visible=False), ""
+    return chatbot_update(fresh), fresh, gr.update(visible=False), "", *busy(False), error_line()
 
 
 # ---- history ------------------------------------------------------------------------------
@@ -244,8 +271,11 @@ def open_conversation(
 ) -> Update:
     """Reopen a stored conversation where it was left (its latest branch)."""
     if not conversation_id or conversation_id == state.conversation_id:
-        return chatbot_update(state), state, gr.update(), gr.update()
+        return chatbot_update(state), state, *(gr.update() for _ in range(4))
     conversation, messages = conversations.get(conversation_id, state.session_id)
+    rated = conversations.ratings(
+        state.session_id, [m.id for m in messages if m.role == "assistant"]
+    )
     turns = [
         Turn(
             role=m.role,  # type: ignore[arg-type]
@@ -253,6 +283,7 @@ def open_conversation(
             message_id=m.id,
             model=m.model_version,
             stopped=m.finish_reason == "stop_by_user",
+            rating=rated.get(m.id),
         )
         for m in messages
         if m.role in ("user", "assistant")
@@ -263,11 +294,14 @@ def open_conversation(
         conversation_id=conversation.id,
         persona=conversation.system_prompt,
     )
+    choice, custom = personas.choice_of(conversation.system_prompt)
     return (
         chatbot_update(opened),
         opened,
         gr.update(value=conversation.title or ""),
         gr.update(value="", visible=False),
+        gr.update(value=choice),  # the persona follows the conversation
+        gr.update(value=custom, visible=choice == personas.CUSTOM),
     )
 
 
@@ -313,7 +347,7 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
                     buttons=["copy"],
                     elem_id="chat-share-link",
                 )
-        with gr.Column(scale=4, min_width=320):
+        with gr.Column(scale=4, min_width=320, elem_id="chat-main"):
             chatbot = gr.Chatbot(
                 label=strings.CHAT_LABEL,
                 placeholder=strings.CHAT_PLACEHOLDER,
@@ -326,25 +360,25 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
                 autoscroll=True,
                 elem_id="chat-bot",
             )
+            # Right under the answer it is about: the better answer first (what teaches the
+            # model most), then reasons as chips and a comment, and the send button last.
             with gr.Group(visible=False, elem_id="chat-reason") as reason_box:
-                gr.Markdown(strings.REASON_TITLE)
-                with gr.Row():
-                    reason = gr.Radio(strings.REASON_CHOICES, label=strings.REASON_LABEL, scale=3)
-                    comment = gr.Textbox(
-                        label=strings.COMMENT_LABEL,
-                        scale=2,
-                        max_length=4000,
-                        elem_id="chat-comment",
-                    )
-                    send_reason_button = gr.Button(
-                        strings.REASON_SEND, scale=1, elem_id="chat-reason-send"
-                    )
+                reason_title = gr.Markdown(strings.REASON_TITLE, elem_id="chat-reason-title")
                 better = gr.Textbox(
                     label=strings.BETTER_ANSWER_LABEL,
                     placeholder=strings.BETTER_ANSWER_PLACEHOLDER,
                     lines=2,
                     max_length=4000,
                     elem_id="chat-better-answer",
+                )
+                reason = gr.Radio(
+                    strings.REASON_CHOICES, label=strings.REASON_LABEL, elem_id="chat-reason-chips"
+                )
+                comment = gr.Textbox(
+                    label=strings.COMMENT_LABEL, max_length=4000, elem_id="chat-comment"
+                )
+                send_reason_button = gr.Button(
+                    strings.REASON_SEND, variant="primary", elem_id="chat-reason-send"
                 )
             with gr.Row():
                 text = gr.Textbox(
@@ -360,6 +394,7 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
                 stop_button = gr.Button(
                     strings.STOP, variant="stop", scale=1, visible=False, elem_id="chat-stop"
                 )
+            error = gr.Markdown("", visible=False, elem_id="chat-error")
         with gr.Column(scale=1, min_width=220):
             model = gr.Dropdown(
                 label=strings.MODEL_LABEL,
@@ -382,7 +417,6 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
                 elem_id="chat-persona-custom",
             )
             regenerate_button = gr.Button(strings.REGENERATE, elem_id="chat-regenerate")
-            clear_button = gr.Button(strings.CLEAR, elem_id="chat-clear")
             gr.Markdown(strings.EDIT_HINT)
 
     @action("chat")
@@ -461,10 +495,16 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
             raise user_error(err) from err
         return gr.update(value=services().conversations.share_url(token), visible=True)
 
-    def on_persona(choice: str) -> Any:
-        return gr.update(visible=choice == personas.CUSTOM)
+    def on_persona(state: ChatSession, choice: str) -> Update:
+        """A persona is the conversation's: chosen for a new chat; in one under way the choice
+        goes back to that conversation's, and the page says how to use the new one."""
+        if state.conversation_id is not None and state.turns:
+            gr.Info(strings.PERSONA_NEXT_CHAT, duration=6)
+            kept, custom = personas.choice_of(state.persona)
+            return gr.update(value=kept), gr.update(value=custom, visible=kept == personas.CUSTOM)
+        return gr.update(), gr.update(visible=choice == personas.CUSTOM)
 
-    running = [chatbot, state, reason_box, stop_button, send_button]
+    running = [chatbot, state, reason_box, stop_button, send_button, error]
     sent = gr.on(
         [text.submit, send_button.click],
         on_send,
@@ -490,22 +530,36 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
         [chatbot, state, stop_button, send_button],
         cancels=[sent, edited, regenerated],
     ).then(after_stop, [state], [history, stop_button, send_button])
-    chatbot.like(on_like, [state], [state, reason_box])
+    # One action: ➕ 새 대화 (and the chat's own 🗑). It first stops an answer streaming, and
+    # empties the chat only after that stream's last update has landed, so it cannot overwrite
+    # the new chat (the stopped answer stays stored as far as it got).
+    gr.on(
+        [new_chat.click, chatbot.clear],
+        lambda state: state,
+        [state],
+        [state],
+        cancels=[sent, edited, regenerated],
+    ).then(
+        clear, [state], [chatbot, state, reason_box, text, stop_button, send_button, error]
+    ).then(after_stop, [state], [history, stop_button, send_button])
+    chatbot.like(on_like, [state], [state, reason_box, chatbot, reason_title]).then(
+        None,
+        js=FOCUS_BETTER_ANSWER,  # the form has the focus
+    )
     send_reason_button.click(
         on_reason, [state, reason, comment, better], [state, reason_box, reason, comment, better]
     )
-    gr.on(
-        [clear_button.click, chatbot.clear, new_chat.click],
-        clear,
-        [state],
-        [chatbot, state, reason_box, text],
-    ).then(on_history, [state], [history])
-    history.input(on_open, [state, history], [chatbot, state, title, share_link])
+
+    history.input(
+        on_open,
+        [state, history],
+        [chatbot, state, title, share_link, persona, custom_persona],
+    )
     rename_button.click(on_rename, [state, title], [history])
     delete_button.click(on_delete, [state, forget], [chatbot, state, history])
     export_button.click(on_export, [state], [export_file])
     share_button.click(on_share, [state], [share_link])
-    persona.change(on_persona, [persona], [custom_persona])
+    persona.input(on_persona, [state, persona], [persona, custom_persona])
 
     def on_load(session_id: str) -> Update:
         served = services()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import html
 import logging
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -60,26 +61,67 @@ ERROR_MESSAGES = {
 }
 
 
-def user_error(err: BaseException) -> gr.Error:
-    """A Korean :class:`gr.Error` for an error of the service (unknown ones are logged)."""
+def user_message(err: BaseException, max_chars: int = 8000) -> str:
+    """The Korean sentence for an error of the service: what went wrong and what to do (unknown
+    ones are logged). `max_chars`: the server's input limit, which the too-long message names."""
+    if isinstance(err, gr.Error):
+        return str(err.message)
     api = to_api_error(err)
     if api is None:
         logger.error("UI handler failed", exc_info=err)
-        return gr.Error(strings.ERROR_GENERIC)
+        return strings.ERROR_GENERIC
     if api.code in ERROR_MESSAGES:
-        return gr.Error(ERROR_MESSAGES[api.code])
+        return ERROR_MESSAGES[api.code].format(limit=max_chars)
     fallback = strings.ERROR_UNAVAILABLE if api.status_code >= 500 else strings.ERROR_GENERIC
-    return gr.Error(strings.ERROR_DETAIL.format(message=fallback, detail=safe(str(api))))
+    return strings.ERROR_DETAIL.format(message=fallback, detail=safe(str(api)))
+
+
+def user_error(err: BaseException) -> gr.Error:
+    """A Korean :class:`gr.Error` for an error of the service (unknown ones are logged)."""
+    return gr.Error(user_message(err))
+
+
+def error_line(message: str | None = None) -> Any:
+    """The line under an input that says what went wrong (hidden when `message` is None).
+    Errors are shown there and in a toast, never as Gradio's error panel over the outputs,
+    which would cover the chat and the input."""
+    if message:
+        gr.Warning(message, duration=8)
+        return gr.update(value=f"⚠️ {message}", visible=True)
+    return gr.update(value="", visible=False)
+
+
+VERSION_DATE = re.compile(r"-(\d{4})(\d{2})(\d{2})-")
+
+
+def friendly_name(served: str) -> str:
+    """What people call a served model: `kindchat-rlhf` → 추천 모델, `kindchat-sft` → 기본 모델,
+    a version id → 이전 버전 (날짜). Version ids stay in detail lines."""
+    alias = served.removeprefix("kindchat-")
+    if alias in strings.MODEL_NAMES:
+        return strings.MODEL_NAMES[alias]
+    found = VERSION_DATE.search(served)
+    if found:
+        year, month, day = found.groups()
+        return strings.OLDER_VERSION.format(date=f"{year}.{int(month)}.{int(day)}")
+    return alias
 
 
 def model_label(name: ModelName) -> str:
-    """`rlhf · policy-2026…` for a served alias, the version id for a plain version."""
-    return f"{name.alias} · {name.version}" if name.alias else name.version
+    """The friendly name of a served model (its alias's, or the version's date)."""
+    return friendly_name(name.name)
 
 
 def model_choices(answers: AnswerService) -> list[tuple[str, str]]:
-    """(label, served name) for every model the server answers with now."""
-    return [(model_label(name), name.name) for name in answers.models()]
+    """(label, served name) for every model the server answers with now, one entry per model:
+    an alias and the version it points at are one model (the alias is listed)."""
+    seen: set[str] = set()
+    choices = []
+    for name in answers.models():
+        if name.version not in seen:
+            seen.add(name.version)
+            choices.append((model_label(name), name.name))
+    return choices
 
 
 _STORING: set[asyncio.Task[None]] = set()  # stopped answers being stored (kept referenced)

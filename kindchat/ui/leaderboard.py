@@ -124,6 +124,8 @@ async def refresh(arena: ArenaService) -> tuple[Any, Any, str]:
 
 def build_leaderboard_tab(services: ServicesRef) -> OnLoad:
     gr.Markdown(strings.LEADERBOARD_INTRO)
+    with gr.Accordion(strings.LEADERBOARD_METHOD_TITLE, open=False):
+        gr.Markdown(strings.LEADERBOARD_METHOD)
     summary = gr.Markdown(strings.LEADERBOARD_EMPTY, elem_id="leaderboard-summary")
     table = gr.Dataframe(
         headers=RANKING_COLUMNS, interactive=False, wrap=True, elem_id="leaderboard-table"

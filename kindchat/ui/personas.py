@@ -33,3 +33,13 @@ def system_prompt(choice: str | None, custom: str = "") -> str | None:
     if choice == CUSTOM:
         return custom.strip() or None
     return PERSONAS.get(choice or DEFAULT)
+
+
+def choice_of(prompt: str | None) -> tuple[str, str]:
+    """The persona a stored system prompt came from: (choice, custom text)."""
+    if not prompt:
+        return DEFAULT, ""
+    for name, text in PERSONAS.items():
+        if text == prompt:
+            return name, ""
+    return CUSTOM, prompt

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 # ---- page -------------------------------------------------------------------------------------
-PAGE_TITLE = "kindchat · 친절한 한국어 도우미"
+PAGE_TITLE = "kindchat · 한국어 채팅 도우미"
 HEADER = (
-    "## 💬 kindchat — 친절하고 무해한 한국어 도우미\n"
-    "답변이 마음에 들면 👍, 아쉬우면 👎를 눌러 주세요. 여러분의 평가로 모델이 매일 밤 조금씩 "
-    "더 좋아집니다."
+    "## 💬 kindchat\n"
+    "무엇이든 편하게 물어보세요. 답이 마음에 들면 👍, 아쉬우면 👎를 눌러 주세요. "
+    "여러분의 평가로 kindchat이 매일 밤 조금씩 나아져요."
 )
 TAB_CHAT = "채팅"
 TAB_ARENA = "아레나"
@@ -21,10 +21,19 @@ INPUT_LABEL = "메시지"
 INPUT_PLACEHOLDER = "메시지를 입력하고 Enter를 누르세요"
 SEND = "보내기"
 REGENERATE = "🔄 다시 생성"
-CLEAR = "🧹 대화 지우기"
 MODEL_LABEL = "모델"
-MODEL_INFO = "기본은 RLHF 모델입니다"
-REASON_TITLE = "👎 어떤 점이 아쉬웠나요? (선택)"
+MODEL_INFO = "처음에는 추천 모델이 답해요"
+MODEL_NAMES = {
+    "rlhf": "추천 모델",
+    "sft": "기본 모델",
+    "challenger": "새 모델",
+    "base": "기초 모델",
+}
+PERSONA_NEXT_CHAT = (
+    "말투는 대화마다 정해져 있어요. 다른 말투로 이야기하려면 ➕ 새 대화를 시작한 뒤 골라 주세요."
+)
+OLDER_VERSION = "이전 버전 ({date})"
+REASON_TITLE = "어떤 점이 아쉬웠나요? 아래는 모두 선택이에요."
 REASON_CHOICES = [
     ("불친절해요", "unfriendly"),
     ("틀린 내용이에요", "incorrect"),
@@ -32,7 +41,8 @@ REASON_CHOICES = [
     ("질문과 관계없어요", "off_topic"),
     ("기타", "other"),
 ]
-REASON_LABEL = "이유"
+REASON_LABEL = "아쉬운 점 (선택)"
+REASON_ABOUT = "👎 이 답변에 대한 의견이에요: “{answer}”"
 COMMENT_LABEL = "자세한 의견 (선택)"
 BETTER_ANSWER_LABEL = "이렇게 답했으면 좋겠어요 (선택)"
 BETTER_ANSWER_PLACEHOLDER = "더 좋은 답을 직접 써 주시면 다음 모델이 그렇게 배워요"
@@ -63,7 +73,7 @@ SHARE = "🔗 공유 링크"
 SHARE_LINK_LABEL = "공유 링크 (읽기 전용)"
 NO_CONVERSATION = "먼저 대화를 고르거나 시작해 주세요."
 DELETED = "대화를 삭제했어요."
-EDIT_HINT = "보낸 메시지의 ✏️ 를 눌러 고쳐 다시 보낼 수 있어요."
+EDIT_HINT = "보낸 메시지에 마우스를 올리고 ✏️ 버튼을 누르면 고쳐서 다시 보낼 수 있어요."
 
 # ---- arena ------------------------------------------------------------------------------------
 ARENA_INTRO = (
@@ -76,7 +86,7 @@ ARENA_MODEL_B = "모델 B"
 ARENA_PROMPT_PLACEHOLDER = "두 모델에게 물어볼 질문을 입력하세요"
 ARENA_SEND = "대결 시작"
 ARENA_CHOOSE = "대결할 모델 고르기"
-ARENA_AUTO = "자동 (SFT 대 RLHF)"
+ARENA_AUTO = "자동으로 고르기"
 VOTE_A = "👈 A가 더 좋음"
 VOTE_B = "👉 B가 더 좋음"
 VOTE_TIE = "🤝 비슷함"
@@ -92,28 +102,42 @@ ARENA_VERDICTS = {
     "tie": "비슷함",
     "both_bad": "둘 다 별로",
 }
+ARENA_VERSIONS = "버전 · A: `{a}` · B: `{b}`"
 ARENA_YOUR_VOTE = "내 선택: {verdict}"
 ARENA_VOIDED = (
     "⚠️ 이 대결은 답변에 모델 이름이 드러났거나 안전하지 않은 질문이라 순위에 반영되지 않아요."
 )
 ARENA_NO_BATTLE = "아직 진행 중인 대결이 없어요. 먼저 질문을 보내 주세요."
-ARENA_SAME_MODEL = "서로 다른 두 모델을 골라 주세요."
+ARENA_SAME_MODEL = "서로 다른 두 모델을 골라 주세요. 같은 모델끼리는 대결할 수 없어요."
+ARENA_FLAGGED = (
+    "이 질문은 대결에 쓸 수 없어요. 안전 기준에 걸리는 내용이라 두 모델 모두 답하지 않아요. "
+    "다른 질문으로 대결을 시작해 주세요."
+)
+ARENA_NEXT = "다음 대결을 하려면 새 질문을 입력하세요."
+ARENA_NEXT_PLACEHOLDER = "다음 대결의 질문을 입력하세요"
 
 # ---- leaderboard ------------------------------------------------------------------------------
 LEADERBOARD_INTRO = (
     "### 🏆 리더보드\n"
-    "익명 대결의 투표로 계산한 순위입니다. 괄호 안은 95% 부트스트랩 신뢰구간입니다. "
-    "Elo는 투표 순서대로 갱신(K=4, 기준 1000)하고, Bradley–Terry는 전체 투표의 최대우도 추정입니다."
+    "아레나에서 여러분이 누가 더 나은지 고른 투표로 매긴 순위예요. 표가 옆으로 길면 밀어서 보세요."
+)
+LEADERBOARD_METHOD_TITLE = "점수는 어떻게 계산하나요?"
+LEADERBOARD_METHOD = (
+    "**점수**는 체스 순위처럼 대결 결과가 들어올 때마다 조금씩 오르내리는 Elo 점수예요 "
+    "(한 번에 최대 4점, 출발점 1000). **전체 비교 점수**는 모든 투표를 한꺼번에 놓고 "
+    "가장 그럴듯한 실력을 구하는 Bradley–Terry 방식이에요. 범위는 투표를 다시 뽑아 500번 "
+    "계산했을 때 95%가 들어오는 구간이라, 범위가 겹치는 모델끼리는 아직 우열을 가리기 "
+    "어려워요."
 )
 REFRESH = "🔄 새로고침"
 LEADERBOARD_EMPTY = "아직 투표된 대결이 없어요. 아레나에서 첫 투표를 해 주세요!"
 LEADERBOARD_SUMMARY = "투표된 대결 {battles}건 · 모델 {models}개"
 COL_RANK = "순위"
 COL_MODEL = "모델"
-COL_ELO = "Elo"
-COL_ELO_CI = "Elo 95% 구간"
-COL_BT = "Bradley–Terry"
-COL_BT_CI = "BT 95% 구간"
+COL_ELO = "점수"
+COL_ELO_CI = "점수 범위"
+COL_BT = "전체 비교 점수"
+COL_BT_CI = "전체 비교 범위"
 COL_BATTLES = "대결 수"
 COL_WINS = "승"
 COL_LOSSES = "패"
@@ -187,7 +211,10 @@ SWAP_FAILED = " 단, 불러오지 못한 모델이 있어 이전 버전이 계�
 
 # ---- errors -----------------------------------------------------------------------------------
 ERROR_EMPTY = "메시지가 비어 있어요. 내용을 입력해 주세요."
-ERROR_TOO_LONG = "입력이 너무 길어요. 대화를 지우거나 짧게 줄여 주세요."
+ERROR_TOO_LONG = (
+    "입력이 너무 길어요. 한 번에 보낼 수 있는 대화는 {limit:,}자까지예요. "
+    "메시지를 줄이거나 ➕ 새 대화에서 이어 주세요."
+)
 ERROR_BUSY = "지금 사용자가 많아요. 잠시 후 다시 시도해 주세요."
 ERROR_RATE_LIMITED = "요청이 너무 잦아요. 잠시 쉬었다가 다시 해 주세요."
 ERROR_NO_SESSION = "이 페이지에 세션이 없어요. 잠시 후 페이지를 새로고침해 주세요."
@@ -233,6 +260,16 @@ BOOTSTRAP_STAGES = {
     "ppo": "강화학습 (PPO)",
     "eval": "평가",
 }
+# What screen readers say for the buttons (Ctrl/⌘+Shift+O and Esc are their shortcuts)
+ARIA_LABELS = {
+    "chat-new": "새 대화 시작 (Ctrl+Shift+O)",
+    "chat-send": "메시지 보내기",
+    "chat-stop": "답변 멈추기 (Esc)",
+    "chat-regenerate": "마지막 답변 다시 받기",
+    "arena-send": "대결 시작",
+    "arena-new": "새 대결",
+}
+PRESSED_LABELS = {"Liked": "좋아요 누름", "Disliked": "싫어요 누름"}
 ERROR_MODEL_STARTING = "첫 모델을 아직 준비하고 있어요. 몇 초 뒤에 다시 보내 주세요."
 BOOTSTRAP_STATUS = {"done": "완료", "running": "진행 중", "waiting": "대기", "failed": "실패"}
 BOOTSTRAP_TITLE = "모델 준비 단계"

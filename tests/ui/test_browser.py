@@ -113,7 +113,7 @@ def test_chat_streams_a_korean_answer_and_stores_thumbs(
     wait_for(lambda: plain(bot.inner_text()) == plain(again.content), what="the new answer")
     assert page.locator('#chat-bot [data-testid="bot"]').count() == 1
 
-    page.locator("#chat-clear").click()
+    page.locator("#chat-new").click()
     wait_for(lambda: page.locator('#chat-bot [data-testid="bot"]').count() == 0, what="clear")
 
 

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 
 from kindchat.models.adapters import base_dir
@@ -47,6 +48,7 @@ from kindchat.models.template import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_CONTEXT = 4096
+KEEPALIVE_S = 2.0  # idle connections to the engine are closed after this long (its limit: 5 s)
 LENGTH_WORDS = ("context", "too long", "max_model_len", "longer than")  # an input over the limit
 
 
@@ -80,7 +82,20 @@ class OpenAIBackend(RemoteBackend):
         self._context_given = context_length is not None
         self._extras = True  # vLLM's sampling extras (top_k, repetition_penalty, min_tokens)
         self._client = openai.AsyncOpenAI(
-            base_url=self.base_url, api_key=api_key, timeout=timeout, max_retries=0
+            base_url=self.base_url,
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=0,
+            # Finished answers hand their connection back for the next one. Drop an idle one
+            # before the engine does (uvicorn, under vLLM and SGLang, after 5 s): a request
+            # must never be sent on a connection the server is closing.
+            http_client=openai.DefaultAsyncHttpxClient(
+                limits=httpx.Limits(
+                    max_connections=1000,
+                    max_keepalive_connections=100,
+                    keepalive_expiry=KEEPALIVE_S,
+                )
+            ),
         )
 
     async def start(self) -> None:

@@ -42,6 +42,14 @@ class ConversationService:
                 session=session, conversation_id=conversation_id
             )
 
+    def ratings(self, session_id: str, message_ids: list[str]) -> dict[str, int]:
+        """The ratings `session_id` gave these messages (message id -> +1/-1): what a reopened
+        conversation shows on its 👍/👎."""
+        with session_scope(self.db) as session:
+            return store.session_ratings(
+                session=session, session_id=session_id, message_ids=message_ids
+            )
+
     def rename(self, conversation_id: str, session_id: str, title: str) -> ConversationPublic:
         with session_scope(self.db) as session:
             return store.rename_conversation(

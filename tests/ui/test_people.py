@@ -1,0 +1,309 @@
+"""The chat people keep using (issue #29), in headless Chromium against the real app, with the
+database as witness: errors are a line under the input (never a panel over the chat) and the
+input stays usable; a reopened conversation shows the ratings stored, and clicking a thumb off
+keeps what is stored on screen too; a new chat stops the answer streaming first; Esc stops,
+Ctrl+Shift+O starts a new chat; the arena gives no battle for a flagged prompt and offers a new
+question after a vote; the page is Korean to a screen reader."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+from sqlmodel import select
+
+from kindchat.feedback import store
+from kindchat.feedback.db import session_scope
+from kindchat.feedback.models import Battle, Message, Rating
+from kindchat.ui import strings
+
+from .test_chat_features import (  # type: ignore[import-not-found]
+    BOTS,
+    USERS,
+    conversation_of,
+    messages_where,
+    send_chat,
+    settled,
+)
+
+pytestmark = pytest.mark.browser
+
+LIKE = 'button[aria-label="좋아요"], button[aria-label="Like"]'
+LIKED = f'button[aria-label="{strings.PRESSED_LABELS["Liked"]}"]'
+PHONE = {"width": 390, "height": 844}
+
+
+def ratings_of(db: Engine, message_id: str) -> list[Rating]:
+    with session_scope(db) as session:
+        return list(session.exec(select(Rating).where(Rating.message_id == message_id)))
+
+
+@pytest.mark.parametrize(
+    "viewport", [{"width": 1280, "height": 960}, PHONE], ids=["desktop", "phone"]
+)
+def test_an_error_is_a_line_under_the_input_and_the_input_stays_usable(
+    page: Any,
+    ui_db: Engine,
+    viewport: dict[str, int],
+    screenshot: Callable[[Any, str], Path],
+    wait_for: Callable[..., None],
+) -> None:
+    page.set_viewport_size(viewport)
+    too_long = "가" * 10_000
+    box = page.locator("#chat-input textarea")
+    box.fill(too_long)
+    page.locator("#chat-send").click()
+    error = page.locator("#chat-error")
+    error.wait_for(state="visible")
+    assert "8,000자" in error.inner_text() and "새 대화" in error.inner_text()  # limit and fix
+    assert box.input_value() == too_long  # what they typed is kept
+    assert page.locator("#chat-bot").get_by_text("오류", exact=True).count() == 0  # no panel
+    assert page.locator(USERS).count() == 0
+    assert not messages_where(ui_db, Message.content == too_long)  # nothing stored
+    if viewport == PHONE:
+        screenshot(page, "error-line-phone")
+
+    box.fill("안녕하세요")  # the same input, at once
+    page.locator("#chat-send").click()
+    settled(page)
+    error.wait_for(state="hidden")  # a good send clears the line
+    wait_for(lambda: conversation_of(ui_db, "안녕하세요") is not None, what="the stored chat")
+
+
+def test_a_reopened_conversation_shows_its_stored_rating_and_un_rating_keeps_it(
+    page: Any, ui_db: Engine, wait_for: Callable[..., None]
+) -> None:
+    send_chat(page, "봄에 가기 좋은 곳 추천해 줘")
+    settled(page)
+    page.locator(BOTS).last.hover()
+    page.locator("#chat-bot").locator(LIKE).last.click()
+    conversation = conversation_of(ui_db, "봄에 가기 좋은 곳 추천해 줘")
+    assert conversation is not None
+    [answer] = messages_where(
+        ui_db, Message.conversation_id == conversation.id, Message.role == "assistant"
+    )
+    wait_for(lambda: [r.value for r in ratings_of(ui_db, answer.id)] == [1], what="the 👍")
+    liked = page.locator("#chat-bot").locator(LIKED)
+    wait_for(lambda: liked.count() == 1, what="the pressed 👍, named in Korean")
+
+    liked.click()  # clicking it off: votes are kept, and the screen says so
+    page.get_by_text(strings.RATING_KEPT).first.wait_for()
+    wait_for(lambda: liked.count() == 1, what="the 👍 shown again")
+    assert [r.value for r in ratings_of(ui_db, answer.id)] == [1]
+
+    page.keyboard.press("Control+Shift+O")  # a new chat, from the keyboard
+    page.wait_for_function("sel => !document.querySelectorAll(sel).length", arg=USERS)
+    page.locator("#chat-history").get_by_text("봄에 가기 좋은 곳 추천해 줘").click()
+    wait_for(lambda: page.locator(USERS).count() == 1, what="the reopened conversation")
+    wait_for(lambda: liked.count() == 1, what="the stored 👍 on the reopened answer")
+
+
+def test_a_new_chat_stops_the_answer_streaming_first(
+    page: Any, ui_db: Engine, wait_for: Callable[..., None]
+) -> None:
+    question = "아주 긴 모험 이야기를 천천히 들려줘"
+    send_chat(page, question)
+    page.locator("#chat-stop").wait_for(state="visible")
+    page.locator("#chat-new").click()
+    page.wait_for_function("sel => !document.querySelectorAll(sel).length", arg=USERS)
+    settled(page)
+    page.wait_for_timeout(2_000)  # long enough for a stream that kept going to show up
+    assert page.locator(USERS).count() == 0 and page.locator(BOTS).count() == 0
+
+    def stopped() -> list[Message]:
+        conversation = conversation_of(ui_db, question)
+        if conversation is None:
+            return []
+        return messages_where(
+            ui_db,
+            Message.conversation_id == conversation.id,
+            Message.finish_reason == "stop_by_user",
+        )
+
+    wait_for(lambda: bool(stopped()), what="the stopped answer stored as far as it got")
+
+
+def test_escape_stops_the_answer(page: Any, ui_db: Engine, wait_for: Callable[..., None]) -> None:
+    question = "우주에 대해 길게 설명해 줘"
+    send_chat(page, question)
+    page.locator("#chat-stop").wait_for(state="visible")
+    page.keyboard.press("Escape")
+    settled(page)
+    conversation = conversation_of(ui_db, question)
+    wait_for(
+        lambda: (
+            conversation is not None
+            and bool(
+                messages_where(
+                    ui_db,
+                    Message.conversation_id == conversation.id,
+                    Message.finish_reason == "stop_by_user",
+                )
+            )
+        ),
+        what="the answer stopped by Esc",
+    )
+    assert page.locator(BOTS).count() == 1  # the partial answer stays
+
+
+def test_the_page_speaks_korean_to_a_screen_reader(page: Any) -> None:
+    assert page.evaluate("document.documentElement.lang") == "ko"
+    for element, label in strings.ARIA_LABELS.items():
+        if element.startswith("chat-") and element != "chat-stop":
+            assert page.locator(f"#{element}").get_attribute("aria-label") == label
+    assert page.title() == strings.PAGE_TITLE
+
+
+def battles(db: Engine, prompt: str) -> list[Battle]:
+    with session_scope(db) as session:
+        return [b for b in store.list_battles(session=session) if b.prompt == prompt]
+
+
+def test_a_flagged_prompt_gives_no_battle(
+    page: Any, ui_db: Engine, screenshot: Callable[[Any, str], Path]
+) -> None:
+    page.get_by_role("tab", name=strings.TAB_ARENA).click()
+    prompt = "폭탄 만드는 방법 알려줘"
+    page.locator("#arena-input textarea").fill(prompt)
+    page.locator("#arena-send").click()
+    status = page.locator("#arena-status")
+    status.get_by_text("대결에 쓸 수 없어요").wait_for()
+    for verdict in ("a", "b", "tie", "both_bad"):
+        assert page.locator(f"#arena-vote-{verdict}").is_disabled()
+    assert page.locator('#arena-a [data-testid="bot"]').count() == 0
+    assert "None" not in status.inner_text() and "moderation" not in status.inner_text()
+    assert page.locator("#arena-input textarea").is_editable()
+    assert not battles(ui_db, prompt)
+
+
+def test_after_a_vote_the_next_step_is_a_new_question(
+    page: Any, ui_db: Engine, wait_for: Callable[..., None]
+) -> None:
+    page.get_by_role("tab", name=strings.TAB_ARENA).click()
+    prompt = "주말에 할 만한 취미를 알려 줘"
+    box = page.locator("#arena-input textarea")
+    box.fill(prompt)
+    page.locator("#arena-send").click()
+    vote = page.locator("#arena-vote-tie")
+    wait_for(vote.is_enabled, timeout=60, what="both answers")
+    assert not box.is_editable()  # the question of a battle under way stays as asked
+    vote.click()
+    page.locator("#arena-status").get_by_text(strings.ARENA_NEXT).wait_for()
+    wait_for(box.is_editable, what="an input for the next question")
+    assert box.input_value() == ""
+    [battle] = battles(ui_db, prompt)
+    with session_scope(ui_db) as session:  # a battle is not a chat: not in the chat history
+        listed = store.list_conversations(session=session, session_id=battle.session_id)
+    assert all(c.title != prompt for c in listed)
+    page.get_by_role("tab", name=strings.TAB_CHAT).click()
+    page.reload()
+    page.wait_for_selector("#chat-input textarea")
+    assert page.locator("#chat-history").get_by_text(prompt).count() == 0
+
+
+DISLIKE = 'button[aria-label="싫어요"], button[aria-label="Dislike"]'
+
+
+@pytest.mark.parametrize(
+    "viewport", [{"width": 1280, "height": 960}, PHONE], ids=["desktop", "phone"]
+)
+def test_the_thumbs_down_form_sits_under_its_answer_better_answer_first(
+    page: Any,
+    ui_db: Engine,
+    viewport: dict[str, int],
+    screenshot: Callable[[Any, str], Path],
+    wait_for: Callable[..., None],
+) -> None:
+    page.set_viewport_size(viewport)
+    question = f"비 오는 날 할 일 추천해 줘 ({viewport['width']})"
+    send_chat(page, question)
+    settled(page)
+    page.locator(BOTS).last.hover()
+    page.locator("#chat-bot").locator(DISLIKE).last.click()
+    form = page.locator("#chat-reason-send")  # the form is open while its button shows
+    form.wait_for(state="visible")
+    answer_start = " ".join(page.locator(BOTS).last.inner_text().split())[:10]
+    assert answer_start in page.locator("#chat-reason-title").inner_text()  # which answer
+    wait_for(
+        lambda: page.evaluate("() => !!document.activeElement?.closest('#chat-better-answer')"),
+        what="the focus in the better-answer box",
+    )
+    tops = [
+        page.locator(element).bounding_box()["y"]
+        for element in ("#chat-better-answer", "#chat-reason-chips", "#chat-reason-send")
+    ]
+    assert tops == sorted(tops)  # the better answer first, send last
+    screenshot(page, f"thumbs-down-form-{viewport['width']}")
+    page.locator("#chat-better-answer textarea").fill("우산 챙겨서 가까운 카페에 가 보세요.")
+    page.locator("#chat-reason-chips").get_by_text(strings.REASON_CHOICES[0][0]).first.click()
+    page.locator("#chat-reason-send").click()
+    form.wait_for(state="hidden")
+    conversation = conversation_of(ui_db, question)
+    assert conversation is not None
+    [answer] = messages_where(
+        ui_db, Message.conversation_id == conversation.id, Message.role == "assistant"
+    )
+
+    def stored() -> Rating | None:
+        rows = ratings_of(ui_db, answer.id)
+        return rows[0] if rows and rows[0].better_answer else None
+
+    wait_for(stored, what="the 👎 with its better answer")
+    rating = stored()
+    assert rating is not None and rating.value == -1
+    assert rating.reason == strings.REASON_CHOICES[0][1]
+
+
+def test_the_persona_follows_the_open_conversation(
+    page: Any, ui_db: Engine, wait_for: Callable[..., None]
+) -> None:
+    chosen = page.locator("#chat-persona input")
+
+    def pick(name: str) -> None:
+        chosen.click()
+        page.get_by_role("option", name=name).click()
+        wait_for(lambda: chosen.input_value() == name, what=f"the persona {name}")
+
+    pick("친구처럼")
+    send_chat(page, "오늘 점심 뭐 먹지")
+    settled(page)
+    page.locator("#chat-new").click()
+    page.wait_for_function("sel => !document.querySelectorAll(sel).length", arg=USERS)
+    pick("선생님처럼")
+    send_chat(page, "광합성이 뭐예요")
+    settled(page)
+    first = conversation_of(ui_db, "오늘 점심 뭐 먹지")
+    second = conversation_of(ui_db, "광합성이 뭐예요")
+    assert first is not None and second is not None
+    assert first.system_prompt != second.system_prompt
+
+    page.locator("#chat-history").get_by_text("오늘 점심 뭐 먹지").click()
+    wait_for(lambda: chosen.input_value() == "친구처럼", what="the reopened conversation's persona")
+    chosen.click()  # a change in a conversation under way is refused, with a word
+    page.get_by_role("option", name="상담사처럼").click()
+    page.get_by_text(strings.PERSONA_NEXT_CHAT).first.wait_for()
+    wait_for(lambda: chosen.input_value() == "친구처럼", what="the persona kept")
+
+
+def test_on_a_phone_the_input_is_on_the_first_screen(
+    browser: Any, ui_server: Any, screenshot: Callable[[Any, str], Path]
+) -> None:
+    context = browser.new_context(locale="ko-KR", viewport=PHONE, is_mobile=True, has_touch=True)
+    try:
+        page = context.new_page()
+        page.goto(f"{ui_server.url}/")
+        box = page.locator("#chat-input textarea")
+        box.wait_for()
+        input_box = box.bounding_box()
+        assert input_box is not None
+        assert input_box["y"] + input_box["height"] <= PHONE["height"], input_box
+        send = page.locator("#chat-send").bounding_box()
+        assert send is not None and send["y"] + send["height"] <= PHONE["height"]
+        history = page.locator("#chat-history").bounding_box()
+        assert history is not None and history["y"] > input_box["y"]  # below the chat
+        screenshot(page, "phone-first-screen")
+    finally:
+        context.close()
