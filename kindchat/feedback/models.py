@@ -129,6 +129,7 @@ class Conversation(ConversationBase, table=True):
     updated_at: datetime | None = _time(index=True, nullable=True)
     deleted_at: datetime | None = _time(nullable=True)
     share_token: str | None = Field(default=None, max_length=ID_LENGTH, unique=True, index=True)
+    shared_at: datetime | None = _time(nullable=True)  # the link shows what existed then
 
 
 class ConversationPublic(ConversationBase):
@@ -137,6 +138,7 @@ class ConversationPublic(ConversationBase):
     updated_at: datetime | None = None
     deleted_at: datetime | None = None
     share_token: str | None = None
+    shared_at: datetime | None = None
 
 
 # --- messages -------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from datetime import datetime
 
 from sqlmodel import Session, col, select
 
-from kindchat.feedback.models import Battle, Message, Rating, as_utc
+from kindchat.feedback.models import Battle, Conversation, Message, Rating, as_utc
 from kindchat.feedback.store import thread_members
 from kindchat.seed import normalize_prompt
 
@@ -135,6 +135,9 @@ def mine_battles(
     flagged_conversations = set(
         session.exec(select(Message.conversation_id).where(col(Message.flagged)).distinct())
     )
+    deleted_conversations = set(
+        session.exec(select(Conversation.id).where(col(Conversation.deleted_at).isnot(None)))
+    )
     for battle in battles:
         if battle.winner is None:
             out.dropped["battle_unvoted"] += 1
@@ -149,6 +152,9 @@ def mine_battles(
         if not _recent(at, since):
             continue
         a, b = messages[battle.message_a_id], messages[battle.message_b_id]
+        if a.conversation_id in deleted_conversations:
+            out.dropped["deleted"] += 1  # its user deleted it: no longer training data
+            continue
         if a.conversation_id in flagged_conversations or a.flagged or b.flagged:
             out.dropped["flagged"] += 1  # moderation flagged the prompt or an answer
             continue
@@ -251,9 +257,11 @@ def mine_ratings(
     ratings = _read_ratings(session, exclude, out)
     if not ratings.net:
         return
-    rated_conversations = (
+    rated_conversations = (  # a conversation its user deleted no longer trains anything
         select(Message.conversation_id)
         .join(Rating, col(Rating.message_id) == col(Message.id))
+        .join(Conversation, col(Conversation.id) == col(Message.conversation_id))
+        .where(col(Conversation.deleted_at).is_(None))
         .distinct()
     )
     by_id: dict[str, Message] = {}
@@ -274,6 +282,9 @@ def mine_ratings(
                 tainted.add(message.id)
         by_id.update((m.id, m) for m in messages)
         rated.extend(m for m in messages if m.id in ratings.net)
+    deleted = sum(1 for message_id in ratings.net if message_id not in by_id)
+    if deleted:  # ratings of answers in conversations their users deleted
+        out.dropped["deleted"] += deleted
     groups: dict[str, _Group] = {}
     for message in rated:
         message_id, net = message.id, ratings.net[message.id]
@@ -297,8 +308,8 @@ def mine_ratings(
         _thumb_rows(group, ratings, by_id, since, out)
     _edit_rows(rated, ratings, by_id, contexts, question_of, answers_to, tainted, since, out)
     for message_id, better, at, rating_id, voter in ratings.better:
-        if message_id in tainted:
-            continue  # counted with its rating
+        if message_id in tainted or message_id not in by_id:
+            continue  # counted with its rating (flagged, or in a deleted conversation)
         _better_answer_rows(by_id[message_id], contexts, better, at, rating_id, since, out, voter)
 
 

@@ -160,15 +160,20 @@ def list_conversations(
     return [to_public(ConversationPublic, row) for row in session.exec(query)]
 
 
-def conversation_thread(*, session: Session, conversation_id: str) -> list[MessagePublic]:
+def conversation_thread(
+    *, session: Session, conversation_id: str, until: datetime | None = None
+) -> list[MessagePublic]:
     """The conversation as its user sees it now: the latest branch (edits and regenerations
-    replace what they replace; the old branches stay stored)."""
+    replace what they replace; the old branches stay stored). `until`: as it was then (the
+    messages stored by that time)."""
     get_row(session, Conversation, conversation_id, "conversation", "conversation_id")
     rows = session.exec(
         select(Message)
         .where(Message.conversation_id == conversation_id)
         .order_by(col(Message.created_at), col(Message.id))
     ).all()
+    if until is not None:
+        rows = [m for m in rows if as_utc(m.created_at) <= as_utc(until)]
     return [to_public(MessagePublic, m) for m in thread_members(rows)[1]]
 
 
@@ -185,8 +190,10 @@ def rename_conversation(
 def delete_conversation(
     *, session: Session, conversation_id: str, session_id: str, forget: bool = False
 ) -> None:
-    """Hide a conversation from its session. It stays training data unless `forget`: then its
-    messages, their ratings and battles are removed for good."""
+    """Delete a conversation for its session: it leaves the history, its share link stops,
+    and it no longer trains anything (the export skips it); it can be restored
+    (:func:`restore_conversation`) until retention removes it. With `forget` its messages,
+    their ratings and battles are removed for good at once."""
     row = _owned(session, conversation_id, session_id)
     if not forget:
         row.deleted_at = utcnow()
@@ -195,6 +202,16 @@ def delete_conversation(
         session.flush()
         return
     remove_conversations(session=session, conversation_ids=[row.id])
+
+
+def restore_conversation(*, session: Session, conversation_id: str, session_id: str) -> None:
+    """Undo a delete (not a forget): the conversation is back in its session's history."""
+    row = session.get(Conversation, conversation_id)
+    if row is None or row.session_id != session_id or row.deleted_at is None:
+        raise UnknownIdError("deleted conversation", conversation_id, field="conversation_id")
+    row.deleted_at = None
+    session.add(row)
+    session.flush()
 
 
 PURGE_BATCH = 200  # conversations per statement batch (bounded IN lists, short write locks)
@@ -244,11 +261,13 @@ def purge_expired(*, session: Session, before: datetime) -> Counter[str]:
 
 
 def share_conversation(*, session: Session, conversation_id: str, session_id: str) -> str:
-    """A read-only link token for the conversation (the same one while it is shared)."""
+    """A read-only link token for the conversation: a snapshot of it as it is now (what is said
+    later never shows there). The same token while it is shared."""
 
     row = _owned(session, conversation_id, session_id)
     if row.share_token is None:
         row.share_token = secrets.token_urlsafe(24)
+        row.shared_at = utcnow()
         session.add(row)
         session.flush()
     return str(row.share_token)
@@ -257,7 +276,8 @@ def share_conversation(*, session: Session, conversation_id: str, session_id: st
 def shared_conversation(
     *, session: Session, token: str
 ) -> tuple[ConversationPublic, list[MessagePublic]]:
-    """The conversation a share token names and its current branch; 404 once unshared."""
+    """The conversation a share token names, as it was when shared: the branch its user saw
+    then, of the messages stored by then; 404 once unshared."""
     row = session.exec(
         select(Conversation).where(
             Conversation.share_token == token, col(Conversation.deleted_at).is_(None)
@@ -266,7 +286,7 @@ def shared_conversation(
     if row is None or not token:
         raise UnknownIdError("shared conversation", token, field="token")
     return to_public(ConversationPublic, row), conversation_thread(
-        session=session, conversation_id=row.id
+        session=session, conversation_id=row.id, until=row.shared_at
     )
 
 

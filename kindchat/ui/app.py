@@ -53,6 +53,8 @@ CSS = """
 #chat-bot .message-content, #arena-a .message-content, #arena-b .message-content { font-size: 15px; }
 #admin-actions { padding: 8px; }
 #chat-error { color: var(--error-text-color, #b91c1c); }
+/* the edit box of a sent message as wide as the message column */
+#chat-bot .message-wrap textarea.edit-textarea { width: 100% !important; min-width: min(36rem, 80vw); }
 /* On a phone the conversation and its input come first, on the first screen; the history and
    the settings follow below them. */
 @media (max-width: 640px) {
@@ -91,6 +93,17 @@ HEAD = """
   const visible = (el) => el && el.offsetParent !== null;
   document.addEventListener("keydown", (event) => {
     const key = event.key.toLowerCase();
+    // Editing a sent message: Enter sends the edit, Shift+Enter breaks the line
+    const editing = event.target.closest && event.target.closest("#chat-bot textarea.edit-textarea");
+    if (editing && key === "enter" && !event.shiftKey && !event.isComposing) {
+      const submit = document.querySelector(
+        '#chat-bot button[aria-label="제출"], #chat-bot button[aria-label="Submit"]');
+      if (submit) {
+        event.preventDefault();
+        submit.click();
+        return;
+      }
+    }
     if ((event.ctrlKey || event.metaKey) && event.shiftKey && key === "o") {
       event.preventDefault();
       document.querySelector("#chat-new")?.click();
@@ -165,7 +178,7 @@ def build_ui(services: ServicesRef, page_checks: bool = True) -> gr.Blocks:
         for tab, on_load in loads:
             inputs = [session, *on_load.inputs]
             if on_load.on_open:
-                started.then(for_page(on_load.fn), inputs, on_load.outputs)
+                started.then(for_page(on_load.fn), inputs, on_load.outputs, js=on_load.js)
             if on_load.on_select:
                 tab.select(for_page(on_load.fn), inputs, on_load.outputs)
     demo.queue(default_concurrency_limit=None)  # the model engine batches and limits, not Gradio

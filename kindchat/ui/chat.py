@@ -14,6 +14,7 @@ from typing import Any
 
 import gradio as gr
 
+from kindchat.errors import InvalidError, NotFoundError
 from kindchat.feedback.models import new_id
 from kindchat.models.backends.base import GenerationOptions
 from kindchat.serve.protocol import ChatMessage
@@ -42,6 +43,17 @@ from kindchat.ui.state import ChatSession, Turn
 logger = logging.getLogger(__name__)
 
 Update = tuple[Any, ...]
+UNDO_S = 10  # seconds a deleted conversation can be brought back from the page
+# The page's URL names the open conversation: written after each change, read when it opens.
+URL_OF_CONVERSATION = """(id) => {
+  const url = new URL(window.location.href);
+  if (id) url.searchParams.set("c", id); else url.searchParams.delete("c");
+  if (url.href !== window.location.href) window.history.replaceState(null, "", url);
+}"""
+CONVERSATION_IN_URL = """(...inputs) => {
+  inputs[inputs.length - 1] = new URLSearchParams(window.location.search).get("c") || "";
+  return inputs;
+}"""
 # After a 👎, the focus goes to the better-answer box once the form has appeared.
 FOCUS_BETTER_ANSWER = """() => {
   let tries = 0;
@@ -337,6 +349,13 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
                 delete_button = gr.Button(
                     strings.DELETE, size="sm", variant="stop", elem_id="chat-delete"
                 )
+                with gr.Group(visible=False, elem_id="chat-delete-ask") as delete_ask:
+                    delete_question = gr.Markdown(strings.DELETE_ASK)
+                    with gr.Row():
+                        delete_yes = gr.Button(
+                            strings.DELETE_YES, size="sm", variant="stop", elem_id="chat-delete-yes"
+                        )
+                        delete_no = gr.Button(strings.CANCEL, size="sm", elem_id="chat-delete-no")
                 export_button = gr.Button(strings.EXPORT, size="sm", elem_id="chat-export")
                 export_file = gr.File(visible=False, elem_id="chat-export-file")
                 share_button = gr.Button(strings.SHARE, size="sm", elem_id="chat-share")
@@ -395,6 +414,13 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
                     strings.STOP, variant="stop", scale=1, visible=False, elem_id="chat-stop"
                 )
             error = gr.Markdown("", visible=False, elem_id="chat-error")
+            deleted = gr.State(None)  # the conversation just deleted, while it can come back
+            undo_button = gr.Button(
+                strings.UNDO_DELETE, size="sm", visible=False, elem_id="chat-undo"
+            )
+            undo_timer = gr.Timer(UNDO_S, active=False)
+            # the open conversation's id, for the page's URL (?c=<id>): reload and bookmarks
+            conversation_ref = gr.Textbox(visible=False, elem_id="chat-conversation-id")
         with gr.Column(scale=1, min_width=220):
             model = gr.Dropdown(
                 label=strings.MODEL_LABEL,
@@ -469,17 +495,49 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
             raise user_error(err) from err
         return history_update(services().conversations, state)
 
+    def on_delete_ask(state: ChatSession, forget: bool) -> Update:
+        """Delete asks once, and says what it does to the model's training."""
+        if state.conversation_id is None:
+            gr.Warning(strings.NO_CONVERSATION)
+            return gr.update(visible=False), gr.update()
+        return gr.update(visible=True), strings.FORGET_ASK if forget else strings.DELETE_ASK
+
     @action("history")
     def on_delete(state: ChatSession, forget: bool) -> Update:
         if state.conversation_id is None:
             raise gr.Error(strings.NO_CONVERSATION)
+        gone = state.conversation_id
         try:
-            services().conversations.delete(state.conversation_id, state.session_id, forget)
+            services().conversations.delete(gone, state.session_id, forget)
         except Exception as err:
             raise user_error(err) from err
-        gr.Info(strings.DELETED, duration=3)
+        gr.Info(strings.DELETED_FORGOTTEN if forget else strings.DELETED, duration=UNDO_S)
         fresh = ChatSession(session_id=state.session_id)
-        return chatbot_update(fresh), fresh, history_update(services().conversations, fresh)
+        return (
+            chatbot_update(fresh),
+            fresh,
+            history_update(services().conversations, fresh),
+            gr.update(value="", visible=False),  # its share link stopped working
+            gr.update(visible=False),  # the question
+            None if forget else gone,  # a forgotten one cannot come back
+            gr.update(visible=not forget),
+            gr.Timer(active=not forget),
+        )
+
+    @action("history")
+    def on_undo(state: ChatSession, gone: str | None) -> Update:
+        """Bring the deleted conversation back, open."""
+        hide = (gr.update(visible=False), gr.Timer(active=False))
+        if gone is None:
+            return chatbot_update(state), state, gr.update(), None, *hide
+        try:
+            services().conversations.restore(gone, state.session_id)
+            chatbot, opened, *_ = open_conversation(services().conversations, state, gone)
+        except Exception as err:
+            gr.Warning(user_message(err))
+            return chatbot_update(state), state, gr.update(), None, *hide
+        gr.Info(strings.RESTORED, duration=4)
+        return chatbot, opened, history_update(services().conversations, opened), None, *hide
 
     @action("history")
     def on_export(state: ChatSession) -> Any:
@@ -516,8 +574,16 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
     regenerated = regenerate_button.click(
         on_regenerate, [state, model], running, concurrency_id="generate"
     )
+
+    def in_url(event: Any) -> None:
+        """After `event`, the page's URL names the open conversation (`?c=<id>`, none: `/`)."""
+        event.then(lambda state: state.conversation_id or "", [state], [conversation_ref]).then(
+            None, [conversation_ref], None, js=URL_OF_CONVERSATION
+        )
+
     for event in (sent, edited, regenerated):
         event.then(on_history, [state], [history])
+        in_url(event)
 
     @action("page")
     def after_stop(state: ChatSession) -> Update:
@@ -533,15 +599,15 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
     # One action: ➕ 새 대화 (and the chat's own 🗑). It first stops an answer streaming, and
     # empties the chat only after that stream's last update has landed, so it cannot overwrite
     # the new chat (the stopped answer stays stored as far as it got).
-    gr.on(
+    cleared = gr.on(
         [new_chat.click, chatbot.clear],
         lambda state: state,
         [state],
         [state],
         cancels=[sent, edited, regenerated],
-    ).then(
-        clear, [state], [chatbot, state, reason_box, text, stop_button, send_button, error]
-    ).then(after_stop, [state], [history, stop_button, send_button])
+    ).then(clear, [state], [chatbot, state, reason_box, text, stop_button, send_button, error])
+    cleared.then(after_stop, [state], [history, stop_button, send_button])
+    in_url(cleared)
     chatbot.like(on_like, [state], [state, reason_box, chatbot, reason_title]).then(
         None,
         js=FOCUS_BETTER_ANSWER,  # the form has the focus
@@ -550,25 +616,64 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
         on_reason, [state, reason, comment, better], [state, reason_box, reason, comment, better]
     )
 
-    history.input(
-        on_open,
-        [state, history],
-        [chatbot, state, title, share_link, persona, custom_persona],
+    in_url(
+        history.input(
+            on_open,
+            [state, history],
+            [chatbot, state, title, share_link, persona, custom_persona],
+        )
     )
     rename_button.click(on_rename, [state, title], [history])
-    delete_button.click(on_delete, [state, forget], [chatbot, state, history])
+    delete_button.click(on_delete_ask, [state, forget], [delete_ask, delete_question])
+    delete_no.click(lambda: gr.update(visible=False), None, [delete_ask])
+    in_url(
+        delete_yes.click(
+            on_delete,
+            [state, forget],
+            [chatbot, state, history, share_link, delete_ask, deleted, undo_button, undo_timer],
+        )
+    )
+    in_url(
+        undo_button.click(
+            on_undo, [state, deleted], [chatbot, state, history, deleted, undo_button, undo_timer]
+        )
+    )
+    undo_timer.tick(  # the undo is offered for a few seconds
+        lambda: (None, gr.update(visible=False), gr.Timer(active=False)),
+        None,
+        [deleted, undo_button, undo_timer],
+    )
     export_button.click(on_export, [state], [export_file])
     share_button.click(on_share, [state], [share_link])
     persona.input(on_persona, [state, persona], [persona, custom_persona])
 
-    def on_load(session_id: str) -> Update:
+    def on_load(session_id: str, wanted: str) -> Update:
+        """The page opens empty, or on the conversation its URL names (`?c=<id>`, this
+        session's own: any other id opens an empty chat, with a word)."""
         served = services()
         choices = model_choices(served.answers)
         fresh = ChatSession(session_id=session_id)
+        opened: tuple[Any, ...] = (chatbot_update(fresh), fresh, *(gr.update() for _ in range(4)))
+        if wanted and session_id:
+            try:
+                opened = open_conversation(served.conversations, fresh, wanted)
+            except (NotFoundError, InvalidError):  # not this session's, deleted, or garbage
+                gr.Warning(strings.CONVERSATION_NOT_FOUND)
+        chat_view, current, title_update, _, persona_update, custom_update = opened
         return (
-            fresh,
+            current,
             gr.Dropdown(choices=choices, value=served.answers.default_model()),
-            history_update(served.conversations, fresh),
+            history_update(served.conversations, current),
+            chat_view,
+            title_update,
+            persona_update,
+            custom_update,
+            current.conversation_id or "",
         )
 
-    return OnLoad(on_load, [], [state, model, history])
+    return OnLoad(
+        on_load,
+        [conversation_ref],
+        [state, model, history, chatbot, title, persona, custom_persona, conversation_ref],
+        js=CONVERSATION_IN_URL,
+    )

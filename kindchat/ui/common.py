@@ -36,6 +36,7 @@ class OnLoad:
     outputs: list[Any]
     on_open: bool = True
     on_select: bool = False
+    js: str | None = None  # run in the browser first, on the inputs (e.g. to read the URL)
 
 
 def safe(text: str) -> str:

@@ -92,13 +92,23 @@ def test_history_edit_share_delete(serve: Any, new_session: Any) -> None:
         assert page.status_code == 200 and "가족이랑 볼 영화 추천해 줘" in page.text
         assert "읽기 전용" in page.text and FIRST not in page.text  # the current branch only
         assert httpx.get(f"{url}/v1/shared/{link['token']}").json()["title"] == "영화 이야기"
+        # A link is a snapshot: what is said after sharing never shows there.
+        shown = httpx.get(f"{url}/v1/shared/{link['token']}").json()
+        later = [*history, {"role": "assistant", "content": "..."}]
+        later += [{"role": "user", "content": "공유한 뒤에 한 말"}]
+        chat(url, s1, "", messages=later, conversation_id=cid)
+        assert "공유한 뒤에 한 말" in str(
+            httpx.get(f"{url}/v1/conversations/{cid}", params={"user": s1}).json()
+        )
+        assert httpx.get(f"{url}/v1/shared/{link['token']}").json() == shown
+        assert "공유한 뒤에 한 말" not in httpx.get(link["url"]).text
 
         # Soft delete: gone from the history and the link, kept as data; forget: gone.
         gone = httpx.delete(f"{url}/v1/conversations/{cid}", params={"user": s1})
         assert gone.status_code == 204
         assert httpx.get(f"{url}/v1/conversations", params={"user": s1}).json() == []
         assert httpx.get(link["url"]).status_code == 404
-        assert len(stored_messages(settings, cid)) == 6
+        assert len(stored_messages(settings, cid)) == 8  # the turn said after sharing included
         third = chat(url, s1, "잊어 줘")
         forgotten = httpx.delete(
             f"{url}/v1/conversations/{third['conversation_id']}",
@@ -255,3 +265,56 @@ def test_arena_battle_on_a_harmful_prompt_is_refused_and_voided(
         assert vote["void_reason"] == "flagged:violence"
         with session_scope(init_db(server.settings)) as session:
             assert statistics.battle_outcomes(session=session) == []
+
+
+def test_a_deleted_conversation_no_longer_trains_and_can_come_back(
+    serve: Any, tmp_path: Path, new_session: Any
+) -> None:
+    with serve() as server:
+        url, settings = server.url, server.settings
+        s1 = new_session(url)
+        kept = chat(url, s1, "남길 대화예요", min_tokens=8)
+        dropped = chat(url, s1, "지울 대화예요", min_tokens=8)
+        for reply in (kept, dropped):
+            rated = httpx.post(
+                f"{url}/v1/feedback",
+                json={"message_id": reply["id"], "rating": 1},
+                headers={"Authorization": f"Bearer {s1}"},
+            )
+            assert rated.status_code == 200
+        gone = httpx.delete(
+            f"{url}/v1/conversations/{dropped['conversation_id']}", params={"user": s1}
+        )
+        assert gone.status_code == 204
+
+        def export(name: str) -> tuple[str, dict[str, int]]:
+            out = tmp_path / name
+            with session_scope(init_db(settings)) as session:
+                report = export_reward_data(
+                    session=session,
+                    data_dir=settings.data_dir,
+                    out_dir=out,
+                    config=ExportConfig(test_fraction=0.0, include_seed=False, min_answer_chars=0),
+                )
+            return (out / "unpaired.json").read_text(), dict(report.dropped)
+
+        exported, dropped_counts = export("after-delete")
+        assert "남길 대화예요" in exported and "지울 대화예요" not in exported
+        assert dropped_counts["deleted"] == 1
+        assert len(stored_messages(settings, dropped["conversation_id"])) == 2  # still stored
+
+        def restore(conversation_id: str, token: str) -> httpx.Response:
+            return httpx.post(
+                f"{url}/v1/conversations/{conversation_id}/restore",
+                json={},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+
+        assert (
+            restore(dropped["conversation_id"], new_session(url)).status_code == 404
+        )  # not theirs
+        assert restore(dropped["conversation_id"], s1).status_code == 204
+        listed = httpx.get(f"{url}/v1/conversations", params={"user": s1}).json()
+        assert {c["title"] for c in listed} == {"남길 대화예요", "지울 대화예요"}
+        assert "지울 대화예요" in export("after-undo")[0]
+        assert restore(kept["conversation_id"], s1).status_code == 404  # not deleted

@@ -307,3 +307,105 @@ def test_on_a_phone_the_input_is_on_the_first_screen(
         screenshot(page, "phone-first-screen")
     finally:
         context.close()
+
+
+def test_delete_asks_once_says_it_no_longer_trains_and_can_be_undone(
+    page: Any, ui_db: Engine, wait_for: Callable[..., None]
+) -> None:
+    question = "지웠다가 되살릴 대화"
+    send_chat(page, question)
+    settled(page)
+    wait_for(lambda: conversation_of(ui_db, question) is not None, what="the stored chat")
+    conversation = conversation_of(ui_db, question)
+    assert conversation is not None
+    page.locator("#chat-manage").click()
+    page.locator("#chat-delete").click()
+    ask = page.locator("#chat-delete-yes")
+    ask.wait_for()
+    assert "학습에도 쓰이지 않아요" in page.locator("#chat-manage").inner_text()
+    page.locator("#chat-delete-no").click()  # cancel: nothing happens
+    ask.wait_for(state="hidden")
+    assert page.locator(USERS).count() == 1
+
+    page.locator("#chat-delete").click()
+    ask.click()
+    page.get_by_text(strings.DELETED).first.wait_for()
+    history = page.locator("#chat-history")
+    wait_for(lambda: history.get_by_text(question).count() == 0, what="gone from the history")
+
+    def deleted_at() -> object:
+        with session_scope(ui_db) as session:
+            row = session.get(type(conversation), conversation.id)
+            return row.deleted_at if row is not None else "forgotten"
+
+    wait_for(lambda: deleted_at() is not None, what="the delete stored")
+    page.locator("#chat-undo").click()
+    wait_for(lambda: deleted_at() is None, what="the delete undone")
+    wait_for(lambda: history.get_by_text(question).count() == 1, what="back in the history")
+    assert page.locator(USERS).first.inner_text().strip() == question  # and open again
+
+
+def test_a_conversation_has_its_own_url_that_reload_opens(
+    page: Any, browser: Any, ui_server: Any, ui_db: Engine, wait_for: Callable[..., None]
+) -> None:
+    question = "주소로 다시 열 대화"
+    send_chat(page, question)
+    settled(page)
+    wait_for(lambda: conversation_of(ui_db, question) is not None, what="the stored chat")
+    conversation = conversation_of(ui_db, question)
+    assert conversation is not None
+    wait_for(lambda: f"c={conversation.id}" in page.url, what="the conversation in the URL")
+
+    page.reload()
+    wait_for(
+        lambda: (
+            page.locator(USERS).count() == 1
+            and page.locator(USERS).first.inner_text().strip() == question
+        ),
+        what="the conversation reopened by the reload",
+    )
+    page.wait_for_timeout(2_000)  # the page's opening events (every tab's) have run
+    page.locator("#chat-new").click()
+    page.wait_for_function("sel => !document.querySelectorAll(sel).length", arg=USERS)
+    wait_for(lambda: "c=" not in page.evaluate("window.location.search"), what="a new chat's URL")
+
+    stranger = browser.new_context(locale="ko-KR")  # another session: the id opens nothing
+    try:
+        other = stranger.new_page()
+        other.goto(f"{ui_server.url}/?c={conversation.id}")
+        other.get_by_text(strings.CONVERSATION_NOT_FOUND).first.wait_for()
+        assert other.locator(USERS).count() == 0
+        assert question not in other.content()
+    finally:
+        stranger.close()
+
+
+def test_an_edit_is_sent_with_enter_from_a_box_as_wide_as_the_chat(
+    page: Any, ui_db: Engine, wait_for: Callable[..., None]
+) -> None:
+    from .test_chat_features import EDIT  # type: ignore[import-not-found]
+
+    send_chat(page, "강릉 맛집 알려줘")
+    settled(page)
+    page.locator(USERS).first.hover()
+    page.locator("#chat-bot").locator(EDIT).first.click()
+    box = page.locator("#chat-bot textarea.edit-textarea")
+    box.wait_for()
+    width, chat_width = (
+        box.bounding_box()["width"],
+        page.locator("#chat-bot").bounding_box()["width"],
+    )
+    assert width >= 0.5 * chat_width, (width, chat_width)
+    box.fill("속초 맛집 알려줘")
+    box.press("Shift+Enter")  # a line break stays in the box
+    assert box.input_value().endswith("\n")
+    box.press("Backspace")
+    box.press("Enter")  # sends
+    settled(page)
+    wait_for(
+        lambda: page.locator(USERS).first.inner_text().strip() == "속초 맛집 알려줘",
+        what="the edit sent by Enter",
+    )
+    wait_for(lambda: conversation_of(ui_db, "속초 맛집 알려줘") is not None, what="stored")
+    edits = messages_where(ui_db, Message.role == "user", Message.content.startswith("속초"))
+    assert [m.content for m in edits] == ["속초 맛집 알려줘"]  # no stray newline saved

@@ -150,8 +150,21 @@ def delete_conversation(
     user: Session = None,
     forget: bool = False,
 ) -> None:
-    """Hide it from the history (still training data); `forget=true`: remove it for good."""
+    """Delete it: out of the history, its share link and training, restorable
+    (`POST …/restore`) until retention removes it; `forget=true`: removed for good at once."""
     conversations.delete(conversation_id, own(request, gate, user), forget)
+
+
+@router.post("/conversations/{conversation_id}/restore", status_code=204)
+def restore_conversation(
+    conversation_id: str,
+    body: Share,
+    request: Request,
+    conversations: ConversationsDep,
+    gate: GateDep,
+) -> None:
+    """Undo a delete of the caller's (404 for a forgotten one, or another session's)."""
+    conversations.restore(conversation_id, own(request, gate, body.user))
 
 
 @router.post("/conversations/{conversation_id}/share")

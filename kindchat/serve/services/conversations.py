@@ -65,6 +65,13 @@ class ConversationService:
                 forget=forget,
             )
 
+    def restore(self, conversation_id: str, session_id: str) -> None:
+        """Undo a delete of this session's (a forgotten conversation is gone)."""
+        with session_scope(self.db) as session:
+            store.restore_conversation(
+                session=session, conversation_id=conversation_id, session_id=session_id
+            )
+
     def share(self, conversation_id: str, session_id: str) -> str:
         """The conversation's read-only link token."""
         with session_scope(self.db) as session:
