@@ -34,6 +34,15 @@ def chat(url: str, user: str, content: str, **extra: Any) -> dict[str, Any]:
     return response.json()
 
 
+def rate(url: str, token: str, message_id: str, value: int) -> None:
+    rated = httpx.post(
+        f"{url}/v1/feedback",
+        json={"message_id": message_id, "rating": value},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert rated.status_code == 200, rated.text
+
+
 def stored_messages(settings: Any, conversation_id: str) -> list[Message]:
     with session_scope(init_db(settings)) as session:
         return list(
@@ -129,12 +138,7 @@ def test_harmful_message_is_refused_flagged_and_never_exported(
         assert "도와드릴 수 없어요" in refused["choices"][0]["message"]["content"]
         fine = chat(url, s1, "안녕하세요", min_tokens=8)  # never too short to export
         for reply, value in ((refused, -1), (fine, 1)):
-            rated = httpx.post(
-                f"{url}/v1/feedback",
-                json={"message_id": reply["id"], "rating": value},
-                headers={"Authorization": f"Bearer {s1}"},
-            )
-            assert rated.status_code == 200
+            rate(url, s1, reply["id"], value)
         rows = stored_messages(settings, refused["conversation_id"])
         assert [(m.role, m.flagged) for m in rows] == [("user", True), ("assistant", True)]
         assert rows[0].flag_reason == "lexicon:violence"
@@ -276,12 +280,7 @@ def test_a_deleted_conversation_no_longer_trains_and_can_come_back(
         kept = chat(url, s1, "남길 대화예요", min_tokens=8)
         dropped = chat(url, s1, "지울 대화예요", min_tokens=8)
         for reply in (kept, dropped):
-            rated = httpx.post(
-                f"{url}/v1/feedback",
-                json={"message_id": reply["id"], "rating": 1},
-                headers={"Authorization": f"Bearer {s1}"},
-            )
-            assert rated.status_code == 200
+            rate(url, s1, reply["id"], 1)
         gone = httpx.delete(
             f"{url}/v1/conversations/{dropped['conversation_id']}", params={"user": s1}
         )
