@@ -56,8 +56,9 @@ def bootstrap(
         ),
     ] = None,
     nice: Annotated[
-        int, typer.Option(min=0, max=19, help="Lower this process's priority by N after --first.")
-    ] = 0,
+        int | None,
+        typer.Option(min=0, max=19, help="Lower this process's priority by N after --first."),
+    ] = None,
 ) -> None:
     """Train the embedded models from the seed data: tokenizer, base LM, SFT, RM, gold RM, PPO."""
     import os
