@@ -59,10 +59,20 @@ uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="warnin
             proxy_headers=False)
 """
 
-SAMPLING: dict[str, dict[str, object]] = {
-    "product": {"top_p": 0.95, "repetition_penalty": 1.1},  # kindchat's defaults
-    "plain": {"top_p": 1.0, "repetition_penalty": 1.0},
-}
+SAMPLINGS = ("product", "plain")  # kindchat's default sampling, or plain temperature sampling
+
+
+def sampling_fields(name: str) -> dict[str, object]:
+    """What kindchat and vLLM are both asked to sample with, besides the temperature."""
+    if name == "plain":
+        return {"top_p": 1.0, "repetition_penalty": 1.0}
+    from kindchat.models.generation import DEFAULT_SAMPLING  # lazy, as in prepare_model
+
+    return {
+        "top_p": DEFAULT_SAMPLING.top_p,
+        "repetition_penalty": DEFAULT_SAMPLING.repetition_penalty,
+    }
+
 
 PROMPTS = [
     "안녕하세요, 오늘 기분이 어때요?",
@@ -314,7 +324,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of every server.")
     parser.add_argument(
         "--sampling",
-        choices=tuple(SAMPLING),
+        choices=SAMPLINGS,
         default="product",
         help="What kindchat and vLLM are asked to sample with (temperature 0.7 in both): "
         "product = kindchat's defaults (top-p 0.95, repetition penalty 1.1), plain = neither.",
@@ -369,8 +379,7 @@ def main() -> None:
     # or its own defaults (repetition penalty 1.1, top-p 0.95), which cost vLLM on CPU about
     # twice the work per token of plain temperature sampling; a comparison that lets them
     # differ measures the sampling, not the layer.
-    sampling = SAMPLING[args.sampling]
-    exact = {"min_tokens": "max_tokens", **sampling}
+    exact = {"min_tokens": "max_tokens", **sampling_fields(args.sampling)}
     plan = [
         ("kindchat", kindchat(args.clients), "/healthz", kc_model, args.clients, exact),
         ("kindchat one at a time", kindchat(1), "/healthz", kc_model, 1, exact),

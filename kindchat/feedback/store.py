@@ -125,12 +125,15 @@ def owned_conversation(
     return to_public(ConversationPublic, _owned(session, conversation_id, session_id))
 
 
-def _owned(session: Session, conversation_id: str, session_id: str | None) -> Conversation:
-    """The conversation if `session_id` started it and did not delete it; else 404 (the same
-    answer whether it does not exist or is someone else's)."""
+def _owned(
+    session: Session, conversation_id: str, session_id: str | None, *, deleted: bool = False
+) -> Conversation:
+    """The conversation if `session_id` started it and did not delete it (`deleted`: and did
+    delete it); else 404 (the same answer whether it does not exist or is someone else's)."""
     row = session.get(Conversation, conversation_id)
-    if row is None or row.session_id != session_id or row.deleted_at is not None:
-        raise UnknownIdError("conversation", conversation_id, field="conversation_id")
+    if row is None or row.session_id != session_id or (row.deleted_at is not None) != deleted:
+        what = "deleted conversation" if deleted else "conversation"
+        raise UnknownIdError(what, conversation_id, field="conversation_id")
     return row
 
 
@@ -206,9 +209,7 @@ def delete_conversation(
 
 def restore_conversation(*, session: Session, conversation_id: str, session_id: str) -> None:
     """Undo a delete (not a forget): the conversation is back in its session's history."""
-    row = session.get(Conversation, conversation_id)
-    if row is None or row.session_id != session_id or row.deleted_at is None:
-        raise UnknownIdError("deleted conversation", conversation_id, field="conversation_id")
+    row = _owned(session, conversation_id, session_id, deleted=True)
     row.deleted_at = None
     session.add(row)
     session.flush()
