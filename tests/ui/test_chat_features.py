@@ -97,12 +97,17 @@ def test_edit_and_resend_keeps_both_branches(
     box = page.locator("#chat-bot textarea.edit-textarea")
     box.fill("제주 여행 코스 알려줘")
     page.locator("#chat-bot").locator(SUBMIT).first.click()
-    settled(page)
+    # The edited message shows first and its answer a moment later: wait for both, then for
+    # the answer's end (the stop button shows only once the stream has begun)
     wait_for(
-        lambda: page.locator(USERS).first.inner_text().strip() == "제주 여행 코스 알려줘",
-        what="the edited message on screen",
+        lambda: (
+            page.locator(USERS).first.inner_text().strip() == "제주 여행 코스 알려줘"
+            and page.locator(BOTS).count() == 1
+        ),
+        what="the edited message and its new answer on screen",
     )
-    assert page.locator(BOTS).count() == 1
+    settled(page)
+    assert page.locator(USERS).count() == 1 and page.locator(BOTS).count() == 1
 
     def branches() -> list[Message]:
         conversation = conversation_of(ui_db, "부산 여행 코스 알려줘")
