@@ -166,6 +166,15 @@ class MessageBase(SQLModel):
             "edits (same conversation, same context; the old branch stays stored)."
         ),
     )
+    follows_id: str | None = Field(
+        default=None,
+        foreign_key="messages.id",
+        max_length=ID_LENGTH,
+        description=(
+            "The message this one follows when that is not the conversation's latest branch "
+            "(a new turn after going back to an older branch, ‹1/2›)."
+        ),
+    )
     session_id: str | None = Field(default=None, max_length=NAME_LENGTH, index=True)
     flagged: bool = Field(default=False, index=True, description="Moderation flagged it.")
     flag_reason: str | None = Field(default=None, max_length=NAME_LENGTH)

@@ -37,8 +37,9 @@ import logging
 import secrets
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import delete, func, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -180,6 +181,18 @@ def conversation_thread(
     return [to_public(MessagePublic, m) for m in thread_members(rows)[1]]
 
 
+def conversation_branches(
+    *, session: Session, conversation_id: str, through: str | None = None
+) -> list[Branched[MessagePublic]]:
+    """The conversation's thread to show (:func:`branch_view`): the latest branch, or the
+    latest one through message `through`, with each message's place among its siblings."""
+    rows = session.exec(select(Message).where(Message.conversation_id == conversation_id)).all()
+    return [
+        Branched(to_public(MessagePublic, b.message), b.index, b.count)
+        for b in branch_view(rows, through)
+    ]
+
+
 def rename_conversation(
     *, session: Session, conversation_id: str, session_id: str, title: str
 ) -> ConversationPublic:
@@ -234,6 +247,7 @@ def remove_conversations(*, session: Session, conversation_ids: Sequence[str]) -
             ("ratings", delete(Rating).where(col(Rating.message_id).in_(ids))),
             # links within the conversations, and from regenerations elsewhere pointing here
             ("", update(Message).where(col(Message.parent_id).in_(ids)).values(parent_id=None)),
+            ("", update(Message).where(col(Message.follows_id).in_(ids)).values(follows_id=None)),
             ("messages", delete(Message).where(col(Message.conversation_id).in_(chunk))),
             ("conversations", delete(Conversation).where(col(Conversation.id).in_(chunk))),
         )  # fmt: skip
@@ -308,6 +322,7 @@ def record_message(
     message_id: str | None = None,
     flag_reason: str | None = None,
     finish_reason: str | None = None,
+    follows_id: str | None = None,
 ) -> MessagePublic:
     """Append a message to a conversation and return it (its `id` can be the completion id).
 
@@ -320,6 +335,9 @@ def record_message(
     caller choose the id (e.g. an OpenAI-style `chatcmpl-…`); a new uuid4 hex is made otherwise.
     `flag_reason` marks the message flagged by moderation (never training data);
     `finish_reason` records how an answer ended (`stop_by_user` when the user stopped it).
+    `follows_id` names the message of this conversation that this one follows, for a turn on a
+    branch that is not the latest (the user went back with ‹1/2›); without it a message
+    follows the latest branch.
 
     Raises UnknownIdError (conversation or parent unknown), InvalidValueError (bad role, empty
     user message, negative counts, parent or message not an assistant message, …),
@@ -344,6 +362,12 @@ def record_message(
                 field="parent_id",
             )
         _check_parent_owner(session, conversation, parent)
+    if follows_id is not None:
+        follows = get_row(session, Message, follows_id, "message", "follows_id")
+        if follows.conversation_id != conversation_id:
+            raise InvalidValueError(
+                "follows_id must name a message of the same conversation", field="follows_id"
+            )
     row = Message(
         conversation_id=conversation_id,
         role=role,
@@ -356,6 +380,7 @@ def record_message(
         prompt_tokens=check_count(prompt_tokens, "prompt_tokens"),
         completion_tokens=check_count(completion_tokens, "completion_tokens"),
         parent_id=parent_id,
+        follows_id=follows_id,
         flagged=flag_reason is not None,
         flag_reason=check_optional_str(flag_reason, "flag_reason"),
         finish_reason=check_optional_str(finish_reason, "finish_reason", max_len=32),
@@ -424,19 +449,59 @@ def thread_members(
     """For each message of ONE conversation, the messages it follows; and the thread as it
     stands after the last message (the latest branch). See :func:`thread_contexts`."""
     ordered = sorted(messages, key=lambda m: (m.created_at, m.id))
+    by_id = {m.id: m for m in ordered}
     thread: list[M] = []
     members: dict[str, list[M]] = {}
     for message in ordered:
-        slot: int | None = None
-        if message.parent_id is not None:
-            slot = next((i for i, m in enumerate(thread) if m.id == message.parent_id), None)
+        follows = getattr(message, "follows_id", None)
+        if message.parent_id is not None and message.parent_id in members:
+            thread = list(members[message.parent_id])  # a replacement: its original's context
+        elif follows is not None and follows in members:
+            thread = [*members[follows], by_id[follows]]  # a turn on an earlier branch
         elif message.role == "assistant" and thread and thread[-1].role == "assistant":
-            slot = len(thread) - 1
-        if slot is not None:
-            thread = thread[:slot]
+            thread = thread[:-1]
         members[message.id] = list(thread)
         thread.append(message)
     return members, thread
+
+
+@dataclass(frozen=True)
+class Branched(Generic[M]):
+    """A message of the thread on screen, and its place among its siblings (‹k/n›): the
+    messages that answer or edit the same context (regenerations, edits)."""
+
+    message: M
+    index: int  # 1-based
+    count: int
+
+
+def branch_view(messages: Sequence[M], through: str | None = None) -> list[Branched[M]]:
+    """The thread to show of ONE conversation's messages: the latest branch, or, `through` a
+    message, the latest branch that passes through it (what going to ‹k/n› shows); each
+    message with its place among its siblings. Raises UnknownIdError for an unknown
+    `through`."""
+    members, thread = thread_members(messages)
+    by_id = {m.id: m for m in messages}
+    if through is not None:
+        if through not in by_id:
+            raise UnknownIdError("message", through, field="message_id")
+        chosen = [m.id for m in members[through]] + [through]
+        below = [  # the messages of the branches through it, itself first
+            m
+            for m in sorted(messages, key=lambda m: (m.created_at, m.id))
+            if ([x.id for x in members[m.id]] + [m.id])[: len(chosen)] == chosen
+        ]
+        last = below[-1]
+        thread = [*members[last.id], last]
+    siblings: dict[tuple[tuple[str, ...], str], list[str]] = {}
+    for m in sorted(messages, key=lambda m: (m.created_at, m.id)):
+        key = (tuple(x.id for x in members[m.id]), m.role)
+        siblings.setdefault(key, []).append(m.id)
+    shown: list[Branched[M]] = []
+    for m in thread:
+        group = siblings[(tuple(x.id for x in members[m.id]), m.role)]
+        shown.append(Branched(m, group.index(m.id) + 1, len(group)))
+    return shown
 
 
 def thread_contexts(messages: Sequence[Message | MessagePublic]) -> dict[str, list[dict[str, str]]]:

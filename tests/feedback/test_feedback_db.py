@@ -51,7 +51,7 @@ def test_migrates_an_empty_database_to_head(fb_settings: Settings) -> None:
     assert not db_file.exists()
     engine = init_db(fb_settings)
     assert db_file.is_file() == (fb_settings.db_url is None)  # PostgreSQL: nothing on disk
-    assert current_revision(engine) == head_revision() == "0007"
+    assert current_revision(engine) == head_revision() == "0008"
     assert set(inspect(engine).get_table_names()) == TABLES
     uniques = inspect(engine).get_unique_constraints("ratings")
     assert [u["column_names"] for u in uniques] == [["message_id", "session_id"]]
@@ -193,7 +193,7 @@ def test_migration_0005_turns_stored_challenges_into_records(fb_settings: Settin
             ],
         )
     migrate(engine)
-    assert current_revision(engine) == "0007"
+    assert current_revision(engine) == "0008"
     with session_scope(engine) as session:
         found = {c.run_id: c for c in challenges.list_challenges(session=session)}
         now = challenges.get_open(session=session)

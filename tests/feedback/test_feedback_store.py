@@ -208,6 +208,62 @@ def test_regeneration_answers_the_parents_context(db: Session) -> None:
     assert a1.id != a2.id
 
 
+def test_branches_go_back_and_continue_where_the_user_chose(db: Session) -> None:
+    """‹k/n›: regenerations and edits are siblings; going back to an older branch shows the
+    latest turns under it, and a turn added there trains on that branch's context."""
+    conv = store.create_conversation(session=db)
+    add = lambda role, content, **kw: store.record_message(  # noqa: E731
+        session=db, conversation_id=conv.id, role=role, content=content, **kw
+    )
+    u1 = add("user", "부산 여행 코스")
+    a1 = add("assistant", "해운대부터 가요")
+    u2 = add("user", "맛집도", follows_id=a1.id)
+    a2 = add("assistant", "돼지국밥이요", follows_id=u2.id)
+    r1 = add("assistant", "광안리부터 가요", parent_id=a1.id)  # regenerated: 2/2
+    e1 = add("user", "제주 여행 코스", parent_id=u1.id)  # edited: a branch of its own
+    b1 = add("assistant", "성산일출봉이요", follows_id=e1.id)
+
+    def shown(through: str | None = None) -> list[tuple[str, int, int]]:
+        view = store.conversation_branches(session=db, conversation_id=conv.id, through=through)
+        return [(b.message.content, b.index, b.count) for b in view]
+
+    assert shown() == [("제주 여행 코스", 2, 2), ("성산일출봉이요", 1, 1)]
+    # back to the first question: its latest branch is the regenerated answer
+    assert shown(u1.id) == [("부산 여행 코스", 1, 2), ("광안리부터 가요", 2, 2)]
+    # back to the first answer: the turns that followed it come back
+    assert shown(a1.id) == [
+        ("부산 여행 코스", 1, 2),
+        ("해운대부터 가요", 1, 2),
+        ("맛집도", 1, 1),
+        ("돼지국밥이요", 1, 1),
+    ]
+    # a turn on that older branch follows it (what the export trains on), not the latest one
+    u3 = add("user", "숙소는?", follows_id=a2.id)
+    assert store.message_context(session=db, message_id=u3.id)[-1]["content"] == "돼지국밥이요"
+    assert [c for c, _, _ in shown()][-1] == "숙소는?"
+    # a regeneration on an older branch answers its own context, not the latest branch's
+    r2 = add("assistant", "밀면이요", parent_id=a2.id)
+    assert [m["content"] for m in store.message_context(session=db, message_id=r2.id)] == [
+        "부산 여행 코스",
+        "해운대부터 가요",
+        "맛집도",
+    ]
+    assert shown() == [
+        ("부산 여행 코스", 1, 2),
+        ("해운대부터 가요", 1, 2),
+        ("맛집도", 1, 1),
+        ("밀면이요", 2, 2),
+    ]
+    assert {r1.id, b1.id} <= {m.id for m in store.list_messages(session=db, limit=50)}
+    with pytest.raises(FeedbackError):
+        store.conversation_branches(session=db, conversation_id=conv.id, through="nope")
+    other = store.create_conversation(session=db)
+    with pytest.raises(InvalidValueError):
+        store.record_message(
+            session=db, conversation_id=other.id, role="user", content="x", follows_id=a1.id
+        )
+
+
 def test_stats_count_per_version_and_day_thumbs_and_votes(db: Session) -> None:
     conv_id, a = _exchange(db, version="v1")
     b = store.record_message(

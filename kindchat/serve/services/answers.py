@@ -68,6 +68,7 @@ class AnswerRequest:
     conversation_id: str | None = None  # continue this stored conversation (else a new one)
     edit_of: str | None = None  # the stored user message the last message edits (a branch)
     user_message_id: str | None = None  # the id to store the last message under (continuing)
+    follows: str | None = None  # the stored message the last message follows (its branch)
 
 
 STOP_BY_USER = "stop_by_user"  # an answer the user stopped (or left) before it ended
@@ -382,6 +383,7 @@ class AnswerService:
             prompt_tokens=answer.prompt_tokens,
             completion_tokens=answer.completion_tokens,
             parent_id=request.regenerate,
+            follows_id=None if request.regenerate else answer.user_message_id,
             message_id=answer.id,
             flag_reason=flag,
             finish_reason=answer.finish_reason,
@@ -434,6 +436,7 @@ def record_turn(session: Session, answer: Answer) -> str:
         content=request.messages[-1]["content"],
         session_id=request.session_id,
         parent_id=request.edit_of,
+        follows_id=None if request.edit_of else request.follows,
         flag_reason=answer.flag.reason if answer.flag is not None else None,
         message_id=request.user_message_id,
     ).id

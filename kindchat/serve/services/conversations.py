@@ -42,6 +42,20 @@ class ConversationService:
                 session=session, conversation_id=conversation_id
             )
 
+    def branches(
+        self, conversation_id: str, session_id: str, through: str | None = None
+    ) -> tuple[ConversationPublic, list[store.Branched[MessagePublic]]]:
+        """A conversation of `session_id` as the chat shows it: its latest branch, or the
+        latest one through message `through` (‹k/n›), each message with its place among its
+        siblings."""
+        with session_scope(self.db) as session:
+            conversation = store.owned_conversation(
+                session=session, conversation_id=conversation_id, session_id=session_id
+            )
+            return conversation, store.conversation_branches(
+                session=session, conversation_id=conversation_id, through=through
+            )
+
     def ratings(self, session_id: str, message_ids: list[str]) -> dict[str, int]:
         """The ratings `session_id` gave these messages (message id -> +1/-1): what a reopened
         conversation shows on its 👍/👎."""
