@@ -188,7 +188,7 @@ def conversation_branches(
     latest one through message `through`, with each message's place among its siblings."""
     rows = session.exec(select(Message).where(Message.conversation_id == conversation_id)).all()
     return [
-        Branched(to_public(MessagePublic, b.message), b.index, b.count)
+        Branched(to_public(MessagePublic, b.message), b.siblings)
         for b in branch_view(rows, through)
     ]
 
@@ -471,8 +471,16 @@ class Branched(Generic[M]):
     messages that answer or edit the same context (regenerations, edits)."""
 
     message: M
-    index: int  # 1-based
-    count: int
+    siblings: tuple[str, ...]  # the ids of it and its siblings, oldest first
+
+    @property
+    def index(self) -> int:
+        """Its place among its siblings, 1-based (the k of ‹k/n›)."""
+        return self.siblings.index(self.message.id) + 1
+
+    @property
+    def count(self) -> int:
+        return len(self.siblings)
 
 
 def branch_view(messages: Sequence[M], through: str | None = None) -> list[Branched[M]]:
@@ -500,7 +508,7 @@ def branch_view(messages: Sequence[M], through: str | None = None) -> list[Branc
     shown: list[Branched[M]] = []
     for m in thread:
         group = siblings[(tuple(x.id for x in members[m.id]), m.role)]
-        shown.append(Branched(m, group.index(m.id) + 1, len(group)))
+        shown.append(Branched(m, tuple(group)))
     return shown
 
 

@@ -80,6 +80,14 @@ class ChatCompletionRequest(BaseModel):
         max_length=64,
         description="With conversation_id: the stored user message the last message edits.",
     )
+    follows: str | None = Field(
+        None,
+        max_length=64,
+        description=(
+            "With conversation_id: the stored message the last message follows, when that is "
+            "not the latest branch (the user went back to an earlier version, ‹1/2›)."
+        ),
+    )
 
     @field_validator("stop")
     @classmethod

@@ -53,6 +53,12 @@ CSS = """
 #chat-bot .message-content, #arena-a .message-content, #arena-b .message-content { font-size: 15px; }
 #admin-actions { padding: 8px; }
 #chat-error { color: var(--error-text-color, #b91c1c); }
+/* ‹k/n› between the versions of a message (regenerated answers, edited questions) */
+#chat-bot .kc-branch { display: inline-flex; align-items: center; gap: 2px; margin-right: 4px;
+  font-size: 13px; color: var(--block-label-text-color); user-select: none; }
+#chat-bot .kc-branch-arrow { min-width: 24px; padding: 0 6px; border-radius: 6px; font-size: 16px; }
+#chat-bot .kc-branch-arrow:hover:not(:disabled) { background: var(--block-background-fill); }
+#chat-bot .kc-branch-arrow:disabled { opacity: 0.35; cursor: default; }
 /* the edit box of a sent message as wide as the message column */
 #chat-bot .message-wrap textarea.edit-textarea { width: 100% !important; min-width: min(36rem, 80vw); }
 /* On a phone the conversation and its input come first, on the first screen; the history and
@@ -71,7 +77,8 @@ HEAD = """
 <script>
 (() => {
   document.documentElement.lang = "ko";
-  const [labels, pressed] = %s;
+  const [labels, english, branchWords] = %s;
+  const visible = (el) => el && el.offsetParent !== null;
   const label = () => {
     for (const [id, text] of Object.entries(labels)) {
       const button = document.querySelector(`#${id}`);
@@ -79,18 +86,72 @@ HEAD = """
         button.setAttribute("aria-label", text);
       }
     }
-    // Gradio names a pressed thumb in English ("Liked", "Disliked")
-    for (const [english, korean] of Object.entries(pressed)) {
-      for (const button of document.querySelectorAll(`button[aria-label="${english}"]`)) {
+    // Gradio's words its Korean leaves in English ("Liked", "Copy message", …)
+    for (const [word, korean] of Object.entries(english)) {
+      for (const button of document.querySelectorAll(`button[aria-label="${word}"]`)) {
         button.setAttribute("aria-label", korean);
-        if (button.title === english) button.title = korean;
+        if (button.title === word) button.title = korean;
       }
     }
   };
-  new MutationObserver(label).observe(document.documentElement, {
-    childList: true, subtree: true, attributes: true, attributeFilter: ["aria-label"],
+  // ‹k/n› next to the buttons of each message that has other versions. The server names
+  // them in the chatbot's classes (kcb-<turn>-<k>-<n>); a click writes "<turn>:<-1|1>" into
+  // the page's hidden box and presses its hidden button. None while an answer streams.
+  const pick = (turn, step) => {
+    const box = document.querySelector("#chat-branch-pick textarea, #chat-branch-pick input");
+    const go = document.querySelector("#chat-branch-go");
+    if (!box || !go) return;
+    box.value = `${turn}:${step}:${Date.now()}`;
+    box.dispatchEvent(new Event("input", { bubbles: true }));
+    setTimeout(() => go.click(), 0);
+  };
+  const arrow = (text, name, turn, step, off) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "kc-branch-arrow";
+    button.textContent = text;
+    button.setAttribute("aria-label", name);
+    button.title = name;
+    button.disabled = off;
+    button.addEventListener("click", (event) => { event.stopPropagation(); pick(turn, step); });
+    return button;
+  };
+  const branches = () => {
+    const bot = document.querySelector("#chat-bot");
+    if (!bot) return;
+    const marks = {};
+    for (const name of bot.classList) {
+      const m = /^kcb-(\d+)-(\d+)-(\d+)$/.exec(name);
+      if (m) marks[+m[1]] = [+m[2], +m[3]];
+    }
+    const streaming = visible(document.querySelector("#chat-stop"));
+    const rows = [...bot.querySelectorAll(".message-row")].filter(
+      (row) => row.querySelector('[data-testid="user"], [data-testid="bot"]'));
+    rows.forEach((row, turn) => {
+      const after = row.nextElementSibling;
+      const place = after && after.classList.contains("message-buttons")
+        ? after.querySelector(".icon-button-wrapper") || after : null;
+      const mark = streaming ? null : marks[turn];
+      const key = mark ? `${turn}:${mark[0]}/${mark[1]}` : "";
+      const old = place && place.querySelector(":scope > .kc-branch");
+      if ((old ? old.dataset.key : "") === key) return;
+      if (old) old.remove();
+      if (!mark || !place) return;
+      const [k, n] = mark;
+      const nav = document.createElement("span");
+      nav.className = "kc-branch";
+      nav.dataset.key = key;
+      const count = document.createElement("span");
+      count.textContent = `${k}/${n}`;
+      count.setAttribute("aria-label", branchWords.of.replace("{k}", k).replace("{n}", n));
+      nav.append(arrow("‹", branchWords.prev, turn, -1, k <= 1), count,
+                 arrow("›", branchWords.next, turn, 1, k >= n));
+      place.prepend(nav);
+    });
+  };
+  new MutationObserver(() => { label(); branches(); }).observe(document.documentElement, {
+    childList: true, subtree: true, attributes: true, attributeFilter: ["aria-label", "class"],
   });
-  const visible = (el) => el && el.offsetParent !== null;
   document.addEventListener("keydown", (event) => {
     const key = event.key.toLowerCase();
     // Editing a sent message: Enter sends the edit, Shift+Enter breaks the line
@@ -251,7 +312,11 @@ def mount_ui(app: FastAPI, page_checks: bool = True) -> FastAPI:
         theme=theme,
         css=CSS,
         footer_links=[],
-        head=HEAD % json.dumps([strings.ARIA_LABELS, strings.PRESSED_LABELS], ensure_ascii=False),
+        head=HEAD
+        % json.dumps(
+            [strings.ARIA_LABELS, strings.ENGLISH_LABELS, strings.BRANCH_LABELS],
+            ensure_ascii=False,
+        ),
         enable_monitoring=False,  # Gradio's /monitoring pages: operator data, off
     )
     mount = app.router.routes[-1]

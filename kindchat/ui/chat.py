@@ -15,7 +15,7 @@ from typing import Any
 import gradio as gr
 
 from kindchat.errors import InvalidError, NotFoundError
-from kindchat.feedback.models import new_id
+from kindchat.feedback.models import ConversationPublic, new_id
 from kindchat.models.backends.base import GenerationOptions
 from kindchat.serve.protocol import ChatMessage
 from kindchat.serve.routes.conversations import detail
@@ -68,7 +68,40 @@ FOCUS_BETTER_ANSWER = """() => {
 
 
 def chatbot_update(state: ChatSession) -> Any:
-    return gr.Chatbot(value=state.chatbot(), feedback_value=state.feedback())
+    return gr.Chatbot(
+        value=state.chatbot(),
+        feedback_value=state.feedback(),
+        elem_classes=state.branch_classes(),  # ‹k/n›, drawn by the page's script
+    )
+
+
+def stored_turns(
+    conversations: ConversationService,
+    session_id: str,
+    conversation_id: str,
+    through: str | None = None,
+) -> tuple[ConversationPublic, list[Turn]]:
+    """A stored conversation as the chat shows it: its latest branch, or the latest one through
+    message `through`; each turn with its other versions (‹k/n›) and this session's rating."""
+    conversation, shown = conversations.branches(conversation_id, session_id, through)
+    kept = [b for b in shown if b.message.role in ("user", "assistant")]
+    rated = conversations.ratings(
+        session_id, [b.message.id for b in kept if b.message.role == "assistant"]
+    )
+    turns = [
+        Turn(
+            role=b.message.role,  # type: ignore[arg-type]
+            content=b.message.content,
+            message_id=b.message.id,
+            model=b.message.model_version,
+            stopped=b.message.finish_reason == "stop_by_user",
+            rating=rated.get(b.message.id),
+            siblings=b.siblings,
+            cut=b.message.finish_reason == "length",
+        )
+        for b in kept
+    ]
+    return conversation, turns
 
 
 async def answer(
@@ -90,6 +123,7 @@ async def answer(
             *(ChatMessage(role=t.role, content=t.content) for t in context),
         ]
     )
+    follows: str | None = None
     if regenerate is None:
         if state.conversation_id is None:
             state.conversation_id = await run_blocking(
@@ -98,6 +132,8 @@ async def answer(
                 system_prompt=state.persona,
             )
         context[-1].message_id = context[-1].message_id or new_id()
+        if state.off_latest and len(context) > 1 and edit_of is None:
+            follows = context[-2].message_id  # the earlier branch on screen (‹k/n›)
     request = AnswerRequest(
         model=model or service.default_model(),
         messages=messages,
@@ -108,6 +144,7 @@ async def answer(
         conversation_id=None if regenerate else state.conversation_id,
         edit_of=edit_of,
         user_message_id=None if regenerate else context[-1].message_id,
+        follows=follows,
     )
     opened = await service.open(request)
     turn = Turn(role="assistant", content="", message_id=opened.id, model=opened.version)
@@ -115,6 +152,18 @@ async def answer(
     async for text in stream_text(service, opened):
         turn.content = text
         yield state
+    if state.conversation_id is not None:  # stored: the thread as stored, with its ‹k/n›
+        try:
+            _, state.turns = await run_blocking(
+                stored_turns,
+                conversations=services.conversations,
+                session_id=state.session_id,
+                conversation_id=state.conversation_id,
+                through=opened.id,
+            )
+            state.off_latest = False  # the newest message ends the latest branch
+        except Exception:  # the answer is on screen; its arrows come with the next reload
+            logger.exception("reading conversation %s back failed", state.conversation_id)
     yield state
 
 
@@ -284,22 +333,7 @@ def open_conversation(
     """Reopen a stored conversation where it was left (its latest branch)."""
     if not conversation_id or conversation_id == state.conversation_id:
         return chatbot_update(state), state, *(gr.update() for _ in range(4))
-    conversation, messages = conversations.get(conversation_id, state.session_id)
-    rated = conversations.ratings(
-        state.session_id, [m.id for m in messages if m.role == "assistant"]
-    )
-    turns = [
-        Turn(
-            role=m.role,  # type: ignore[arg-type]
-            content=m.content,
-            message_id=m.id,
-            model=m.model_version,
-            stopped=m.finish_reason == "stop_by_user",
-            rating=rated.get(m.id),
-        )
-        for m in messages
-        if m.role in ("user", "assistant")
-    ]
+    conversation, turns = stored_turns(conversations, state.session_id, conversation_id)
     opened = ChatSession(
         session_id=state.session_id,
         turns=turns,
@@ -315,6 +349,27 @@ def open_conversation(
         gr.update(value=choice),  # the persona follows the conversation
         gr.update(value=custom, visible=choice == personas.CUSTOM),
     )
+
+
+def switch_branch(conversations: ConversationService, state: ChatSession, pick: str) -> Update:
+    """‹ or › on a message with other versions (`pick`: "<turn>:<-1|1>"): the chat shows that
+    version and the latest turns that followed it."""
+    turn_text, _, step_text = pick.partition(":")
+    try:
+        index, step = int(turn_text), int(step_text.split(":")[0])
+    except ValueError:
+        return chatbot_update(state), state, gr.update()
+    turn = state.turns[index] if 0 <= index < len(state.turns) else None
+    place = turn.branch() if turn is not None else None
+    if turn is None or place is None or state.conversation_id is None or step not in (-1, 1):
+        return chatbot_update(state), state, gr.update()
+    target = turn.siblings[min(max(place[0] - 1 + step, 0), place[1] - 1)]
+    _, state.turns = stored_turns(
+        conversations, state.session_id, state.conversation_id, through=target
+    )
+    state.awaiting_reason = None
+    state.off_latest = True
+    return chatbot_update(state), state, gr.update(visible=False)
 
 
 def export_path(conversations: ConversationService, state: ChatSession) -> str:
@@ -421,6 +476,10 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
             undo_timer = gr.Timer(UNDO_S, active=False)
             # the open conversation's id, for the page's URL (?c=<id>): reload and bookmarks
             conversation_ref = gr.Textbox(visible=False, elem_id="chat-conversation-id")
+            # ‹ and › on a message with other versions: the page's script writes which
+            # ("<turn>:<-1|1>") and presses the button (both in the page, out of sight)
+            branch_pick = gr.Textbox(visible="hidden", elem_id="chat-branch-pick")
+            branch_go = gr.Button(visible="hidden", elem_id="chat-branch-go")
         with gr.Column(scale=1, min_width=220):
             model = gr.Dropdown(
                 label=strings.MODEL_LABEL,
@@ -463,6 +522,13 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
     async def on_regenerate(state: ChatSession, model: str) -> AsyncIterator[Update]:
         async for update in regenerate(services(), state, model):
             yield update
+
+    @action("history")
+    def on_branch(state: ChatSession, pick: str) -> Update:
+        try:
+            return switch_branch(services().conversations, state, pick)
+        except Exception as err:
+            raise user_error(err) from err
 
     @action("feedback")
     async def on_like(state: ChatSession, data: gr.LikeData) -> Update:
@@ -594,6 +660,13 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
         stop,
         [state],
         [chatbot, state, stop_button, send_button],
+        cancels=[sent, edited, regenerated],
+    ).then(after_stop, [state], [history, stop_button, send_button])
+    # ‹/›: the chat shows another version (an answer streaming is stopped first)
+    branch_go.click(
+        on_branch,
+        [state, branch_pick],
+        [chatbot, state, reason_box],
         cancels=[sent, edited, regenerated],
     ).then(after_stop, [state], [history, stop_button, send_button])
     # One action: ➕ 새 대화 (and the chat's own 🗑). It first stops an answer streaming, and

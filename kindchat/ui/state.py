@@ -23,6 +23,14 @@ class Turn:
     model: str | None = None  # the version that answered
     rating: int | None = None  # this session's 👍 (1) / 👎 (-1)
     stopped: bool = False  # the user stopped this answer mid-way
+    siblings: tuple[str, ...] = ()  # stored ids of it and its other versions (‹k/n›), oldest first
+    cut: bool = False  # the answer ended at the length limit (계속 생성 can go on)
+
+    def branch(self) -> tuple[int, int] | None:
+        """Its place among its versions (k, n) when it has more than one."""
+        if len(self.siblings) < 2 or self.message_id not in self.siblings:
+            return None
+        return self.siblings.index(self.message_id) + 1, len(self.siblings)
 
 
 @dataclass
@@ -34,6 +42,7 @@ class ChatSession:
     awaiting_reason: str | None = None  # answer id whose 👎 may get a reason
     conversation_id: str | None = None  # the stored conversation (made on the first message)
     persona: str | None = None  # the system message of this conversation
+    off_latest: bool = False  # ‹k/n› went back to an earlier branch: the next turn follows it
 
     def messages(self, upto: int | None = None) -> list[ChatMessage]:
         """The conversation for the service (the persona, then the first `upto` turns)."""
@@ -48,6 +57,15 @@ class ChatSession:
     def chatbot(self) -> list[MessageDict | Message]:
         """Chatbot messages, HTML escaped (index i is `turns[i]`, which the like event uses)."""
         return [MessageDict(role=t.role, content=safe(t.content)) for t in self.turns]
+
+    def branch_classes(self) -> list[str]:
+        """The chat's ‹k/n› marks as CSS classes of the chatbot (`kcb-<turn>-<k>-<n>`): the
+        page's script draws the arrows from them, next to each message's buttons."""
+        return [
+            f"kcb-{i}-{b[0]}-{b[1]}"
+            for i, t in enumerate(self.turns)
+            if (b := t.branch()) is not None
+        ]
 
     def feedback(self) -> list[str | None]:
         """The chatbot's 👍/👎 marks, one per assistant message in order."""

@@ -283,7 +283,14 @@ ARIA_LABELS = {
     "arena-send": "대결 시작",
     "arena-new": "새 대결",
 }
-PRESSED_LABELS = {"Liked": "좋아요 누름", "Disliked": "싫어요 누름"}
+# Gradio's own words its Korean translation leaves in English
+ENGLISH_LABELS = {
+    "Liked": "좋아요 누름",
+    "Disliked": "싫어요 누름",
+    "Copy message": "메시지 복사",
+    "Copied message": "복사했어요",
+}
+BRANCH_LABELS = {"prev": "이전 버전", "next": "다음 버전", "of": "{k}/{n}번째 버전"}
 ERROR_MODEL_STARTING = "첫 모델을 아직 준비하고 있어요. 몇 초 뒤에 다시 보내 주세요."
 BOOTSTRAP_STATUS = {"done": "완료", "running": "진행 중", "waiting": "대기", "failed": "실패"}
 BOOTSTRAP_TITLE = "모델 준비 단계"

@@ -32,7 +32,7 @@ from .test_chat_features import (  # type: ignore[import-not-found]
 pytestmark = pytest.mark.browser
 
 LIKE = 'button[aria-label="좋아요"], button[aria-label="Like"]'
-LIKED = f'button[aria-label="{strings.PRESSED_LABELS["Liked"]}"]'
+LIKED = f'button[aria-label="{strings.ENGLISH_LABELS["Liked"]}"]'
 PHONE = {"width": 390, "height": 844}
 
 

@@ -54,6 +54,7 @@ def answer_request(
         regenerate=body.regenerate,
         conversation_id=body.conversation_id,
         edit_of=body.edit_of if body.conversation_id else None,
+        follows=body.follows if body.conversation_id else None,
     )
 
 

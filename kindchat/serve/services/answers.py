@@ -23,6 +23,7 @@ from sqlmodel import Session
 from kindchat.config import Settings
 from kindchat.feedback import store
 from kindchat.feedback.db import session_scope
+from kindchat.feedback.errors import InvalidValueError
 from kindchat.feedback.models import MessagePublic
 from kindchat.feedback.moderation import CLEAN, ChainModerator, Verdict, refusal
 from kindchat.models.backends.base import GenerationOptions, StopMatcher, TextDelta
@@ -260,13 +261,23 @@ class AnswerService:
         return answer
 
     def _check_conversation(self, request: AnswerRequest) -> None:
-        """The conversation to continue must be this session's (404 otherwise)."""
+        """The conversation to continue must be this session's (404 otherwise); the messages
+        an edit or a turn on an earlier branch names must be in it (before any generation)."""
         with session_scope(self.db) as session:
             store.owned_conversation(
                 session=session,
                 conversation_id=str(request.conversation_id),
                 session_id=request.session_id,
             )
+            for name, message_id in (("edit_of", request.edit_of), ("follows", request.follows)):
+                if message_id is None:
+                    continue
+                message = store.get_message(session=session, message_id=message_id)
+                if message.conversation_id != request.conversation_id:
+                    raise InvalidValueError(
+                        f"{name} must name a message of conversation {request.conversation_id}",
+                        field=name,
+                    )
 
     async def deltas(self, answer: Answer) -> AsyncGenerator[str, None]:
         """The answer's text pieces; totals are set on `answer` when it ends. Always releases."""
