@@ -409,6 +409,40 @@ def record_message(
     return public
 
 
+def extend_message(
+    *,
+    session: Session,
+    message_id: str,
+    more: str,
+    completion_tokens: int | None = None,
+    finish_reason: str | None = None,
+    flag_reason: str | None = None,
+) -> MessagePublic:
+    """An answer that went on (계속 생성): `more` is added to its text, `completion_tokens`
+    to its count, and it now ended with `finish_reason`; `flag_reason` flags it when moderation
+    reads the whole answer as flagged (a flag once set stays). Raises UnknownIdError,
+    InvalidValueError (not an assistant message, or over the length limit)."""
+    row = get_row(session, Message, message_id, "message", "message_id")
+    if row.role != "assistant":
+        raise InvalidValueError("only an answer can go on", field="message_id")
+    content = row.content + more
+    check_str(content, "content", max_len=MAX_CONTENT_CHARS, allow_empty=True)
+    row.content = content
+    row.completion_tokens = (row.completion_tokens or 0) + (
+        check_count(completion_tokens, "completion_tokens") or 0
+    )
+    row.finish_reason = check_optional_str(finish_reason, "finish_reason", max_len=32)
+    if flag_reason is not None:
+        row.flagged, row.flag_reason = True, check_optional_str(flag_reason, "flag_reason")
+    session.add(row)
+    conversation = session.get(Conversation, row.conversation_id)
+    if conversation is not None:
+        conversation.updated_at = utcnow()
+        session.add(conversation)
+    session.flush()
+    return to_public(MessagePublic, row)
+
+
 def title_of(text: str, limit: int = 40) -> str:
     """A conversation's title: its first user message, on one line, cut at `limit` characters."""
     line = " ".join(text.split())

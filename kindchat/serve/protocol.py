@@ -88,6 +88,15 @@ class ChatCompletionRequest(BaseModel):
             "not the latest branch (the user went back to an earlier version, ‹1/2›)."
         ),
     )
+    continue_of: str | None = Field(
+        None,
+        max_length=64,
+        description=(
+            "A stored answer of the `user` session that was cut by the length limit: the model "
+            "goes on from its last character, only the new text streams, and the stored answer "
+            "grows in place. `messages` are its context (up to the question it answers)."
+        ),
+    )
 
     @field_validator("stop")
     @classmethod

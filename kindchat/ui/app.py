@@ -59,6 +59,8 @@ CSS = """
 #chat-bot .kc-branch-arrow { min-width: 24px; padding: 0 6px; border-radius: 6px; font-size: 16px; }
 #chat-bot .kc-branch-arrow:hover:not(:disabled) { background: var(--block-background-fill); }
 #chat-bot .kc-branch-arrow:disabled { opacity: 0.35; cursor: default; }
+#chat-bot .kc-continue { margin-left: 4px; padding: 1px 8px; border-radius: 6px; font-size: 13px;
+  border: 1px solid var(--border-color-primary); color: var(--body-text-color); }
 /* the edit box of a sent message as wide as the message column */
 #chat-bot .message-wrap textarea.edit-textarea { width: 100% !important; min-width: min(36rem, 80vw); }
 /* On a phone the conversation and its input come first, on the first screen; the history and
@@ -120,9 +122,12 @@ HEAD = """
     const bot = document.querySelector("#chat-bot");
     if (!bot) return;
     const marks = {};
+    let cut = -1;
     for (const name of bot.classList) {
       const m = /^kcb-(\d+)-(\d+)-(\d+)$/.exec(name);
       if (m) marks[+m[1]] = [+m[2], +m[3]];
+      const c = /^kcc-(\d+)$/.exec(name);
+      if (c) cut = +c[1];
     }
     const streaming = visible(document.querySelector("#chat-stop"));
     const rows = [...bot.querySelectorAll(".message-row")].filter(
@@ -132,20 +137,36 @@ HEAD = """
       const place = after && after.classList.contains("message-buttons")
         ? after.querySelector(".icon-button-wrapper") || after : null;
       const mark = streaming ? null : marks[turn];
-      const key = mark ? `${turn}:${mark[0]}/${mark[1]}` : "";
+      const goOn = !streaming && turn === cut;
+      const key = (mark ? `${turn}:${mark[0]}/${mark[1]}` : "") + (goOn ? ":more" : "");
       const old = place && place.querySelector(":scope > .kc-branch");
       if ((old ? old.dataset.key : "") === key) return;
       if (old) old.remove();
-      if (!mark || !place) return;
-      const [k, n] = mark;
+      if (!key || !place) return;
       const nav = document.createElement("span");
       nav.className = "kc-branch";
       nav.dataset.key = key;
-      const count = document.createElement("span");
-      count.textContent = `${k}/${n}`;
-      count.setAttribute("aria-label", branchWords.of.replace("{k}", k).replace("{n}", n));
-      nav.append(arrow("‹", branchWords.prev, turn, -1, k <= 1), count,
-                 arrow("›", branchWords.next, turn, 1, k >= n));
+      if (mark) {
+        const [k, n] = mark;
+        const count = document.createElement("span");
+        count.textContent = `${k}/${n}`;
+        count.setAttribute("aria-label", branchWords.of.replace("{k}", k).replace("{n}", n));
+        nav.append(arrow("‹", branchWords.prev, turn, -1, k <= 1), count,
+                   arrow("›", branchWords.next, turn, 1, k >= n));
+      }
+      if (goOn) {
+        const more = document.createElement("button");
+        more.type = "button";
+        more.className = "kc-continue";
+        more.textContent = `▶ ${branchWords.continue}`;
+        more.setAttribute("aria-label", branchWords.continue_label);
+        more.title = branchWords.continue_label;
+        more.addEventListener("click", (event) => {
+          event.stopPropagation();
+          document.querySelector("#chat-continue-go")?.click();
+        });
+        nav.append(more);
+      }
       place.prepend(nav);
     });
   };

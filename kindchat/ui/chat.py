@@ -110,13 +110,15 @@ async def answer(
     model: str,
     regenerate: str | None = None,
     edit_of: str | None = None,
+    continue_of: str | None = None,
 ) -> AsyncIterator[ChatSession]:
     """Stream an answer to `state`'s conversation into a new last turn (or over the last
     answer, which `regenerate` names: the new one is stored as its sibling). The conversation
     is stored as it goes: made on the first message, each turn appended (an edit as the sibling
     of the message it edits), so the history survives a reload."""
     service = services.answers
-    context = state.turns[:-1] if regenerate else state.turns
+    again = regenerate or continue_of  # the last answer, answered anew or gone on with
+    context = state.turns[:-1] if again else state.turns
     messages = service.check_messages(
         [
             *([ChatMessage(role="system", content=state.persona)] if state.persona else []),
@@ -124,7 +126,7 @@ async def answer(
         ]
     )
     follows: str | None = None
-    if regenerate is None:
+    if again is None:
         if state.conversation_id is None:
             state.conversation_id = await run_blocking(
                 services.conversations.start,
@@ -141,16 +143,22 @@ async def answer(
         options=GenerationOptions(),
         session_id=state.session_id,
         regenerate=regenerate,
-        conversation_id=None if regenerate else state.conversation_id,
+        conversation_id=None if again else state.conversation_id,
         edit_of=edit_of,
-        user_message_id=None if regenerate else context[-1].message_id,
+        user_message_id=None if again else context[-1].message_id,
         follows=follows,
+        continue_of=continue_of,
     )
     opened = await service.open(request)
-    turn = Turn(role="assistant", content="", message_id=opened.id, model=opened.version)
+    if continue_of:  # the cut answer grows on screen as it grows in storage
+        turn, start = state.turns[-1], state.turns[-1].content
+        turn.cut = False
+    else:
+        turn = Turn(role="assistant", content="", message_id=opened.id, model=opened.version)
+        start = ""
     state.turns = [*context, turn]
     async for text in stream_text(service, opened):
-        turn.content = text
+        turn.content = start + text
         yield state
     if state.conversation_id is not None:  # stored: the thread as stored, with its ‹k/n›
         try:
@@ -159,7 +167,7 @@ async def answer(
                 conversations=services.conversations,
                 session_id=state.session_id,
                 conversation_id=state.conversation_id,
-                through=opened.id,
+                through=continue_of or opened.id,
             )
             state.off_latest = False  # the newest message ends the latest branch
         except Exception:  # the answer is on screen; its arrows come with the next reload
@@ -233,6 +241,20 @@ async def regenerate(services: Services, state: ChatSession, model: str) -> Asyn
         return
     async for update in _streamed(
         services, state, model, list(state.turns), regenerate=last.message_id
+    ):
+        yield update
+
+
+async def go_on(services: Services, state: ChatSession, model: str) -> AsyncIterator[Update]:
+    """계속 생성: the last answer, cut by the length limit, goes on from where it stopped (the
+    stored answer grows in place)."""
+    last = state.last_answer()
+    if last is None or not last.cut:
+        gr.Info(strings.NOTHING_TO_CONTINUE, duration=3)
+        yield chatbot_update(state), state, gr.update(), *busy(False), gr.update()
+        return
+    async for update in _streamed(
+        services, state, model, list(state.turns), continue_of=last.message_id
     ):
         yield update
 
@@ -480,6 +502,8 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
             # ("<turn>:<-1|1>") and presses the button (both in the page, out of sight)
             branch_pick = gr.Textbox(visible="hidden", elem_id="chat-branch-pick")
             branch_go = gr.Button(visible="hidden", elem_id="chat-branch-go")
+            # 계속 생성 under an answer cut by the length limit (drawn there by the script)
+            continue_go = gr.Button(visible="hidden", elem_id="chat-continue-go")
         with gr.Column(scale=1, min_width=220):
             model = gr.Dropdown(
                 label=strings.MODEL_LABEL,
@@ -516,6 +540,11 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
     @action("chat")
     async def on_edit(state: ChatSession, data: gr.EditData, model: str) -> AsyncIterator[Update]:
         async for update in edit(services(), state, data, model):
+            yield update
+
+    @action("chat")
+    async def on_continue(state: ChatSession, model: str) -> AsyncIterator[Update]:
+        async for update in go_on(services(), state, model):
             yield update
 
     @action("chat")
@@ -640,6 +669,7 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
     regenerated = regenerate_button.click(
         on_regenerate, [state, model], running, concurrency_id="generate"
     )
+    continued = continue_go.click(on_continue, [state, model], running, concurrency_id="generate")
 
     def in_url(event: Any) -> None:
         """After `event`, the page's URL names the open conversation (`?c=<id>`, none: `/`)."""
@@ -647,7 +677,7 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
             None, [conversation_ref], None, js=URL_OF_CONVERSATION
         )
 
-    for event in (sent, edited, regenerated):
+    for event in (sent, edited, regenerated, continued):
         event.then(on_history, [state], [history])
         in_url(event)
 
@@ -660,14 +690,14 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
         stop,
         [state],
         [chatbot, state, stop_button, send_button],
-        cancels=[sent, edited, regenerated],
+        cancels=[sent, edited, regenerated, continued],
     ).then(after_stop, [state], [history, stop_button, send_button])
     # ‹/›: the chat shows another version (an answer streaming is stopped first)
     branch_go.click(
         on_branch,
         [state, branch_pick],
         [chatbot, state, reason_box],
-        cancels=[sent, edited, regenerated],
+        cancels=[sent, edited, regenerated, continued],
     ).then(after_stop, [state], [history, stop_button, send_button])
     # One action: ➕ 새 대화 (and the chat's own 🗑). It first stops an answer streaming, and
     # empties the chat only after that stream's last update has landed, so it cannot overwrite
@@ -677,7 +707,7 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
         lambda state: state,
         [state],
         [state],
-        cancels=[sent, edited, regenerated],
+        cancels=[sent, edited, regenerated, continued],
     ).then(clear, [state], [chatbot, state, reason_box, text, stop_button, send_button, error])
     cleared.then(after_stop, [state], [history, stop_button, send_button])
     in_url(cleared)

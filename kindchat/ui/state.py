@@ -59,13 +59,18 @@ class ChatSession:
         return [MessageDict(role=t.role, content=safe(t.content)) for t in self.turns]
 
     def branch_classes(self) -> list[str]:
-        """The chat's ‹k/n› marks as CSS classes of the chatbot (`kcb-<turn>-<k>-<n>`): the
-        page's script draws the arrows from them, next to each message's buttons."""
-        return [
+        """The chat's ‹k/n› marks as CSS classes of the chatbot (`kcb-<turn>-<k>-<n>`), and
+        `kcc-<turn>` for a last answer cut by the length limit: the page's script draws the
+        arrows and the 계속 생성 button from them, next to each message's buttons."""
+        marks = [
             f"kcb-{i}-{b[0]}-{b[1]}"
             for i, t in enumerate(self.turns)
             if (b := t.branch()) is not None
         ]
+        last = self.last_answer()
+        if last is not None and last.cut:
+            marks.append(f"kcc-{len(self.turns) - 1}")
+        return marks
 
     def feedback(self) -> list[str | None]:
         """The chatbot's 👍/👎 marks, one per assistant message in order."""

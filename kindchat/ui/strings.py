@@ -52,6 +52,7 @@ THANKS_DOWN = "👎 평가가 저장되었어요. 이유를 알려 주시면 더
 THANKS_REASON = "의견이 저장되었어요. 고마워요!"
 RATING_KEPT = "평가 취소는 저장되지 않아요. 반대쪽 버튼을 누르면 평가를 바꿀 수 있어요."
 NOTHING_TO_REGENERATE = "다시 생성할 답변이 없어요. 먼저 메시지를 보내 주세요."
+NOTHING_TO_CONTINUE = "이어서 쓸 답변이 없어요. 길이 제한에서 끊긴 마지막 답변만 이어 쓸 수 있어요."
 NOT_RATABLE = "이 메시지는 평가할 수 없어요. 도우미의 답변에만 평가를 남길 수 있어요."
 STOP = "⏹ 멈추기"
 STOPPED = "답변을 멈췄어요. 여기까지의 답변은 저장되었어요."
@@ -290,7 +291,13 @@ ENGLISH_LABELS = {
     "Copy message": "메시지 복사",
     "Copied message": "복사했어요",
 }
-BRANCH_LABELS = {"prev": "이전 버전", "next": "다음 버전", "of": "{k}/{n}번째 버전"}
+BRANCH_LABELS = {
+    "prev": "이전 버전",
+    "next": "다음 버전",
+    "of": "{k}/{n}번째 버전",
+    "continue": "계속 생성",
+    "continue_label": "길이 제한에서 끊긴 답변을 이어서 쓰기",
+}
 ERROR_MODEL_STARTING = "첫 모델을 아직 준비하고 있어요. 몇 초 뒤에 다시 보내 주세요."
 BOOTSTRAP_STATUS = {"done": "완료", "running": "진행 중", "waiting": "대기", "failed": "실패"}
 BOOTSTRAP_TITLE = "모델 준비 단계"

@@ -237,6 +237,40 @@ def test_a_regeneration_points_at_the_answer_it_replaces_in_its_conversation(
     assert new.conversation_id == old.conversation_id and new.session_id == old.session_id
 
 
+def test_an_answer_cut_by_length_goes_on_in_place(
+    api: ServerThread, ask: Callable[[], Asked], new_session: Any
+) -> None:
+    """계속 생성 at the API: `continue_of` streams only the new text, and the stored answer
+    grows in place (its id, conversation and ratings stay); only its asker may, and only an
+    answer."""
+    mine = ask()  # 16 tokens of 16: cut by the length limit
+    cut = stored_message(api, mine.reply.id)
+    assert cut.finish_reason == "length" and cut.completion_tokens == 16
+    go_on = {
+        "model": "kindchat-sft",
+        "messages": HELLO,
+        "continue_of": mine.reply.id,
+        "max_tokens": 8,
+        "min_tokens": 8,
+        "seed": 5,
+    }
+    url = f"{api.url}/v1/chat/completions"
+    more = httpx.post(url, json=go_on, headers=mine.signed)
+    assert more.status_code == 200, more.text
+    added = more.json()["choices"][0]["message"]["content"]
+    grown = stored_message(api, mine.reply.id)
+    assert added and grown.content == cut.content + added
+    assert grown.completion_tokens == 24 and grown.finish_reason == "length"
+    assert grown.conversation_id == cut.conversation_id
+
+    stranger = {"Authorization": f"Bearer {new_session(api.url)}"}
+    assert httpx.post(url, json=go_on, headers=stranger).status_code == 404
+    both = {**go_on, "regenerate": mine.reply.id}
+    refused = httpx.post(url, json=both, headers=mine.signed)
+    assert refused.status_code in (400, 422) and "continue_of" in refused.text
+    assert stored_message(api, mine.reply.id).content == grown.content  # nothing else changed
+
+
 @pytest.mark.parametrize(
     ("who", "status"), [("nobody", 401), ("another session", 404)], ids=["anonymous", "other"]
 )

@@ -39,6 +39,7 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "ui"
 ADMIN_TOKEN = "ui-test-admin-token"
 PACE_S = 0.04  # between streamed pieces, so the browser sees an answer grow
 MIN_TOKENS = 12
+LONG = "(끝까지)"  # a question with this is answered up to the length limit
 
 
 def _serve_helpers() -> Any:
@@ -78,8 +79,11 @@ class PacedBackend(GenerationBackend):
         params: SamplingParams,
         options: GenerationOptions | None = None,
     ) -> AsyncIterator[TextDelta]:
-        # At least a few tokens, so that every answer has something to stream.
-        floor = min(MIN_TOKENS, params.max_new_tokens)
+        # At least a few tokens, so that every answer has something to stream; a question
+        # marked LONG is answered up to the length limit (an answer cut for 계속 생성).
+        last = messages[-1] if messages else {}
+        text = last.get("content", "") if isinstance(last, dict) else getattr(last, "content", "")
+        floor = params.max_new_tokens if LONG in text else min(MIN_TOKENS, params.max_new_tokens)
         options = replace(options or GenerationOptions(), min_tokens=floor)
         pieces = self.inner.stream(messages, params, options)
         try:

@@ -17,6 +17,7 @@ from kindchat.feedback.db import session_scope
 from kindchat.feedback.models import Message
 from kindchat.ui import strings
 
+from .conftest import LONG  # type: ignore[import-not-found]
 from .test_chat_features import (  # type: ignore[import-not-found]
     BOTS,
     EDIT,
@@ -144,3 +145,43 @@ def test_an_edited_question_is_a_version_with_its_own_answer(
     )
     assert counter(page, 0) == "1/2"
     assert flat(page.locator(BOTS).first.inner_text()) == flat(original_answer.content)
+
+
+@pytest.mark.parametrize(
+    "viewport", [{"width": 1280, "height": 960}, PHONE], ids=["desktop", "phone"]
+)
+def test_an_answer_cut_by_length_goes_on_with_one_click(
+    page: Any,
+    ui_db: Engine,
+    viewport: dict[str, int],
+    screenshot: Callable[[Any, str], Path],
+    wait_for: Callable[..., None],
+) -> None:
+    page.set_viewport_size(viewport)
+    question = f"옛날이야기 하나 해 줘 {LONG} {viewport['width']}"
+    send_chat(page, question)
+    settled(page)
+    wait_for(lambda: len(answers_to(ui_db, question)) == 1, what="the answer stored")
+    [cut] = answers_to(ui_db, question)
+    assert cut.finish_reason == "length"
+    more = page.locator("#chat-bot .kc-continue")
+    more.wait_for(state="visible")
+    if viewport == PHONE:
+        screenshot(page, "continue-phone")
+    more.click()
+
+    def grown() -> Message | None:
+        [answer] = answers_to(ui_db, question)  # one answer: it grows in place
+        return answer if len(answer.content) > len(cut.content) else None
+
+    wait_for(lambda: grown() is not None, what="the stored answer grown in place")
+    settled(page)
+    answer = grown()
+    assert answer is not None and answer.id == cut.id
+    assert answer.content.startswith(cut.content)
+    assert (answer.completion_tokens or 0) > (cut.completion_tokens or 0)
+    wait_for(
+        lambda: flat(page.locator(BOTS).first.inner_text()) == flat(answer.content),
+        what="the whole answer on screen",
+    )
+    assert page.locator(BOTS).count() == 1

@@ -77,6 +77,9 @@ class GenerationOptions:
     min_tokens: int = 0  # EOS suppressed before this many tokens (local backends)
     max_input_tokens: int | None = None  # our own cap, below the model's context
     stop: tuple[str, ...] = field(default_factory=tuple)
+    # The answer so far, cut by the length limit: the model goes on from its last character
+    # (계속 생성). The prompt ends with it; only the new text streams.
+    prefix: str = ""
 
 
 class GenerationBackend(abc.ABC):
@@ -124,26 +127,38 @@ class GenerationBackend(abc.ABC):
         return replace(params, max_new_tokens=cap)
 
     def render_prompt(
-        self, messages: Sequence[Message], params: SamplingParams, max_input_tokens: int | None
+        self,
+        messages: Sequence[Message],
+        params: SamplingParams,
+        max_input_tokens: int | None,
+        prefix: str = "",
     ) -> tuple[str, int]:
-        """The prompt in the model's format (oldest turns dropped to fit) and its token count.
+        """The prompt in the model's format (oldest turns dropped to fit) and its token count;
+        with `prefix` (an answer to go on with) it ends with that answer so far.
 
         Raises :class:`InputTooLongError` when even the last user message does not fit.
         """
-        fitted = self.fit_input(messages, params, max_input_tokens)
-        tokens = fitted.tokens if fitted.tokens is not None else self.count_tokens(fitted.text)
-        return fitted.text, tokens
+        fitted = self.fit_input(messages, params, max_input_tokens, prefix)
+        text = fitted.text + prefix
+        return text, self.count_tokens(text) if prefix or fitted.tokens is None else fitted.tokens
 
     def fit_input(
-        self, messages: Sequence[Message], params: SamplingParams, max_input_tokens: int | None
+        self,
+        messages: Sequence[Message],
+        params: SamplingParams,
+        max_input_tokens: int | None,
+        prefix: str = "",
     ) -> Fitted:
         """The conversation fitted beside `max_new_tokens` in the context (and under
-        `max_input_tokens`): oldest turns dropped, counted in the model's tokens.
+        `max_input_tokens`), leaving room for `prefix`: oldest turns dropped, counted in the
+        model's tokens.
 
         Raises :class:`InputTooLongError` when even the last user message does not fit.
         """
 
         budget = max(1, self.context_length - params.max_new_tokens)
+        if prefix:
+            budget = max(1, budget - self.count_tokens(prefix))
         if max_input_tokens is not None:
             budget = min(budget, max_input_tokens)
         try:

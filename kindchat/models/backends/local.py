@@ -79,7 +79,7 @@ class LocalBackend(GenerationBackend):
     ) -> AsyncIterator[TextDelta]:
         options = options or GenerationOptions()
         params = self.cap_params(params)
-        prompt, _ = self.render_prompt(messages, params, options.max_input_tokens)
+        prompt, _ = self.render_prompt(messages, params, options.max_input_tokens, options.prefix)
         prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         tokens = self.engine.submit(
             prompt_ids,

@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 import openai
 
+from kindchat.errors import InvalidError
 from kindchat.models.adapters import base_dir
 from kindchat.models.backends.base import (
     BackendUnavailableError,
@@ -46,6 +47,20 @@ from kindchat.models.template import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+class ContinueUnsupportedError(InvalidError):
+    """The model's server cannot go on with an answer (it takes OpenAI's own fields only)."""
+
+    code = "continue_unsupported"
+
+    def __init__(self, base_url: str) -> None:
+        super().__init__(
+            f"the model server at {base_url} cannot continue an answer (it needs vLLM's or "
+            "SGLang's continue_final_message); regenerate it instead",
+            field="continue_of",
+        )
+
 
 DEFAULT_CONTEXT = 4096
 KEEPALIVE_S = 2.0  # idle connections to the engine are closed after this long (its limit: 5 s)
@@ -136,15 +151,25 @@ class OpenAIBackend(RemoteBackend):
         await self._client.close()
 
     def fit_messages(
-        self, messages: Sequence[Message], params: SamplingParams, max_input_tokens: int | None
+        self,
+        messages: Sequence[Message],
+        params: SamplingParams,
+        max_input_tokens: int | None,
+        prefix: str = "",
     ) -> tuple[list[dict[str, str]], int | None]:
         """The messages to send, oldest turns dropped to fit, and their prompt tokens (None
-        when no local tokenizer can count them)."""
+        when no local tokenizer can count them); with `prefix`, ending with that answer so far
+        as an assistant message."""
         if self.tokenizer is None:
             turns, system = turns_from_messages(messages)
-            return turns_to_messages(turns, system), None
-        fitted = self.fit_input(messages, params, max_input_tokens)
-        return fitted.messages(), fitted.tokens
+            sent, tokens = turns_to_messages(turns, system), None
+        else:
+            fitted = self.fit_input(messages, params, max_input_tokens, prefix)
+            sent, tokens = fitted.messages(), fitted.tokens
+        if prefix:
+            sent.append({"role": "assistant", "content": prefix})
+            tokens = None if tokens is None else tokens + self.count_tokens(prefix)
+        return sent, tokens
 
     async def stream(
         self,
@@ -154,7 +179,9 @@ class OpenAIBackend(RemoteBackend):
     ) -> AsyncIterator[TextDelta]:
         options = options or GenerationOptions()
         params = self.cap_params(params)
-        sent, prompt_tokens = self.fit_messages(messages, params, options.max_input_tokens)
+        sent, prompt_tokens = self.fit_messages(
+            messages, params, options.max_input_tokens, options.prefix
+        )
         sample = params.do_sample and params.temperature > 0
         extra: dict[str, Any] = {}
         if sample and params.top_k > 0:
@@ -163,6 +190,10 @@ class OpenAIBackend(RemoteBackend):
             extra["repetition_penalty"] = params.repetition_penalty
         if options.min_tokens > 0:  # at most the (capped) answer budget, as the local engines
             extra["min_tokens"] = min(options.min_tokens, params.max_new_tokens)
+        if options.prefix:  # go on with the last (assistant) message: vLLM's and SGLang's fields
+            if not self._extras:
+                raise ContinueUnsupportedError(self.base_url)
+            extra.update(continue_final_message=True, add_generation_prompt=False)
         stop = StopMatcher(options.stop)
         completion = 0
         request: dict[str, Any] = {
@@ -183,6 +214,8 @@ class OpenAIBackend(RemoteBackend):
             except openai.UnprocessableEntityError:
                 if not extra or not self._extras:
                     raise
+                if options.prefix:  # without the extras it would answer anew, not go on
+                    raise ContinueUnsupportedError(self.base_url) from None
                 # A server that takes only OpenAI's own fields (`transformers serve`): go on
                 # without the extras, for this request and the next.
                 logger.warning("%s refuses %s; sending OpenAI fields only", self.base_url, extra)

@@ -84,7 +84,7 @@ class TgiBackend(RemoteBackend):
         params = self.cap_params(params)
         limits = [x for x in (options.max_input_tokens, self._max_input) if x]
         prompt, prompt_tokens = self.render_prompt(
-            messages, params, min(limits) if limits else None
+            messages, params, min(limits) if limits else None, options.prefix
         )
         sample = params.do_sample and params.temperature > 0
         parameters: dict[str, Any] = {

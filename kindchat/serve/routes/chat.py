@@ -55,6 +55,7 @@ def answer_request(
         conversation_id=body.conversation_id,
         edit_of=body.edit_of if body.conversation_id else None,
         follows=body.follows if body.conversation_id else None,
+        continue_of=body.continue_of,
     )
 
 
@@ -64,7 +65,7 @@ async def create_chat_completion(
 ) -> ChatCompletionResponse | StreamingResponse:
     # `user` names the session (a token, or the caller's own); open mode chats without one,
     # but continuing or regenerating touches a stored conversation: its owner's session only
-    stateful = body.conversation_id is not None or body.regenerate is not None
+    stateful = any(x is not None for x in (body.conversation_id, body.regenerate, body.continue_of))
     caller = gate.caller(request, "chat", named=body.user, need_session=stateful)
     answer = await service.open(answer_request(body, service, caller.session_id))
     if body.stream:

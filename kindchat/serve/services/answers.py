@@ -70,6 +70,7 @@ class AnswerRequest:
     edit_of: str | None = None  # the stored user message the last message edits (a branch)
     user_message_id: str | None = None  # the id to store the last message under (continuing)
     follows: str | None = None  # the stored message the last message follows (its branch)
+    continue_of: str | None = None  # a stored answer cut by length, to go on with (계속 생성)
 
 
 STOP_BY_USER = "stop_by_user"  # an answer the user stopped (or left) before it ended
@@ -208,10 +209,25 @@ class AnswerService:
     # ---- generation -------------------------------------------------------------------------
     async def open(self, request: AnswerRequest) -> Answer:
         """Lease the model and await the first delta (so errors surface before any byte)."""
+        if request.regenerate is not None and request.continue_of is not None:
+            raise InvalidValueError(
+                "regenerate and continue_of exclude each other: one answer at a time",
+                field="continue_of",
+            )
         conversation_id = None
+        options = request.options
         if request.regenerate is not None:
-            parent = await asyncio.to_thread(self._own_message, request)
+            parent = await asyncio.to_thread(self._own_message, request, request.regenerate)
             conversation_id = parent.conversation_id
+        elif request.continue_of is not None:
+            cut = await asyncio.to_thread(self._own_message, request, request.continue_of)
+            if cut.role != "assistant" or cut.flagged:
+                raise InvalidValueError(
+                    "continue_of must name an answer of the model (not a refusal)",
+                    field="continue_of",
+                )
+            conversation_id = cut.conversation_id
+            options = replace(options, prefix=cut.content)
         elif request.conversation_id is not None:
             await asyncio.to_thread(self._check_conversation, request)
         verdict = await asyncio.to_thread(self.moderator.check, request.messages[-1]["content"])
@@ -223,7 +239,7 @@ class AnswerService:
             stream = lease.backend.stream(
                 request.messages,
                 request.params,
-                replace(request.options, max_input_tokens=self.limits.max_input_tokens),
+                replace(options, max_input_tokens=self.limits.max_input_tokens),
             )
             try:
                 first = await anext(stream)
@@ -345,6 +361,9 @@ class AnswerService:
         if answer.stored:
             return
         answer.stored = True
+        if answer.request.continue_of is not None:
+            self._store_continuation(answer)
+            return
         flag = self.answer_flag(answer)  # moderation first: no lock held while it runs
         with session_scope(self.db) as session:
             if answer.conversation_id is None and answer.request.conversation_id is not None:
@@ -400,11 +419,29 @@ class AnswerService:
             finish_reason=answer.finish_reason,
         )
 
-    def _own_message(self, request: AnswerRequest) -> MessagePublic:
-        """The answer `request` regenerates; it must be in a conversation of the request's
-        session (404 otherwise, as for an unknown id)."""
+    def _store_continuation(self, answer: Answer) -> None:
+        """A continued answer (계속 생성) grows in place: the stored message gets the new text,
+        the tokens and how it ended now; moderation reads the whole answer."""
+        message_id = str(answer.request.continue_of)
         with session_scope(self.db) as session:
-            parent = store.get_message(session=session, message_id=str(request.regenerate))
+            before = store.get_message(session=session, message_id=message_id).content
+        verdict = self.moderator.check(before + answer.text)
+        flag = None if verdict.category == "self_harm" else verdict.reason
+        with session_scope(self.db) as session:
+            store.extend_message(
+                session=session,
+                message_id=message_id,
+                more=answer.text,
+                completion_tokens=answer.completion_tokens,
+                finish_reason=answer.finish_reason,
+                flag_reason=flag,
+            )
+
+    def _own_message(self, request: AnswerRequest, message_id: str) -> MessagePublic:
+        """The stored answer `request` regenerates or continues; it must be in a conversation
+        of the request's session (404 otherwise, as for an unknown id)."""
+        with session_scope(self.db) as session:
+            parent = store.get_message(session=session, message_id=message_id)
             store.owned_conversation(
                 session=session,
                 conversation_id=parent.conversation_id,
