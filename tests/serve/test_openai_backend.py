@@ -23,7 +23,7 @@ from kindchat.models.backends.base import (
     GenerationOptions,
     InputTooLongError,
 )
-from kindchat.models.backends.openai_server import OpenAIBackend
+from kindchat.models.backends.openai_server import ContinueUnsupportedError, OpenAIBackend
 from kindchat.models.generation import SamplingParams
 from kindchat.models.registry import Registry
 from kindchat.models.tokenizer import load_tokenizer
@@ -99,6 +99,10 @@ def test_errors_map_to_kindchats(transformers_serve: TransformersServe) -> None:
         collect(backend_for(transformers_serve, model="nope"), QUESTION, params)
     with pytest.raises(BackendUnavailableError, match="unreachable"):
         collect(OpenAIBackend("http://127.0.0.1:9/v1"), QUESTION, params)
+    # 계속 생성 needs continue_final_message, which it does not take: said, never a new answer
+    with pytest.raises(ContinueUnsupportedError, match="cannot continue an answer"):
+        go_on = GenerationOptions(prefix="주말에는 ")
+        collect(backend_for(transformers_serve), QUESTION, params, go_on)
 
 
 def test_kindchat_serves_through_it_and_takes_feedback(

@@ -76,6 +76,24 @@ def test_streams_with_usage_and_the_registered_template(vllm_server: VllmServer)
     assert stopped[-1].finish_reason == "stop"
 
 
+def test_vllm_goes_on_with_an_answer_cut_by_length(vllm_server: VllmServer) -> None:
+    """계속 생성: the answer so far goes as the last assistant message with
+    continue_final_message; vLLM's prompt is kindchat's prompt followed by that answer (no
+    end of turn, no new answer header), and only the new text streams."""
+    tokenizer = load_tokenizer(vllm_server.directory)
+    greedy = SamplingParams(max_new_tokens=8, do_sample=False)
+    first = collect(backend_for(vllm_server), QUESTION, greedy, GenerationOptions(min_tokens=8))
+    assert first[-1].finish_reason == "length"
+    so_far = text_of(first)
+    more = collect(
+        backend_for(vllm_server), QUESTION, greedy, GenerationOptions(prefix=so_far, min_tokens=8)
+    )
+    assert text_of(more) and not text_of(more).startswith(so_far)
+    assert more[-1].completion_tokens == 8
+    kullm = backend_for(vllm_server).prompt_format.prompt(QUESTION) + so_far
+    assert more[-1].prompt_tokens == len(tokenizer(kullm, add_special_tokens=False)["input_ids"])
+
+
 def test_vllm_takes_the_sampling_extras_and_the_seed(vllm_server: VllmServer) -> None:
     """top_k, repetition_penalty and min_tokens go through (no fallback to OpenAI's fields);
     a seed gives the same sample again, another seed another sample."""
