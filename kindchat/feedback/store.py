@@ -34,6 +34,7 @@ Typical serve flow::
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -139,21 +140,40 @@ def _owned(
 
 
 def list_conversations(
-    *, session: Session, session_id: str, limit: int = 50, offset: int = 0
+    *,
+    session: Session,
+    session_id: str,
+    limit: int = 50,
+    offset: int = 0,
+    search: str | None = None,
 ) -> list[ConversationPublic]:
-    """The session's conversations that were not deleted, most recently active first. An arena
-    battle's stored context is not a conversation of the chat: it stays out."""
+    """The session's conversations that were not deleted, most recently active first; with
+    `search`, those whose title or any user or assistant message contains it (case-blind for
+    Latin letters). An arena battle's stored context is not a conversation of the chat: it
+    stays out."""
     check_limit(limit, offset)
     check_str(session_id, "session_id", max_len=NAME_LENGTH)
     battles = select(Message.conversation_id).join(Battle, col(Battle.message_a_id) == Message.id)
+    where = [
+        Conversation.session_id == session_id,
+        col(Conversation.deleted_at).is_(None),
+        col(Conversation.title).isnot(None),  # started, not empty
+        col(Conversation.id).not_in(battles),
+    ]
+    words = " ".join((search or "").split())
+    if words:
+        check_str(words, "search", max_len=NAME_LENGTH)
+        pattern = "%" + re.sub(r"([\\%_])", r"\\\1", words) + "%"
+        said = select(Message.conversation_id).where(
+            col(Message.role).in_(("user", "assistant")),
+            col(Message.content).ilike(pattern, escape="\\"),
+        )
+        where.append(
+            col(Conversation.title).ilike(pattern, escape="\\") | col(Conversation.id).in_(said)
+        )
     query = (
         select(Conversation)
-        .where(
-            Conversation.session_id == session_id,
-            col(Conversation.deleted_at).is_(None),
-            col(Conversation.title).isnot(None),  # started, not empty
-            col(Conversation.id).not_in(battles),
-        )
+        .where(*where)
         .order_by(
             func.coalesce(col(Conversation.updated_at), col(Conversation.created_at)).desc(),
             col(Conversation.id),

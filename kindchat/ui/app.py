@@ -69,6 +69,17 @@ CSS = """
   #header p { display: none; }
   #chat-main { order: -1; }
   #chat-bot { height: 48vh !important; max-height: 48vh; }
+  /* the history is a drawer: ☰ opens it over the chat */
+  #chat-sidebar { display: none !important; }
+  #chat-sidebar.kc-open {
+    display: flex !important; position: fixed; top: 0; left: 0; bottom: 0; z-index: 1000;
+    width: min(85vw, 340px); overflow-y: auto; padding: 12px;
+    background: var(--background-fill-primary); box-shadow: 0 0 24px rgba(0, 0, 0, 0.3);
+  }
+  #chat-phone-bar { flex-wrap: nowrap; }
+}
+@media (min-width: 641px) {
+  #chat-phone-bar, #chat-drawer-close { display: none !important; }
 }
 """
 

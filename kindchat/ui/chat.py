@@ -9,13 +9,14 @@ import json
 import logging
 import tempfile
 from collections.abc import AsyncIterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from kindchat.errors import InvalidError, NotFoundError
-from kindchat.feedback.models import ConversationPublic, new_id
+from kindchat.feedback.models import ConversationPublic, as_utc, new_id
 from kindchat.models.backends.base import GenerationOptions
 from kindchat.serve.protocol import ChatMessage
 from kindchat.serve.routes.conversations import detail
@@ -54,6 +55,12 @@ CONVERSATION_IN_URL = """(...inputs) => {
   inputs[inputs.length - 1] = new URLSearchParams(window.location.search).get("c") || "";
   return inputs;
 }"""
+# On a phone the history is a drawer over the chat (the page's CSS: `#chat-sidebar.kc-open`).
+OPEN_DRAWER = """() => {
+  document.querySelector("#chat-sidebar")?.classList.add("kc-open");
+  document.querySelector("#chat-search input, #chat-search textarea")?.focus();
+}"""
+CLOSE_DRAWER = '() => { document.querySelector("#chat-sidebar")?.classList.remove("kc-open"); }'
 # After a 👎, the focus goes to the better-answer box once the form has appeared.
 FOCUS_BETTER_ANSWER = """() => {
   let tries = 0;
@@ -332,21 +339,56 @@ async def send_reason(
 def clear(state: ChatSession) -> Update:
     """A new, empty chat (the old one stays in the history; an answer streaming into it was
     stopped first, and stays stored as far as it got)."""
-    fresh = ChatSession(session_id=state.session_id)
+    fresh = ChatSession(session_id=state.session_id, search=state.search)
     return chatbot_update(fresh), fresh, gr.update(visible=False), "", *busy(False), error_line()
 
 
 # ---- history ------------------------------------------------------------------------------
+def when(moment: datetime | None, now: datetime | None = None) -> str:
+    """When a conversation was last active, as a person says it (Korean time): 오늘 14:05,
+    어제, 12월 1일, 2025년 12월 1일."""
+    if moment is None:
+        return ""
+    local = as_utc(moment).astimezone(strings.TIMEZONE)
+    today = (now or datetime.now(timezone.utc)).astimezone(strings.TIMEZONE).date()
+    if local.date() == today:
+        return strings.TODAY_AT.format(time=local.strftime("%H:%M"))
+    if (today - local.date()).days == 1:
+        return strings.YESTERDAY
+    if local.year == today.year:
+        return strings.HISTORY_DAY.format(month=local.month, day=local.day)
+    return strings.HISTORY_DAY_OF_YEAR.format(year=local.year, month=local.month, day=local.day)
+
+
 def history_update(conversations: ConversationService, state: ChatSession) -> Any:
-    """The history list: this session's conversations, newest first."""
+    """The history list: this session's conversations (those with the search words, when
+    searching), newest first, each with when it was last active."""
     if not state.session_id:
         return gr.update(choices=[], value=None, info=strings.HISTORY_EMPTY)
-    rows = conversations.list(state.session_id)
+    rows = conversations.list(state.session_id, search=state.search or None)
+    if rows:
+        info = strings.HISTORY_INFO
+    else:
+        info = strings.SEARCH_NONE if state.search else strings.HISTORY_EMPTY
     return gr.update(
-        choices=[(c.title or strings.NEW_CHAT, c.id) for c in rows],
-        info=strings.HISTORY_INFO if rows else strings.HISTORY_EMPTY,
+        choices=[
+            (f"{c.title or strings.NEW_CHAT} · {when(c.updated_at or c.created_at)}", c.id)
+            for c in rows
+        ],
+        info=info,
         value=state.conversation_id if any(c.id == state.conversation_id for c in rows) else None,
     )
+
+
+def markdown_of(detail_: Any) -> str:
+    """A conversation as Markdown, for people: its title, then who said what."""
+    lines = [f"# {detail_.title or strings.NEW_CHAT}", ""]
+    for message in detail_.messages:
+        if message.role == "system":
+            continue
+        who = strings.EXPORT_ME if message.role == "user" else strings.EXPORT_KINDCHAT
+        lines += [f"**{who}**", "", message.content.strip(), ""]
+    return "\n".join(lines)
 
 
 def open_conversation(
@@ -358,6 +400,7 @@ def open_conversation(
     conversation, turns = stored_turns(conversations, state.session_id, conversation_id)
     opened = ChatSession(
         session_id=state.session_id,
+        search=state.search,
         turns=turns,
         conversation_id=conversation.id,
         persona=conversation.system_prompt,
@@ -394,25 +437,37 @@ def switch_branch(conversations: ConversationService, state: ChatSession, pick: 
     return chatbot_update(state), state, gr.update(visible=False)
 
 
-def export_path(conversations: ConversationService, state: ChatSession) -> str:
-    """The conversation as a JSON file (what `GET /v1/conversations/{id}` returns)."""
+def export_paths(conversations: ConversationService, state: ChatSession) -> list[str]:
+    """The conversation as it is on screen, to keep: Markdown to read, and JSON (what
+    `GET /v1/conversations/{id}` returns)."""
     if state.conversation_id is None:
         raise gr.Error(strings.NO_CONVERSATION)
     data = detail(*conversations.get(state.conversation_id, state.session_id))
     folder = Path(tempfile.mkdtemp(prefix="kindchat-export-"))
-    path = folder / f"kindchat-{data.id[:8]}.json"
-    path.write_text(
+    readable = folder / f"kindchat-{data.id[:8]}.md"
+    readable.write_text(markdown_of(data), encoding="utf-8")
+    raw = folder / f"kindchat-{data.id[:8]}.json"
+    raw.write_text(
         json.dumps(data.model_dump(mode="json"), ensure_ascii=False, indent=2), encoding="utf-8"
     )
-    return str(path)
+    return [str(readable), str(raw)]
 
 
 def build_chat_tab(services: ServicesRef) -> OnLoad:
     """The chat tab's components and events; what it needs when a page opens."""
     state = gr.State(ChatSession())
     with gr.Row(equal_height=False):
+        # The history: a column beside the chat; on a phone, a drawer (☰ opens it, ✕ and
+        # picking a conversation close it)
         with gr.Column(scale=1, min_width=200, elem_id="chat-sidebar"):
+            drawer_close = gr.Button(strings.DRAWER_CLOSE, size="sm", elem_id="chat-drawer-close")
             new_chat = gr.Button(strings.NEW_CHAT, elem_id="chat-new")
+            search = gr.Textbox(
+                label=strings.SEARCH_LABEL,
+                placeholder=strings.SEARCH_PLACEHOLDER,
+                max_length=128,
+                elem_id="chat-search",
+            )
             history = gr.Radio(
                 choices=[],
                 label=strings.HISTORY_LABEL,
@@ -434,7 +489,9 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
                         )
                         delete_no = gr.Button(strings.CANCEL, size="sm", elem_id="chat-delete-no")
                 export_button = gr.Button(strings.EXPORT, size="sm", elem_id="chat-export")
-                export_file = gr.File(visible=False, elem_id="chat-export-file")
+                export_file = gr.File(
+                    visible=False, file_count="multiple", elem_id="chat-export-file"
+                )
                 share_button = gr.Button(strings.SHARE, size="sm", elem_id="chat-share")
                 share_link = gr.Textbox(
                     label=strings.SHARE_LINK_LABEL,
@@ -444,6 +501,9 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
                     elem_id="chat-share-link",
                 )
         with gr.Column(scale=4, min_width=320, elem_id="chat-main"):
+            with gr.Row(elem_id="chat-phone-bar"):  # on a phone only: the drawer, a new chat
+                drawer_open = gr.Button(strings.DRAWER_OPEN, size="sm", elem_id="chat-drawer-open")
+                new_chat_phone = gr.Button(strings.NEW_CHAT, size="sm", elem_id="chat-new-phone")
             chatbot = gr.Chatbot(
                 label=strings.CHAT_LABEL,
                 placeholder=strings.CHAT_PLACEHOLDER,
@@ -581,6 +641,11 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
             raise user_error(err) from err
 
     @action("history")
+    def on_search(state: ChatSession, words: str) -> Update:
+        state.search = " ".join(words.split())
+        return state, history_update(services().conversations, state)
+
+    @action("history")
     def on_rename(state: ChatSession, title: str) -> Any:
         if state.conversation_id is None or not title.strip():
             raise gr.Error(strings.NO_CONVERSATION)
@@ -607,7 +672,7 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
         except Exception as err:
             raise user_error(err) from err
         gr.Info(strings.DELETED_FORGOTTEN if forget else strings.DELETED, duration=UNDO_S)
-        fresh = ChatSession(session_id=state.session_id)
+        fresh = ChatSession(session_id=state.session_id, search=state.search)
         return (
             chatbot_update(fresh),
             fresh,
@@ -636,7 +701,7 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
 
     @action("history")
     def on_export(state: ChatSession) -> Any:
-        return gr.File(value=export_path(services().conversations, state), visible=True)
+        return gr.File(value=export_paths(services().conversations, state), visible=True)
 
     @action("history")
     def on_share(state: ChatSession) -> Any:
@@ -703,7 +768,7 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
     # empties the chat only after that stream's last update has landed, so it cannot overwrite
     # the new chat (the stopped answer stays stored as far as it got).
     cleared = gr.on(
-        [new_chat.click, chatbot.clear],
+        [new_chat.click, new_chat_phone.click, chatbot.clear],
         lambda state: state,
         [state],
         [state],
@@ -726,6 +791,10 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
             [chatbot, state, title, share_link, persona, custom_persona],
         )
     )
+    search.change(on_search, [state, search], [state, history], trigger_mode="always_last")
+    drawer_open.click(None, js=OPEN_DRAWER)
+    for closes in (drawer_close.click, history.input, new_chat.click):
+        closes(None, js=CLOSE_DRAWER)
     rename_button.click(on_rename, [state, title], [history])
     delete_button.click(on_delete_ask, [state, forget], [delete_ask, delete_question])
     delete_no.click(lambda: gr.update(visible=False), None, [delete_ask])

@@ -43,6 +43,7 @@ class ChatSession:
     conversation_id: str | None = None  # the stored conversation (made on the first message)
     persona: str | None = None  # the system message of this conversation
     off_latest: bool = False  # ‹k/n› went back to an earlier branch: the next turn follows it
+    search: str = ""  # the history's search words (kept across chats)
 
     def messages(self, upto: int | None = None) -> list[ChatMessage]:
         """The conversation for the service (the persona, then the first `upto` turns)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta, timezone
+
 # ---- page -------------------------------------------------------------------------------------
 PAGE_TITLE = "kindchat · 한국어 채팅 도우미"
 HEADER = (
@@ -65,6 +67,16 @@ HISTORY_EMPTY = "아직 저장된 대화가 없어요."
 NEW_CHAT = "➕ 새 대화"
 MANAGE = "⚙️ 대화 관리 (이름, 삭제, 내보내기, 공유)"
 HISTORY_INFO = "누르면 그 대화를 이어서 할 수 있어요."
+SEARCH_LABEL = "대화 검색"
+SEARCH_PLACEHOLDER = "제목이나 내용으로 찾기"
+SEARCH_NONE = "찾는 말이 들어간 대화가 없어요."
+DRAWER_OPEN = "☰ 대화 기록"
+DRAWER_CLOSE = "✕ 닫기"
+TIMEZONE = timezone(timedelta(hours=9), "KST")  # Korean time (no daylight saving since 1988)
+TODAY_AT = "오늘 {time}"
+YESTERDAY = "어제"
+HISTORY_DAY = "{month}월 {day}일"
+HISTORY_DAY_OF_YEAR = "{year}년 {month}월 {day}일"
 RENAME_LABEL = "대화 이름"
 RENAME = "✏️ 이름 바꾸기"
 DELETE = "🗑️ 삭제"
@@ -78,7 +90,9 @@ DELETE_YES = "삭제할게요"
 CANCEL = "취소"
 UNDO_DELETE = "↩️ 삭제 되돌리기"
 RESTORED = "대화를 되돌렸어요."
-EXPORT = "⬇️ 대화 내보내기"
+EXPORT = "⬇️ 내보내기 (Markdown, JSON)"
+EXPORT_ME = "나"
+EXPORT_KINDCHAT = "kindchat"
 SHARE = "🔗 공유 링크"
 SHARE_LINK_LABEL = "공유 링크 (읽기 전용)"
 NO_CONVERSATION = "먼저 대화를 고르거나 시작해 주세요."

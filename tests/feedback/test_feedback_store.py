@@ -264,6 +264,32 @@ def test_branches_go_back_and_continue_where_the_user_chose(db: Session) -> None
         )
 
 
+def test_search_finds_conversations_by_title_or_what_was_said(db: Session) -> None:
+    def chat(session_id: str, *said: str) -> str:
+        conv = store.create_conversation(session=db, session_id=session_id)
+        for i, text in enumerate(said):
+            role = "user" if i % 2 == 0 else "assistant"
+            store.record_message(session=db, conversation_id=conv.id, role=role, content=text)
+        return conv.id
+
+    trip = chat("s1", "부산 여행 코스 알려줘", "해운대와 광안리를 추천해요")
+    food = chat("s1", "김치찌개 레시피", "돼지고기와 묵은지를 준비해요 (100% 국산)")
+    english = chat("s1", "Python list comprehension?", "[x for x in xs]")
+    chat("s2", "부산 맛집", "돼지국밥이요")  # another session's: never found by s1
+
+    def found(words: str) -> set[str]:
+        return {c.id for c in store.list_conversations(session=db, session_id="s1", search=words)}
+
+    assert found("부산") == {trip}  # the title
+    assert found("광안리") == {trip}  # an answer
+    assert found("돼지") == {food}
+    assert found("PYTHON") == {english}  # Latin letters, case-blind
+    assert found("100%") == {food} and found("%") == {food}  # a wildcard is a character
+    assert found("x_for") == set() and found("_") == set()
+    assert found("  ") == {trip, food, english}  # no words: everything
+    assert found("없는 말") == set()
+
+
 def test_stats_count_per_version_and_day_thumbs_and_votes(db: Session) -> None:
     conv_id, a = _exchange(db, version="v1")
     b = store.record_message(

@@ -112,9 +112,11 @@ def list_conversations(
     gate: GateDep,
     user: Session = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    q: Annotated[str | None, Query(max_length=128, description="Words to find")] = None,
 ) -> list[ConversationSummary]:
-    """The session's conversations, most recently active first."""
-    return [summary(c) for c in conversations.list(own(request, gate, user), limit)]
+    """The session's conversations, most recently active first; with `q`, those whose title or
+    messages contain it."""
+    return [summary(c) for c in conversations.list(own(request, gate, user), limit, q)]
 
 
 @router.get("/conversations/{conversation_id}")

@@ -26,9 +26,15 @@ class ConversationService:
                 session=session, session_id=session_id, system_prompt=system_prompt
             ).id
 
-    def list(self, session_id: str, limit: int = 50) -> list[ConversationPublic]:
+    def list(
+        self, session_id: str, limit: int = 50, search: str | None = None
+    ) -> list[ConversationPublic]:
+        """The session's conversations, most recently active first (`search`: those whose
+        title or messages contain it)."""
         with session_scope(self.db) as session:
-            return store.list_conversations(session=session, session_id=session_id, limit=limit)
+            return store.list_conversations(
+                session=session, session_id=session_id, limit=limit, search=search
+            )
 
     def get(
         self, conversation_id: str, session_id: str

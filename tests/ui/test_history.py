@@ -1,0 +1,125 @@
+"""The history people look for (issue #29): each conversation with when it was last active,
+search by title or by what was said, export to read (Markdown) and to keep (JSON), and on a
+390 px phone a drawer that ☰ opens and picking a conversation closes. Headless Chromium against
+the real app; the database is the witness."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+
+from kindchat.ui import strings
+
+from .test_chat_features import (  # type: ignore[import-not-found]
+    USERS,
+    conversation_of,
+    send_chat,
+    settled,
+)
+
+pytestmark = pytest.mark.browser
+
+PHONE = {"width": 390, "height": 844}
+HISTORY = "#chat-history label"
+
+
+def labels(page: Any) -> list[str]:
+    return [" ".join(t.split()) for t in page.locator(HISTORY).all_inner_texts()]
+
+
+def test_search_finds_a_conversation_by_what_was_said_and_dates_show(
+    page: Any, ui_db: Engine, wait_for: Callable[..., None]
+) -> None:
+    for question in ("제주도 렌터카 예약 방법", "떡볶이 맛있게 만드는 법"):
+        page.locator("#chat-new").click()
+        page.wait_for_function("sel => !document.querySelectorAll(sel).length", arg=USERS)
+        page.wait_for_timeout(500)  # the new chat's events have all landed
+        send_chat(page, question)
+        settled(page)
+        wait_for(lambda q=question: conversation_of(ui_db, q) is not None, what="stored")
+    wait_for(lambda: len(labels(page)) == 2, what="both in the history")
+    assert all(f" · {strings.TODAY_AT.split()[0]} " in label for label in labels(page))
+
+    search = page.locator("#chat-search input, #chat-search textarea").first
+    search.fill("렌터카")
+    wait_for(lambda: labels(page) and all("렌터카" in x for x in labels(page)), what="found")
+    assert len(labels(page)) == 1
+    search.fill("없는 말 찾기")
+    wait_for(lambda: not labels(page), what="nothing found")
+    page.get_by_text(strings.SEARCH_NONE).first.wait_for()
+    search.fill("")
+    wait_for(lambda: len(labels(page)) == 2, what="everything again")
+
+
+def test_export_gives_markdown_to_read_and_json_to_keep(
+    page: Any, ui_db: Engine, wait_for: Callable[..., None]
+) -> None:
+    send_chat(page, "내보낼 대화예요")
+    settled(page)
+    wait_for(lambda: conversation_of(ui_db, "내보낼 대화예요") is not None, what="stored")
+    page.locator("#chat-manage").get_by_text(strings.MANAGE).click()
+    page.locator("#chat-export").click()
+    links = page.locator("#chat-export-file a[download]")
+    wait_for(lambda: links.count() == 2, what="two files to download")
+    saved: dict[str, str] = {}
+    for i in range(2):
+        with page.expect_download() as download:
+            links.nth(i).click()
+        path = download.value.path()
+        saved[download.value.suggested_filename.rsplit(".", 1)[-1]] = Path(path).read_text("utf-8")
+    markdown, raw = saved["md"], json.loads(saved["json"])
+    assert markdown.startswith("# 내보낼 대화예요")
+    assert f"**{strings.EXPORT_ME}**\n\n내보낼 대화예요" in markdown
+    assert f"**{strings.EXPORT_KINDCHAT}**" in markdown
+    assert [m["role"] for m in raw["messages"]] == ["user", "assistant"]
+    assert raw["messages"][1]["content"].strip() in markdown
+
+
+def test_on_a_phone_the_history_is_a_drawer(
+    page: Any,
+    ui_db: Engine,
+    screenshot: Callable[[Any, str], Path],
+    wait_for: Callable[..., None],
+) -> None:
+    page.set_viewport_size(PHONE)
+    send_chat(page, "서랍에서 다시 열 대화")
+    settled(page)
+    wait_for(lambda: conversation_of(ui_db, "서랍에서 다시 열 대화") is not None, what="stored")
+    page.locator("#chat-new-phone").click()  # a new chat from the first screen
+    page.wait_for_function("sel => !document.querySelectorAll(sel).length", arg=USERS)
+    sidebar = page.locator("#chat-sidebar")
+    assert not sidebar.is_visible()  # not on the first screen: the chat and its input are
+    opener = page.locator("#chat-drawer-open")
+    box = opener.bounding_box()
+    assert box is not None and box["y"] + box["height"] <= PHONE["height"]
+    opener.click()
+    sidebar.wait_for(state="visible")
+    drawer = sidebar.bounding_box()
+    assert drawer is not None and drawer["x"] <= 1 and drawer["width"] <= 0.9 * PHONE["width"]
+    wait_for(lambda: any("서랍에서" in x for x in labels(page)), what="the conversation listed")
+    screenshot(page, "history-drawer-phone")
+    page.locator(HISTORY).filter(has_text="서랍에서 다시 열 대화").first.click()
+    sidebar.wait_for(state="hidden")  # picking one closes the drawer, on the conversation
+    wait_for(
+        lambda: (
+            page.locator(USERS).count() == 1
+            and page.locator(USERS).first.inner_text().strip() == "서랍에서 다시 열 대화"
+        ),
+        what="the conversation opened",
+    )
+    opener.click()
+    sidebar.wait_for(state="visible")
+    page.locator("#chat-drawer-close").click()  # ✕ closes it too
+    sidebar.wait_for(state="hidden")
+    assert not page.locator("#chat-drawer-open").is_hidden()
+
+
+def test_on_a_desktop_the_history_is_a_column_without_a_drawer(page: Any) -> None:
+    assert page.locator("#chat-sidebar").is_visible() and page.locator("#chat-new").is_visible()
+    for phone_only in ("#chat-drawer-open", "#chat-drawer-close", "#chat-new-phone"):
+        assert page.locator(phone_only).is_hidden()
