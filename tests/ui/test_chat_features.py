@@ -159,7 +159,9 @@ def test_history_survives_a_reload_and_shares_read_only(
     page.wait_for_selector("#chat-input textarea")
     history = page.locator("#chat-history")
     wait_for(lambda: history.locator("label").count() == 2, what="the history after a reload")
-    assert history.locator("label").first.inner_text().strip() == "김치찌개 레시피 알려줘"
+    assert (
+        history.locator("label").first.inner_text().strip().startswith("김치찌개 레시피 알려줘 · ")
+    )
     history.get_by_text("요즘 너무 피곤해").click()
     wait_for(
         lambda: page.locator(USERS).first.inner_text().strip() == "요즘 너무 피곤해",
