@@ -40,6 +40,13 @@ from kindchat.ui.leaderboard import build_leaderboard_tab
 logger = logging.getLogger(__name__)
 
 API_PREFIX = "/v1/"
+# The browser languages whose Gradio words are given in Korean (Gradio's i18n picks the
+# browser's language; its own English, loaded after these, wins for plain "en": the page's
+# script then puts the Korean words in the labels)
+GRADIO_LOCALES = (
+    "ko ko-KR en-US en-GB en-CA en-AU en-IN ja ja-JP zh-CN zh-TW zh-HK de-DE fr-FR es-ES "
+    "es-MX pt-BR ru-RU vi vi-VN th-TH id-ID"
+).split()
 SHARE_PREFIX = "/shared/"  # read-only share pages, served by the API app
 FONTS = [
     "NanumGothic",
@@ -90,7 +97,7 @@ HEAD = """
 <script>
 (() => {
   document.documentElement.lang = "ko";
-  const [labels, english, branchWords] = %s;
+  const [labels, english, prefixes, branchWords, toastTitles] = %s;
   const visible = (el) => el && el.offsetParent !== null;
   const label = () => {
     for (const [id, text] of Object.entries(labels)) {
@@ -99,11 +106,22 @@ HEAD = """
         button.setAttribute("aria-label", text);
       }
     }
-    // Gradio's words its Korean leaves in English ("Liked", "Copy message", …)
+    // Gradio's words its i18n leaves in English ("Liked", "More tabs", …)
     for (const [word, korean] of Object.entries(english)) {
-      for (const button of document.querySelectorAll(`button[aria-label="${word}"]`)) {
-        button.setAttribute("aria-label", korean);
-        if (button.title === word) button.title = korean;
+      for (const el of document.querySelectorAll(`[aria-label="${word}"]`)) {
+        el.setAttribute("aria-label", korean);
+        if (el.title === word) el.title = korean;
+      }
+    }
+    // Gradio titles a toast with its English type ("Warning", "Info", …), whatever it is given
+    for (const title of document.querySelectorAll('[data-testid="toast-body"] .toast-title')) {
+      const node = [...title.childNodes]
+        .find((n) => n.nodeType === 3 && toastTitles[n.textContent.trim()]);
+      if (node) node.textContent = toastTitles[node.textContent.trim()] + " ";
+    }
+    for (const [start, korean] of Object.entries(prefixes)) {
+      for (const el of document.querySelectorAll(`[aria-label^="${start}"]`)) {
+        el.setAttribute("aria-label", korean + el.getAttribute("aria-label").slice(start.length));
       }
     }
   };
@@ -189,8 +207,8 @@ HEAD = """
     // Editing a sent message: Enter sends the edit, Shift+Enter breaks the line
     const editing = event.target.closest && event.target.closest("#chat-bot textarea.edit-textarea");
     if (editing && key === "enter" && !event.shiftKey && !event.isComposing) {
-      const submit = document.querySelector(
-        '#chat-bot button[aria-label="제출"], #chat-bot button[aria-label="Submit"]');
+      const submit = document.querySelector(['보내기', '제출', 'Submit'].map(
+        (name) => `#chat-bot button[aria-label="${name}"]`).join(", "));
       if (submit) {
         event.preventDefault();
         submit.click();
@@ -346,9 +364,17 @@ def mount_ui(app: FastAPI, page_checks: bool = True) -> FastAPI:
         footer_links=[],
         head=HEAD
         % json.dumps(
-            [strings.ARIA_LABELS, strings.ENGLISH_LABELS, strings.BRANCH_LABELS],
+            [
+                strings.ARIA_LABELS,
+                {**strings.ENGLISH_LABELS, **strings.GRADIO_ARIA},
+                strings.GRADIO_ARIA_PREFIXES,
+                strings.BRANCH_LABELS,
+                strings.TOAST_TITLES,
+            ],
             ensure_ascii=False,
         ),
+        # Gradio's own words in Korean, whatever the browser's language
+        i18n=gr.I18n(**{locale: strings.GRADIO_WORDS for locale in GRADIO_LOCALES}),
         enable_monitoring=False,  # Gradio's /monitoring pages: operator data, off
     )
     mount = app.router.routes[-1]

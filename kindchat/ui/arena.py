@@ -17,11 +17,13 @@ from kindchat.ui import strings
 from kindchat.ui.common import (
     OnLoad,
     ServicesRef,
+    UserError,
     friendly_name,
     model_choices,
     run_blocking,
     user_error,
     user_message,
+    warning,
 )
 from kindchat.ui.guard import action
 from kindchat.ui.state import ArenaRound
@@ -81,10 +83,10 @@ async def battle(
     messages = service.check_messages([ChatMessage(role="user", content=prompt)])
     chosen = [m for m in (model_a, model_b) if m]
     if len(chosen) == 1 or (len(chosen) == 2 and chosen[0] == chosen[1]):
-        raise gr.Error(strings.ARENA_SAME_MODEL)
+        raise UserError(strings.ARENA_SAME_MODEL)
     verdict = await run_blocking(service.moderator.check, text=prompt)
     if verdict.flagged:  # a refusal on both sides is nothing to vote on: no battle
-        raise gr.Error(strings.ARENA_FLAGGED)
+        raise UserError(strings.ARENA_FLAGGED)
     names = arena.battle_models(chosen or None)
     params = service.sampling(max_tokens=None, temperature=None, top_p=None)
     requests = [
@@ -126,14 +128,14 @@ async def start(
             yield round_update(current, status, done, gr.update(interactive=False))
     except Exception as err:  # said on the status line and in a toast; the input stays usable
         message = user_message(err, services.answers.limits.max_input_chars)
-        gr.Warning(message, duration=8)
+        warning(message, duration=8)
         yield round_update(before, f"⚠️ {message}", False, gr.update(interactive=True))
 
 
 async def vote(arena: ArenaService, state: ArenaRound, verdict: str) -> Update:
     """Record the verdict, reveal both models, disable the buttons."""
     if state.battle_id is None or state.verdict is not None:
-        gr.Warning(strings.ARENA_NO_BATTLE)
+        warning(strings.ARENA_NO_BATTLE)
         return state, gr.update(), *vote_buttons(False), gr.update()
     try:
         result = await arena.vote(
@@ -200,6 +202,7 @@ def build_arena_tab(services: ServicesRef) -> OnLoad:
         ]
     with gr.Row():
         prompt = gr.Textbox(
+            label=strings.ARENA_PROMPT_LABEL,  # what a screen reader says
             placeholder=strings.ARENA_PROMPT_PLACEHOLDER,
             show_label=False,
             scale=5,

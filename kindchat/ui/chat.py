@@ -30,13 +30,16 @@ from kindchat.ui import personas, strings
 from kindchat.ui.common import (
     OnLoad,
     ServicesRef,
+    UserError,
     error_line,
+    info,
     model_choices,
     run_blocking,
     safe,
     stream_text,
     user_error,
     user_message,
+    warning,
 )
 from kindchat.ui.guard import action
 from kindchat.ui.state import ChatSession, Turn
@@ -243,7 +246,7 @@ async def regenerate(services: Services, state: ChatSession, model: str) -> Asyn
     """Answer the last user message again; the earlier answer stays stored as a sibling."""
     last = state.last_answer()
     if last is None:
-        gr.Info(strings.NOTHING_TO_REGENERATE, duration=3)
+        info(strings.NOTHING_TO_REGENERATE, duration=3)
         yield chatbot_update(state), state, gr.update(), *busy(False), gr.update()
         return
     async for update in _streamed(
@@ -257,7 +260,7 @@ async def go_on(services: Services, state: ChatSession, model: str) -> AsyncIter
     stored answer grows in place)."""
     last = state.last_answer()
     if last is None or not last.cut:
-        gr.Info(strings.NOTHING_TO_CONTINUE, duration=3)
+        info(strings.NOTHING_TO_CONTINUE, duration=3)
         yield chatbot_update(state), state, gr.update(), *busy(False), gr.update()
         return
     async for update in _streamed(
@@ -271,7 +274,7 @@ def stop(state: ChatSession) -> Update:
     last = state.turns[-1] if state.turns else None
     if last is not None and last.role == "assistant":
         last.stopped = True
-    gr.Info(strings.STOPPED, duration=3)
+    info(strings.STOPPED, duration=3)
     return chatbot_update(state), state, *busy(False)
 
 
@@ -280,10 +283,10 @@ async def like(feedback: FeedbackService, state: ChatSession, data: gr.LikeData)
     index = data.index if isinstance(data.index, int) else data.index[0]
     turn = state.turns[index] if 0 <= index < len(state.turns) else None
     if turn is None or turn.role != "assistant" or turn.message_id is None:
-        gr.Warning(strings.NOT_RATABLE)
+        warning(strings.NOT_RATABLE)
         return state, gr.update(), gr.update(), gr.update()
     if data.liked not in (True, False):  # clicked off: votes are kept, so the screen shows it
-        gr.Info(strings.RATING_KEPT, duration=4)
+        info(strings.RATING_KEPT, duration=4)
         return state, gr.update(), chatbot_update(state), gr.update()
     value = 1 if data.liked else -1
     try:
@@ -291,11 +294,11 @@ async def like(feedback: FeedbackService, state: ChatSession, data: gr.LikeData)
             feedback.rate, message_id=turn.message_id, value=value, session_id=state.session_id
         )
     except Exception as err:
-        gr.Warning(user_message(err))
+        warning(user_message(err))
         return state, gr.update(), chatbot_update(state), gr.update()  # the vote as stored
     turn.rating = value
     state.awaiting_reason = turn.message_id if value < 0 else None
-    gr.Info(strings.THANKS_UP if value > 0 else strings.THANKS_DOWN, duration=3)
+    info(strings.THANKS_UP if value > 0 else strings.THANKS_DOWN, duration=3)
     if value > 0:
         return state, gr.update(visible=False), gr.update(), gr.update()
     about = strings.REASON_ABOUT.format(answer=excerpt(turn.content))
@@ -332,7 +335,7 @@ async def send_reason(
     except Exception as err:
         raise user_error(err) from err
     state.awaiting_reason = None
-    gr.Info(strings.THANKS_REASON, duration=3)
+    info(strings.THANKS_REASON, duration=3)
     return state, gr.update(visible=False), None, "", ""
 
 
@@ -441,7 +444,7 @@ def export_paths(conversations: ConversationService, state: ChatSession) -> list
     """The conversation as it is on screen, to keep: Markdown to read, and JSON (what
     `GET /v1/conversations/{id}` returns)."""
     if state.conversation_id is None:
-        raise gr.Error(strings.NO_CONVERSATION)
+        raise UserError(strings.NO_CONVERSATION)
     data = detail(*conversations.get(state.conversation_id, state.session_id))
     folder = Path(tempfile.mkdtemp(prefix="kindchat-export-"))
     readable = folder / f"kindchat-{data.id[:8]}.md"
@@ -648,7 +651,7 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
     @action("history")
     def on_rename(state: ChatSession, title: str) -> Any:
         if state.conversation_id is None or not title.strip():
-            raise gr.Error(strings.NO_CONVERSATION)
+            raise UserError(strings.NO_CONVERSATION)
         try:
             services().conversations.rename(state.conversation_id, state.session_id, title)
         except Exception as err:
@@ -658,20 +661,20 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
     def on_delete_ask(state: ChatSession, forget: bool) -> Update:
         """Delete asks once, and says what it does to the model's training."""
         if state.conversation_id is None:
-            gr.Warning(strings.NO_CONVERSATION)
+            warning(strings.NO_CONVERSATION)
             return gr.update(visible=False), gr.update()
         return gr.update(visible=True), strings.FORGET_ASK if forget else strings.DELETE_ASK
 
     @action("history")
     def on_delete(state: ChatSession, forget: bool) -> Update:
         if state.conversation_id is None:
-            raise gr.Error(strings.NO_CONVERSATION)
+            raise UserError(strings.NO_CONVERSATION)
         gone = state.conversation_id
         try:
             services().conversations.delete(gone, state.session_id, forget)
         except Exception as err:
             raise user_error(err) from err
-        gr.Info(strings.DELETED_FORGOTTEN if forget else strings.DELETED, duration=UNDO_S)
+        info(strings.DELETED_FORGOTTEN if forget else strings.DELETED, duration=UNDO_S)
         fresh = ChatSession(session_id=state.session_id, search=state.search)
         return (
             chatbot_update(fresh),
@@ -694,9 +697,9 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
             services().conversations.restore(gone, state.session_id)
             chatbot, opened, *_ = open_conversation(services().conversations, state, gone)
         except Exception as err:
-            gr.Warning(user_message(err))
+            warning(user_message(err))
             return chatbot_update(state), state, gr.update(), None, *hide
-        gr.Info(strings.RESTORED, duration=4)
+        info(strings.RESTORED, duration=4)
         return chatbot, opened, history_update(services().conversations, opened), None, *hide
 
     @action("history")
@@ -706,7 +709,7 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
     @action("history")
     def on_share(state: ChatSession) -> Any:
         if state.conversation_id is None:
-            raise gr.Error(strings.NO_CONVERSATION)
+            raise UserError(strings.NO_CONVERSATION)
         try:
             token = services().conversations.share(state.conversation_id, state.session_id)
         except Exception as err:
@@ -717,7 +720,7 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
         """A persona is the conversation's: chosen for a new chat; in one under way the choice
         goes back to that conversation's, and the page says how to use the new one."""
         if state.conversation_id is not None and state.turns:
-            gr.Info(strings.PERSONA_NEXT_CHAT, duration=6)
+            info(strings.PERSONA_NEXT_CHAT, duration=6)
             kept, custom = personas.choice_of(state.persona)
             return gr.update(value=kept), gr.update(value=custom, visible=kept == personas.CUSTOM)
         return gr.update(), gr.update(visible=choice == personas.CUSTOM)
@@ -830,7 +833,7 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
             try:
                 opened = open_conversation(served.conversations, fresh, wanted)
             except (NotFoundError, InvalidError):  # not this session's, deleted, or garbage
-                gr.Warning(strings.CONVERSATION_NOT_FOUND)
+                warning(strings.CONVERSATION_NOT_FOUND)
         chat_view, current, title_update, _, persona_update, custom_update = opened
         return (
             current,

@@ -77,9 +77,26 @@ def user_message(err: BaseException, max_chars: int = 8000) -> str:
     return strings.ERROR_DETAIL.format(message=fallback, detail=safe(str(api)))
 
 
+class UserError(gr.Error):
+    """Gradio's error toast with a Korean title."""
+
+    def __init__(self, message: str, duration: float | None = 10) -> None:
+        super().__init__(message, duration=duration, title=strings.TITLE_ERROR)
+
+
+def info(message: str, duration: float | None = 10) -> None:
+    """An information toast, titled in Korean."""
+    gr.Info(message, duration=duration, title=strings.TITLE_INFO)
+
+
+def warning(message: str, duration: float | None = 10) -> None:
+    """A warning toast, titled in Korean."""
+    gr.Warning(message, duration=duration, title=strings.TITLE_WARNING)
+
+
 def user_error(err: BaseException) -> gr.Error:
     """A Korean :class:`gr.Error` for an error of the service (unknown ones are logged)."""
-    return gr.Error(user_message(err))
+    return UserError(user_message(err))
 
 
 def error_line(message: str | None = None) -> Any:
@@ -87,7 +104,7 @@ def error_line(message: str | None = None) -> Any:
     Errors are shown there and in a toast, never as Gradio's error panel over the outputs,
     which would cover the chat and the input."""
     if message:
-        gr.Warning(message, duration=8)
+        warning(message, duration=8)
         return gr.update(value=f"⚠️ {message}", visible=True)
     return gr.update(value="", visible=False)
 

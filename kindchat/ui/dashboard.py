@@ -23,7 +23,7 @@ from kindchat.serve.protocol import Dashboard
 from kindchat.serve.services import AdminService
 from kindchat.ui import strings
 from kindchat.ui.bootstrap import stages_frame
-from kindchat.ui.common import OnLoad, ServicesRef, run_blocking, user_error
+from kindchat.ui.common import OnLoad, ServicesRef, UserError, run_blocking, user_error
 
 logger = logging.getLogger(__name__)
 
@@ -233,9 +233,9 @@ def check_admin(admin: AdminService, token: str) -> None:
     try:
         admin.check_admin(token)
     except AdminDisabledError:
-        raise gr.Error(strings.ADMIN_DISABLED) from None
+        raise UserError(strings.ADMIN_DISABLED) from None
     except AdminTokenError:
-        raise gr.Error(strings.ADMIN_WRONG) from None
+        raise UserError(strings.ADMIN_WRONG) from None
 
 
 def unlock(admin: AdminService, token: str) -> tuple[Any, str]:
@@ -254,7 +254,7 @@ def swap_note(report: ReloadReport) -> str:
 async def promote(admin: AdminService, token: str, version: str, alias: str) -> str:
     check_admin(admin, token)
     if not version or not alias:
-        raise gr.Error(strings.PROMOTE_PICK)
+        raise UserError(strings.PROMOTE_PICK)
     try:
         change, report = await admin.promote(version, alias)
     except Exception as err:

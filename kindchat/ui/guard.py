@@ -39,7 +39,7 @@ from kindchat.serve.auth import SESSION_COOKIE
 from kindchat.serve.errors import ApiError
 from kindchat.serve.gate import Gate
 from kindchat.ui import strings
-from kindchat.ui.common import user_error
+from kindchat.ui.common import UserError, user_error
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ MAX_BODY = 1 << 20  # a queue call's body at most (the page's inputs: text, smal
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class PageSessionError(gr.Error):
+class PageSessionError(UserError):
     """A page event whose cookie is not the session of the page it names."""
 
 

@@ -128,10 +128,21 @@ def build_leaderboard_tab(services: ServicesRef) -> OnLoad:
         gr.Markdown(strings.LEADERBOARD_METHOD)
     summary = gr.Markdown(strings.LEADERBOARD_EMPTY, elem_id="leaderboard-summary")
     table = gr.Dataframe(
-        headers=RANKING_COLUMNS, interactive=False, wrap=True, elem_id="leaderboard-table"
+        headers=RANKING_COLUMNS,
+        label=strings.LEADERBOARD_TABLE_LABEL,
+        show_label=False,
+        interactive=False,
+        wrap=True,
+        elem_id="leaderboard-table",
     )
     gr.Markdown(strings.MATRIX_TITLE)
-    matrix = gr.Dataframe(interactive=False, wrap=True, elem_id="leaderboard-matrix")
+    matrix = gr.Dataframe(
+        label=strings.MATRIX_LABEL,
+        show_label=False,
+        interactive=False,
+        wrap=True,
+        elem_id="leaderboard-matrix",
+    )
     button = gr.Button(strings.REFRESH, size="sm", elem_id="leaderboard-refresh")
 
     async def on_refresh() -> tuple[Any, Any, str]:

@@ -112,6 +112,7 @@ ARENA_INTRO = (
 )
 ARENA_MODEL_A = "모델 A"
 ARENA_MODEL_B = "모델 B"
+ARENA_PROMPT_LABEL = "두 모델에게 할 질문"
 ARENA_PROMPT_PLACEHOLDER = "두 모델에게 물어볼 질문을 입력하세요"
 ARENA_SEND = "대결 시작"
 ARENA_CHOOSE = "대결할 모델 고르기"
@@ -305,6 +306,76 @@ ENGLISH_LABELS = {
     "Copy message": "메시지 복사",
     "Copied message": "복사했어요",
 }
+# Toast titles (Gradio's are English: "Info", "Warning", "Error"; the page's script puts these)
+TITLE_INFO = "알림"
+TITLE_WARNING = "확인해 주세요"
+TITLE_ERROR = "문제가 생겼어요"
+TOAST_TITLES = {
+    "Info": TITLE_INFO,
+    "Warning": TITLE_WARNING,
+    "Error": TITLE_ERROR,
+    "Success": "완료",
+}
+# Gradio's own words, in Korean whatever the browser's language (its i18n keys)
+GRADIO_WORDS = {
+    "chatbot": {
+        "edit": "편집",
+        "retry": "다시 시도",
+        "undo": "되돌리기",
+        "submit": "보내기",
+        "cancel": "취소",
+        "like": "좋아요",
+        "dislike": "싫어요",
+        "clear": "대화 지우기",
+        "complete": "완료",
+        "copy_message": "메시지 복사",
+        "copied_message": "복사했어요",
+    },
+    "common": {
+        "clear": "지우기",
+        "download": "내려받기",
+        "download_all": "모두 내려받기",
+        "edit": "편집",
+        "empty": "비어 있음",
+        "error": "오류",
+        "loading": "불러오는 중",
+        "remove": "지우기",
+        "share": "공유",
+        "submit": "보내기",
+        "undo": "되돌리기",
+        "settings": "설정",
+        "language": "언어",
+        "progress": "진행",
+    },
+    "upload_text": {"click_to_upload": "눌러서 올리기", "drop_file": "파일을 여기에 놓으세요"},
+}
+# Words Gradio writes in English without i18n (screen readers read them)
+GRADIO_ARIA = {
+    "More tabs": "탭 더 보기",
+    "chatbot conversation": "대화 내용",
+    "Close": "닫기",
+    "Clear": "대화 지우기",
+    # the same words where Gradio's i18n stays English (a browser set to plain "en")
+    "Edit": "편집",
+    "Like": "좋아요",
+    "Dislike": "싫어요",
+    "Submit": "보내기",
+    "Cancel": "취소",
+    "Retry": "다시 시도",
+    "Undo": "되돌리기",
+    "Copy": "복사",
+    "Copied!": "복사했어요",
+    "Download": "내려받기",
+    "Share": "공유",
+    "Table actions": "표 메뉴",
+    "Copy table data": "표 복사",
+    "Fullscreen": "전체 화면",
+    "Exit fullscreen mode": "전체 화면 끝내기",
+    "Exit fullscreen": "전체 화면 끝내기",
+}
+LEADERBOARD_TABLE_LABEL = "모델 순위표"
+MATRIX_LABEL = "승률표"
+GRADIO_ARIA_PREFIXES = {"user's message: ": "내 메시지: ", "bot's message: ": "kindchat의 답변: "}
 BRANCH_LABELS = {
     "prev": "이전 버전",
     "next": "다음 버전",

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.browser
 BOTS = '#chat-bot [data-testid="bot"]'
 USERS = '#chat-bot [data-testid="user"]'
 EDIT = 'button[aria-label="편집"], button[aria-label="Edit"]'
-SUBMIT = 'button[aria-label="제출"], button[aria-label="Submit"]'
+SUBMIT = 'button[aria-label="보내기"], button[aria-label="제출"], button[aria-label="Submit"]'
 
 
 def send_chat(page: Any, text: str) -> None:
