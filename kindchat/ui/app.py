@@ -234,8 +234,8 @@ TABS: list[tuple[str, Callable[[ServicesRef], OnLoad]]] = [
     (strings.TAB_CHAT, build_chat_tab),
     (strings.TAB_ARENA, build_arena_tab),
     (strings.TAB_LEADERBOARD, build_leaderboard_tab),
-    (strings.TAB_DASHBOARD, build_dashboard_tab),
 ]
+ADMIN_PATH = "admin"  # the operators' page (the dashboard, behind the admin token): /admin
 
 
 @dataclass
@@ -285,6 +285,7 @@ def build_ui(services: ServicesRef, page_checks: bool = True) -> gr.Blocks:
             for label, build in TABS:
                 with gr.Tab(label) as tab:
                     loads.append((tab, build(services)))
+        gr.Navbar(visible=False)  # people see one page; operators know /admin
         started = demo.load(page_session(services), None, [session])
         for tab, on_load in loads:
             inputs = [session, *on_load.inputs]
@@ -292,6 +293,14 @@ def build_ui(services: ServicesRef, page_checks: bool = True) -> gr.Blocks:
                 started.then(for_page(on_load.fn), inputs, on_load.outputs, js=on_load.js)
             if on_load.on_select:
                 tab.select(for_page(on_load.fn), inputs, on_load.outputs)
+    # The dashboard is for operators: a page of its own, out of the people's tabs, its data
+    # behind the admin token (as GET /v1/admin/dashboard)
+    with demo.route(strings.ADMIN_PAGE, f"/{ADMIN_PATH}", show_in_navbar=False):
+        admin_session = gr.State(PageSession())
+        dashboard = build_dashboard_tab(services)
+        demo.load(page_session(services), None, [admin_session]).then(
+            for_page(dashboard.fn), [admin_session, *dashboard.inputs], dashboard.outputs
+        )
     demo.queue(default_concurrency_limit=None)  # the model engine batches and limits, not Gradio
     if page_checks:
         guard_events(demo, lambda: services().gate)  # every handler: the cookie's session, limits

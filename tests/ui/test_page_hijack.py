@@ -163,8 +163,10 @@ def test_a_second_client_with_the_victims_session_hash_gets_nothing(
     )
 
 
-def test_the_dashboard_needs_the_admin_token(page: Any, wait_for: Callable[..., None]) -> None:
-    page.get_by_role("tab", name=strings.TAB_DASHBOARD).click()
+def test_the_dashboard_needs_the_admin_token(
+    page: Any, ui_server: Any, wait_for: Callable[..., None]
+) -> None:
+    page.goto(f"{ui_server.url}/admin")
     totals = page.locator("#dashboard-totals")
     wait_for(lambda: "관리자" in totals.inner_text(), what="the locked dashboard")
     assert "피드백" not in totals.inner_text().replace(strings.DASHBOARD_LOCKED, "")
