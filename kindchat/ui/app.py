@@ -68,6 +68,11 @@ CSS = """
 #chat-bot .kc-branch-arrow:disabled { opacity: 0.35; cursor: default; }
 #chat-bot .kc-continue { margin-left: 4px; padding: 1px 8px; border-radius: 6px; font-size: 13px;
   border: 1px solid var(--border-color-primary); color: var(--body-text-color); }
+/* ⋯ on each conversation of the history: its menu */
+#chat-history label { position: relative; padding-right: 28px !important; }
+#chat-history .kc-menu { position: absolute; right: 4px; top: 50%; transform: translateY(-50%);
+  padding: 0 6px; border-radius: 6px; font-size: 16px; line-height: 1.4; }
+#chat-history .kc-menu:hover { background: var(--block-background-fill); }
 /* the edit box of a sent message as wide as the message column */
 #chat-bot .message-wrap textarea.edit-textarea { width: 100% !important; min-width: min(36rem, 80vw); }
 /* On a phone the conversation and its input come first, on the first screen; the history and
@@ -97,7 +102,7 @@ HEAD = """
 <script>
 (() => {
   document.documentElement.lang = "ko";
-  const [labels, english, prefixes, branchWords, toastTitles] = %s;
+  const [labels, english, prefixes, branchWords, toastTitles, menuWords] = %s;
   const visible = (el) => el && el.offsetParent !== null;
   const label = () => {
     for (const [id, text] of Object.entries(labels)) {
@@ -199,7 +204,34 @@ HEAD = """
       place.prepend(nav);
     });
   };
-  new MutationObserver(() => { label(); branches(); }).observe(document.documentElement, {
+  // ⋯ on each conversation of the history: it opens that conversation and its menu (rename,
+  // delete, export, share) right there
+  const menus = () => {
+    for (const item of document.querySelectorAll("#chat-history label")) {
+      if (item.querySelector(":scope > .kc-menu")) continue;
+      const more = document.createElement("button");
+      more.type = "button";
+      more.className = "kc-menu";
+      more.textContent = "⋯";
+      more.setAttribute("aria-label", menuWords.menu);
+      more.title = menuWords.menu;
+      more.addEventListener("click", (event) => {
+        event.preventDefault();
+        event.stopPropagation();
+        const radio = item.querySelector("input");
+        if (radio && !radio.checked) radio.click();
+        const manage = document.querySelector("#chat-manage");
+        const header = manage && manage.querySelector("button.label-wrap");
+        if (header && !header.classList.contains("open")) header.click();
+        setTimeout(() => {
+          manage?.scrollIntoView({ block: "nearest" });
+          document.querySelector("#chat-title input, #chat-title textarea")?.focus();
+        }, 300);
+      });
+      item.append(more);
+    }
+  };
+  new MutationObserver(() => { label(); branches(); menus(); }).observe(document.documentElement, {
     childList: true, subtree: true, attributes: true, attributeFilter: ["aria-label", "class"],
   });
   document.addEventListener("keydown", (event) => {
@@ -285,7 +317,7 @@ def build_ui(services: ServicesRef, page_checks: bool = True) -> gr.Blocks:
             for label, build in TABS:
                 with gr.Tab(label) as tab:
                     loads.append((tab, build(services)))
-        gr.Navbar(visible=False)  # people see one page; operators know /admin
+        gr.Navbar(visible="hidden")  # people see one page; operators know /admin (False: shown)
         started = demo.load(page_session(services), None, [session])
         for tab, on_load in loads:
             inputs = [session, *on_load.inputs]
@@ -379,6 +411,7 @@ def mount_ui(app: FastAPI, page_checks: bool = True) -> FastAPI:
                 strings.GRADIO_ARIA_PREFIXES,
                 strings.BRANCH_LABELS,
                 strings.TOAST_TITLES,
+                {"menu": strings.HISTORY_MENU},
             ],
             ensure_ascii=False,
         ),

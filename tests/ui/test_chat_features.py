@@ -97,17 +97,6 @@ def test_edit_and_resend_keeps_both_branches(
     box = page.locator("#chat-bot textarea.edit-textarea")
     box.fill("제주 여행 코스 알려줘")
     page.locator("#chat-bot").locator(SUBMIT).first.click()
-    # The edited message shows first and its answer a moment later: wait for both, then for
-    # the answer's end (the stop button shows only once the stream has begun)
-    wait_for(
-        lambda: (
-            page.locator(USERS).first.inner_text().strip() == "제주 여행 코스 알려줘"
-            and page.locator(BOTS).count() == 1
-        ),
-        what="the edited message and its new answer on screen",
-    )
-    settled(page)
-    assert page.locator(USERS).count() == 1 and page.locator(BOTS).count() == 1
 
     def branches() -> list[Message]:
         conversation = conversation_of(ui_db, "부산 여행 코스 알려줘")
@@ -115,7 +104,18 @@ def test_edit_and_resend_keeps_both_branches(
             return []
         return messages_where(ui_db, Message.conversation_id == conversation.id)
 
+    # The page shows the edited text at once, beside the old answer, before the server has the
+    # edit: the new answer is known to be there once it is stored
     wait_for(lambda: len(branches()) == 4, what="both branches in the database")
+    settled(page)
+    wait_for(
+        lambda: (
+            page.locator(USERS).count() == 1
+            and page.locator(USERS).first.inner_text().strip() == "제주 여행 코스 알려줘"
+            and page.locator(BOTS).count() == 1
+        ),
+        what="the edited message and its new answer on screen",
+    )
     rows = branches()
     original = next(m for m in rows if m.content == "부산 여행 코스 알려줘")
     edited = next(m for m in rows if m.content == "제주 여행 코스 알려줘")

@@ -123,3 +123,39 @@ def test_on_a_desktop_the_history_is_a_column_without_a_drawer(page: Any) -> Non
     assert page.locator("#chat-sidebar").is_visible() and page.locator("#chat-new").is_visible()
     for phone_only in ("#chat-drawer-open", "#chat-drawer-close", "#chat-new-phone"):
         assert page.locator(phone_only).is_hidden()
+
+
+def test_the_menu_of_a_conversation_opens_beside_it_in_the_history(
+    page: Any, ui_db: Engine, wait_for: Callable[..., None]
+) -> None:
+    for question in ("메뉴로 고칠 대화", "그다음 대화"):
+        page.locator("#chat-new").click()
+        page.wait_for_function("sel => !document.querySelectorAll(sel).length", arg=USERS)
+        page.wait_for_timeout(500)
+        send_chat(page, question)
+        settled(page)
+        wait_for(lambda q=question: conversation_of(ui_db, q) is not None, what="stored")
+    item = page.locator(HISTORY).filter(has_text="메뉴로 고칠 대화").first
+    wait_for(lambda: item.locator(".kc-menu").count() == 1, what="⋯ on the conversation")
+    item.locator(".kc-menu").click()  # opens that conversation and its menu
+    wait_for(
+        lambda: (
+            page.locator(USERS).count() == 1
+            and page.locator(USERS).first.inner_text().strip() == "메뉴로 고칠 대화"
+        ),
+        what="the conversation of that ⋯",
+    )
+    title = page.locator("#chat-title input, #chat-title textarea").first
+    title.wait_for(state="visible")
+    wait_for(lambda: title.input_value() == "메뉴로 고칠 대화", what="its title in the menu")
+    title.fill("이름을 바꾼 대화")
+    page.locator("#chat-rename").click()
+    conversation = conversation_of(ui_db, "메뉴로 고칠 대화")
+    assert conversation is not None
+    wait_for(
+        lambda: (
+            (conversation_of(ui_db, "메뉴로 고칠 대화") or conversation).title == "이름을 바꾼 대화"
+        ),
+        what="the new title stored",
+    )
+    wait_for(lambda: any("이름을 바꾼 대화" in x for x in labels(page)), what="the list renamed")

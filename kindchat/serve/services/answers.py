@@ -23,7 +23,7 @@ from sqlmodel import Session
 from kindchat.config import Settings
 from kindchat.feedback import store
 from kindchat.feedback.db import session_scope
-from kindchat.feedback.errors import InvalidValueError
+from kindchat.feedback.errors import InvalidValueError, UnknownIdError
 from kindchat.feedback.models import MessagePublic
 from kindchat.feedback.moderation import CLEAN, ChainModerator, Verdict, refusal
 from kindchat.models.backends.base import GenerationOptions, StopMatcher, TextDelta
@@ -289,11 +289,8 @@ class AnswerService:
                 if message_id is None:
                     continue
                 message = store.get_message(session=session, message_id=message_id)
-                if message.conversation_id != request.conversation_id:
-                    raise InvalidValueError(
-                        f"{name} must name a message of conversation {request.conversation_id}",
-                        field=name,
-                    )
+                if message.conversation_id != request.conversation_id:  # as for an unknown id
+                    raise UnknownIdError("message", message_id, field=name)
 
     async def deltas(self, answer: Answer) -> AsyncGenerator[str, None]:
         """The answer's text pieces; totals are set on `answer` when it ends. Always releases."""
