@@ -124,6 +124,15 @@ HEAD = """
         .find((n) => n.nodeType === 3 && toastTitles[n.textContent.trim()]);
       if (node) node.textContent = toastTitles[node.textContent.trim()] + " ";
     }
+    // Gradio's progress line over a component that waits ("processing |", "queue: 1/2 |")
+    for (const tracker of document.querySelectorAll('[data-testid="status-tracker"]')) {
+      const walker = document.createTreeWalker(tracker, NodeFilter.SHOW_TEXT);
+      for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+        const text = node.textContent;
+        if (text.includes("processing")) node.textContent = text.replace("processing", "처리 중");
+        else if (text.startsWith("queue:")) node.textContent = text.replace("queue:", "대기");
+      }
+    }
     for (const [start, korean] of Object.entries(prefixes)) {
       for (const el of document.querySelectorAll(`[aria-label^="${start}"]`)) {
         el.setAttribute("aria-label", korean + el.getAttribute("aria-label").slice(start.length));

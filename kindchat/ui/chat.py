@@ -244,27 +244,32 @@ async def _streamed(
 
 async def regenerate(services: Services, state: ChatSession, model: str) -> AsyncIterator[Update]:
     """Answer the last user message again; the earlier answer stays stored as a sibling."""
-    last = state.last_answer()
-    if last is None:
-        info(strings.NOTHING_TO_REGENERATE, duration=3)
-        yield chatbot_update(state), state, gr.update(), *busy(False), gr.update()
-        return
-    async for update in _streamed(
-        services, state, model, list(state.turns), regenerate=last.message_id
-    ):
+    async for update in _on_last_answer(services, state, model, "regenerate"):
         yield update
 
 
 async def go_on(services: Services, state: ChatSession, model: str) -> AsyncIterator[Update]:
     """계속 생성: the last answer, cut by the length limit, goes on from where it stopped (the
     stored answer grows in place)."""
+    async for update in _on_last_answer(services, state, model, "continue_of"):
+        yield update
+
+
+async def _on_last_answer(
+    services: Services, state: ChatSession, model: str, how: str
+) -> AsyncIterator[Update]:
+    """Stream into the last answer `how` says: `regenerate` it or go on with it (`continue_of`,
+    an answer cut by the length limit only); without one, say so."""
     last = state.last_answer()
-    if last is None or not last.cut:
-        info(strings.NOTHING_TO_CONTINUE, duration=3)
+    if last is None or (how == "continue_of" and not last.cut):
+        nothing = (
+            strings.NOTHING_TO_CONTINUE if how == "continue_of" else strings.NOTHING_TO_REGENERATE
+        )
+        info(nothing, duration=3)
         yield chatbot_update(state), state, gr.update(), *busy(False), gr.update()
         return
     async for update in _streamed(
-        services, state, model, list(state.turns), continue_of=last.message_id
+        services, state, model, list(state.turns), **{how: last.message_id}
     ):
         yield update
 

@@ -8,7 +8,7 @@ from datetime import timedelta, timezone
 PAGE_TITLE = "kindchat · 한국어 채팅 도우미"
 HEADER = (
     "## 💬 kindchat\n"
-    "무엇이든 편하게 물어보세요. 답이 마음에 들면 👍, 아쉬우면 👎를 눌러 주세요. "
+    "무엇이든 편하게 물어보세요. 답이 마음에 들면 👍 버튼을, 아쉬우면 👎 버튼을 눌러 주세요. "
     "여러분의 평가로 kindchat이 매일 밤 조금씩 나아져요."
 )
 TAB_CHAT = "채팅"
@@ -27,15 +27,15 @@ MODEL_LABEL = "모델"
 MODEL_INFO = "처음에는 추천 모델이 답해요"
 MODEL_NAMES = {
     "rlhf": "추천 모델",
-    "sft": "기본 모델",
+    "sft": "기본 대화 모델",
     "challenger": "새 모델",
-    "base": "기초 모델",
+    "base": "대화 학습 전 모델",
 }
 PERSONA_NEXT_CHAT = (
     "말투는 대화마다 정해져 있어요. 다른 말투로 이야기하려면 ➕ 새 대화를 시작한 뒤 골라 주세요."
 )
 OLDER_VERSION = "이전 버전 ({date})"
-REASON_TITLE = "어떤 점이 아쉬웠나요? 아래는 모두 선택이에요."
+REASON_TITLE = "어떤 점이 아쉬웠나요? 아래 항목은 모두 선택 사항이에요."
 REASON_CHOICES = [
     ("불친절해요", "unfriendly"),
     ("틀린 내용이에요", "incorrect"),
@@ -44,33 +44,35 @@ REASON_CHOICES = [
     ("기타", "other"),
 ]
 REASON_LABEL = "아쉬운 점 (선택)"
-REASON_ABOUT = "👎 이 답변에 대한 의견이에요: “{answer}”"
+REASON_ABOUT = "👎 평가한 답변: “{answer}”"
 COMMENT_LABEL = "자세한 의견 (선택)"
 BETTER_ANSWER_LABEL = "이렇게 답했으면 좋겠어요 (선택)"
-BETTER_ANSWER_PLACEHOLDER = "더 좋은 답을 직접 써 주시면 다음 모델이 그렇게 배워요"
+BETTER_ANSWER_PLACEHOLDER = "더 좋은 답을 직접 써 주시면 다음 모델이 보고 배울게요"
 REASON_SEND = "의견 보내기"
 THANKS_UP = "👍 평가해 주셔서 고마워요!"
-THANKS_DOWN = "👎 평가가 저장되었어요. 이유를 알려 주시면 더 좋아요."
+THANKS_DOWN = "👎 평가를 저장했어요. 이유도 알려 주시면 큰 도움이 돼요."
 THANKS_REASON = "의견이 저장되었어요. 고마워요!"
-RATING_KEPT = "평가 취소는 저장되지 않아요. 반대쪽 버튼을 누르면 평가를 바꿀 수 있어요."
+RATING_KEPT = "한 번 남긴 평가는 취소할 수 없어요. 반대쪽 버튼을 누르면 평가를 바꿀 수 있어요."
 NOTHING_TO_REGENERATE = "다시 생성할 답변이 없어요. 먼저 메시지를 보내 주세요."
-NOTHING_TO_CONTINUE = "이어서 쓸 답변이 없어요. 길이 제한에서 끊긴 마지막 답변만 이어 쓸 수 있어요."
+NOTHING_TO_CONTINUE = (
+    "이어서 쓸 답변이 없어요. 길이 제한으로 중간에 끊긴 마지막 답변만 이어서 쓸 수 있어요."
+)
 NOT_RATABLE = "이 메시지는 평가할 수 없어요. 도우미의 답변에만 평가를 남길 수 있어요."
 STOP = "⏹ 멈추기"
 STOPPED = "답변을 멈췄어요. 여기까지의 답변은 저장되었어요."
-PERSONA_LABEL = "페르소나"
+PERSONA_LABEL = "말투·역할"
 PERSONA_INFO = "도우미의 말투와 역할 (새 대화부터 적용)"
-PERSONA_CUSTOM_LABEL = "나만의 페르소나"
+PERSONA_CUSTOM_LABEL = "직접 정하는 말투·역할"
 PERSONA_CUSTOM_PLACEHOLDER = "예: 너는 요리를 잘 아는 다정한 셰프야"
 HISTORY_LABEL = "대화 기록"
 HISTORY_EMPTY = "아직 저장된 대화가 없어요."
 NEW_CHAT = "➕ 새 대화"
-MANAGE = "⋯ 이 대화 관리 (이름, 삭제, 내보내기, 공유)"
+MANAGE = "⋯ 대화 관리 (이름 바꾸기·삭제·내보내기·공유)"
 HISTORY_INFO = "누르면 그 대화를 이어서 할 수 있어요."
 HISTORY_MENU = "이 대화 관리: 이름 바꾸기, 삭제, 내보내기, 공유"
 SEARCH_LABEL = "대화 검색"
 SEARCH_PLACEHOLDER = "제목이나 내용으로 찾기"
-SEARCH_NONE = "찾는 말이 들어간 대화가 없어요."
+SEARCH_NONE = "일치하는 대화가 없어요."
 DRAWER_OPEN = "☰ 대화 기록"
 DRAWER_CLOSE = "✕ 닫기"
 TIMEZONE = timezone(timedelta(hours=9), "KST")  # Korean time (no daylight saving since 1988)
@@ -90,7 +92,7 @@ FORGET_ASK = "이 대화를 영구 삭제할까요? 저장된 내용이 바로 �
 DELETE_YES = "삭제할게요"
 CANCEL = "취소"
 UNDO_DELETE = "↩️ 삭제 되돌리기"
-RESTORED = "대화를 되돌렸어요."
+RESTORED = "대화를 복구했어요."
 EXPORT = "⬇️ 내보내기 (Markdown, JSON)"
 EXPORT_ME = "나"
 EXPORT_KINDCHAT = "kindchat"
@@ -98,7 +100,7 @@ SHARE = "🔗 공유 링크"
 SHARE_LINK_LABEL = "공유 링크 (읽기 전용)"
 NO_CONVERSATION = "먼저 대화를 고르거나 시작해 주세요."
 CONVERSATION_NOT_FOUND = (
-    "주소의 대화를 찾을 수 없어요. 삭제됐거나 이 브라우저에서 한 대화가 아니에요. "
+    "링크의 대화를 찾을 수 없어요. 삭제됐거나 다른 브라우저에서 나눈 대화일 수 있어요. "
     "새 대화를 시작할게요."
 )
 DELETED = "대화를 삭제했어요. 이 대화는 모델 학습에 쓰이지 않아요."
@@ -108,8 +110,8 @@ EDIT_HINT = "보낸 메시지에 마우스를 올리고 ✏️ 버튼을 누르�
 # ---- arena ------------------------------------------------------------------------------------
 ARENA_INTRO = (
     "### ⚔️ 아레나\n"
-    "질문 하나에 두 모델이 익명으로 답합니다. 더 좋은 답을 골라 주세요. "
-    "투표하면 어떤 모델이었는지 공개됩니다."
+    "질문 하나에 두 모델이 이름을 숨기고 답해요. 더 좋은 답을 골라 주세요. "
+    "투표하면 어떤 모델이었는지 알려 드려요."
 )
 ARENA_MODEL_A = "모델 A"
 ARENA_MODEL_B = "모델 B"
@@ -136,7 +138,7 @@ ARENA_VERDICTS = {
 ARENA_VERSIONS = "버전 · A: `{a}` · B: `{b}`"
 ARENA_YOUR_VOTE = "내 선택: {verdict}"
 ARENA_VOIDED = (
-    "⚠️ 이 대결은 답변에 모델 이름이 드러났거나 안전하지 않은 질문이라 순위에 반영되지 않아요."
+    "⚠️ 답변에 모델 이름이 드러났거나 안전하지 않은 질문이어서, 이 대결은 순위에 반영되지 않아요."
 )
 ARENA_NO_BATTLE = "아직 진행 중인 대결이 없어요. 먼저 질문을 보내 주세요."
 ARENA_SAME_MODEL = "서로 다른 두 모델을 골라 주세요. 같은 모델끼리는 대결할 수 없어요."
@@ -150,7 +152,7 @@ ARENA_NEXT_PLACEHOLDER = "다음 대결의 질문을 입력하세요"
 # ---- leaderboard ------------------------------------------------------------------------------
 LEADERBOARD_INTRO = (
     "### 🏆 리더보드\n"
-    "아레나에서 여러분이 누가 더 나은지 고른 투표로 매긴 순위예요. 표가 옆으로 길면 밀어서 보세요."
+    "아레나에서 여러분이 투표한 결과로 매긴 모델 순위예요. 표가 화면보다 넓으면 옆으로 밀어서 보세요."
 )
 LEADERBOARD_METHOD_TITLE = "점수는 어떻게 계산하나요?"
 LEADERBOARD_METHOD = (
@@ -177,13 +179,13 @@ COL_BOTH_BAD = "둘 다 별로"
 COL_WIN_RATE = "승률"
 COL_THUMBS_UP = "👍"
 COL_THUMBS_DOWN = "👎"
-MATRIX_TITLE = "#### 승률표 (행 모델이 열 모델을 이긴 비율, 괄호 안은 대결 수)"
+MATRIX_TITLE = "#### 상대별 승률 (왼쪽 모델이 위쪽 모델을 이긴 비율, 괄호 안은 대결 수)"
 MATRIX_CORNER = "모델 \\ 상대"
 
 # ---- dashboard --------------------------------------------------------------------------------
 DASHBOARD_INTRO = (
-    "## 📊 kindchat 운영\n피드백, 재학습, 모델 지표를 한눈에 봅니다. "
-    "운영자용 화면이에요: 채팅은 [첫 화면](/)에서 해요."
+    "## 📊 kindchat 운영\n피드백, 재학습, 모델 지표를 한눈에 보는 운영자용 화면이에요. "
+    "채팅은 [첫 화면](/)에서 해 주세요."
 )
 DASHBOARD_LOCKED = "운영자용 화면이에요. 아래 관리자 메뉴에서 토큰을 넣으면 지표가 보여요."
 FEEDBACK_PER_DAY = "일별 피드백"
@@ -246,17 +248,17 @@ SWAP_FAILED = " 단, 불러오지 못한 모델이 있어 이전 버전이 계�
 # ---- errors -----------------------------------------------------------------------------------
 ERROR_EMPTY = "메시지가 비어 있어요. 내용을 입력해 주세요."
 ERROR_TOO_LONG = (
-    "입력이 너무 길어요. 한 번에 보낼 수 있는 대화는 {limit:,}자까지예요. "
-    "메시지를 줄이거나 ➕ 새 대화에서 이어 주세요."
+    "대화가 너무 길어요. 한 대화에서 주고받을 수 있는 글자 수는 {limit:,}자까지예요. "
+    "메시지를 줄이거나 ➕ 새 대화에서 이어 가 주세요."
 )
 ERROR_BUSY = "지금 사용자가 많아요. 잠시 후 다시 시도해 주세요."
-ERROR_RATE_LIMITED = "요청이 너무 잦아요. 잠시 쉬었다가 다시 해 주세요."
-ERROR_NO_SESSION = "이 페이지에 세션이 없어요. 잠시 후 페이지를 새로고침해 주세요."
+ERROR_RATE_LIMITED = "메시지를 너무 빨리 보내고 있어요. 잠시 후 다시 시도해 주세요."
+ERROR_NO_SESSION = "연결 정보가 없어요. 페이지를 새로고침해 주세요."
 ERROR_MODEL = "선택한 모델을 찾을 수 없어요. 다른 모델을 골라 주세요."
 ERROR_UNAVAILABLE = "지금은 이 기능을 사용할 수 없어요."
 ERROR_RETRAIN_BUSY = "재학습이 이미 진행 중이에요. 끝난 뒤에 다시 시도해 주세요."
 ERROR_GENERIC = "문제가 생겼어요. 잠시 후 다시 시도해 주세요."
-ERROR_PAGE_SESSION = "이 페이지는 다른 세션의 것이에요. 페이지를 새로고침해 주세요."
+ERROR_PAGE_SESSION = "페이지 정보가 오래됐어요. 페이지를 새로고침해 주세요."
 ERROR_FLAGGED_TEXT = (
     "이 내용에는 학습에 쓸 수 없는 표현이 있어 저장하지 않았어요. 표현을 바꿔 다시 보내 주세요."
 )
@@ -288,7 +290,7 @@ BOOTSTRAP_FIRST_BANNER = (
 BOOTSTRAP_NEW_MODEL = "✨ **새 모델이 도착했어요!** 이제 `{version}` 모델이 답해요."
 BOOTSTRAP_STAGES = {
     "base": "기초 언어 모델",
-    "sft": "대화 학습 (SFT)",
+    "sft": "대화 학습",
     "rm": "보상 모델",
     "gold-rm": "평가용 보상 모델",
     "ppo": "강화학습 (PPO)",
@@ -324,7 +326,7 @@ TOAST_TITLES = {
 GRADIO_WORDS = {
     "chatbot": {
         "edit": "편집",
-        "retry": "다시 시도",
+        "retry": "다시 생성",
         "undo": "되돌리기",
         "submit": "보내기",
         "cancel": "취소",
@@ -365,7 +367,7 @@ GRADIO_ARIA = {
     "Dislike": "싫어요",
     "Submit": "보내기",
     "Cancel": "취소",
-    "Retry": "다시 시도",
+    "Retry": "다시 생성",
     "Undo": "되돌리기",
     "Copy": "복사",
     "Copied!": "복사했어요",
@@ -383,9 +385,9 @@ GRADIO_ARIA_PREFIXES = {"user's message: ": "내 메시지: ", "bot's message: "
 BRANCH_LABELS = {
     "prev": "이전 버전",
     "next": "다음 버전",
-    "of": "{k}/{n}번째 버전",
+    "of": "{n}개 중 {k}번째 버전",
     "continue": "계속 생성",
-    "continue_label": "길이 제한에서 끊긴 답변을 이어서 쓰기",
+    "continue_label": "길이 제한으로 끊긴 답변 이어서 쓰기",
 }
 ERROR_MODEL_STARTING = "첫 모델을 아직 준비하고 있어요. 몇 초 뒤에 다시 보내 주세요."
 BOOTSTRAP_STATUS = {"done": "완료", "running": "진행 중", "waiting": "대기", "failed": "실패"}

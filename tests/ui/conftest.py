@@ -173,6 +173,18 @@ def page(browser: Any, ui_server: Any) -> Iterator[Any]:
     assert not errors, f"JavaScript errors on the page: {errors}"
 
 
+DESKTOP = {"width": 1280, "height": 960}
+PHONE = {"width": 390, "height": 844}
+
+
+@pytest.fixture(params=[DESKTOP, PHONE], ids=["desktop", "phone"])
+def viewport(request: pytest.FixtureRequest, page: Any) -> dict[str, int]:
+    """The test runs twice: at 1280 px and on a 390 px phone (the page resized to it)."""
+    size: dict[str, int] = request.param
+    page.set_viewport_size(size)
+    return size
+
+
 @pytest.fixture
 def screenshot() -> Callable[[Any, str], Path]:
     def take(page: Any, name: str) -> Path:

@@ -84,7 +84,7 @@ def test_banner_then_a_new_model_answers(
     page.locator("#admin-token input").fill(ADMIN_TOKEN)
     page.locator("#admin-unlock").click()
     stages = page.locator("#dashboard-bootstrap")
-    wait_for(lambda: "대화 학습 (SFT)" in stages.inner_text(), 30)
+    wait_for(lambda: "대화 학습" in stages.inner_text(), 30)
     assert "완료" in stages.inner_text()
     screenshot(page, "bootstrap-dashboard")
     context.close()

@@ -17,7 +17,7 @@ from kindchat.feedback.db import session_scope
 from kindchat.feedback.models import Message
 from kindchat.ui import strings
 
-from .conftest import LONG  # type: ignore[import-not-found]
+from .conftest import LONG, PHONE  # type: ignore[import-not-found]
 from .test_chat_features import (  # type: ignore[import-not-found]
     BOTS,
     EDIT,
@@ -31,7 +31,6 @@ from .test_chat_features import (  # type: ignore[import-not-found]
 
 pytestmark = pytest.mark.browser
 
-PHONE = {"width": 390, "height": 844}
 PREV = f'button[aria-label="{strings.BRANCH_LABELS["prev"]}"]'
 NEXT = f'button[aria-label="{strings.BRANCH_LABELS["next"]}"]'
 
@@ -74,9 +73,6 @@ def arrow(page: Any, turn: int, which: str) -> Any:
     )
 
 
-@pytest.mark.parametrize(
-    "viewport", [{"width": 1280, "height": 960}, PHONE], ids=["desktop", "phone"]
-)
 def test_regenerated_answers_are_versions_to_go_back_to(
     page: Any,
     ui_server: Any,
@@ -85,7 +81,6 @@ def test_regenerated_answers_are_versions_to_go_back_to(
     screenshot: Callable[[Any, str], Path],
     wait_for: Callable[..., None],
 ) -> None:
-    page.set_viewport_size(viewport)
     question = f"부산 여행 코스 알려줘 ({viewport['width']})"
     send_chat(page, question)
     settled(page)
@@ -147,9 +142,6 @@ def test_an_edited_question_is_a_version_with_its_own_answer(
     assert flat(page.locator(BOTS).first.inner_text()) == flat(original_answer.content)
 
 
-@pytest.mark.parametrize(
-    "viewport", [{"width": 1280, "height": 960}, PHONE], ids=["desktop", "phone"]
-)
 def test_an_answer_cut_by_length_goes_on_with_one_click(
     page: Any,
     ui_db: Engine,
@@ -157,7 +149,6 @@ def test_an_answer_cut_by_length_goes_on_with_one_click(
     screenshot: Callable[[Any, str], Path],
     wait_for: Callable[..., None],
 ) -> None:
-    page.set_viewport_size(viewport)
     question = f"옛날이야기 하나 해 줘 {LONG} {viewport['width']}"
     send_chat(page, question)
     settled(page)

@@ -30,9 +30,11 @@ def send_chat(page: Any, text: str) -> None:
     page.locator("#chat-input textarea").fill(text)
     page.locator("#chat-send").click()
     page.wait_for_function(  # the answer has begun (the user's message and a reply are shown)
-        "([sel, text]) => { const u = document.querySelectorAll(sel); "
-        "return u.length && u[u.length - 1].innerText.trim() === text }",
-        arg=[USERS, text],
+        "([sel, bots, text]) => { const u = document.querySelectorAll(sel); "
+        "const last = u[u.length - 1]; if (!last || last.innerText.trim() !== text) return false; "
+        "const b = document.querySelectorAll(bots); const reply = b[b.length - 1]; "
+        "return !!reply && !!(last.compareDocumentPosition(reply) & Node.DOCUMENT_POSITION_FOLLOWING) }",
+        arg=[USERS, BOTS, text],
     )
 
 

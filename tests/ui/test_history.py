@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 
 from kindchat.ui import strings
 
+from .conftest import PHONE  # type: ignore[import-not-found]
 from .test_chat_features import (  # type: ignore[import-not-found]
     USERS,
     conversation_of,
@@ -24,7 +25,6 @@ from .test_chat_features import (  # type: ignore[import-not-found]
 
 pytestmark = pytest.mark.browser
 
-PHONE = {"width": 390, "height": 844}
 HISTORY = "#chat-history label"
 
 

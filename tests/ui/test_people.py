@@ -20,6 +20,7 @@ from kindchat.feedback.db import session_scope
 from kindchat.feedback.models import Battle, Message, Rating
 from kindchat.ui import strings
 
+from .conftest import PHONE  # type: ignore[import-not-found]
 from .test_chat_features import (  # type: ignore[import-not-found]
     BOTS,
     USERS,
@@ -33,7 +34,6 @@ pytestmark = pytest.mark.browser
 
 LIKE = 'button[aria-label="좋아요"], button[aria-label="Like"]'
 LIKED = f'button[aria-label="{strings.ENGLISH_LABELS["Liked"]}"]'
-PHONE = {"width": 390, "height": 844}
 
 
 def ratings_of(db: Engine, message_id: str) -> list[Rating]:
@@ -41,9 +41,6 @@ def ratings_of(db: Engine, message_id: str) -> list[Rating]:
         return list(session.exec(select(Rating).where(Rating.message_id == message_id)))
 
 
-@pytest.mark.parametrize(
-    "viewport", [{"width": 1280, "height": 960}, PHONE], ids=["desktop", "phone"]
-)
 def test_an_error_is_a_line_under_the_input_and_the_input_stays_usable(
     page: Any,
     ui_db: Engine,
@@ -51,7 +48,6 @@ def test_an_error_is_a_line_under_the_input_and_the_input_stays_usable(
     screenshot: Callable[[Any, str], Path],
     wait_for: Callable[..., None],
 ) -> None:
-    page.set_viewport_size(viewport)
     too_long = "가" * 10_000
     box = page.locator("#chat-input textarea")
     box.fill(too_long)
@@ -163,7 +159,7 @@ def battles(db: Engine, prompt: str) -> list[Battle]:
 
 
 def test_a_flagged_prompt_gives_no_battle(
-    page: Any, ui_db: Engine, screenshot: Callable[[Any, str], Path]
+    page: Any, ui_db: Engine, viewport: dict[str, int], screenshot: Callable[[Any, str], Path]
 ) -> None:
     page.get_by_role("tab", name=strings.TAB_ARENA).click()
     prompt = "폭탄 만드는 방법 알려줘"
@@ -180,10 +176,10 @@ def test_a_flagged_prompt_gives_no_battle(
 
 
 def test_after_a_vote_the_next_step_is_a_new_question(
-    page: Any, ui_db: Engine, wait_for: Callable[..., None]
+    page: Any, ui_db: Engine, viewport: dict[str, int], wait_for: Callable[..., None]
 ) -> None:
     page.get_by_role("tab", name=strings.TAB_ARENA).click()
-    prompt = "주말에 할 만한 취미를 알려 줘"
+    prompt = f"주말에 할 만한 취미를 알려 줘 ({viewport['width']})"
     box = page.locator("#arena-input textarea")
     box.fill(prompt)
     page.locator("#arena-send").click()
@@ -207,9 +203,6 @@ def test_after_a_vote_the_next_step_is_a_new_question(
 DISLIKE = 'button[aria-label="싫어요"], button[aria-label="Dislike"]'
 
 
-@pytest.mark.parametrize(
-    "viewport", [{"width": 1280, "height": 960}, PHONE], ids=["desktop", "phone"]
-)
 def test_the_thumbs_down_form_sits_under_its_answer_better_answer_first(
     page: Any,
     ui_db: Engine,
@@ -217,7 +210,6 @@ def test_the_thumbs_down_form_sits_under_its_answer_better_answer_first(
     screenshot: Callable[[Any, str], Path],
     wait_for: Callable[..., None],
 ) -> None:
-    page.set_viewport_size(viewport)
     question = f"비 오는 날 할 일 추천해 줘 ({viewport['width']})"
     send_chat(page, question)
     settled(page)
