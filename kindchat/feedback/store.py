@@ -507,7 +507,7 @@ def thread_members(
     thread: list[M] = []
     members: dict[str, list[M]] = {}
     for message in ordered:
-        follows = getattr(message, "follows_id", None)
+        follows = message.follows_id
         if message.parent_id is not None and message.parent_id in members:
             thread = list(members[message.parent_id])  # a replacement: its original's context
         elif follows is not None and follows in members:
@@ -543,27 +543,19 @@ def branch_view(messages: Sequence[M], through: str | None = None) -> list[Branc
     message with its place among its siblings. Raises UnknownIdError for an unknown
     `through`."""
     members, thread = thread_members(messages)
-    by_id = {m.id: m for m in messages}
+    ordered = sorted(messages, key=lambda m: (m.created_at, m.id))
+    context = {m.id: tuple(x.id for x in members[m.id]) for m in ordered}  # what it follows
     if through is not None:
-        if through not in by_id:
+        if through not in context:
             raise UnknownIdError("message", through, field="message_id")
-        chosen = [m.id for m in members[through]] + [through]
-        below = [  # the messages of the branches through it, itself first
-            m
-            for m in sorted(messages, key=lambda m: (m.created_at, m.id))
-            if ([x.id for x in members[m.id]] + [m.id])[: len(chosen)] == chosen
-        ]
-        last = below[-1]
+        chosen = (*context[through], through)
+        # the latest message of the branches through it (itself, when nothing followed it)
+        last = [m for m in ordered if (*context[m.id], m.id)[: len(chosen)] == chosen][-1]
         thread = [*members[last.id], last]
     siblings: dict[tuple[tuple[str, ...], str], list[str]] = {}
-    for m in sorted(messages, key=lambda m: (m.created_at, m.id)):
-        key = (tuple(x.id for x in members[m.id]), m.role)
-        siblings.setdefault(key, []).append(m.id)
-    shown: list[Branched[M]] = []
-    for m in thread:
-        group = siblings[(tuple(x.id for x in members[m.id]), m.role)]
-        shown.append(Branched(m, tuple(group)))
-    return shown
+    for m in ordered:
+        siblings.setdefault((context[m.id], m.role), []).append(m.id)
+    return [Branched(m, tuple(siblings[(context[m.id], m.role)])) for m in thread]
 
 
 def thread_contexts(messages: Sequence[Message | MessagePublic]) -> dict[str, list[dict[str, str]]]:

@@ -372,13 +372,14 @@ class AnswerService:
                 )
             self.record_answer(session, answer, flag)
 
-    def answer_flag(self, answer: Answer) -> str | None:
+    def answer_flag(self, answer: Answer, text: str | None = None) -> str | None:
         """How the stored answer is flagged: `refusal` (it answers a flagged turn), the
-        moderation reason of its own text, or None. An answer about distress (to comfort, or to
-        give the 109 line) is the answer we want: not flagged, it may train."""
+        moderation reason of its own text (`text`: the whole answer, when it went on from a
+        stored one), or None. An answer about distress (to comfort, or to give the 109 line) is
+        the answer we want: not flagged, it may train."""
         if answer.flag is not None:
             return "refusal"
-        verdict = self.moderator.check(answer.text)
+        verdict = self.moderator.check(answer.text if text is None else text)
         if verdict.category == "self_harm":
             verdict = CLEAN
         if verdict.flagged:
@@ -422,8 +423,7 @@ class AnswerService:
         message_id = str(answer.request.continue_of)
         with session_scope(self.db) as session:
             before = store.get_message(session=session, message_id=message_id).content
-        verdict = self.moderator.check(before + answer.text)
-        flag = None if verdict.category == "self_harm" else verdict.reason
+        flag = self.answer_flag(answer, before + answer.text)
         with session_scope(self.db) as session:
             store.extend_message(
                 session=session,
