@@ -73,6 +73,13 @@ CSS = """
 #chat-history .kc-menu { position: absolute; right: 4px; top: 50%; transform: translateY(-50%);
   padding: 0 6px; border-radius: 6px; font-size: 16px; line-height: 1.4; }
 #chat-history .kc-menu:hover { background: var(--block-background-fill); }
+.kc-popup { position: fixed; z-index: 1100; display: flex; flex-direction: column; min-width: 11rem;
+  padding: 4px; border-radius: 8px; border: 1px solid var(--border-color-primary);
+  background: var(--background-fill-primary); box-shadow: 0 4px 16px rgba(0, 0, 0, 0.18); }
+.kc-popup button { text-align: left; padding: 8px 10px; border: none; border-radius: 6px;
+  background: transparent; font-size: 14px; color: var(--body-text-color); cursor: pointer; }
+.kc-popup button:hover, .kc-popup button:focus { background: var(--block-background-fill); outline: none; }
+.kc-popup button.kc-danger { color: var(--error-text-color, #b91c1c); }
 /* the edit box of a sent message as wide as the message column */
 #chat-bot .message-wrap textarea.edit-textarea { width: 100% !important; min-width: min(36rem, 80vw); }
 /* On a phone the conversation and its input come first, on the first screen; the history and
@@ -213,8 +220,76 @@ HEAD = """
       place.prepend(nav);
     });
   };
-  // ⋯ on each conversation of the history: it opens that conversation and its menu (rename,
-  // delete, export, share) right there
+  // ⋯ on each conversation of the history: a menu beside it (rename, share, export, delete).
+  // An item writes "<conversation id>:<action>" into the page's hidden box and presses its
+  // hidden button: the server opens that conversation and does it (the id is checked there).
+  let popup = null;
+  const closeMenu = (back) => {
+    if (!popup) return;
+    const opener = popup.kcOpener;
+    popup.remove();
+    popup = null;
+    opener?.setAttribute("aria-expanded", "false");
+    if (back) opener?.focus();
+  };
+  const openMenu = (more, id) => {
+    closeMenu(false);
+    popup = document.createElement("div");
+    popup.className = "kc-popup";
+    popup.setAttribute("role", "menu");
+    popup.setAttribute("aria-label", menuWords.menu);
+    popup.kcOpener = more;
+    for (const [action, text] of Object.entries(menuWords.items)) {
+      const item = document.createElement("button");
+      item.type = "button";
+      item.setAttribute("role", "menuitem");
+      item.dataset.action = action;
+      item.textContent = text;
+      if (action === "delete") item.classList.add("kc-danger");
+      item.addEventListener("click", (event) => {
+        event.stopPropagation();
+        closeMenu(false);
+        const box = document.querySelector("#chat-menu-pick textarea, #chat-menu-pick input");
+        const go = document.querySelector("#chat-menu-go");
+        if (!box || !go) return;
+        box.value = `${id}:${action}:${Date.now()}`;
+        box.dispatchEvent(new Event("input", { bubbles: true }));
+        setTimeout(() => go.click(), 0);
+      });
+      popup.append(item);
+    }
+    popup.addEventListener("keydown", (event) => {
+      const items = [...popup.querySelectorAll("button")];
+      const at = items.indexOf(document.activeElement);
+      const step = { ArrowDown: 1, ArrowUp: -1 }[event.key];
+      if (event.key === "Escape") {
+        event.preventDefault();
+        event.stopPropagation();
+        closeMenu(true);
+      } else if (step) {
+        event.preventDefault();
+        items[(at + step + items.length) %% items.length].focus();
+      } else if (event.key === "Tab") closeMenu(false);
+    });
+    document.body.append(popup);
+    const spot = more.getBoundingClientRect();
+    const size = popup.getBoundingClientRect();
+    const left = Math.max(4, Math.min(spot.right - size.width, window.innerWidth - size.width - 4));
+    const below = spot.bottom + 4 + size.height <= window.innerHeight;
+    popup.style.left = `${left}px`;
+    popup.style.top = `${below ? spot.bottom + 4 : Math.max(4, spot.top - size.height - 4)}px`;
+    more.setAttribute("aria-expanded", "true");
+    popup.querySelector("button")?.focus();
+  };
+  document.addEventListener("click", (event) => {
+    if (popup && !popup.contains(event.target) && event.target !== popup.kcOpener) closeMenu(false);
+  }, true);
+  // a new width moves the history (the drawer, the column): the menu would float elsewhere
+  let width = window.innerWidth;
+  window.addEventListener("resize", () => {
+    if (window.innerWidth !== width) closeMenu(false);
+    width = window.innerWidth;
+  });
   const menus = () => {
     for (const item of document.querySelectorAll("#chat-history label")) {
       if (item.querySelector(":scope > .kc-menu")) continue;
@@ -223,19 +298,16 @@ HEAD = """
       more.className = "kc-menu";
       more.textContent = "⋯";
       more.setAttribute("aria-label", menuWords.menu);
+      more.setAttribute("aria-haspopup", "menu");
+      more.setAttribute("aria-expanded", "false");
       more.title = menuWords.menu;
       more.addEventListener("click", (event) => {
         event.preventDefault();
         event.stopPropagation();
-        const radio = item.querySelector("input");
-        if (radio && !radio.checked) radio.click();
-        const manage = document.querySelector("#chat-manage");
-        const header = manage && manage.querySelector("button.label-wrap");
-        if (header && !header.classList.contains("open")) header.click();
-        setTimeout(() => {
-          manage?.scrollIntoView({ block: "nearest" });
-          document.querySelector("#chat-title input, #chat-title textarea")?.focus();
-        }, 300);
+        const id = item.querySelector("input")?.value;
+        if (!id) return;
+        if (popup && popup.kcOpener === more) closeMenu(true);
+        else openMenu(more, id);
       });
       item.append(more);
     }
@@ -420,7 +492,7 @@ def mount_ui(app: FastAPI, page_checks: bool = True) -> FastAPI:
                 strings.GRADIO_ARIA_PREFIXES,
                 strings.BRANCH_LABELS,
                 strings.TOAST_TITLES,
-                {"menu": strings.HISTORY_MENU},
+                {"menu": strings.HISTORY_MENU, "items": strings.HISTORY_MENU_ITEMS},
             ],
             ensure_ascii=False,
         ),

@@ -63,6 +63,27 @@ OPEN_DRAWER = """() => {
   document.querySelector("#chat-sidebar")?.classList.add("kc-open");
   document.querySelector("#chat-search input, #chat-search textarea")?.focus();
 }"""
+# After an item of ⋯'s menu: the focus where that item goes on (the title to rename, the
+# question of a delete, the files, the link)
+FOCUS_MENU_ITEM = """(pick) => {
+  const action = (pick || "").split(":")[1];
+  const where = {
+    rename: "#chat-title input, #chat-title textarea",
+    delete: "#chat-delete-yes",
+    export: "#chat-export-file a[download]",
+    share: "#chat-share-link input, #chat-share-link textarea",
+  }[action];
+  let tries = 0;
+  const focus = () => {
+    const el = where && [...document.querySelectorAll(where)].find((e) => e.offsetParent !== null);
+    if (el) {
+      el.scrollIntoView({ block: "nearest" });
+      el.focus();
+      if (action === "rename" || action === "share") el.select?.();
+    } else if (++tries < 40) setTimeout(focus, 50);
+  };
+  focus();
+}"""
 CLOSE_DRAWER = '() => { document.querySelector("#chat-sidebar")?.classList.remove("kc-open"); }'
 # After a 👎, the focus goes to the better-answer box once the form has appeared.
 FOCUS_BETTER_ANSWER = """() => {
@@ -482,7 +503,7 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
                 info=strings.HISTORY_EMPTY,
                 elem_id="chat-history",
             )
-            with gr.Accordion(strings.MANAGE, open=False, elem_id="chat-manage"):
+            with gr.Accordion(strings.MANAGE, open=False, elem_id="chat-manage") as manage:
                 title = gr.Textbox(label=strings.RENAME_LABEL, elem_id="chat-title")
                 rename_button = gr.Button(strings.RENAME, size="sm", elem_id="chat-rename")
                 forget = gr.Checkbox(label=strings.FORGET, value=False, elem_id="chat-forget")
@@ -572,6 +593,9 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
             branch_go = gr.Button(visible="hidden", elem_id="chat-branch-go")
             # 계속 생성 under an answer cut by the length limit (drawn there by the script)
             continue_go = gr.Button(visible="hidden", elem_id="chat-continue-go")
+            # an item of ⋯'s menu in the history ("<conversation id>:<action>")
+            menu_pick = gr.Textbox(visible="hidden", elem_id="chat-menu-pick")
+            menu_go = gr.Button(visible="hidden", elem_id="chat-menu-go")
         with gr.Column(scale=1, min_width=220):
             model = gr.Dropdown(
                 label=strings.MODEL_LABEL,
@@ -721,6 +745,47 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
             raise user_error(err) from err
         return gr.update(value=services().conversations.share_url(token), visible=True)
 
+    @action("history")
+    def on_menu(state: ChatSession, pick: str, forget: bool) -> Update:
+        """An item of ⋯'s menu: open that conversation (this session's own, else 404 in words)
+        with its manage panel, and do the item: rename gets the title box, share a link,
+        export the files, delete its question (delete still asks once)."""
+        conversation_id, _, rest = pick.partition(":")
+        wanted = rest.partition(":")[0]
+        if wanted not in strings.HISTORY_MENU_ITEMS:
+            raise UserError(strings.NO_CONVERSATION)
+        try:
+            chat_view, opened, title_update, link, persona_update, custom_update = (
+                open_conversation(services().conversations, state, conversation_id)
+            )
+            if wanted == "rename":  # the title as stored, also for the conversation open now
+                stored, _ = services().conversations.get(conversation_id, state.session_id)
+                title_update = gr.update(value=stored.title or "")
+            if wanted == "share":
+                token = services().conversations.share(conversation_id, state.session_id)
+                link = gr.update(value=services().conversations.share_url(token), visible=True)
+            files = (
+                gr.File(value=export_paths(services().conversations, opened), visible=True)
+                if wanted == "export"
+                else gr.update(value=None, visible=False)
+            )
+        except Exception as err:
+            raise user_error(err) from err
+        asking = wanted == "delete"
+        return (
+            chat_view,
+            opened,
+            history_update(services().conversations, opened),
+            title_update,
+            link,
+            persona_update,
+            custom_update,
+            gr.Accordion(open=True),
+            gr.update(visible=asking),
+            (strings.FORGET_ASK if forget else strings.DELETE_ASK) if asking else gr.update(),
+            files,
+        )
+
     def on_persona(state: ChatSession, choice: str) -> Update:
         """A persona is the conversation's: chosen for a new chat; in one under way the choice
         goes back to that conversation's, and the page says how to use the new one."""
@@ -801,7 +866,8 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
     )
     search.change(on_search, [state, search], [state, history], trigger_mode="always_last")
     drawer_open.click(None, js=OPEN_DRAWER)
-    for closes in (drawer_close.click, history.input, new_chat.click):
+    # closed too after a delete, so that the empty chat and its undo are in sight
+    for closes in (drawer_close.click, history.input, new_chat.click, delete_yes.click):
         closes(None, js=CLOSE_DRAWER)
     rename_button.click(on_rename, [state, title], [history])
     delete_button.click(on_delete_ask, [state, forget], [delete_ask, delete_question])
@@ -824,6 +890,26 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
         [deleted, undo_button, undo_timer],
     )
     export_button.click(on_export, [state], [export_file])
+    in_url(
+        menu_go.click(
+            on_menu,
+            [state, menu_pick, forget],
+            [
+                chatbot,
+                state,
+                history,
+                title,
+                share_link,
+                persona,
+                custom_persona,
+                manage,
+                delete_ask,
+                delete_question,
+                export_file,
+            ],
+            cancels=[sent, edited, regenerated, continued],
+        ).then(None, [menu_pick], None, js=FOCUS_MENU_ITEM)
+    )
     share_button.click(on_share, [state], [share_link])
     persona.input(on_persona, [state, persona], [persona, custom_persona])
 

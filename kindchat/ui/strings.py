@@ -70,6 +70,13 @@ NEW_CHAT = "➕ 새 대화"
 MANAGE = "⋯ 대화 관리 (이름 바꾸기·삭제·내보내기·공유)"
 HISTORY_INFO = "누르면 그 대화를 이어서 할 수 있어요."
 HISTORY_MENU = "이 대화 관리: 이름 바꾸기, 삭제, 내보내기, 공유"
+# ⋯ beside a conversation of the history opens these (the page's script draws the menu)
+HISTORY_MENU_ITEMS = {
+    "rename": "✏️ 이름 바꾸기",
+    "share": "🔗 공유 링크 만들기",
+    "export": "⬇️ 내보내기",
+    "delete": "🗑️ 삭제",
+}
 SEARCH_LABEL = "대화 검색"
 SEARCH_PLACEHOLDER = "제목이나 내용으로 찾기"
 SEARCH_NONE = "일치하는 대화가 없어요."
@@ -258,6 +265,10 @@ ERROR_MODEL = "선택한 모델을 찾을 수 없어요. 다른 모델을 골라
 ERROR_UNAVAILABLE = "지금은 이 기능을 사용할 수 없어요."
 ERROR_RETRAIN_BUSY = "재학습이 이미 진행 중이에요. 끝난 뒤에 다시 시도해 주세요."
 ERROR_GENERIC = "문제가 생겼어요. 잠시 후 다시 시도해 주세요."
+ERROR_NOT_FOUND = (
+    "찾는 대화가 없어요. 삭제됐거나 다른 브라우저에서 나눈 대화일 수 있어요. "
+    "대화 기록에서 다시 골라 주세요."
+)
 ERROR_PAGE_SESSION = "페이지 정보가 오래됐어요. 페이지를 새로고침해 주세요."
 ERROR_FLAGGED_TEXT = (
     "이 내용에는 학습에 쓸 수 없는 표현이 있어 저장하지 않았어요. 표현을 바꿔 다시 보내 주세요."

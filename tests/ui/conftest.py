@@ -125,6 +125,8 @@ def ui_server(micro_settings: Settings, tmp_path_factory: pytest.TempPathFactory
         default_max_tokens=24,
         alias_poll_s=0.5,
         port=port,
+        # every test is a new visitor from 127.0.0.1, twice for the tests at both widths
+        rate_limit_new_sessions="200/hour",
     )
     threads = torch.get_num_threads()
     app = create_product_app(settings, loader=paced_loader(settings))
@@ -200,3 +202,21 @@ def screenshot() -> Callable[[Any, str], Path]:
 def wait_for() -> Callable[..., None]:
     """`wait_for(predicate, timeout=30, what=...)`: poll until true (the serve tests' helper)."""
     return SERVE.wait_for  # type: ignore[no-any-return]
+
+
+def start_new_chat(page: Any) -> None:
+    """➕ 새 대화 where the page shows it: the history column (or the phone's open drawer), or
+    the phone's bar."""
+    in_history = page.locator("#chat-sidebar").is_visible()
+    page.locator("#chat-new" if in_history else "#chat-new-phone").click()
+    page.wait_for_function(
+        "sel => !document.querySelectorAll(sel).length", arg='#chat-bot [data-testid="user"]'
+    )
+
+
+def show_history(page: Any) -> None:
+    """The history in sight: beside the chat, or on a phone in its drawer (☰)."""
+    sidebar = page.locator("#chat-sidebar")
+    if not sidebar.is_visible():
+        page.locator("#chat-drawer-open").click()
+        sidebar.wait_for(state="visible")

@@ -29,13 +29,18 @@ SUBMIT = 'button[aria-label="보내기"], button[aria-label="제출"], button[ar
 def send_chat(page: Any, text: str) -> None:
     page.locator("#chat-input textarea").fill(text)
     page.locator("#chat-send").click()
-    page.wait_for_function(  # the answer has begun (the user's message and a reply are shown)
-        "([sel, bots, text]) => { const u = document.querySelectorAll(sel); "
-        "const last = u[u.length - 1]; if (!last || last.innerText.trim() !== text) return false; "
-        "const b = document.querySelectorAll(bots); const reply = b[b.length - 1]; "
-        "return !!reply && !!(last.compareDocumentPosition(reply) & Node.DOCUMENT_POSITION_FOLLOWING) }",
-        arg=[USERS, BOTS, text],
-    )
+    try:
+        page.wait_for_function(  # the answer has begun (the user's message and a reply shown)
+            "([sel, bots, text]) => { const u = document.querySelectorAll(sel); "
+            "const last = u[u.length - 1]; if (!last || last.innerText.trim() !== text) "
+            "return false; const b = document.querySelectorAll(bots); "
+            "const reply = b[b.length - 1]; return !!reply && "
+            "!!(last.compareDocumentPosition(reply) & Node.DOCUMENT_POSITION_FOLLOWING) }",
+            arg=[USERS, BOTS, text],
+        )
+    except Exception as err:  # say what the page said instead
+        said = page.locator('#chat-error, [data-testid="toast-body"]').all_inner_texts()
+        raise AssertionError(f"no answer to {text!r}; the page says {said}") from err
 
 
 def messages_where(db: Engine, *where: Any) -> list[Message]:

@@ -20,7 +20,11 @@ from kindchat.feedback.db import session_scope
 from kindchat.feedback.models import Battle, Message, Rating
 from kindchat.ui import strings
 
-from .conftest import PHONE  # type: ignore[import-not-found]
+from .conftest import (  # type: ignore[import-not-found]
+    PHONE,
+    show_history,
+    start_new_chat,
+)
 from .test_chat_features import (  # type: ignore[import-not-found]
     BOTS,
     USERS,
@@ -70,13 +74,14 @@ def test_an_error_is_a_line_under_the_input_and_the_input_stays_usable(
 
 
 def test_a_reopened_conversation_shows_its_stored_rating_and_un_rating_keeps_it(
-    page: Any, ui_db: Engine, wait_for: Callable[..., None]
+    page: Any, ui_db: Engine, viewport: dict[str, int], wait_for: Callable[..., None]
 ) -> None:
-    send_chat(page, "봄에 가기 좋은 곳 추천해 줘")
+    question = f"봄에 가기 좋은 곳 추천해 줘 ({viewport['width']})"
+    send_chat(page, question)
     settled(page)
     page.locator(BOTS).last.hover()
     page.locator("#chat-bot").locator(LIKE).last.click()
-    conversation = conversation_of(ui_db, "봄에 가기 좋은 곳 추천해 줘")
+    conversation = conversation_of(ui_db, question)
     assert conversation is not None
     [answer] = messages_where(
         ui_db, Message.conversation_id == conversation.id, Message.role == "assistant"
@@ -92,19 +97,19 @@ def test_a_reopened_conversation_shows_its_stored_rating_and_un_rating_keeps_it(
 
     page.keyboard.press("Control+Shift+O")  # a new chat, from the keyboard
     page.wait_for_function("sel => !document.querySelectorAll(sel).length", arg=USERS)
-    page.locator("#chat-history").get_by_text("봄에 가기 좋은 곳 추천해 줘").click()
+    show_history(page)
+    page.locator("#chat-history").get_by_text(question).click()
     wait_for(lambda: page.locator(USERS).count() == 1, what="the reopened conversation")
     wait_for(lambda: liked.count() == 1, what="the stored 👍 on the reopened answer")
 
 
 def test_a_new_chat_stops_the_answer_streaming_first(
-    page: Any, ui_db: Engine, wait_for: Callable[..., None]
+    page: Any, ui_db: Engine, viewport: dict[str, int], wait_for: Callable[..., None]
 ) -> None:
-    question = "아주 긴 모험 이야기를 천천히 들려줘"
+    question = f"아주 긴 모험 이야기를 천천히 들려줘 ({viewport['width']})"
     send_chat(page, question)
     page.locator("#chat-stop").wait_for(state="visible")
-    page.locator("#chat-new").click()
-    page.wait_for_function("sel => !document.querySelectorAll(sel).length", arg=USERS)
+    start_new_chat(page)
     settled(page)
     page.wait_for_timeout(2_000)  # long enough for a stream that kept going to show up
     assert page.locator(USERS).count() == 0 and page.locator(BOTS).count() == 0
@@ -122,8 +127,10 @@ def test_a_new_chat_stops_the_answer_streaming_first(
     wait_for(lambda: bool(stopped()), what="the stopped answer stored as far as it got")
 
 
-def test_escape_stops_the_answer(page: Any, ui_db: Engine, wait_for: Callable[..., None]) -> None:
-    question = "우주에 대해 길게 설명해 줘"
+def test_escape_stops_the_answer(
+    page: Any, ui_db: Engine, viewport: dict[str, int], wait_for: Callable[..., None]
+) -> None:
+    question = f"우주에 대해 길게 설명해 줘 ({viewport['width']})"
     send_chat(page, question)
     page.locator("#chat-stop").wait_for(state="visible")
     page.keyboard.press("Escape")
@@ -145,7 +152,7 @@ def test_escape_stops_the_answer(page: Any, ui_db: Engine, wait_for: Callable[..
     assert page.locator(BOTS).count() == 1  # the partial answer stays
 
 
-def test_the_page_speaks_korean_to_a_screen_reader(page: Any) -> None:
+def test_the_page_speaks_korean_to_a_screen_reader(page: Any, viewport: dict[str, int]) -> None:
     assert page.evaluate("document.documentElement.lang") == "ko"
     for element, label in strings.ARIA_LABELS.items():
         if element.startswith("chat-") and element != "chat-stop":
@@ -250,8 +257,11 @@ def test_the_thumbs_down_form_sits_under_its_answer_better_answer_first(
 
 
 def test_the_persona_follows_the_open_conversation(
-    page: Any, ui_db: Engine, wait_for: Callable[..., None]
+    page: Any, ui_db: Engine, viewport: dict[str, int], wait_for: Callable[..., None]
 ) -> None:
+    lunch, photosynthesis = (
+        f"{q} ({viewport['width']})" for q in ("오늘 점심 뭐 먹지", "광합성이 뭐예요")
+    )
     chosen = page.locator("#chat-persona input")
 
     def pick(name: str) -> None:
@@ -260,19 +270,19 @@ def test_the_persona_follows_the_open_conversation(
         wait_for(lambda: chosen.input_value() == name, what=f"the persona {name}")
 
     pick("친구처럼")
-    send_chat(page, "오늘 점심 뭐 먹지")
+    send_chat(page, lunch)
     settled(page)
-    page.locator("#chat-new").click()
-    page.wait_for_function("sel => !document.querySelectorAll(sel).length", arg=USERS)
+    start_new_chat(page)
     pick("선생님처럼")
-    send_chat(page, "광합성이 뭐예요")
+    send_chat(page, photosynthesis)
     settled(page)
-    first = conversation_of(ui_db, "오늘 점심 뭐 먹지")
-    second = conversation_of(ui_db, "광합성이 뭐예요")
+    first = conversation_of(ui_db, lunch)
+    second = conversation_of(ui_db, photosynthesis)
     assert first is not None and second is not None
     assert first.system_prompt != second.system_prompt
 
-    page.locator("#chat-history").get_by_text("오늘 점심 뭐 먹지").click()
+    show_history(page)
+    page.locator("#chat-history").get_by_text(lunch).click()
     wait_for(lambda: chosen.input_value() == "친구처럼", what="the reopened conversation's persona")
     chosen.click()  # a change in a conversation under way is refused, with a word
     page.get_by_role("option", name="상담사처럼").click()
@@ -303,14 +313,15 @@ def test_on_a_phone_the_input_is_on_the_first_screen(
 
 
 def test_delete_asks_once_says_it_no_longer_trains_and_can_be_undone(
-    page: Any, ui_db: Engine, wait_for: Callable[..., None]
+    page: Any, ui_db: Engine, viewport: dict[str, int], wait_for: Callable[..., None]
 ) -> None:
-    question = "지웠다가 되살릴 대화"
+    question = f"지웠다가 되살릴 대화 ({viewport['width']})"
     send_chat(page, question)
     settled(page)
     wait_for(lambda: conversation_of(ui_db, question) is not None, what="the stored chat")
     conversation = conversation_of(ui_db, question)
     assert conversation is not None
+    show_history(page)
     page.locator("#chat-manage").click()
     page.locator("#chat-delete").click()
     ask = page.locator("#chat-delete-yes")
@@ -323,6 +334,7 @@ def test_delete_asks_once_says_it_no_longer_trains_and_can_be_undone(
     page.locator("#chat-delete").click()
     ask.click()
     page.get_by_text(strings.DELETED).first.wait_for()
+    assert not page.locator("#chat-sidebar").evaluate("el => el.classList.contains('kc-open')")
     history = page.locator("#chat-history")
     wait_for(lambda: history.get_by_text(question).count() == 0, what="gone from the history")
 
@@ -334,14 +346,20 @@ def test_delete_asks_once_says_it_no_longer_trains_and_can_be_undone(
     wait_for(lambda: deleted_at() is not None, what="the delete stored")
     page.locator("#chat-undo").click()
     wait_for(lambda: deleted_at() is None, what="the delete undone")
+    show_history(page)
     wait_for(lambda: history.get_by_text(question).count() == 1, what="back in the history")
     assert page.locator(USERS).first.inner_text().strip() == question  # and open again
 
 
 def test_a_conversation_has_its_own_url_that_reload_opens(
-    page: Any, browser: Any, ui_server: Any, ui_db: Engine, wait_for: Callable[..., None]
+    page: Any,
+    browser: Any,
+    ui_server: Any,
+    ui_db: Engine,
+    viewport: dict[str, int],
+    wait_for: Callable[..., None],
 ) -> None:
-    question = "주소로 다시 열 대화"
+    question = f"주소로 다시 열 대화 ({viewport['width']})"
     send_chat(page, question)
     settled(page)
     wait_for(lambda: conversation_of(ui_db, question) is not None, what="the stored chat")
@@ -358,11 +376,12 @@ def test_a_conversation_has_its_own_url_that_reload_opens(
         what="the conversation reopened by the reload",
     )
     page.wait_for_timeout(2_000)  # the page's opening events (every tab's) have run
-    page.locator("#chat-new").click()
-    page.wait_for_function("sel => !document.querySelectorAll(sel).length", arg=USERS)
+    start_new_chat(page)
     wait_for(lambda: "c=" not in page.evaluate("window.location.search"), what="a new chat's URL")
 
-    stranger = browser.new_context(locale="ko-KR")  # another session: the id opens nothing
+    stranger = browser.new_context(
+        locale="ko-KR", viewport=viewport
+    )  # another session: the id opens nothing
     try:
         other = stranger.new_page()
         other.goto(f"{ui_server.url}/?c={conversation.id}")
@@ -374,11 +393,12 @@ def test_a_conversation_has_its_own_url_that_reload_opens(
 
 
 def test_an_edit_is_sent_with_enter_from_a_box_as_wide_as_the_chat(
-    page: Any, ui_db: Engine, wait_for: Callable[..., None]
+    page: Any, ui_db: Engine, viewport: dict[str, int], wait_for: Callable[..., None]
 ) -> None:
     from .test_chat_features import EDIT  # type: ignore[import-not-found]
 
-    send_chat(page, "강릉 맛집 알려줘")
+    width_tag = f"({viewport['width']})"
+    send_chat(page, f"강릉 맛집 알려줘 {width_tag}")
     settled(page)
     page.locator(USERS).first.hover()
     page.locator("#chat-bot").locator(EDIT).first.click()
@@ -389,16 +409,19 @@ def test_an_edit_is_sent_with_enter_from_a_box_as_wide_as_the_chat(
         page.locator("#chat-bot").bounding_box()["width"],
     )
     assert width >= 0.5 * chat_width, (width, chat_width)
-    box.fill("속초 맛집 알려줘")
+    edited = f"속초 맛집 알려줘 {width_tag}"
+    box.fill(edited)
     box.press("Shift+Enter")  # a line break stays in the box
     assert box.input_value().endswith("\n")
     box.press("Backspace")
     box.press("Enter")  # sends
     settled(page)
     wait_for(
-        lambda: page.locator(USERS).first.inner_text().strip() == "속초 맛집 알려줘",
+        lambda: page.locator(USERS).first.inner_text().strip() == edited,
         what="the edit sent by Enter",
     )
-    wait_for(lambda: conversation_of(ui_db, "속초 맛집 알려줘") is not None, what="stored")
-    edits = messages_where(ui_db, Message.role == "user", Message.content.startswith("속초"))
-    assert [m.content for m in edits] == ["속초 맛집 알려줘"]  # no stray newline saved
+    wait_for(lambda: conversation_of(ui_db, edited) is not None, what="stored")
+    edits = messages_where(
+        ui_db, Message.role == "user", Message.content.startswith(edited.rstrip(")"))
+    )
+    assert [m.content for m in edits] == [edited]  # no stray newline saved
