@@ -59,6 +59,12 @@ FONTS = [
 CSS = """
 #chat-bot .message-content, #arena-a .message-content, #arena-b .message-content { font-size: 15px; }
 #admin-actions { padding: 8px; }
+/* the leaderboard's Korean headers break between words, never inside one */
+#leaderboard-table [role="columnheader"], #leaderboard-table [role="columnheader"] *,
+#leaderboard-matrix [role="columnheader"], #leaderboard-matrix [role="columnheader"] * {
+  white-space: nowrap !important; word-break: keep-all !important; }
+#leaderboard-table [role="gridcell"] *, #leaderboard-matrix [role="gridcell"] * {
+  word-break: keep-all !important; }
 #chat-error { color: var(--error-text-color, #b91c1c); }
 /* ‹k/n› between the versions of a message (regenerated answers, edited questions) */
 #chat-bot .kc-branch { display: inline-flex; align-items: center; gap: 2px; margin-right: 4px;

@@ -5,6 +5,7 @@ The numbers come from :meth:`ArenaService.leaderboard`, the same code as `GET /v
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,7 +15,7 @@ import pandas as pd
 from kindchat.serve.protocol import Leaderboard, LeaderboardRow, PairwiseRow
 from kindchat.serve.services import ArenaService
 from kindchat.ui import strings
-from kindchat.ui.common import OnLoad, ServicesRef, run_blocking, user_error
+from kindchat.ui.common import OnLoad, ServicesRef, friendly_name, run_blocking, user_error
 
 DASH = "–"
 
@@ -33,22 +34,39 @@ def percent(value: float | None) -> str:
     return DASH if value is None else f"{value:.0%}"
 
 
-def display_name(model: str, aliases: dict[str, str]) -> str:
-    """`policy-… (rlhf)`: the version and the served aliases that point at it now."""
-    names = sorted(alias for alias, version in aliases.items() if version == model)
-    return f"{model} ({', '.join(names)})" if names else model
+ALIAS_ORDER = ("rlhf", "challenger", "sft", "base")  # the name people know a version by
+
+
+def display_names(models: Sequence[str], aliases: dict[str, str]) -> dict[str, str]:
+    """What people call each version: 추천 모델, 새 모델, 기본 대화 모델 for the served aliases,
+    이전 버전 (2026.12.4) for the rest; versions of one day told apart by their time. The
+    version ids themselves stay in the detail column."""
+    names = {}
+    for model in models:
+        served = [alias for alias in ALIAS_ORDER if aliases.get(alias) == model]
+        names[model] = friendly_name(served[0] if served else model)
+    for model, name in names.items():
+        twins = [m for m, n in names.items() if n == name]
+        if len(twins) > 1:
+            found = VERSION_TIME.search(model)
+            names[model] = f"{name} {found.group(1)}:{found.group(2)}" if found else model
+    return names
+
+
+VERSION_TIME = re.compile(r"-\d{8}-(\d{2})(\d{2})\d{2}")
 
 
 def ranking_table(elo: Leaderboard, bt: Leaderboard, aliases: dict[str, str]) -> pd.DataFrame:
     """One row per model, in Elo order: both ratings with intervals, tallies and thumbs."""
     by_bt = {row.model: row for row in bt.rows}
+    names = display_names([row.model for row in elo.rows], aliases)
     records = []
     for rank, row in enumerate(elo.rows, start=1):
         other = by_bt.get(row.model)
         records.append(
             {
                 strings.COL_RANK: rank,
-                strings.COL_MODEL: display_name(row.model, aliases),
+                strings.COL_MODEL: names[row.model],
                 strings.COL_ELO: rating(row),
                 strings.COL_ELO_CI: interval(row),
                 strings.COL_BT: rating(other),
@@ -61,6 +79,7 @@ def ranking_table(elo: Leaderboard, bt: Leaderboard, aliases: dict[str, str]) ->
                 strings.COL_WIN_RATE: percent(row.win_rate),
                 strings.COL_THUMBS_UP: row.thumbs_up,
                 strings.COL_THUMBS_DOWN: row.thumbs_down,
+                strings.COL_VERSION: row.model,  # the detail, last
             }
         )
     return pd.DataFrame(records, columns=RANKING_COLUMNS)
@@ -81,6 +100,7 @@ RANKING_COLUMNS = [
     strings.COL_WIN_RATE,
     strings.COL_THUMBS_UP,
     strings.COL_THUMBS_DOWN,
+    strings.COL_VERSION,
 ]
 
 
@@ -90,7 +110,8 @@ def win_matrix(
     """Row model's win rate against the column model (decided battles), with battle counts."""
     cells = {(p.model, p.opponent): p for p in pairs}
     models = [m for m in order if any(m in key for key in cells)]
-    labels = [display_name(m, aliases) for m in models]
+    names = display_names(models, aliases)
+    labels = [names[m] for m in models]
     rows = []
     for me, label in zip(models, labels, strict=True):
         row: dict[str, Any] = {strings.MATRIX_CORNER: label}

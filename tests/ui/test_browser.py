@@ -217,7 +217,11 @@ def test_leaderboard_and_dashboard_render_with_data(
     page.get_by_role("tab", name=strings.TAB_LEADERBOARD).click()
     table = page.locator("#leaderboard-table")
     wait_for(lambda: aliases["rlhf"] in table.inner_text(), what="the leaderboard rows")
-    assert aliases["sft"] in table.inner_text()
+    assert aliases["sft"] in table.inner_text()  # the versions, in their detail column
+    names = {cell(table, row, 1) for row in range(2)}
+    assert names == {strings.MODEL_NAMES["rlhf"], strings.MODEL_NAMES["sft"]}, names
+    matrix = page.locator("#leaderboard-matrix").inner_text()
+    assert strings.MODEL_NAMES["rlhf"] in matrix and aliases["rlhf"] not in matrix
     assert table.locator('.virtual-body [role="row"]').count() == 2
     for row in range(2):
         elo, elo_ci, bt, bt_ci = (cell(table, row, col) for col in range(2, 6))
@@ -304,3 +308,39 @@ def test_the_page_gets_a_signed_session_no_script_can_choose(
     [fresh] = [c for c in page.context.cookies() if c["name"] == SESSION_COOKIE]
     renewed = sessions.verify(fresh["value"]).session_id
     assert renewed != session_id
+
+
+def test_on_a_phone_the_leaderboard_says_it_scrolls_and_does(
+    page: Any,
+    ui_server: Any,
+    ui_db: Engine,
+    screenshot: Callable[[Any, str], Path],
+    wait_for: Callable[..., None],
+) -> None:
+    from .conftest import PHONE  # type: ignore[import-not-found]
+
+    seed_feedback(ui_server.url, ui_db)
+    page.set_viewport_size(PHONE)
+    page.get_by_role("tab", name=strings.TAB_LEADERBOARD).click()
+    table = page.locator("#leaderboard-table")
+    wait_for(lambda: table.locator('.virtual-body [role="row"]').count() == 2, what="the rows")
+    hint = page.get_by_text("옆으로 밀어서 보세요").first
+    assert hint.is_visible()  # said before the table, in words
+    hint_box, table_box = hint.bounding_box(), table.bounding_box()
+    assert hint_box is not None and table_box is not None and hint_box["y"] < table_box["y"]
+    # the table is wider than the phone, and a sideways swipe brings its last column in sight
+    moved = page.evaluate(
+        """() => {
+          const t = document.querySelector('#leaderboard-table');
+          const wide = [t, ...t.querySelectorAll('*')].find((e) => e.scrollWidth > e.clientWidth + 8
+            && ['auto', 'scroll'].includes(getComputedStyle(e).overflowX));
+          if (!wide) return null;
+          wide.scrollLeft = wide.scrollWidth;
+          return wide.scrollLeft;
+        }"""
+    )
+    assert moved, "a table wider than the phone must scroll sideways"
+    last = table.locator('[role="columnheader"]').last
+    box = last.bounding_box()
+    assert box is not None and box["x"] + box["width"] <= PHONE["width"] + 1, box
+    screenshot(page, "leaderboard-phone")
