@@ -110,8 +110,10 @@ def pairs_dataset(
     )
 
 
-def reward_model_from_lm(path: Path, pad_token_id: int) -> PreTrainedModel:
-    """A one-output sequence classifier whose body is the LM at `path` (head freshly set)."""
+def reward_model_from_lm(path: Path, pad_token_id: int, seed: int = 0) -> PreTrainedModel:
+    """A one-output sequence classifier whose body is the LM at `path` (its head drawn from
+    `seed`: the same RM for the same data, every run)."""
+    torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(
         str(path), num_labels=1, dtype=torch.float32
     )

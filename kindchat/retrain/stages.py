@@ -10,7 +10,7 @@ import json
 import logging
 
 from datasets import Dataset
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, set_seed
 
 from kindchat.config import Settings
 from kindchat.models.loading import load_causal_lm, load_reward_model
@@ -62,6 +62,7 @@ def train_base(settings: Settings, registry: Registry, preset: Preset) -> Manife
     model_config = preset.model_config(
         len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id
     )
+    set_seed(budget.seed)  # the initial weights too: one preset, one base model, every run
     model = AutoModelForCausalLM.from_config(model_config)
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("base LM: %.2fM parameters, preset %s", n_params / 1e6, preset.name)
@@ -192,7 +193,7 @@ def train_rm(
     """Train a reward model from an LM (or an earlier RM), evaluate it, register it as `rm`."""
     init_dir = registry.resolve(init_ref)
     tokenizer = load_tokenizer(init_dir)
-    model = reward_model_from_lm(init_dir, tokenizer.pad_token_id)
+    model = reward_model_from_lm(init_dir, tokenizer.pad_token_id, seed=config.seed)
     pairs = rm_training_pairs(settings, config, gold=gold)
     logger.info("%s: %d training pairs", "gold rm" if gold else "rm", len(pairs))
     run_dir = new_run_dir(settings.runs_dir, "gold-rm" if gold else "rm")
