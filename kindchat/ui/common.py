@@ -115,7 +115,7 @@ VERSION_DATE = re.compile(r"-(\d{4})(\d{2})(\d{2})-")
 
 def friendly_name(served: str) -> str:
     """What people call a served model: `kindchat-rlhf` → 추천 모델, `kindchat-sft` → 기본 모델,
-    a version id → 이전 버전 (날짜). Version ids stay in detail lines."""
+    a version id → 이전 모델 (날짜). Version ids stay in detail lines."""
     alias = served.removeprefix("kindchat-")
     if alias in strings.MODEL_NAMES:
         return strings.MODEL_NAMES[alias]

@@ -6,6 +6,7 @@ The numbers come from :meth:`ArenaService.leaderboard`, the same code as `GET /v
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,18 +39,20 @@ ALIAS_ORDER = ("rlhf", "challenger", "sft", "base")  # the name people know a ve
 
 
 def display_names(models: Sequence[str], aliases: dict[str, str]) -> dict[str, str]:
-    """What people call each version: 추천 모델, 새 모델, 기본 대화 모델 for the served aliases,
-    이전 버전 (2026.12.4) for the rest; versions of one day told apart by their time. The
+    """What people call each version: 추천 모델, 도전 모델, 기본 대화 모델 for the served aliases,
+    이전 모델 (2026.12.4) for the rest; versions of one day told apart by their time. The
     version ids themselves stay in the detail column."""
     names = {}
     for model in models:
         served = [alias for alias in ALIAS_ORDER if aliases.get(alias) == model]
         names[model] = friendly_name(served[0] if served else model)
-    for model, name in names.items():
-        twins = [m for m, n in names.items() if n == name]
-        if len(twins) > 1:
+    counts = Counter(names.values())
+    for model, name in list(names.items()):
+        if counts[name] > 1:
             found = VERSION_TIME.search(model)
-            names[model] = f"{name} {found.group(1)}:{found.group(2)}" if found else model
+            at = f" {found.group(1)}:{found.group(2)}" if found else ""
+            # 이전 모델 (2026.12.4 14:30): the time inside the date's parentheses
+            names[model] = f"{name[:-1]}{at})" if at and name.endswith(")") else model
     return names
 
 

@@ -28,13 +28,13 @@ MODEL_INFO = "처음에는 추천 모델이 답해요"
 MODEL_NAMES = {
     "rlhf": "추천 모델",
     "sft": "기본 대화 모델",
-    "challenger": "새 모델",
-    "base": "대화 학습 전 모델",
+    "challenger": "도전 모델",
+    "base": "기초 언어 모델",
 }
 PERSONA_NEXT_CHAT = (
     "말투는 대화마다 정해져 있어요. 다른 말투로 이야기하려면 ➕ 새 대화를 시작한 뒤 골라 주세요."
 )
-OLDER_VERSION = "이전 버전 ({date})"
+OLDER_VERSION = "이전 모델 ({date})"
 REASON_TITLE = "어떤 점이 아쉬웠나요? 아래 항목은 모두 선택 사항이에요."
 REASON_CHOICES = [
     ("불친절해요", "unfriendly"),
@@ -47,7 +47,7 @@ REASON_LABEL = "아쉬운 점 (선택)"
 REASON_ABOUT = "👎 평가한 답변: “{answer}”"
 COMMENT_LABEL = "자세한 의견 (선택)"
 BETTER_ANSWER_LABEL = "이렇게 답했으면 좋겠어요 (선택)"
-BETTER_ANSWER_PLACEHOLDER = "더 좋은 답을 직접 써 주시면 다음 모델이 보고 배울게요"
+BETTER_ANSWER_PLACEHOLDER = "더 좋은 답을 직접 써 주시면 다음 모델 학습에 참고할게요"
 REASON_SEND = "의견 보내기"
 THANKS_UP = "👍 평가해 주셔서 고마워요!"
 THANKS_DOWN = "👎 평가를 저장했어요. 이유도 알려 주시면 큰 도움이 돼요."
@@ -69,7 +69,7 @@ HISTORY_EMPTY = "아직 저장된 대화가 없어요."
 NEW_CHAT = "➕ 새 대화"
 MANAGE = "⋯ 대화 관리 (이름 바꾸기·삭제·내보내기·공유)"
 HISTORY_INFO = "누르면 그 대화를 이어서 할 수 있어요."
-HISTORY_MENU = "이 대화 관리: 이름 바꾸기, 삭제, 내보내기, 공유"
+HISTORY_MENU = "대화 관리 (이름 바꾸기·공유·내보내기·삭제)"
 # ⋯ beside a conversation of the history opens these (the page's script draws the menu)
 HISTORY_MENU_ITEMS = {
     "rename": "✏️ 이름 바꾸기",
@@ -164,8 +164,8 @@ LEADERBOARD_INTRO = (
 LEADERBOARD_METHOD_TITLE = "점수는 어떻게 계산하나요?"
 LEADERBOARD_METHOD = (
     "**점수**는 체스 순위처럼 대결 결과가 들어올 때마다 조금씩 오르내리는 Elo 점수예요 "
-    "(한 번에 최대 4점, 출발점 1000). **전체 비교 점수**는 모든 투표를 한꺼번에 놓고 "
-    "가장 그럴듯한 실력을 구하는 Bradley–Terry 방식이에요. 범위는 투표를 다시 뽑아 500번 "
+    "(한 번에 최대 4점씩 움직이고, 1000점에서 시작해요). **전체 비교 점수**는 모든 투표를 한꺼번에 놓고 "
+    "가장 가능성이 높은 실력을 추정하는 Bradley–Terry 방식이에요. 범위는 투표를 다시 뽑아 500번 "
     "계산했을 때 95%가 들어오는 구간이라, 범위가 겹치는 모델끼리는 아직 우열을 가리기 "
     "어려워요."
 )
@@ -177,17 +177,17 @@ COL_MODEL = "모델"
 COL_ELO = "점수"
 COL_ELO_CI = "점수 범위"
 COL_BT = "전체 비교 점수"
-COL_BT_CI = "전체 비교 범위"
+COL_BT_CI = "전체 비교 점수 범위"
 COL_BATTLES = "대결 수"
 COL_WINS = "승"
 COL_LOSSES = "패"
-COL_TIES = "무승부"
+COL_TIES = "무"
 COL_BOTH_BAD = "둘 다 별로"
 COL_WIN_RATE = "승률"
 COL_THUMBS_UP = "👍"
 COL_THUMBS_DOWN = "👎"
 MATRIX_TITLE = "#### 상대별 승률 (왼쪽 모델이 위쪽 모델을 이긴 비율, 괄호 안은 대결 수)"
-MATRIX_CORNER = "모델 \\ 상대"
+MATRIX_CORNER = "모델 ↓ / 상대 →"
 
 # ---- dashboard --------------------------------------------------------------------------------
 DASHBOARD_INTRO = (
@@ -227,9 +227,9 @@ COL_ACCURACY = "정확도"
 COL_ACCURACY_CI = "95% 구간"
 COL_ALIASES = "별칭"
 COL_GOLD = "판정용(골드)"
-TOTALS = "대화 {conversations}개 · 메시지 {messages}개 · 평가 {ratings}개 · 대결 {battles}개 (투표 {voted}개)"
+TOTALS = "대화 {conversations}개 · 메시지 {messages}개 · 평가 {ratings}건 · 대결 {battles}건 (투표 {voted}건)"
 ALIASES_NOW = "현재 별칭: {aliases}"
-NOT_SERVED = "⚠️ {alias}: 새 버전을 서빙하지 못해 {serving}(으)로 계속 답합니다 — {why}"
+NOT_SERVED = "⚠️ {alias}: 새 버전을 서빙하지 못해 {serving}(으)로 계속 답해요 — {why}"
 
 # ---- admin ------------------------------------------------------------------------------------
 ADMIN_TITLE = "🔐 관리자"
@@ -245,12 +245,12 @@ PROMOTE = "⬆️ 승격"
 ROLLBACK_ALIAS = "되돌릴 별칭"
 ROLLBACK = "↩️ 되돌리기"
 RETRAIN = "🌙 지금 재학습 시작"
-RETRAIN_FORCE = "새 피드백이 적어도 실행"
+RETRAIN_FORCE = "새 피드백이 적더라도 실행"
 PROMOTE_PICK = "승격할 버전과 별칭을 골라 주세요."
 PROMOTED = "{alias} → {version} 승격 완료. 서버가 새 버전으로 바뀌었어요."
 ROLLED_BACK = "{alias}을(를) 이전 버전으로 되돌렸어요: {version}"
 RETRAIN_STARTED = "재학습을 시작했어요 (실행 ID: {run_id}). 진행 상황은 재학습 기록에 나타나요."
-SWAP_FAILED = " 단, 불러오지 못한 모델이 있어 이전 버전이 계속 응답합니다: {failed}"
+SWAP_FAILED = " 단, 불러오지 못한 모델이 있어 이전 버전이 계속 응답해요: {failed}"
 
 # ---- errors -----------------------------------------------------------------------------------
 ERROR_EMPTY = "메시지가 비어 있어요. 내용을 입력해 주세요."
@@ -266,7 +266,7 @@ ERROR_UNAVAILABLE = "지금은 이 기능을 사용할 수 없어요."
 ERROR_RETRAIN_BUSY = "재학습이 이미 진행 중이에요. 끝난 뒤에 다시 시도해 주세요."
 ERROR_GENERIC = "문제가 생겼어요. 잠시 후 다시 시도해 주세요."
 ERROR_NOT_FOUND = (
-    "찾는 대화가 없어요. 삭제됐거나 다른 브라우저에서 나눈 대화일 수 있어요. "
+    "대화를 찾을 수 없어요. 삭제됐거나 다른 브라우저에서 나눈 대화일 수 있어요. "
     "대화 기록에서 다시 골라 주세요."
 )
 ERROR_PAGE_SESSION = "페이지 정보가 오래됐어요. 페이지를 새로고침해 주세요."
@@ -280,7 +280,7 @@ CHALLENGER_TITLE = "🥊 도전 모델 (사용자 투표로 승격)"
 CHALLENGER_NONE = "지금은 심사 중인 도전 모델이 없어요. 다음 재학습이 통과하면 아레나에 나와요."
 CHALLENGER_OFFLINE = "승격 방식: 오프라인 (골드 보상 모델 게이트). 아레나 도전은 꺼져 있어요."
 CHALLENGER_ACTIVE = (
-    "**{version}** 이(가) 챔피언 **{champion}** 에 도전 중 — 아레나 대결의 {share}%\n\n"
+    "**{version}**이(가) 챔피언 **{champion}**에 도전 중 — 아레나 대결의 {share}%\n\n"
     "전적 {wins}승 {losses}패 {ties}무 ({votes}/{min_votes}표), 승률 {interval}, "
     "마감 {deadline} UTC"
 )

@@ -59,3 +59,26 @@ def test_admin_token_check(tmp_path: Path) -> None:
     assert not service(None).is_admin("anything") and not service(None).is_admin("")
     assert service("s3cret").is_admin("s3cret")
     assert not service("s3cret").is_admin("s3cre") and not service("s3cret").is_admin(None)
+
+
+def test_the_leaderboard_names_models_as_people_do() -> None:
+    from kindchat.ui.leaderboard import display_names
+
+    aliases = {"rlhf": "policy-20261204-032554-4c1ee3", "sft": "sft-20261201-101500-aa"}
+    names = display_names(
+        [
+            "policy-20261204-032554-4c1ee3",
+            "sft-20261201-101500-aa",
+            "policy-20261203-041000-bb",
+            "policy-20261203-235900-cc",
+            "policy-20261202-120000-dd",
+        ],
+        aliases,
+    )
+    assert names == {
+        "policy-20261204-032554-4c1ee3": strings.MODEL_NAMES["rlhf"],
+        "sft-20261201-101500-aa": strings.MODEL_NAMES["sft"],
+        "policy-20261203-041000-bb": strings.OLDER_VERSION.format(date="2026.12.3 04:10"),
+        "policy-20261203-235900-cc": strings.OLDER_VERSION.format(date="2026.12.3 23:59"),
+        "policy-20261202-120000-dd": strings.OLDER_VERSION.format(date="2026.12.2"),
+    }
