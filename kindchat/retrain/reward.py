@@ -113,10 +113,11 @@ def pairs_dataset(
 def reward_model_from_lm(path: Path, pad_token_id: int, seed: int = 0) -> PreTrainedModel:
     """A one-output sequence classifier whose body is the LM at `path` (its head drawn from
     `seed`: the same RM for the same data, every run)."""
-    torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(path), num_labels=1, dtype=torch.float32
-    )
+    with torch.random.fork_rng():  # the caller's random state is left as it was
+        torch.manual_seed(seed)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(path), num_labels=1, dtype=torch.float32
+        )
     model.config.pad_token_id = pad_token_id
     return model
 

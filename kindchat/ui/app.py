@@ -238,23 +238,35 @@ HEAD = """
     opener?.setAttribute("aria-expanded", "false");
     if (back) opener?.focus();
   };
+  // beside its ⋯: under it, or over it when the screen ends first
+  const placeMenu = () => {
+    const spot = popup.kcOpener.getBoundingClientRect();
+    if (!spot.width) return closeMenu(false);  // ⋯ out of sight (the drawer closed)
+    const size = popup.getBoundingClientRect();
+    const left = Math.max(4, Math.min(spot.right - size.width, window.innerWidth - size.width - 4));
+    const below = spot.bottom + 4 + size.height <= window.innerHeight;
+    popup.style.left = `${left}px`;
+    popup.style.top = `${below ? spot.bottom + 4 : Math.max(4, spot.top - size.height - 4)}px`;
+  };
   const openMenu = (more, id) => {
     closeMenu(false);
     popup = document.createElement("div");
     popup.className = "kc-popup";
     popup.setAttribute("role", "menu");
-    popup.setAttribute("aria-label", menuWords.menu);
+    popup.setAttribute("aria-label", more.getAttribute("aria-label"));
     popup.kcOpener = more;
+    popup.kcId = id;
     for (const [action, text] of Object.entries(menuWords.items)) {
       const item = document.createElement("button");
       item.type = "button";
       item.setAttribute("role", "menuitem");
+      item.tabIndex = -1;
       item.dataset.action = action;
       item.textContent = text;
       if (action === "delete") item.classList.add("kc-danger");
       item.addEventListener("click", (event) => {
         event.stopPropagation();
-        closeMenu(false);
+        closeMenu(true);  // the focus waits on ⋯ until the item's target has it
         const box = document.querySelector("#chat-menu-pick textarea, #chat-menu-pick input");
         const go = document.querySelector("#chat-menu-go");
         if (!box || !go) return;
@@ -268,6 +280,7 @@ HEAD = """
       const items = [...popup.querySelectorAll("button")];
       const at = items.indexOf(document.activeElement);
       const step = { ArrowDown: 1, ArrowUp: -1 }[event.key];
+      const end = { Home: 0, End: items.length - 1 }[event.key];
       if (event.key === "Escape") {
         event.preventDefault();
         event.stopPropagation();
@@ -275,18 +288,26 @@ HEAD = """
       } else if (step) {
         event.preventDefault();
         items[(at + step + items.length) %% items.length].focus();
-      } else if (event.key === "Tab") closeMenu(false);
+      } else if (end !== undefined) {
+        event.preventDefault();
+        items[end].focus();
+      } else if (event.key === "Tab") closeMenu(true);  // and Tab goes on from ⋯
     });
     document.body.append(popup);
-    const spot = more.getBoundingClientRect();
-    const size = popup.getBoundingClientRect();
-    const left = Math.max(4, Math.min(spot.right - size.width, window.innerWidth - size.width - 4));
-    const below = spot.bottom + 4 + size.height <= window.innerHeight;
-    popup.style.left = `${left}px`;
-    popup.style.top = `${below ? spot.bottom + 4 : Math.max(4, spot.top - size.height - 4)}px`;
+    placeMenu();
     more.setAttribute("aria-expanded", "true");
-    popup.querySelector("button")?.focus();
+    popup.querySelector("button")?.focus({ preventScroll: true });
   };
+  // The history re-renders (a list re-sorted after an answer reuses its rows) or scrolls: a
+  // menu left open would float beside another conversation than the one it acts on.
+  const menuStale = () => {
+    if (!popup) return;
+    const opener = popup.kcOpener;
+    const row = opener.isConnected && opener.closest("label")?.querySelector("input");
+    if (!row || row.value !== popup.kcId) closeMenu(false);
+  };
+  // the page or the drawer scrolls: the menu stays beside its ⋯
+  document.addEventListener("scroll", () => { if (popup) placeMenu(); }, true);
   document.addEventListener("click", (event) => {
     if (popup && !popup.contains(event.target) && event.target !== popup.kcOpener) closeMenu(false);
   }, true);
@@ -297,13 +318,27 @@ HEAD = """
     width = window.innerWidth;
   });
   const menus = () => {
+    menuStale();
+    // no menu while an answer streams (as no ‹k/n›): the chat would change under it
+    const streaming = visible(document.querySelector("#chat-stop"));
     for (const item of document.querySelectorAll("#chat-history label")) {
-      if (item.querySelector(":scope > .kc-menu")) continue;
+      const title = item.querySelector("span")?.textContent.trim() || "";
+      const name = `${title}: ${menuWords.menu}`;
+      const old = item.querySelector(":scope > .kc-menu");
+      if (old) {
+        if (old.getAttribute("aria-label") !== name) {
+          old.setAttribute("aria-label", name);
+          old.title = menuWords.menu;
+        }
+        if (old.disabled !== streaming) old.disabled = streaming;
+        continue;
+      }
       const more = document.createElement("button");
       more.type = "button";
       more.className = "kc-menu";
       more.textContent = "⋯";
-      more.setAttribute("aria-label", menuWords.menu);
+      more.setAttribute("aria-label", name);
+      more.disabled = streaming;
       more.setAttribute("aria-haspopup", "menu");
       more.setAttribute("aria-expanded", "false");
       more.title = menuWords.menu;

@@ -71,7 +71,7 @@ FOCUS_MENU_ITEM = """(pick) => {
     rename: "#chat-title input, #chat-title textarea",
     delete: "#chat-delete-yes",
     export: "#chat-export-file a[download]",
-    share: "#chat-share-link input, #chat-share-link textarea",
+    share: "#chat-share-link button",
   }[action];
   let tries = 0;
   const focus = () => {
@@ -79,7 +79,7 @@ FOCUS_MENU_ITEM = """(pick) => {
     if (el) {
       el.scrollIntoView({ block: "nearest" });
       el.focus();
-      if (action === "rename" || action === "share") el.select?.();
+      if (action === "rename") el.select?.();
     } else if (++tries < 40) setTimeout(focus, 50);
   };
   focus();
@@ -668,9 +668,13 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
     @action("history")
     def on_open(state: ChatSession, conversation_id: str) -> Update:
         try:
-            return open_conversation(services().conversations, state, conversation_id)
+            opened = open_conversation(services().conversations, state, conversation_id)
+        except (NotFoundError, InvalidError) as err:  # deleted meanwhile, or not this session's
+            raise UserError(strings.ERROR_NOT_FOUND) from err
         except Exception as err:
             raise user_error(err) from err
+        # what the manage panel showed was about the conversation open before
+        return *opened, gr.update(visible=False), gr.update(value=None, visible=False)
 
     @action("history")
     def on_search(state: ChatSession, words: str) -> Update:
@@ -752,7 +756,7 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
         export the files, delete its question (delete still asks once)."""
         conversation_id, _, rest = pick.partition(":")
         wanted = rest.partition(":")[0]
-        if wanted not in strings.HISTORY_MENU_ITEMS:
+        if not conversation_id or wanted not in strings.HISTORY_MENU_ITEMS:
             raise UserError(strings.NO_CONVERSATION)
         try:
             chat_view, opened, title_update, link, persona_update, custom_update = (
@@ -769,6 +773,8 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
                 if wanted == "export"
                 else gr.update(value=None, visible=False)
             )
+        except (NotFoundError, InvalidError) as err:  # deleted meanwhile, or not this session's
+            raise UserError(strings.ERROR_NOT_FOUND) from err
         except Exception as err:
             raise user_error(err) from err
         asking = wanted == "delete"
@@ -848,6 +854,11 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
         cancels=[sent, edited, regenerated, continued],
     ).then(clear, [state], [chatbot, state, reason_box, text, stop_button, send_button, error])
     cleared.then(after_stop, [state], [history, stop_button, send_button])
+    cleared.then(
+        lambda: (gr.update(visible=False), gr.update(value=None, visible=False)),
+        None,
+        [delete_ask, export_file],
+    )
     in_url(cleared)
     chatbot.like(on_like, [state], [state, reason_box, chatbot, reason_title]).then(
         None,
@@ -861,7 +872,16 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
         history.input(
             on_open,
             [state, history],
-            [chatbot, state, title, share_link, persona, custom_persona],
+            [
+                chatbot,
+                state,
+                title,
+                share_link,
+                persona,
+                custom_persona,
+                delete_ask,
+                export_file,
+            ],
         )
     )
     search.change(on_search, [state, search], [state, history], trigger_mode="always_last")
@@ -890,26 +910,35 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
         [deleted, undo_button, undo_timer],
     )
     export_button.click(on_export, [state], [export_file])
-    in_url(
-        menu_go.click(
-            on_menu,
-            [state, menu_pick, forget],
-            [
-                chatbot,
-                state,
-                history,
-                title,
-                share_link,
-                persona,
-                custom_persona,
-                manage,
-                delete_ask,
-                delete_question,
-                export_file,
-            ],
-            cancels=[sent, edited, regenerated, continued],
-        ).then(None, [menu_pick], None, js=FOCUS_MENU_ITEM)
+    # An item of ⋯'s menu: an answer streaming is stopped first, and the conversation changes
+    # only after that stream's last update has landed (as for ➕ 새 대화), so the item acts on
+    # the conversation it names and nothing else.
+    picked = menu_go.click(
+        lambda state: state,
+        [state],
+        [state],
+        cancels=[sent, edited, regenerated, continued],
+        trigger_mode="always_last",
+    ).then(
+        on_menu,
+        [state, menu_pick, forget],
+        [
+            chatbot,
+            state,
+            history,
+            title,
+            share_link,
+            persona,
+            custom_persona,
+            manage,
+            delete_ask,
+            delete_question,
+            export_file,
+        ],
     )
+    picked.success(None, [menu_pick], None, js=FOCUS_MENU_ITEM)
+    picked.then(after_stop, [state], [history, stop_button, send_button])
+    in_url(picked)
     share_button.click(on_share, [state], [share_link])
     persona.input(on_persona, [state, persona], [persona, custom_persona])
 

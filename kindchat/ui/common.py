@@ -59,7 +59,6 @@ ERROR_MESSAGES = {
     "model_starting": strings.ERROR_MODEL_STARTING,
     "retrain_busy": strings.ERROR_RETRAIN_BUSY,
     "flagged_text": strings.ERROR_FLAGGED_TEXT,
-    "not_found": strings.ERROR_NOT_FOUND,  # a conversation or message of another session too
 }
 
 

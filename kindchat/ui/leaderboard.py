@@ -53,16 +53,20 @@ def display_names(models: Sequence[str], aliases: dict[str, str]) -> dict[str, s
             at = f" {found.group(1)}:{found.group(2)}" if found else ""
             # 이전 모델 (2026.12.4 14:30): the time inside the date's parentheses
             names[model] = f"{name[:-1]}{at})" if at and name.endswith(")") else model
+    counts = Counter(names.values())  # two of one minute: their ids (names are table keys)
+    for model, name in list(names.items()):
+        if counts[name] > 1:
+            names[model] = model
     return names
 
 
 VERSION_TIME = re.compile(r"-\d{8}-(\d{2})(\d{2})\d{2}")
 
 
-def ranking_table(elo: Leaderboard, bt: Leaderboard, aliases: dict[str, str]) -> pd.DataFrame:
-    """One row per model, in Elo order: both ratings with intervals, tallies and thumbs."""
+def ranking_table(elo: Leaderboard, bt: Leaderboard, names: dict[str, str]) -> pd.DataFrame:
+    """One row per model, in Elo order: both ratings with intervals, tallies and thumbs
+    (`names`: what people call each version, from :func:`display_names`)."""
     by_bt = {row.model: row for row in bt.rows}
-    names = display_names([row.model for row in elo.rows], aliases)
     records = []
     for rank, row in enumerate(elo.rows, start=1):
         other = by_bt.get(row.model)
@@ -108,12 +112,11 @@ RANKING_COLUMNS = [
 
 
 def win_matrix(
-    pairs: Sequence[PairwiseRow], order: Sequence[str], aliases: dict[str, str]
+    pairs: Sequence[PairwiseRow], order: Sequence[str], names: dict[str, str]
 ) -> pd.DataFrame:
     """Row model's win rate against the column model (decided battles), with battle counts."""
     cells = {(p.model, p.opponent): p for p in pairs}
     models = [m for m in order if any(m in key for key in cells)]
-    names = display_names(models, aliases)
     labels = [names[m] for m in models]
     rows = []
     for me, label in zip(models, labels, strict=True):
@@ -143,7 +146,8 @@ async def refresh(arena: ArenaService) -> tuple[Any, Any, str]:
         summary = strings.LEADERBOARD_EMPTY
     else:
         summary = strings.LEADERBOARD_SUMMARY.format(battles=battles, models=len(rated))
-    return ranking_table(elo, bt, aliases), win_matrix(elo.pairs, rated, aliases), summary
+    names = display_names(rated, aliases)  # one name per model in both tables
+    return ranking_table(elo, bt, names), win_matrix(elo.pairs, rated, names), summary
 
 
 def build_leaderboard_tab(services: ServicesRef) -> OnLoad:

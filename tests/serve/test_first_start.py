@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -69,6 +70,7 @@ def test_fresh_machine_answers_as_soon_as_its_first_model_lands(
         def answer() -> httpx.Response | None:
             reply = httpx.post(f"{url}/v1/chat/completions", json=CHAT, timeout=60)
             if reply.status_code == 503 and reply.json()["error"]["code"] == "model_starting":
+                time.sleep(min(int(reply.headers["retry-after"]), 2))  # a polite client waits
                 return None
             return reply
 

@@ -125,8 +125,10 @@ def ui_server(micro_settings: Settings, tmp_path_factory: pytest.TempPathFactory
         default_max_tokens=24,
         alias_poll_s=0.5,
         port=port,
-        # every test is a new visitor from 127.0.0.1, twice for the tests at both widths
+        # every test is a new visitor from 127.0.0.1, twice for the tests at both widths: the
+        # address limits are tested on their own (test_guard.py, tests/serve), not here
         rate_limit_new_sessions="200/hour",
+        rate_limit_address="1200/minute",
     )
     threads = torch.get_num_threads()
     app = create_product_app(settings, loader=paced_loader(settings))
@@ -170,6 +172,9 @@ def page(browser: Any, ui_server: Any) -> Iterator[Any]:
     tab.on("pageerror", lambda err: errors.append(str(err)))
     tab.goto(f"{ui_server.url}/")
     tab.wait_for_selector("#chat-input textarea")
+    # the page's opening event has run: its session and the models are in (a send before it
+    # would have no session yet)
+    tab.wait_for_function("() => !!document.querySelector('#chat-model input')?.value")
     yield tab
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"

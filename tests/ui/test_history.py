@@ -169,6 +169,12 @@ def test_the_menu_of_a_conversation_opens_beside_it_in_the_history(
         start_new_chat(page)
         page.wait_for_timeout(500)
         send_chat(page, question)
+        if question == second:  # while an answer streams, no menu (the chat would change)
+            page.wait_for_function(
+                "() => { const stop = document.querySelector('#chat-stop'); "
+                "const more = [...document.querySelectorAll('#chat-history .kc-menu')]; "
+                "return !!stop?.offsetParent && more.length > 0 && more.every((b) => b.disabled) }"
+            )
         settled(page)
         wait_for(lambda q=question: conversation_of(ui_db, q) is not None, what="stored")
     conversation = conversation_of(ui_db, first)
@@ -182,6 +188,10 @@ def test_the_menu_of_a_conversation_opens_beside_it_in_the_history(
     page.keyboard.press("Escape")  # closes the menu, nothing else: the answer on screen stays
     menu.wait_for(state="detached")
     assert opened(page, second)
+    more = page.locator(HISTORY).filter(has_text=first).first.locator(".kc-menu")
+    assert more.get_attribute("aria-expanded") == "false"
+    assert page.evaluate("() => document.activeElement?.classList.contains('kc-menu')")
+    assert first in (more.get_attribute("aria-label") or "")  # named for its conversation
 
     # rename: that conversation opens, its title in the box, ready to type
     open_menu(page, first, wait_for).get_by_role("menuitem", name="이름 바꾸기").click()
@@ -213,10 +223,19 @@ def test_the_menu_of_a_conversation_opens_beside_it_in_the_history(
         assert shared is not None and shared.share_token
         assert link.input_value().endswith(shared.share_token)
 
-    # export: the two files of that conversation
+    # export, from a new chat: the two files are that conversation's
+    start_new_chat(page)
     open_menu(page, "이름을 바꾼 대화", wait_for).get_by_role("menuitem", name="내보내기").click()
     links = page.locator("#chat-export-file a[download]")
     wait_for(lambda: links.count() == 2, what="two files to download")
+    files = {}
+    for i in range(2):
+        with page.expect_download() as download:
+            links.nth(i).click()
+        files[download.value.suggested_filename.rsplit(".", 1)[-1]] = Path(
+            download.value.path()
+        ).read_text("utf-8")
+    assert files["md"].startswith("# 이름을 바꾼 대화") and first in files["md"]
 
     # delete: asks once; yes deletes that conversation, not the one open before
     open_menu(page, second, wait_for).get_by_role("menuitem", name="삭제").click()
@@ -245,6 +264,11 @@ def test_a_menu_item_for_a_conversation_of_another_session_opens_nothing(
         other = stranger.new_page()
         other.goto(f"{ui_server.url}/")
         other.wait_for_selector("#chat-input textarea")
+        other.wait_for_function(  # its page has loaded, with a session of its own
+            "() => !!document.querySelector('#chat-model input')?.value"
+        )
+        send_chat(other, "제 대화예요")
+        settled(other)
         other.evaluate(  # what the menu's script would write, with the victim's id
             """(id) => {
               const box = document.querySelector('#chat-menu-pick textarea, #chat-menu-pick input');
@@ -255,7 +279,8 @@ def test_a_menu_item_for_a_conversation_of_another_session_opens_nothing(
             conversation.id,
         )
         other.get_by_text(strings.ERROR_NOT_FOUND).first.wait_for()
-        assert other.locator(USERS).count() == 0 and question not in other.content()
+        assert question not in other.content()
+        assert [u.strip() for u in other.locator(USERS).all_inner_texts()] == ["제 대화예요"]
     finally:
         stranger.close()
     with session_scope(ui_db) as session:

@@ -38,10 +38,11 @@ FIND = """() => {
 
 def english_in(page: Any, skip: set[str]) -> list[str]:
     """The page's words for people that hold English (the model's own answers skipped)."""
+    skip = {" ".join(text.split()) for text in skip}  # spaces as the page collapses them
     return [
         text
         for text in page.evaluate(FIND)
-        if text not in skip and set(ENGLISH.findall(text)) - ALLOWED
+        if " ".join(text.split()) not in skip and set(ENGLISH.findall(text)) - ALLOWED
     ]
 
 

@@ -72,6 +72,8 @@ def test_the_leaderboard_names_models_as_people_do() -> None:
             "policy-20261203-041000-bb",
             "policy-20261203-235900-cc",
             "policy-20261202-120000-dd",
+            "policy-20261205-080000-ee",
+            "policy-20261205-080030-ff",
         ],
         aliases,
     )
@@ -81,4 +83,6 @@ def test_the_leaderboard_names_models_as_people_do() -> None:
         "policy-20261203-041000-bb": strings.OLDER_VERSION.format(date="2026.12.3 04:10"),
         "policy-20261203-235900-cc": strings.OLDER_VERSION.format(date="2026.12.3 23:59"),
         "policy-20261202-120000-dd": strings.OLDER_VERSION.format(date="2026.12.2"),
+        "policy-20261205-080000-ee": "policy-20261205-080000-ee",  # one minute: their ids
+        "policy-20261205-080030-ff": "policy-20261205-080030-ff",
     }
