@@ -146,6 +146,13 @@ HEAD = """
         else if (text.startsWith("queue:")) node.textContent = text.replace("queue:", "대기");
       }
     }
+    // Gradio's live regions for screen readers ("Loading" while a tab's content arrives)
+    for (const status of document.querySelectorAll('[role="status"]')) {
+      for (const node of status.childNodes) {
+        const korean = node.nodeType === 3 && english[node.textContent.trim()];
+        if (korean) node.textContent = korean;
+      }
+    }
     for (const [start, korean] of Object.entries(prefixes)) {
       for (const el of document.querySelectorAll(`[aria-label^="${start}"]`)) {
         el.setAttribute("aria-label", korean + el.getAttribute("aria-label").slice(start.length));
@@ -354,7 +361,8 @@ HEAD = """
     }
   };
   new MutationObserver(() => { label(); branches(); menus(); }).observe(document.documentElement, {
-    childList: true, subtree: true, attributes: true, attributeFilter: ["aria-label", "class"],
+    childList: true, subtree: true, characterData: true,
+    attributes: true, attributeFilter: ["aria-label", "class"],
   });
   document.addEventListener("keydown", (event) => {
     const key = event.key.toLowerCase();

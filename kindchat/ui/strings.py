@@ -389,6 +389,10 @@ GRADIO_ARIA = {
     "Fullscreen": "전체 화면",
     "Exit fullscreen mode": "전체 화면 끝내기",
     "Exit fullscreen": "전체 화면 끝내기",
+    # read aloud from a live region while a tab's content arrives
+    "Loading": "불러오는 중",
+    "Loading...": "불러오는 중",
+    "Loading…": "불러오는 중",
 }
 LEADERBOARD_TABLE_LABEL = "모델 순위표"
 MATRIX_LABEL = "승률표"

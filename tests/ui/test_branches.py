@@ -121,21 +121,22 @@ def test_regenerated_answers_are_versions_to_go_back_to(
 
 
 def test_an_edited_question_is_a_version_with_its_own_answer(
-    page: Any, ui_db: Engine, wait_for: Callable[..., None]
+    page: Any, ui_db: Engine, viewport: dict[str, int], wait_for: Callable[..., None]
 ) -> None:
-    send_chat(page, "강릉 맛집 알려줘")
+    gangneung, sokcho = (f"{city} 맛집 알려줘 ({viewport['width']})" for city in ("강릉", "속초"))
+    send_chat(page, gangneung)
     settled(page)
-    wait_for(lambda: len(answers_to(ui_db, "강릉 맛집 알려줘")) == 1, what="the answer stored")
-    [original_answer] = answers_to(ui_db, "강릉 맛집 알려줘")
+    wait_for(lambda: len(answers_to(ui_db, gangneung)) == 1, what="the answer stored")
+    [original_answer] = answers_to(ui_db, gangneung)
     page.locator(USERS).first.hover()
     page.locator("#chat-bot").locator(EDIT).first.click()
-    page.locator("#chat-bot textarea.edit-textarea").fill("속초 맛집 알려줘")
+    page.locator("#chat-bot textarea.edit-textarea").fill(sokcho)
     page.locator("#chat-bot").locator(SUBMIT).first.click()
     wait_for(lambda: counter(page, 0) == "2/2", what="‹2/2› on the edited question")
     settled(page)
     arrow(page, 0, PREV).click()  # the question as first asked, with its own answer
     wait_for(
-        lambda: flat(page.locator(USERS).first.inner_text()) == "강릉 맛집 알려줘",
+        lambda: flat(page.locator(USERS).first.inner_text()) == flat(gangneung),
         what="the first version of the question",
     )
     assert counter(page, 0) == "1/2"

@@ -21,6 +21,8 @@ from kindchat.models.registry import Registry
 from kindchat.serve.auth import SESSION_COOKIE, Sessions
 from kindchat.ui import strings
 
+from .conftest import start_new_chat  # type: ignore[import-not-found]
+
 pytestmark = pytest.mark.browser
 
 LIKE = 'button[aria-label="좋아요"], button[aria-label="Like"]'
@@ -71,7 +73,11 @@ def send_chat(page: Any, text: str) -> None:
 
 
 def test_chat_streams_a_korean_answer_and_stores_thumbs(
-    page: Any, ui_db: Engine, screenshot: Callable[[Any, str], Path], wait_for: Callable[..., None]
+    page: Any,
+    ui_db: Engine,
+    viewport: dict[str, int],
+    screenshot: Callable[[Any, str], Path],
+    wait_for: Callable[..., None],
 ) -> None:
     before = {m.id for m in assistant_messages(ui_db)}
     page.evaluate(WATCH_LAST_ANSWER)
@@ -105,7 +111,8 @@ def test_chat_streams_a_korean_answer_and_stores_thumbs(
     wait_for(lambda: rating().reason == "unfriendly", what="the reason of the 👎")
     assert rating().comment == "말투가 딱딱해요" and rating().value == -1
     assert rating().better_answer == "안녕하세요! 만나서 반가워요."
-    screenshot(page, "chat")
+    if viewport["width"] > 640:
+        screenshot(page, "chat")
 
     page.locator("#chat-regenerate").click()  # a sibling answer: the loop gets a pair
     again = new_answer(ui_db, before | {answer.id}, wait_for)
@@ -113,7 +120,7 @@ def test_chat_streams_a_korean_answer_and_stores_thumbs(
     wait_for(lambda: plain(bot.inner_text()) == plain(again.content), what="the new answer")
     assert page.locator('#chat-bot [data-testid="bot"]').count() == 1
 
-    page.locator("#chat-new").click()
+    start_new_chat(page)
     wait_for(lambda: page.locator('#chat-bot [data-testid="bot"]').count() == 0, what="clear")
 
 
@@ -136,13 +143,16 @@ def test_arena_vote_reveals_the_models_and_stores_the_battle(
     page: Any,
     ui_server: Any,
     ui_db: Engine,
+    viewport: dict[str, int],
     screenshot: Callable[[Any, str], Path],
     wait_for: Callable[..., None],
 ) -> None:
+    prompt = f"여름 방학 계획을 같이 세워 줄래요? ({viewport['width']})"
+    shots = viewport["width"] > 640  # the README's pictures are the desktop's
     aliases = Registry(ui_server.settings.models_dir).aliases()
     versions = {aliases["sft"], aliases["rlhf"]}
     page.get_by_role("tab", name=strings.TAB_ARENA).click()
-    page.locator("#arena-input textarea").fill("여름 방학 계획을 같이 세워 줄래요?")
+    page.locator("#arena-input textarea").fill(prompt)
     page.locator("#arena-send").click()
     vote_a = page.locator("#arena-vote-a")
     vote_a.wait_for(state="visible")
@@ -152,7 +162,8 @@ def test_arena_vote_reveals_the_models_and_stores_the_battle(
     assert not any(v in arena + status for v in versions), "the models must stay anonymous"
     for side in ("#arena-a", "#arena-b"):
         assert page.locator(f'{side} [data-testid="bot"]').inner_text().strip()
-    screenshot(page, "arena-before-vote")
+    if shots:
+        screenshot(page, "arena-before-vote")
 
     vote_a.click()
     wait_for(lambda: strings.ARENA_VERDICTS["a"] in page.locator("#arena-status").inner_text())
@@ -162,10 +173,11 @@ def test_arena_vote_reveals_the_models_and_stores_the_battle(
         assert page.locator(f"#arena-vote-{verdict}").is_disabled()
     with session_scope(ui_db) as session:
         battle = store.list_battles(session=session, voted=True)[-1]
-    assert battle.prompt == "여름 방학 계획을 같이 세워 줄래요?" and battle.winner == "a"
+    assert battle.prompt == prompt and battle.winner == "a"
     assert {battle.version_a, battle.version_b} == versions and battle.session_id
     assert status.index(str(battle.version_a)) < status.index(str(battle.version_b))
-    screenshot(page, "arena")
+    if shots:
+        screenshot(page, "arena")
 
     page.locator("#arena-new").click()
     wait_for(lambda: page.locator('#arena-a [data-testid="bot"]').count() == 0, what="new round")

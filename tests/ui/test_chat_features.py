@@ -63,9 +63,9 @@ def settled(page: Any) -> None:
 
 
 def test_stop_keeps_the_partial_answer(
-    page: Any, ui_db: Engine, wait_for: Callable[..., None]
+    page: Any, ui_db: Engine, viewport: dict[str, int], wait_for: Callable[..., None]
 ) -> None:
-    question = "아주 긴 옛날이야기를 들려줘"
+    question = f"아주 긴 옛날이야기를 들려줘 ({viewport['width']})"
     send_chat(page, question)
     stop = page.locator("#chat-stop")
     stop.wait_for(state="visible")
@@ -95,18 +95,19 @@ def test_stop_keeps_the_partial_answer(
 
 
 def test_edit_and_resend_keeps_both_branches(
-    page: Any, ui_db: Engine, wait_for: Callable[..., None]
+    page: Any, ui_db: Engine, viewport: dict[str, int], wait_for: Callable[..., None]
 ) -> None:
-    send_chat(page, "부산 여행 코스 알려줘")
+    busan, jeju = (f"{city} 여행 코스 알려줘 ({viewport['width']})" for city in ("부산", "제주"))
+    send_chat(page, busan)
     settled(page)
     page.locator(USERS).first.hover()
     page.locator("#chat-bot").locator(EDIT).first.click()
     box = page.locator("#chat-bot textarea.edit-textarea")
-    box.fill("제주 여행 코스 알려줘")
+    box.fill(jeju)
     page.locator("#chat-bot").locator(SUBMIT).first.click()
 
     def branches() -> list[Message]:
-        conversation = conversation_of(ui_db, "부산 여행 코스 알려줘")
+        conversation = conversation_of(ui_db, busan)
         if conversation is None:
             return []
         return messages_where(ui_db, Message.conversation_id == conversation.id)
@@ -118,19 +119,19 @@ def test_edit_and_resend_keeps_both_branches(
     wait_for(
         lambda: (
             page.locator(USERS).count() == 1
-            and page.locator(USERS).first.inner_text().strip() == "제주 여행 코스 알려줘"
+            and page.locator(USERS).first.inner_text().strip() == jeju
             and page.locator(BOTS).count() == 1
         ),
         what="the edited message and its new answer on screen",
     )
     rows = branches()
-    original = next(m for m in rows if m.content == "부산 여행 코스 알려줘")
-    edited = next(m for m in rows if m.content == "제주 여행 코스 알려줘")
+    original = next(m for m in rows if m.content == busan)
+    edited = next(m for m in rows if m.content == jeju)
     assert edited.parent_id == original.id and edited.role == "user"
     assert [m.role for m in rows].count("assistant") == 2
     with session_scope(ui_db) as session:
         thread = store.conversation_thread(session=session, conversation_id=edited.conversation_id)
-    assert [m.content for m in thread][0] == "제주 여행 코스 알려줘" and len(thread) == 2
+    assert [m.content for m in thread][0] == jeju and len(thread) == 2
 
 
 def test_history_survives_a_reload_and_shares_read_only(

@@ -11,6 +11,7 @@ import pytest
 
 from kindchat.ui import strings
 
+from .conftest import DESKTOP, PHONE  # type: ignore[import-not-found]
 from .test_chat_features import send_chat, settled  # type: ignore[import-not-found]
 
 pytestmark = pytest.mark.browser
@@ -46,11 +47,12 @@ def english_in(page: Any, skip: set[str]) -> list[str]:
     ]
 
 
+@pytest.mark.parametrize("size", [DESKTOP, PHONE], ids=["desktop", "phone"])
 @pytest.mark.parametrize("locale", ["en-US", "ko-KR"])
 def test_no_english_for_people_whatever_the_browsers_language(
-    browser: Any, ui_server: Any, locale: str
+    browser: Any, ui_server: Any, locale: str, size: dict[str, int]
 ) -> None:
-    context = browser.new_context(locale=locale, viewport={"width": 1280, "height": 960})
+    context = browser.new_context(locale=locale, viewport=size)
     try:
         page = context.new_page()
         page.goto(f"{ui_server.url}/")
