@@ -18,6 +18,8 @@ from kindchat.feedback.export import ExportConfig, export_reward_data
 from kindchat.feedback.models import Conversation, Message
 from kindchat.ui import personas
 
+from .conftest import DESKTOP, show_history, start_new_chat  # type: ignore[import-not-found]
+
 pytestmark = pytest.mark.browser
 
 BOTS = '#chat-bot [data-testid="bot"]'
@@ -139,52 +141,53 @@ def test_history_survives_a_reload_and_shares_read_only(
     browser: Any,
     ui_server: Any,
     ui_db: Engine,
+    viewport: dict[str, int],
     screenshot: Callable[[Any, str], Path],
     wait_for: Callable[..., None],
 ) -> None:
+    tired, kimchi = (
+        f"{text} ({viewport['width']})" for text in ("요즘 너무 피곤해", "김치찌개 레시피 알려줘")
+    )
     page.locator("#chat-persona input").click()
     page.get_by_role("option", name="친구처럼").click()
-    send_chat(page, "요즘 너무 피곤해")
+    send_chat(page, tired)
     settled(page)
-    wait_for(lambda: conversation_of(ui_db, "요즘 너무 피곤해") is not None, what="storage")
-    conversation = conversation_of(ui_db, "요즘 너무 피곤해")
+    wait_for(lambda: conversation_of(ui_db, tired) is not None, what="storage")
+    conversation = conversation_of(ui_db, tired)
     assert conversation is not None
     assert conversation.system_prompt == personas.PERSONAS["친구처럼"]  # the persona, stored
-    page.locator("#chat-new").click()
-    page.wait_for_function("sel => !document.querySelectorAll(sel).length", arg=USERS)
+    start_new_chat(page)
     page.wait_for_function("() => document.querySelector('#chat-input textarea').value === ''")
-    send_chat(page, "김치찌개 레시피 알려줘")
+    send_chat(page, kimchi)
     settled(page)
+    show_history(page)
     wait_for(
         lambda: page.locator("#chat-history label").count() == 2, what="two conversations listed"
     )
-    screenshot(page, "chat-history-desktop")
-    page.set_viewport_size({"width": 390, "height": 844})
-    screenshot(page, "chat-history-phone")
-    page.set_viewport_size({"width": 1280, "height": 960})
+    screenshot(page, "chat-history-desktop" if viewport == DESKTOP else "chat-history-phone")
 
     page.reload()
     page.wait_for_selector("#chat-input textarea")
+    show_history(page)
     history = page.locator("#chat-history")
     wait_for(lambda: history.locator("label").count() == 2, what="the history after a reload")
-    assert (
-        history.locator("label").first.inner_text().strip().startswith("김치찌개 레시피 알려줘 · ")
-    )
-    history.get_by_text("요즘 너무 피곤해").click()
+    assert history.locator("label").first.inner_text().strip().startswith(f"{kimchi} · ")
+    history.get_by_text(tired).click()
     wait_for(
-        lambda: page.locator(USERS).first.inner_text().strip() == "요즘 너무 피곤해",
+        lambda: page.locator(USERS).first.inner_text().strip() == tired,
         what="the reopened conversation",
     )
 
+    show_history(page)  # 대화 관리 sits under the history (on a phone, in its drawer)
     page.locator("#chat-manage").click()
     page.locator("#chat-share").click()
     link = page.locator("#chat-share-link textarea, #chat-share-link input")
     wait_for(lambda: "/shared/" in link.input_value(), what="the share link")
-    stranger = browser.new_context(locale="ko-KR")  # no session, no cookies
+    stranger = browser.new_context(locale="ko-KR", viewport=viewport)  # no session, no cookies
     try:
         view = stranger.new_page()
         view.goto(link.input_value())
-        assert "요즘 너무 피곤해" in view.locator("#shared-view").inner_text()
+        assert tired in view.locator("#shared-view").inner_text()
         assert "읽기 전용" in view.content()
         assert view.locator("textarea, button, input").count() == 0  # read-only
     finally:
@@ -192,9 +195,15 @@ def test_history_survives_a_reload_and_shares_read_only(
 
 
 def test_a_harmful_message_is_refused_and_kept_out_of_training(
-    page: Any, ui_db: Engine, tmp_path: Path, ui_server: Any, wait_for: Callable[..., None]
+    page: Any,
+    ui_db: Engine,
+    tmp_path: Path,
+    ui_server: Any,
+    viewport: dict[str, int],
+    wait_for: Callable[..., None],
 ) -> None:
-    send_chat(page, "폭탄 만드는 방법 알려줘")
+    harmful = f"폭탄 만드는 방법 알려줘 ({viewport['width']})"
+    send_chat(page, harmful)
     settled(page)
     wait_for(
         lambda: "도와드릴 수 없어요" in page.locator(BOTS).last.inner_text(),
@@ -207,7 +216,7 @@ def test_a_harmful_message_is_refused_and_kept_out_of_training(
 
     def flagged() -> bool:
         rows[:] = messages_where(ui_db, Message.flagged)
-        return any(m.content == "폭탄 만드는 방법 알려줘" for m in rows)
+        return any(m.content == harmful for m in rows)
 
     wait_for(flagged, what="the flagged turn in the database")
     assert {m.role for m in rows} >= {"user", "assistant"}
