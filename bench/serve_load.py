@@ -19,6 +19,9 @@ completion tokens/s, time to first token p50/p95, and kindchat's ratio to each p
     python bench/serve_load.py                                  # random-weight tiny-llama
     python bench/serve_load.py --home /tmp/kc_tiny --alias sft  # a registered model
     python bench/serve_load.py --clients 1 --requests 8          # latency, one client
+    python bench/serve_load.py --requests 4 --pairs 6 --skip kindchat "kindchat one at a time" \
+        "transformers serve" "transformers serve --continuous-batching" vllm "kindchat → vllm"
+                                    # the layer against vLLM alone, with intervals (issue #28)
 """
 
 from __future__ import annotations
@@ -169,7 +172,12 @@ async def load(
 
 
 def start(
-    mode: str, command: list[str], health: str, args: argparse.Namespace, **env: str
+    mode: str,
+    command: list[str],
+    health: str,
+    args: argparse.Namespace,
+    cwd: Path | None = None,
+    **env: str,
 ) -> tuple[subprocess.Popen[bytes], str] | str:
     """`command` (listening on the port at its end) started and healthy: (process, url), or
     why not."""
@@ -177,7 +185,7 @@ def start(
     full_env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1", **env}
     log = open(args.log_dir / f"{mode.replace(' ', '_')}.log", "w")  # noqa: SIM115
     server = subprocess.Popen(
-        [*command, str(port)], env=full_env, stdout=log, stderr=subprocess.STDOUT
+        [*command, str(port)], env=full_env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
@@ -259,6 +267,121 @@ def run_server(
     return RunResult(mode, batch, args.clients * args.requests, tokens, seconds, ttft)
 
 
+# Student's t, 97.5th percentile, by degrees of freedom (a 95% two-sided interval of a mean)
+T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
+
+
+def mean_interval(values: list[float]) -> tuple[float, float, float]:
+    """(mean, low, high): the mean with its 95% t interval (none for fewer than two values)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, float("nan"), float("nan")
+    half = T975.get(len(values) - 1, 2.0) * statistics.stdev(values) / len(values) ** 0.5
+    return mean, mean - half, mean + half
+
+
+def run_pairs(
+    kindchat_command: list[str],
+    kc_model: str,
+    engine_command: list[str],
+    args: argparse.Namespace,
+    extra: dict[str, object],
+) -> list[dict[str, RunResult]] | str:
+    """vLLM and kindchat in front of it (and, with `--before`, a second kindchat from that
+    checkout) started once, then `args.pairs` rounds that load each once, in an order that
+    rotates from round to round: [{mode: result}], or why not."""
+    servers: list[subprocess.Popen[bytes]] = []
+    rounds: list[dict[str, RunResult]] = []
+    try:
+        engine = start("pairs engine", engine_command, "/v1/models", args)
+        if isinstance(engine, str):
+            return engine
+        servers.append(engine[0])
+        env = {
+            "KINDCHAT_BACKEND": "openai",
+            "KINDCHAT_OPENAI_BASE_URL": f"{engine[1]}/v1",
+            "KINDCHAT_OPENAI_MODELS": json.dumps([f"{args.alias}=bench"]),
+        }
+        targets = {"vllm": (engine[1], "bench")}
+        fronts = [("kindchat → vllm", None)]
+        if args.before is not None:
+            fronts.append(("before → vllm", args.before))
+        scratch = Path(tempfile.mkdtemp(prefix="kc-bench-pairs-"))
+        for number, (mode, checkout) in enumerate(fronts):
+            own = {"KINDCHAT_DB_URL": f"sqlite:///{scratch / f'front-{number}.db'}"}  # not shared
+            if checkout is not None:  # that checkout's kindchat, ahead of the installed one
+                own["PYTHONPATH"] = str(checkout.resolve())
+            front = start(
+                f"pairs {mode}", kindchat_command, "/healthz", args, cwd=checkout, **env, **own
+            )
+            if isinstance(front, str):
+                return front
+            servers.append(front[0])
+            targets[mode] = (front[1], kc_model)
+        modes = list(targets)
+        for index in range(args.pairs):
+            runs: dict[str, RunResult] = {}
+            for mode in modes[index % len(modes) :] + modes[: index % len(modes)]:
+                url, model = targets[mode]
+                tokens, seconds, ttft = asyncio.run(
+                    load(url, model, args.clients, args.requests, args.max_tokens, extra)
+                )
+                runs[mode] = RunResult(
+                    mode, args.clients, args.clients * args.requests, tokens, seconds, ttft
+                )
+            rounds.append(runs)
+            logger.info(
+                "round %d: %s",
+                index + 1,
+                ", ".join(f"{mode} {run.tokens_per_s:.0f} tok/s" for mode, run in runs.items()),
+            )
+    except httpx.HTTPError as err:
+        return f"failed under load: {type(err).__name__} (see {args.log_dir})"
+    finally:
+        for server in reversed(servers):
+            stop(server)
+    return rounds
+
+
+def print_pairs(console: Console, rounds: list[dict[str, RunResult]]) -> None:
+    fronts = [mode for mode in rounds[0] if mode != "vllm"]
+    table = Table(title=f"the layer against vLLM, all kept up, {len(rounds)} rotating rounds")
+    table.add_column("round", justify="right")
+    table.add_column("vLLM tok/s", justify="right")
+    for mode in fronts:
+        table.add_column(f"{mode}: ÷ vLLM", justify="right")
+        table.add_column("TTFT p50 +s", justify="right")
+    ratios: dict[str, list[float]] = {mode: [] for mode in fronts}
+    extra_ttft: dict[str, list[float]] = {mode: [] for mode in fronts}
+    for index, runs in enumerate(rounds, 1):
+        engine = runs["vllm"]
+        cells = [str(index), f"{engine.tokens_per_s:.0f}"]
+        for mode in fronts:
+            ratios[mode].append(runs[mode].tokens_per_s / engine.tokens_per_s)
+            extra_ttft[mode].append(
+                statistics.median(runs[mode].ttft) - statistics.median(engine.ttft)
+            )
+            cells += [f"{ratios[mode][-1]:.2f}", f"{extra_ttft[mode][-1]:+.3f}"]
+        table.add_row(*cells)
+    console.print(table)
+    for mode in fronts:
+        ratio, low, high = mean_interval(ratios[mode])
+        ttft, ttft_low, ttft_high = mean_interval(extra_ttft[mode])
+        console.print(
+            f"{mode}: {ratio:.2f}× [{low:.2f}, {high:.2f}] vLLM's tokens/s; TTFT p50 "
+            f"{ttft:+.3f} s [{ttft_low:+.3f}, {ttft_high:+.3f}] against vLLM (mean of "
+            f"{len(rounds)} rounds, 95% t intervals)"
+        )
+    if len(fronts) == 2:
+        after, before = fronts
+        diff = [a - b for a, b in zip(ratios[after], ratios[before], strict=True)]
+        mean, low, high = mean_interval(diff)
+        console.print(
+            f"this checkout − --before: {mean:+.3f} [{low:+.3f}, {high:+.3f}] in ÷ vLLM "
+            "(paired by round)"
+        )
+
+
 LINE = re.compile(r":\d+\)$")
 
 
@@ -336,6 +459,22 @@ def main() -> None:
         type=Path,
         default=None,
         help="py-spy the kindchat in front of vLLM while loaded; print its top functions.",
+    )
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=0,
+        help="Also keep vLLM and kindchat in front of it up and load them N times each, "
+        "rotating the order (direct, layer; layer, direct; …): the layer's ratio and TTFT difference "
+        "with 95%% intervals over the pairs, free of the servers' start-up and of the drift "
+        "between separate runs.",
+    )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        help="With --pairs: a second kindchat in front of the same vLLM, from this checkout "
+        "(e.g. `git worktree add /tmp/before <commit>`), loaded in the same rounds.",
     )
     parser.add_argument(
         "--vllm",
@@ -459,6 +598,12 @@ def main() -> None:
             f"tokens/s; TTFT p50 {statistics.median(layer.ttft) - statistics.median(engine.ttft):+.3f}"
             " s against vLLM direct"
         )
+    if args.pairs > 0:
+        paired = run_pairs(kindchat(args.clients), kc_model, vllm(), args, exact)
+        if isinstance(paired, str):
+            console.print(f"pairs: {paired}")
+        else:
+            print_pairs(console, paired)
 
 
 if __name__ == "__main__":

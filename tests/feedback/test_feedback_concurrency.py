@@ -13,8 +13,16 @@ from sqlmodel import Session, select
 
 from kindchat.config import Settings
 from kindchat.errors import ConflictError
+from kindchat.feedback import db as db_module
 from kindchat.feedback import store
-from kindchat.feedback.db import create_db_engine, database_url, init_db, session_scope
+from kindchat.feedback.db import (
+    create_db_engine,
+    database_url,
+    gate_of,
+    init_db,
+    migrate,
+    session_scope,
+)
 from kindchat.feedback.models import Message, Rating
 
 THREADS = 8
@@ -166,3 +174,98 @@ def test_two_processes_migrating_an_empty_database_at_once_both_succeed(tmp_path
     for worker in workers:
         worker.join(timeout=120)
     assert [w.exitcode for w in workers] == [0, 0]
+
+
+def _store_answers(engine: Engine, count: int) -> None:
+    for n in range(count):
+        with session_scope(engine) as session:
+            conv = store.create_conversation(session=session, session_id="s")
+            store.record_message(
+                session=session, conversation_id=conv.id, role="user", content=f"질문 {n}"
+            )
+            store.record_message(
+                session=session, conversation_id=conv.id, role="assistant", content=f"답 {n}"
+            )
+
+
+def _writers(engine: Engine, threads: int, count: int) -> list[BaseException]:
+    """`threads` threads storing `count` answers each, started together; their errors."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(threads)
+
+    def body() -> None:
+        barrier.wait()
+        try:
+            _store_answers(engine, count)
+        except BaseException as err:
+            errors.append(err)
+
+    running = [threading.Thread(target=body) for _ in range(threads)]
+    for thread in running:
+        thread.start()
+    for thread in running:
+        thread.join(timeout=120)
+    return errors
+
+
+@pytest.mark.slow  # sixteen writer threads, twice
+def test_writers_queue_in_the_process_not_in_sqlites_busy_handler(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With SQLite's busy handler all but off (1 ms), writers that meet at once fail with
+    "database is locked" unless they queue on the gate; with it, every answer is stored."""
+    monkeypatch.setattr(db_module, "SQLITE_BUSY_TIMEOUT_MS", 1)
+    bare = create_db_engine(f"sqlite:///{tmp_path / 'bare.db'}", write_gate=False)
+    migrate(bare)
+    failures: list[BaseException] = []
+    for _ in range(5):  # the control: without the gate, some writer meets the lock
+        failures = _writers(bare, 16, 5)
+        if failures:
+            break
+    bare.dispose()
+    assert failures and all("locked" in str(err) for err in failures)
+
+    gated = create_db_engine(f"sqlite:///{tmp_path / 'gated.db'}")
+    migrate(gated)
+    assert _writers(gated, 16, 5) == []
+    assert _count(gated, Message) == 16 * 5 * 2
+    gate = gate_of(gated)
+    assert gate is not None and not gate.held
+    gated.dispose()
+
+
+def test_the_gate_is_taken_by_a_write_and_given_back_at_its_end(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'kindchat.db'}"
+    engine = create_db_engine(url)
+    migrate(engine)
+    gate = gate_of(engine)
+    assert gate is not None
+    assert gate_of(create_db_engine(url)) is gate  # one gate per file, whatever the engines
+    with session_scope(engine) as session:
+        _count(engine, Message)  # a read in another transaction takes nothing
+        assert not gate.held
+        conv = store.create_conversation(session=session, session_id="s")
+        assert gate.held
+    assert not gate.held  # committed
+    with pytest.raises(RuntimeError), session_scope(engine) as session:
+        store.record_message(session=session, conversation_id=conv.id, role="user", content="a")
+        assert gate.held
+        raise RuntimeError("the caller fails mid-transaction")
+    assert not gate.held  # rolled back
+    with pytest.raises(ConflictError), session_scope(engine) as session:  # the store's own error
+        answer = store.record_message(
+            session=session, conversation_id=conv.id, role="assistant", content="b"
+        )
+        store.record_message(
+            session=session,
+            conversation_id=conv.id,
+            role="assistant",
+            content="c",
+            message_id=answer.id,
+        )
+    assert not gate.held
+    done = threading.Event()  # another thread writes at once: nothing was left held
+    threading.Thread(target=lambda: (_store_answers(engine, 1), done.set())).start()
+    assert done.wait(10)
+    assert gate_of(create_db_engine(url, write_gate=False)) is None
+    engine.dispose()
