@@ -590,8 +590,9 @@ def main() -> None:
             ratio,
         )
     console = Console(width=160)
-    console.print(table)
-    console.print("kindchat ×: kindchat's tokens/s divided by that server's (higher is better)")
+    if results:  # none when every mode was skipped for --pairs
+        console.print(table)
+        console.print("kindchat ×: kindchat's tokens/s divided by that server's (higher is better)")
     if isinstance(layer, RunResult) and isinstance(engine, RunResult):
         console.print(
             f"kindchat in front of vLLM: {layer.tokens_per_s / engine.tokens_per_s:.2f}× vLLM's "
