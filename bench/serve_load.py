@@ -209,6 +209,15 @@ def stop(server: subprocess.Popen[bytes]) -> None:
         server.kill()
 
 
+def front_env(engine_url: str, alias: str) -> dict[str, str]:
+    """What makes a kindchat serve `alias` from the vLLM at `engine_url` (`--backend openai`)."""
+    return {
+        "KINDCHAT_BACKEND": "openai",
+        "KINDCHAT_OPENAI_BASE_URL": f"{engine_url}/v1",
+        "KINDCHAT_OPENAI_MODELS": json.dumps([f"{alias}=bench"]),
+    }
+
+
 def run_server(
     mode: str,
     command: list[str],
@@ -230,11 +239,7 @@ def run_server(
             if isinstance(engine, str):
                 return engine
             servers.append(engine[0])
-            env = {
-                "KINDCHAT_BACKEND": "openai",
-                "KINDCHAT_OPENAI_BASE_URL": f"{engine[1]}/v1",
-                "KINDCHAT_OPENAI_MODELS": json.dumps([f"{args.alias}=bench"]),
-            }
+            env = front_env(engine[1], args.alias)
         started = start(mode, command, health, args, **env)
         if isinstance(started, str):
             return started
@@ -297,11 +302,7 @@ def run_pairs(
         if isinstance(engine, str):
             return engine
         servers.append(engine[0])
-        env = {
-            "KINDCHAT_BACKEND": "openai",
-            "KINDCHAT_OPENAI_BASE_URL": f"{engine[1]}/v1",
-            "KINDCHAT_OPENAI_MODELS": json.dumps([f"{args.alias}=bench"]),
-        }
+        env = front_env(engine[1], args.alias)
         targets = {"vllm": (engine[1], "bench")}
         fronts = [("kindchat → vllm", None)]
         if args.before is not None:
