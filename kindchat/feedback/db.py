@@ -90,9 +90,16 @@ class WriteGate:
     def before_write(self, info: dict[str, Any]) -> None:
         if info.get(self) or self._owner == threading.get_ident():
             return
-        if self._lock.acquire(timeout=self.timeout_s):  # else: SQLite's busy timeout decides
+        if not self._lock.acquire(timeout=self.timeout_s):  # SQLite's busy timeout decides
+            logger.warning("a write waited %.0f s for the write gate; going on", self.timeout_s)
+            return
+        try:
             self._owner = threading.get_ident()
             info[self] = True
+        except BaseException:  # (an interrupt between the two) never leave it taken
+            self._owner = None
+            self._lock.release()
+            raise
 
     def release(self, info: dict[str, Any]) -> None:
         if info.pop(self, False):
@@ -131,6 +138,10 @@ def _write_gate(engine: Engine, database: str) -> WriteGate:
     def _checkin(_dbapi: Any, record: Any) -> None:
         if record is not None:
             gate.release(record.info)
+
+    @event.listens_for(engine.pool, "detach")
+    def _detach(_dbapi: Any, record: Any) -> None:  # leaves the pool without a checkin
+        gate.release(record.info)
 
     return gate
 
@@ -182,6 +193,9 @@ def migrate(engine: Engine, revision: str = "head") -> None:
     config = alembic_config(engine)
     with engine.connect() as connection:
         if connection.dialect.name == "sqlite":
+            gate = gate_of(engine)
+            if gate is not None:  # the process's other writers queue behind the migration
+                gate.before_write(connection.info)
             connection.exec_driver_sql("BEGIN IMMEDIATE")
         elif connection.dialect.name == "postgresql":
             connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})")

@@ -205,6 +205,7 @@ def _writers(engine: Engine, threads: int, count: int) -> list[BaseException]:
         thread.start()
     for thread in running:
         thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in running)
     return errors
 
 
@@ -264,8 +265,9 @@ def test_the_gate_is_taken_by_a_write_and_given_back_at_its_end(tmp_path: Path) 
             message_id=answer.id,
         )
     assert not gate.held
-    done = threading.Event()  # another thread writes at once: nothing was left held
-    threading.Thread(target=lambda: (_store_answers(engine, 1), done.set())).start()
-    assert done.wait(10)
+    other = threading.Thread(target=_store_answers, args=(engine, 1))  # nothing was left held
+    other.start()
+    other.join(timeout=10)
+    assert not other.is_alive() and _count(engine, Message) == 2  # the rolled-back ones are gone
     assert gate_of(create_db_engine(url, write_gate=False)) is None
     engine.dispose()
