@@ -115,6 +115,11 @@ HEAD = """
 <script>
 (() => {
   document.documentElement.lang = "ko";
+  // resolved when the page has opened (its first tab's opening step ran), or after 15 s
+  window.kindchatReady = new Promise((resolve) => {
+    window.kindchatOpened = resolve;
+    setTimeout(resolve, 15000);
+  });
   const [labels, english, prefixes, branchWords, toastTitles, menuWords] = %s;
   const visible = (el) => el && el.offsetParent !== null;
   const label = () => {
@@ -449,12 +454,16 @@ def build_ui(services: ServicesRef, page_checks: bool = True) -> gr.Blocks:
                     loads.append((tab, build(services)))
         gr.Navbar(visible="hidden")  # people see one page; operators know /admin (False: shown)
         started = demo.load(page_session(services), None, [session])
+        first_opened = None
         for tab, on_load in loads:
             inputs = [session, *on_load.inputs]
             if on_load.on_open:
-                started.then(for_page(on_load.fn), inputs, on_load.outputs, js=on_load.js)
+                opened = started.then(for_page(on_load.fn), inputs, on_load.outputs, js=on_load.js)
+                first_opened = first_opened or opened
             if on_load.on_select:
                 tab.select(for_page(on_load.fn), inputs, on_load.outputs)
+        if first_opened is not None:  # what the chat's send waits for (chat.AFTER_PAGE_OPENED)
+            first_opened.then(None, js="() => window.kindchatOpened && window.kindchatOpened()")
     # The dashboard is for operators: a page of its own, out of the people's tabs, its data
     # behind the admin token (as GET /v1/admin/dashboard)
     with demo.route(strings.ADMIN_PAGE, f"/{ADMIN_PATH}", show_in_navbar=False):

@@ -54,6 +54,13 @@ URL_OF_CONVERSATION = """(id) => {
   if (id) url.searchParams.set("c", id); else url.searchParams.delete("c");
   if (url.href !== window.location.href) window.history.replaceState(null, "", url);
 }"""
+# A message sent before the page has opened (its session and model known) waits for that, then
+# goes: never an error, and the opening step never blanks a chat that has begun (the page's
+# script resolves `kindchatReady` after the first tab's opening step, or after 15 s)
+AFTER_PAGE_OPENED = """async (...inputs) => {
+  await window.kindchatReady;
+  return inputs;
+}"""
 CONVERSATION_IN_URL = """(...inputs) => {
   inputs[inputs.length - 1] = new URLSearchParams(window.location.search).get("c") || "";
   return inputs;
@@ -808,6 +815,7 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
         [state, text, model, persona, custom_persona],
         [text, *running],
         concurrency_id="generate",
+        js=AFTER_PAGE_OPENED,
     )
     edited = chatbot.edit(on_edit, [state, model], running, concurrency_id="generate")
     regenerated = regenerate_button.click(

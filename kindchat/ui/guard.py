@@ -100,6 +100,8 @@ class PageCheck:
         client = getattr(request, "client", None)
         caller = self.gate().page_caller(cookie_token(request), getattr(client, "host", None))
         for arg in args:
+            if isinstance(arg, PageState) and not arg.session_id and caller.session_id:
+                arg.session_id = caller.session_id  # a state the page's opening has not bound yet
             if (
                 isinstance(arg, PageState)
                 and arg.session_id

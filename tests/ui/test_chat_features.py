@@ -18,7 +18,12 @@ from kindchat.feedback.export import ExportConfig, export_reward_data
 from kindchat.feedback.models import Conversation, Message
 from kindchat.ui import personas
 
-from .conftest import DESKTOP, show_history, start_new_chat  # type: ignore[import-not-found]
+from .conftest import (  # type: ignore[import-not-found]
+    DESKTOP,
+    PHONE,
+    show_history,
+    start_new_chat,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -233,3 +238,51 @@ def test_a_harmful_message_is_refused_and_kept_out_of_training(
         )
     assert report.dropped.get("flagged", 0) >= 1
     assert all("폭탄" not in p.read_text() for p in out.glob("*.json"))
+
+
+@pytest.mark.parametrize("size", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_a_message_sent_before_the_page_opened_waits_and_is_answered(
+    browser: Any, ui_server: Any, ui_db: Engine, size: dict[str, int], wait_for: Callable[..., None]
+) -> None:
+    """A quick typist on a slow page: the page's opening step (its session, the models) is
+    held back until after the message is sent. The message waits for it, then is answered and
+    stored in the page's session; the opening step does not blank the chat."""
+    question = f"빨리 보낸 질문이에요 ({size['width']})"
+    held: list[Any] = []
+    opened = False
+
+    def hold(route: Any) -> None:  # every queue call of the page's opening, until released
+        if opened or question in (route.request.post_data or ""):
+            route.continue_()
+        else:
+            held.append(route)
+
+    context = browser.new_context(locale="ko-KR", viewport=size)
+    try:
+        page = context.new_page()
+        page.route("**/gradio_api/queue/join*", hold)
+        page.goto(f"{ui_server.url}/")
+        page.wait_for_selector("#chat-input textarea")
+        wait_for(lambda: bool(held), what="the opening step, held")
+        page.locator("#chat-input textarea").fill(question)
+        page.locator("#chat-send").click()
+        page.wait_for_timeout(1000)
+        assert conversation_of(ui_db, question) is None  # it waits for the page
+        assert not page.locator("#chat-error").is_visible()
+        opened = True
+        while held:
+            held.pop(0).continue_()
+        page.unroute(
+            "**/gradio_api/queue/join*"
+        )  # (sync Playwright runs handlers only when pumped)
+        wait_for(lambda: conversation_of(ui_db, question) is not None, what="the stored turn")
+        settled(page)
+        assert page.locator(USERS).last.inner_text().strip() == question  # not blanked
+        assert page.locator(BOTS).last.inner_text().strip()
+        assert not page.locator("#chat-error").is_visible()
+        conversation = conversation_of(ui_db, question)
+        assert conversation is not None and conversation.session_id
+        show_history(page)  # the page's own session: its history lists it
+        wait_for(lambda: question in page.locator("#chat-history").inner_text(), what="the history")
+    finally:
+        context.close()
