@@ -145,8 +145,12 @@ def _battles(
 ) -> None:
     conversations = [[{"role": "user", "content": p}] for p in prompts]
     sides = sampler.answer(conversations + conversations)
+    # the plug-in judges before the store is written: no write transaction waits on a user
+    winners = [
+        users.vote(prompt, sides[i], sides[len(prompts) + i]) for i, prompt in enumerate(prompts)
+    ]
     with session_scope(engine) as s:
-        for i, prompt in enumerate(prompts):
+        for i, (prompt, winner) in enumerate(zip(prompts, winners, strict=True)):
             sid = f"night-arena-{offset + i}"
             conv = store.create_conversation(session=s, session_id=sid).id
             store.record_message(
@@ -161,7 +165,6 @@ def _battles(
                 message_a_id=a,
                 message_b_id=b,
             )
-            winner = users.vote(prompt, sides[i], sides[len(prompts) + i])
             store.vote(session=s, battle_id=battle.id, session_id=sid, winner=winner)
             counts[f"vote_{winner}"] += 1
 
@@ -189,12 +192,15 @@ def _chats(
             )
             threads.append((sid, conv, [{"role": "user", "content": prompt}]))
     answers = sampler.answer([t[2] for t in threads])
+    ratings = [
+        users.rate(m[-1]["content"], a) for (_, _, m), a in zip(threads, answers, strict=True)
+    ]
     again: list[tuple[str, str, Messages, str]] = []  # regenerate: … and the 👎 message id
     follow: list[tuple[str, str, Messages]] = []
     with session_scope(engine) as s:
-        for (sid, conv, messages), text in zip(threads, answers, strict=True):
+        for (sid, conv, messages), text, rating in zip(threads, answers, ratings, strict=True):
             message = _answer(s, conv, text, version, sid, None)
-            value = _rate(s, users, messages, text, message, sid, counts)
+            value = _rate(s, rating, message, sid, counts)
             if value == -1 and rng.random() < config.regenerate_after_down:
                 again.append((sid, conv, messages, message))
             elif value == 1 and rng.random() < config.follow_up_after_up:
@@ -215,27 +221,29 @@ def _chats(
                 )
     retries = sampler.answer([m for _, _, m, _ in again])
     follow_answers = sampler.answer([m for _, _, m in follow])
+    retry_ratings = [
+        users.rate(m[-1]["content"], a) for (_, _, m, _), a in zip(again, retries, strict=True)
+    ]
+    follow_ratings = [
+        users.rate(m[-1]["content"], a) for (_, _, m), a in zip(follow, follow_answers, strict=True)
+    ]
     with session_scope(engine) as s:
-        for (sid, conv, messages, parent), text in zip(again, retries, strict=True):
+        for (sid, conv, _, parent), text, rating in zip(again, retries, retry_ratings, strict=True):
             message = _answer(s, conv, text, version, sid, parent)
-            _rate(s, users, messages, text, message, sid, counts)
+            _rate(s, rating, message, sid, counts)
             counts["regenerations"] += 1
-        for (sid, conv, messages), text in zip(follow, follow_answers, strict=True):
+        for (sid, conv, _), text, rating in zip(
+            follow, follow_answers, follow_ratings, strict=True
+        ):
             message = _answer(s, conv, text, version, sid, None)
-            _rate(s, users, messages, text, message, sid, counts)
+            _rate(s, rating, message, sid, counts)
             counts["follow_ups"] += 1
 
 
 def _rate(
-    session: Any,
-    users: Any,
-    messages: Messages,
-    text: str,
-    message_id: str,
-    sid: str,
-    counts: Counter[str],
+    session: Any, value: int | None, message_id: str, sid: str, counts: Counter[str]
 ) -> int | None:
-    value = users.rate(messages[-1]["content"], text)
+    """Store the plug-in's rating (judged before the transaction began), if it gave one."""
     if value is None:
         counts["no_rating"] += 1
         return None
