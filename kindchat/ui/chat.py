@@ -218,6 +218,24 @@ def busy(visible: bool) -> tuple[Any, Any]:
     return gr.update(visible=visible), gr.update(visible=not visible)
 
 
+async def one_at_a_time(
+    state: ChatSession, updates: AsyncIterator[Update], outputs: int
+) -> AsyncIterator[Update]:
+    """A chat writes one answer at a time. A second send, edit, regenerate or 계속 생성 while an
+    answer is being written (a double click while the page opened, or two calls through the
+    queue API) changes nothing: the first one goes on."""
+    if state.answering:
+        await updates.aclose()  # never started: nothing was stored
+        yield tuple(gr.update() for _ in range(outputs))
+        return
+    state.answering = True
+    try:
+        async for update in updates:
+            yield update
+    finally:
+        state.answering = False
+
+
 async def send(
     services: Services, state: ChatSession, text: str, model: str
 ) -> AsyncIterator[Update]:
@@ -631,24 +649,24 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
     async def on_send(
         state: ChatSession, text: str, model: str, choice: str, custom: str
     ) -> AsyncIterator[Update]:
-        if state.conversation_id is None:  # the persona is chosen per conversation
+        if state.conversation_id is None and not state.answering:  # chosen per conversation
             state.persona = personas.system_prompt(choice, custom)
-        async for update in send(services(), state, text, model):
+        async for update in one_at_a_time(state, send(services(), state, text, model), 7):
             yield update
 
     @action("chat")
     async def on_edit(state: ChatSession, data: gr.EditData, model: str) -> AsyncIterator[Update]:
-        async for update in edit(services(), state, data, model):
+        async for update in one_at_a_time(state, edit(services(), state, data, model), 6):
             yield update
 
     @action("chat")
     async def on_continue(state: ChatSession, model: str) -> AsyncIterator[Update]:
-        async for update in go_on(services(), state, model):
+        async for update in one_at_a_time(state, go_on(services(), state, model), 6):
             yield update
 
     @action("chat")
     async def on_regenerate(state: ChatSession, model: str) -> AsyncIterator[Update]:
-        async for update in regenerate(services(), state, model):
+        async for update in one_at_a_time(state, regenerate(services(), state, model), 6):
             yield update
 
     @action("history")
@@ -950,11 +968,21 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
     share_button.click(on_share, [state], [share_link])
     persona.input(on_persona, [state, persona], [persona, custom_persona])
 
-    def on_load(session_id: str, wanted: str) -> Update:
+    def on_load(session_id: str, begun: ChatSession, wanted: str) -> Update:
         """The page opens empty, or on the conversation its URL names (`?c=<id>`, this
-        session's own: any other id opens an empty chat, with a word)."""
+        session's own: any other id opens an empty chat, with a word). A chat begun before
+        the page had opened (its send waits at most 15 s for this step) is kept as it is."""
         served = services()
         choices = model_choices(served.answers)
+        if begun.turns or begun.conversation_id or begun.answering:
+            begun.session_id = begun.session_id or session_id
+            return (
+                begun,
+                gr.Dropdown(choices=choices, value=served.answers.default_model()),
+                history_update(served.conversations, begun),
+                *(gr.update() for _ in range(4)),
+                begun.conversation_id or "",
+            )
         fresh = ChatSession(session_id=session_id)
         opened: tuple[Any, ...] = (chatbot_update(fresh), fresh, *(gr.update() for _ in range(4)))
         if wanted and session_id:
@@ -976,7 +1004,7 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
 
     return OnLoad(
         on_load,
-        [conversation_ref],
+        [state, conversation_ref],
         [state, model, history, chatbot, title, persona, custom_persona, conversation_ref],
         js=CONVERSATION_IN_URL,
     )

@@ -44,6 +44,8 @@ class ChatSession:
     persona: str | None = None  # the system message of this conversation
     off_latest: bool = False  # ‹k/n› went back to an earlier branch: the next turn follows it
     search: str = ""  # the history's search words (kept across chats)
+    # an answer is being written for this chat (one at a time: see chat.one_at_a_time)
+    answering: bool = field(default=False, compare=False, repr=False)
 
     def messages(self, upto: int | None = None) -> list[ChatMessage]:
         """The conversation for the service (the persona, then the first `upto` turns)."""

@@ -240,14 +240,18 @@ def test_a_harmful_message_is_refused_and_kept_out_of_training(
     assert all("폭탄" not in p.read_text() for p in out.glob("*.json"))
 
 
-@pytest.mark.parametrize("size", [DESKTOP, PHONE], ids=["desktop", "phone"])
-def test_a_message_sent_before_the_page_opened_waits_and_is_answered(
-    browser: Any, ui_server: Any, ui_db: Engine, size: dict[str, int], wait_for: Callable[..., None]
-) -> None:
-    """A quick typist on a slow page: the page's opening step (its session, the models) is
-    held back until after the message is sent. The message waits for it, then is answered and
-    stored in the page's session; the opening step does not blank the chat."""
-    question = f"빨리 보낸 질문이에요 ({size['width']})"
+def send_before_the_page_opened(
+    browser: Any,
+    url: str,
+    db: Engine,
+    size: dict[str, int],
+    question: str,
+    wait_for: Callable[..., None],
+    hold_s: float,
+) -> Any:
+    """Open the page with its opening step held back (every queue call but the message's own),
+    press Enter and click send (a quick, impatient typist), wait `hold_s`, release; returns the
+    page (its context closes with the browser fixture's)."""
     held: list[Any] = []
     opened = False
 
@@ -258,31 +262,77 @@ def test_a_message_sent_before_the_page_opened_waits_and_is_answered(
             held.append(route)
 
     context = browser.new_context(locale="ko-KR", viewport=size)
+    page = context.new_page()
+    page.route("**/gradio_api/queue/join*", hold)
+    page.goto(f"{url}/")
+    page.wait_for_selector("#chat-input textarea")
+    wait_for(lambda: bool(held), what="the opening step, held")
+    page.locator("#chat-input textarea").fill(question)
+    page.locator("#chat-input textarea").press("Enter")
+    page.locator("#chat-send").click()
+    page.wait_for_timeout(hold_s * 1000)
+    assert not page.locator("#chat-error").is_visible()
+    opened = True
+    while held:
+        held.pop(0).continue_()
+    page.unroute("**/gradio_api/queue/join*")  # (sync Playwright runs handlers only when pumped)
+    return page
+
+
+def asked(db: Engine, question: str) -> int:
+    return len(messages_where(db, Message.content == question, Message.role == "user"))
+
+
+@pytest.mark.parametrize("size", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_a_message_sent_before_the_page_opened_waits_and_is_answered(
+    browser: Any, ui_server: Any, ui_db: Engine, size: dict[str, int], wait_for: Callable[..., None]
+) -> None:
+    """A quick typist on a slow page: the page's opening step (its session, the models) is
+    held back until after the message is sent, twice (Enter, then the button). The message
+    waits for it, then is answered once and stored in the page's session."""
+    question = f"빨리 보낸 질문이에요 ({size['width']})"
+    page = send_before_the_page_opened(
+        browser, ui_server.url, ui_db, size, question, wait_for, hold_s=1
+    )
     try:
-        page = context.new_page()
-        page.route("**/gradio_api/queue/join*", hold)
-        page.goto(f"{ui_server.url}/")
-        page.wait_for_selector("#chat-input textarea")
-        wait_for(lambda: bool(held), what="the opening step, held")
-        page.locator("#chat-input textarea").fill(question)
-        page.locator("#chat-send").click()
-        page.wait_for_timeout(1000)
-        assert conversation_of(ui_db, question) is None  # it waits for the page
-        assert not page.locator("#chat-error").is_visible()
-        opened = True
-        while held:
-            held.pop(0).continue_()
-        page.unroute(
-            "**/gradio_api/queue/join*"
-        )  # (sync Playwright runs handlers only when pumped)
         wait_for(lambda: conversation_of(ui_db, question) is not None, what="the stored turn")
         settled(page)
         assert page.locator(USERS).last.inner_text().strip() == question  # not blanked
         assert page.locator(BOTS).last.inner_text().strip()
         assert not page.locator("#chat-error").is_visible()
+        page.wait_for_timeout(1000)
+        assert asked(ui_db, question) == 1  # sent twice while waiting: asked once
+        assert page.locator(USERS).count() == 1
         conversation = conversation_of(ui_db, question)
         assert conversation is not None and conversation.session_id
         show_history(page)  # the page's own session: its history lists it
         wait_for(lambda: question in page.locator("#chat-history").inner_text(), what="the history")
     finally:
-        context.close()
+        page.context.close()
+
+
+def test_a_chat_begun_before_a_slow_opening_is_kept(
+    browser: Any, ui_server: Any, ui_db: Engine, wait_for: Callable[..., None]
+) -> None:
+    """An opening step slower than the send's 15 s of patience: the message goes first, and
+    the opening, when it comes, keeps the chat that has begun instead of blanking it."""
+    question = "느린 페이지에서 보낸 질문이에요"
+    page = send_before_the_page_opened(
+        browser, ui_server.url, ui_db, DESKTOP, question, wait_for, hold_s=17
+    )
+    try:
+        wait_for(lambda: conversation_of(ui_db, question) is not None, what="the stored turn")
+        settled(page)
+        page.wait_for_timeout(2000)  # the opening step has run by now
+        assert page.locator(USERS).count() == 1
+        assert page.locator(USERS).last.inner_text().strip() == question
+        assert page.locator(BOTS).last.inner_text().strip()
+        assert asked(ui_db, question) == 1
+        page.locator("#chat-input textarea").fill("그다음 질문이에요")
+        page.locator("#chat-send").click()
+        settled(page)
+        wait_for(lambda: asked(ui_db, "그다음 질문이에요") == 1, what="the second turn")
+        second = conversation_of(ui_db, "그다음 질문이에요")
+        assert second is not None and second.id == conversation_of(ui_db, question).id  # type: ignore[union-attr]
+    finally:
+        page.context.close()

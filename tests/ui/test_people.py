@@ -365,7 +365,10 @@ def test_a_conversation_has_its_own_url_that_reload_opens(
     wait_for(lambda: conversation_of(ui_db, question) is not None, what="the stored chat")
     conversation = conversation_of(ui_db, question)
     assert conversation is not None
-    wait_for(lambda: f"c={conversation.id}" in page.url, what="the conversation in the URL")
+    wait_for(  # (page.url is Playwright's copy, updated only while it is pumped: ask the page)
+        lambda: f"c={conversation.id}" in page.evaluate("window.location.search"),
+        what="the conversation in the URL",
+    )
 
     page.reload()
     wait_for(
