@@ -336,3 +336,40 @@ def test_a_chat_begun_before_a_slow_opening_is_kept(
         assert second is not None and second.id == conversation_of(ui_db, question).id  # type: ignore[union-attr]
     finally:
         page.context.close()
+
+
+def test_two_sends_of_one_chat_through_the_queue_api_answer_once(
+    page: Any, ui_db: Engine, wait_for: Callable[..., None]
+) -> None:
+    """The page's own send, posted again to the queue API while its answer is written (as an
+    outsider replaying the call with the page's cookie and session hash): asked once, answered
+    once, and the page goes on as if nothing happened."""
+    question = "한 번만 물어본 질문이에요"
+    joins: list[tuple[str, str]] = []
+
+    def keep(route: Any) -> None:
+        body = route.request.post_data or ""
+        if question in body:
+            joins.append((route.request.url, body))
+        route.continue_()
+
+    page.route("**/gradio_api/queue/join*", keep)
+    page.locator("#chat-input textarea").fill(question)
+    page.locator("#chat-send").click()
+    page.locator("#chat-stop").wait_for(state="visible")  # its answer is being written
+    assert len(joins) == 1
+    again = page.context.request.post(
+        joins[0][0], data=joins[0][1], headers={"content-type": "application/json"}
+    )
+    assert again.ok, again.text()  # queued: the same page, the same cookie
+    settled(page)
+    page.unroute("**/gradio_api/queue/join*")
+    page.wait_for_timeout(2000)  # the replayed call has run its course
+    assert asked(ui_db, question) == 1
+    assert page.locator(USERS).count() == 1 and page.locator(BOTS).count() == 1
+    answers = messages_where(
+        ui_db,
+        Message.conversation_id == conversation_of(ui_db, question).id,  # type: ignore[union-attr]
+        Message.role == "assistant",
+    )
+    assert len(answers) == 1
