@@ -5,6 +5,7 @@ services: answers, conversations and feedback."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import tempfile
@@ -224,16 +225,18 @@ async def one_at_a_time(
     """A chat writes one answer at a time. A second send, edit, regenerate or 계속 생성 while an
     answer is being written (a double click while the page opened, or two calls through the
     queue API) changes nothing: the first one goes on."""
-    if state.answering:
+    me = asyncio.current_task()
+    if state.answering and state.writer is not me:
         await updates.aclose()  # never started: nothing was stored
         yield tuple(gr.update() for _ in range(outputs))
         return
-    state.answering = True
+    state.writer = me
     try:
         async for update in updates:
             yield update
     finally:
-        state.answering = False
+        if state.writer is me:
+            state.writer = None
 
 
 async def send(

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from gradio.components.chatbot import Message, MessageDict
 
@@ -44,8 +45,14 @@ class ChatSession:
     persona: str | None = None  # the system message of this conversation
     off_latest: bool = False  # ‹k/n› went back to an earlier branch: the next turn follows it
     search: str = ""  # the history's search words (kept across chats)
-    # an answer is being written for this chat (one at a time: see chat.one_at_a_time)
-    answering: bool = field(default=False, compare=False, repr=False)
+    # the task writing this chat's answer (one at a time: see chat.one_at_a_time)
+    writer: asyncio.Task[Any] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def answering(self) -> bool:
+        """An answer is being written: its task is alive (a stopped or crashed one is not,
+        even before its generator's cleanup has run)."""
+        return self.writer is not None and not self.writer.done()
 
     def messages(self, upto: int | None = None) -> list[ChatMessage]:
         """The conversation for the service (the persona, then the first `upto` turns)."""

@@ -86,3 +86,51 @@ def test_the_leaderboard_names_models_as_people_do() -> None:
         "policy-20261205-080000-ee": "policy-20261205-080000-ee",  # one minute: their ids
         "policy-20261205-080030-ff": "policy-20261205-080030-ff",
     }
+
+
+def test_a_chat_writes_one_answer_at_a_time_and_a_stopped_one_frees_it() -> None:
+    """`one_at_a_time`: while one task writes the answer, a second changes nothing and never
+    starts; once that task has ended (stopped, as Gradio stops it, with its generator not yet
+    cleaned up), the next send goes."""
+    import asyncio
+    from collections.abc import AsyncIterator
+    from typing import Any
+
+    from kindchat.ui.chat import one_at_a_time
+
+    state = ChatSession(session_id="s")
+    started: list[str] = []
+    release = asyncio.Event()
+
+    async def answer(name: str) -> AsyncIterator[Any]:
+        started.append(name)
+        yield (name,)
+        await release.wait()
+        yield (name, "done")
+
+    async def first_step(name: str) -> Any:  # one step of the event, as Gradio runs it
+        gen = one_at_a_time(state, answer(name), 1)
+        return gen, await anext(gen)
+
+    async def scenario() -> None:
+        first = asyncio.create_task(first_step("a"))
+        gen_a, step = await first
+        assert step == ("a",)
+        # the task that wrote "a" has ended but its generator is still open: a stopped event
+        assert not state.answering and started == ["a"]
+        running = asyncio.create_task(drain(one_at_a_time(state, answer("b"), 1)))
+        await asyncio.sleep(0)
+        assert state.answering and started == ["a", "b"]
+        second = await drain(one_at_a_time(state, answer("c"), 1))
+        assert started == ["a", "b"]  # "c" never started
+        assert [type(u[0]).__name__ for u in second] == ["dict"]  # gr.update(): nothing changes
+        release.set()
+        assert await running == [("b",), ("b", "done")]
+        assert not state.answering and state.writer is None
+        await gen_a.aclose()
+        assert await drain(one_at_a_time(state, answer("d"), 1)) == [("d",), ("d", "done")]
+
+    async def drain(gen: AsyncIterator[Any]) -> list[Any]:
+        return [u async for u in gen]
+
+    asyncio.run(scenario())
