@@ -94,6 +94,7 @@ def test_a_chat_writes_one_answer_at_a_time_and_a_stopped_one_frees_it() -> None
     cleaned up), the next send goes."""
     import asyncio
     from collections.abc import AsyncIterator
+    from concurrent.futures import ThreadPoolExecutor
     from typing import Any
 
     from kindchat.ui.chat import one_at_a_time
@@ -133,4 +134,6 @@ def test_a_chat_writes_one_answer_at_a_time_and_a_stopped_one_frees_it() -> None
     async def drain(gen: AsyncIterator[Any]) -> list[Any]:
         return [u async for u in gen]
 
-    asyncio.run(scenario())
+    # in a thread of its own: the browser tests' sync Playwright keeps a loop running here
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, scenario()).result(timeout=30)
