@@ -191,10 +191,9 @@ def _chats(
                 session=s, conversation_id=conv, role="user", content=prompt, session_id=sid
             )
             threads.append((sid, conv, [{"role": "user", "content": prompt}]))
-    answers = sampler.answer([t[2] for t in threads])
-    ratings = [
-        users.rate(m[-1]["content"], a) for (_, _, m), a in zip(threads, answers, strict=True)
-    ]
+    asked = [t[2] for t in threads]
+    answers = sampler.answer(asked)
+    ratings = _judge(users, asked, answers)
     again: list[tuple[str, str, Messages, str]] = []  # regenerate: … and the 👎 message id
     follow: list[tuple[str, str, Messages]] = []
     with session_scope(engine) as s:
@@ -219,14 +218,12 @@ def _chats(
                         ],
                     )
                 )
-    retries = sampler.answer([m for _, _, m, _ in again])
-    follow_answers = sampler.answer([m for _, _, m in follow])
-    retry_ratings = [
-        users.rate(m[-1]["content"], a) for (_, _, m, _), a in zip(again, retries, strict=True)
-    ]
-    follow_ratings = [
-        users.rate(m[-1]["content"], a) for (_, _, m), a in zip(follow, follow_answers, strict=True)
-    ]
+    asked_again = [m for _, _, m, _ in again]
+    asked_next = [m for _, _, m in follow]
+    retries = sampler.answer(asked_again)
+    follow_answers = sampler.answer(asked_next)
+    retry_ratings = _judge(users, asked_again, retries)
+    follow_ratings = _judge(users, asked_next, follow_answers)
     with session_scope(engine) as s:
         for (sid, conv, _, parent), text, rating in zip(again, retries, retry_ratings, strict=True):
             message = _answer(s, conv, text, version, sid, parent)
@@ -238,6 +235,11 @@ def _chats(
             message = _answer(s, conv, text, version, sid, None)
             _rate(s, rating, message, sid, counts)
             counts["follow_ups"] += 1
+
+
+def _judge(users: Any, asked: Sequence[Messages], answers: Sequence[str]) -> list[int | None]:
+    """The plug-in's ratings of `answers` to the last messages of `asked`, in order."""
+    return [users.rate(m[-1]["content"], a) for m, a in zip(asked, answers, strict=True)]
 
 
 def _rate(

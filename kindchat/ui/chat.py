@@ -648,28 +648,38 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
             regenerate_button = gr.Button(strings.REGENERATE, elem_id="chat-regenerate")
             gr.Markdown(strings.EDIT_HINT)
 
+    # what an answer being written updates (a send updates the input box too)
+    running = [chatbot, state, reason_box, stop_button, send_button, error]
+
     @action("chat")
     async def on_send(
         state: ChatSession, text: str, model: str, choice: str, custom: str
     ) -> AsyncIterator[Update]:
-        if state.conversation_id is None and not state.answering:  # chosen per conversation
-            state.persona = personas.system_prompt(choice, custom)
-        async for update in one_at_a_time(state, send(services(), state, text, model), 7):
+        async def with_persona() -> AsyncIterator[Update]:
+            if state.conversation_id is None:  # the persona is chosen per conversation
+                state.persona = personas.system_prompt(choice, custom)
+            async for update in send(services(), state, text, model):
+                yield update
+
+        async for update in one_at_a_time(state, with_persona(), 1 + len(running)):
             yield update
 
     @action("chat")
     async def on_edit(state: ChatSession, data: gr.EditData, model: str) -> AsyncIterator[Update]:
-        async for update in one_at_a_time(state, edit(services(), state, data, model), 6):
+        updates = edit(services(), state, data, model)
+        async for update in one_at_a_time(state, updates, len(running)):
             yield update
 
     @action("chat")
     async def on_continue(state: ChatSession, model: str) -> AsyncIterator[Update]:
-        async for update in one_at_a_time(state, go_on(services(), state, model), 6):
+        updates = go_on(services(), state, model)
+        async for update in one_at_a_time(state, updates, len(running)):
             yield update
 
     @action("chat")
     async def on_regenerate(state: ChatSession, model: str) -> AsyncIterator[Update]:
-        async for update in one_at_a_time(state, regenerate(services(), state, model), 6):
+        updates = regenerate(services(), state, model)
+        async for update in one_at_a_time(state, updates, len(running)):
             yield update
 
     @action("history")
@@ -829,7 +839,6 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
             return gr.update(value=kept), gr.update(value=custom, visible=kept == personas.CUSTOM)
         return gr.update(), gr.update(visible=choice == personas.CUSTOM)
 
-    running = [chatbot, state, reason_box, stop_button, send_button, error]
     sent = gr.on(
         [text.submit, send_button.click],
         on_send,
@@ -977,7 +986,7 @@ def build_chat_tab(services: ServicesRef) -> OnLoad:
         the page had opened (its send waits at most 15 s for this step) is kept as it is."""
         served = services()
         choices = model_choices(served.answers)
-        if begun.turns or begun.conversation_id or begun.answering:
+        if begun.turns or begun.conversation_id:  # (an answer being written has its turns)
             begun.session_id = begun.session_id or session_id
             return (
                 begun,
