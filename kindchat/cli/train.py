@@ -77,7 +77,8 @@ def bootstrap(
         return
     if starter is not None and "rlhf" not in registry_of(settings).aliases():
         # someone waits for an answer: the small models at full priority, served as they land
-        print_report(run_bootstrap(settings, starter, "sft", serve_sft_first=True))
+        # the lean loop: no TRL import nor trainer setup before the first answer (`lean`)
+        print_report(run_bootstrap(settings, starter, "sft", serve_sft_first=True, trainer="torch"))
     if nice:
         os.nice(nice)
     report = run_bootstrap(
@@ -121,8 +122,7 @@ def train_sft_command(
 ) -> None:
     """Supervised fine-tuning on the seed SFT data in the KULLM template (defaults: SftConfig)."""
     from kindchat.retrain.common import LoraOptions
-    from kindchat.retrain.sft import SftConfig
-    from kindchat.retrain.stages import train_sft
+    from kindchat.retrain.sft import SftConfig, train_sft
 
     settings: Settings = ctx.obj
     config = SftConfig(

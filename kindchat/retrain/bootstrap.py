@@ -15,11 +15,7 @@ from kindchat.config import Settings
 from kindchat.models.presets import Preset
 from kindchat.models.registry import Manifest, Registry
 from kindchat.retrain.bootstrap_state import STAGES, BootstrapState, read_state, write_state
-from kindchat.retrain.policy_eval import PolicyEvalConfig
-from kindchat.retrain.ppo import ppo_config, train_ppo
-from kindchat.retrain.reward import rm_config
-from kindchat.retrain.sft import SftConfig
-from kindchat.retrain.stages import eval_policy, train_base, train_rm, train_sft
+from kindchat.retrain.sft import SftConfig, Trainer, train_base, train_sft
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +38,7 @@ def run_bootstrap(
     *,
     resume: bool = True,
     serve_sft_first: bool = False,
+    trainer: Trainer = "trl",
 ) -> BootstrapReport:
     """Run the stages in order up to and including `until` (base, sft, rm, gold-rm, ppo, eval).
 
@@ -50,7 +47,9 @@ def run_bootstrap(
     are skipped, so a bootstrap killed halfway continues where it stopped. Each stage reads the
     versions this run made, never what an alias points at meanwhile. With `serve_sft_first`,
     the served `rlhf` alias moves to the new SFT model as soon as it lands (a better model to
-    talk to while RM and PPO train), and to the PPO policy when that lands.
+    talk to while RM and PPO train), and to the PPO policy when that lands. `trainer` trains
+    the base LM and SFT ("torch": the lean loop of the first visit's models, see `lean`); a run
+    that ends at SFT imports nothing of the RM and PPO stages (TRL among them).
     """
     settings.ensure_dirs()
     registry = Registry.for_settings(settings)
@@ -81,32 +80,14 @@ def run_bootstrap(
         learning_rate=preset.sft.learning_rate,
         max_length=preset.seq_len,
         max_records=preset.sft.max_records,
+        trainer=trainer,
     )
     builds: dict[str, tuple[list[str], Callable[[], Manifest | None]]] = {
-        "base": (["base"], lambda: train_base(settings, registry, preset)),
+        "base": (["base"], lambda: train_base(settings, registry, preset, trainer)),
         "sft": (["sft"], lambda: train_sft(settings, registry, ref("base", "base"), sft)),
-        "rm": (
-            ["rm"],
-            lambda: train_rm(settings, registry, ref("base", "base"), rm_config(preset, preset.rm)),
-        ),
-        "gold-rm": (
-            ["gold-rm"],
-            lambda: train_rm(
-                settings,
-                registry,
-                ref("base", "base"),
-                rm_config(preset, preset.gold_rm),
-                gold=True,
-            ),
-        ),
-        "ppo": (
-            ["rlhf"],
-            lambda: train_ppo(
-                settings, registry, ref("sft", "sft"), ref("rm", "rm"), ppo_config(preset)
-            ),
-        ),
-        "eval": ([], lambda: _evaluate(settings, registry, preset, state.versions)),
     }
+    if stages_all.index(until) > stages_all.index("sft"):
+        builds.update(_later_stages(settings, registry, preset, state))
     if serve_sft_first:
         builds["sft"] = (["sft", "rlhf"], builds["sft"][1])
     try:
@@ -136,9 +117,42 @@ def run_bootstrap(
     return BootstrapReport(preset.name, dict(state.versions), dict(state.seconds))
 
 
+def _later_stages(
+    settings: Settings, registry: Registry, preset: Preset, state: BootstrapState
+) -> dict[str, tuple[list[str], Callable[[], Manifest | None]]]:
+    """The stages after SFT (RM, gold RM, PPO, evaluation), each reading this run's versions."""
+    from kindchat.retrain.ppo import ppo_config, train_ppo
+    from kindchat.retrain.reward import rm_config
+    from kindchat.retrain.stages import train_rm
+
+    def ref(stage: str) -> str:
+        return state.versions.get(stage, stage)
+
+    return {
+        "rm": (
+            ["rm"],
+            lambda: train_rm(settings, registry, ref("base"), rm_config(preset, preset.rm)),
+        ),
+        "gold-rm": (
+            ["gold-rm"],
+            lambda: train_rm(
+                settings, registry, ref("base"), rm_config(preset, preset.gold_rm), gold=True
+            ),
+        ),
+        "ppo": (
+            ["rlhf"],
+            lambda: train_ppo(settings, registry, ref("sft"), ref("rm"), ppo_config(preset)),
+        ),
+        "eval": ([], lambda: _evaluate(settings, registry, preset, state.versions)),
+    }
+
+
 def _evaluate(
     settings: Settings, registry: Registry, preset: Preset, versions: dict[str, str]
 ) -> None:
+    from kindchat.retrain.policy_eval import PolicyEvalConfig
+    from kindchat.retrain.stages import eval_policy
+
     config = PolicyEvalConfig(max_new_tokens=preset.ppo.max_new_tokens)
     eval_policy(
         settings,

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from kindchat.models.template import Message, PromptTooLongError, prompt_format
@@ -91,17 +90,16 @@ def base_corpus(data_dir: Path, split: SftSplit, exclude_eval_prompts: bool = Tr
     return [t for t in corpus_texts(data_dir, frozenset(excluded)) if t not in heldout_outputs]
 
 
-def prompt_completion_dataset(
+def prompt_completion_columns(
     records: Sequence[SftRecord], tokenizer: PreTrainedTokenizerBase
-) -> Dataset:
-    """TRL's prompt/completion format, prompts in the model's format (TRL appends the EOS)."""
+) -> dict[str, list[str]]:
+    """TRL's prompt/completion columns, prompts in the model's format (the trainer appends the
+    EOS)."""
     fmt = prompt_format(tokenizer)
-    return Dataset.from_dict(
-        {
-            "prompt": [fmt.single(r.prompt) for r in records],
-            "completion": [r.output for r in records],
-        }
-    )
+    return {
+        "prompt": [fmt.single(r.prompt) for r in records],
+        "completion": [r.output for r in records],
+    }
 
 
 def example_prompt(

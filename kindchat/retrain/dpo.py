@@ -25,13 +25,9 @@ from trl import DPOConfig, DPOTrainer
 from kindchat.config import Settings
 from kindchat.models.presets import Preset
 from kindchat.models.registry import Manifest, Registry
-from kindchat.retrain.common import (
-    LoraOptions,
-    check_trainer_fields,
-    new_run_dir,
-    train_against_reference,
-)
+from kindchat.retrain.common import LoraOptions, check_trainer_fields, new_run_dir
 from kindchat.retrain.data import example_prompt, without_eval_prompts
+from kindchat.retrain.hf_trainer import train_against_reference
 from kindchat.retrain.methods import Method, MethodJob, MethodResult, PreferenceData, train_anchored
 from kindchat.retrain.reward import RmConfig
 from kindchat.retrain.stages import rm_training_pairs

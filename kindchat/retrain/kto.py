@@ -29,8 +29,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import KTOConfig, KTOTrainer
 
 from kindchat.models.presets import Preset
-from kindchat.retrain.common import LoraOptions, check_trainer_fields, train_against_reference
+from kindchat.retrain.common import LoraOptions, check_trainer_fields
 from kindchat.retrain.data import example_prompt, without_eval_prompts
+from kindchat.retrain.hf_trainer import train_against_reference
 from kindchat.retrain.methods import Method, MethodJob, MethodResult, train_anchored
 from kindchat.seed import Example, read_examples_file, read_rm_file
 

@@ -26,14 +26,9 @@ from trl import RewardConfig, RewardTrainer
 from kindchat.models.generation import position_ids_for
 from kindchat.models.presets import Preset, StageBudget
 from kindchat.models.template import Message
-from kindchat.retrain.common import (
-    LogToFile,
-    LoraOptions,
-    check_trainer_fields,
-    run_trainer,
-    trainer_arguments,
-)
+from kindchat.retrain.common import LoraOptions, check_trainer_fields
 from kindchat.retrain.data import example_prompt
+from kindchat.retrain.hf_trainer import LogToFile, run_trainer, trainer_arguments
 from kindchat.seed import RmPair
 
 logger = logging.getLogger(__name__)

@@ -1,5 +1,9 @@
-"""Causal-LM training with TRL's SFTTrainer: the base LM (plain text, packed) and SFT (KULLM
-template, loss on the answer tokens by default).
+"""The causal-LM stages: the tokenizer and base LM (plain seed text, packed) and SFT (the model's
+prompt format, loss on the answer tokens by default), each registered as a version.
+
+Both train with TRL's SFTTrainer (`sft_trl`), or, for the first visit's models, with the lean
+torch loop of `lean` (`trainer="torch"`): this module imports neither TRL nor `datasets`, so a
+process that only trains the first models never pays for their import.
 """
 
 from __future__ import annotations
@@ -7,43 +11,30 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from datasets import Dataset
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
-from trl import SFTConfig, SFTTrainer
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from kindchat.config import Settings
+from kindchat.models.loading import load_causal_lm
+from kindchat.models.presets import Preset
+from kindchat.models.registry import Manifest, Registry
+from kindchat.models.tokenizer import train_tokenizer
 from kindchat.retrain.common import (
-    LogToFile,
     LoraOptions,
     check_trainer_fields,
-    run_trainer,
-    trainer_arguments,
+    config_dict,
+    new_run_dir,
+    register_model,
 )
+from kindchat.retrain.data import base_corpus, load_sft_split, prompt_completion_columns
+from kindchat.retrain.evaluate import response_perplexity
+from kindchat.seed import fingerprint
 
 logger = logging.getLogger(__name__)
 
-
-class CausalLmTrainer(SFTTrainer):
-    """TRL's SFTTrainer (its data handling: packing, prompt/completion masks as -100 labels)
-    with the model's own cross-entropy as the loss.
-
-    TRL computes the loss through a chunked, fused LM head that also yields per-token entropy
-    and top-1 accuracy for its logs: made for large vocabularies on a GPU. On CPU, for the
-    embedded models, it took 2.2× the step time (micro base: 154–181 ms/step against 70–82 ms,
-    the same loss to the third decimal, one run each on 2 cores), which a new user waits for
-    before the first answer. The loss is the same masked mean over the label tokens.
-    """
-
-    def compute_loss(
-        self,
-        model: Any,
-        inputs: dict[str, Any],
-        return_outputs: bool = False,
-        num_items_in_batch: Any = None,
-    ) -> Any:
-        inputs["use_cache"] = False
-        return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+Trainer = Literal["trl", "torch"]
 
 
 @dataclass
@@ -63,38 +54,138 @@ class SftConfig:
     deepspeed: Path | None = None  # a DeepSpeed JSON config passed to the HF trainer
     gradient_checkpointing: bool = False  # recompute activations: less memory, more compute
     seed: int = 0
+    # "trl": TRL's SFTTrainer; "torch": the lean loop (`lean`), for the first visit's models:
+    # no LoRA, DeepSpeed or activation checkpointing there
+    trainer: Trainer = "trl"
 
     def __post_init__(self) -> None:
         check_trainer_fields(self, min_length=16)
+        if self.trainer not in ("trl", "torch"):
+            raise ValueError(f"trainer must be 'trl' or 'torch', got {self.trainer!r}")
+        if self.trainer == "torch" and (
+            self.lora.enabled or self.deepspeed is not None or self.gradient_checkpointing
+        ):
+            raise ValueError("LoRA, DeepSpeed and activation checkpointing need trainer='trl'")
 
 
 def train_causal_lm(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    dataset: Dataset,
+    columns: dict[str, list[str]],
     config: SftConfig,
     run_dir: Path,
     stage: str,
     packing: bool = False,
 ) -> tuple[PreTrainedModel, dict[str, Any]]:
-    """Train `model` on `dataset` (`text` or `prompt`/`completion` columns) with SFTTrainer.
+    """Train `model` on `columns` (`text`, packed; or `prompt` and `completion`) with the
+    config's trainer. Returns the trained model (LoRA merged in, if used, eval mode) and the
+    train metrics."""
+    if config.trainer == "torch":
+        from kindchat.retrain import lean
 
-    Returns the trained model (LoRA merged in, if used) and the train metrics.
-    """
-    args = SFTConfig(
-        **trainer_arguments(run_dir, config),
-        max_length=config.max_length,
-        packing=packing,
-        packing_strategy="wrapped",
-        completion_only_loss=config.completion_only_loss if not packing else None,
-        dataset_num_proc=None,
+        if packing:
+            examples = lean.packed_examples(tokenizer, columns["text"], config.max_length)
+        else:
+            examples = lean.completion_examples(
+                tokenizer, columns["prompt"], columns["completion"], config.max_length
+            )
+        return model, lean.fit_causal_lm(model, examples, config, tokenizer.pad_token_id, stage)
+    # TRL and `datasets` (~10 s of imports on a fresh install): only where they are used
+    from kindchat.retrain.sft_trl import train_with_trl
+
+    return train_with_trl(model, tokenizer, columns, config, run_dir, stage, packing)
+
+
+def train_base(
+    settings: Settings, registry: Registry, preset: Preset, trainer: Trainer = "trl"
+) -> Manifest:
+    """Train the BPE tokenizer and a base LM of the preset's architecture on the seed text."""
+    budget = preset.base
+    # Leave out every held-out SFT record (the full split), report perplexity on the sliced one.
+    texts = base_corpus(settings.data_dir, load_sft_split(settings.data_dir))
+    split = load_sft_split(settings.data_dir, max_records=preset.sft.max_records)
+    if budget.max_records is not None:
+        texts = texts[: budget.max_records]
+    logger.info(
+        "tokenizer: training a %d-token byte-level BPE on %d texts", preset.vocab_size, len(texts)
     )
-    trainer = CausalLmTrainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=config.lora.peft_config("CAUSAL_LM") if config.lora.enabled else None,
-        callbacks=[LogToFile(stage)],
+    tokenizer = train_tokenizer(texts, preset.vocab_size)
+    model_config = preset.model_config(
+        len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id
     )
-    return run_trainer(trainer, config.lora.enabled, stage)
+    # the initial weights too: one preset, one base model, every run (torch's generator alone:
+    # transformers' `set_seed` also seeds numpy and imports its trainer utilities and peft)
+    torch.manual_seed(budget.seed)
+    model = AutoModelForCausalLM.from_config(model_config)
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.info("base LM: %.2fM parameters, preset %s", n_params / 1e6, preset.name)
+    config = SftConfig(
+        epochs=budget.epochs,
+        max_steps=budget.max_steps,
+        batch_size=budget.batch_size,
+        learning_rate=budget.learning_rate,
+        max_length=preset.seq_len,
+        completion_only_loss=False,
+        exclude_eval_prompts=True,
+        trainer=trainer,
+    )
+    run_dir = new_run_dir(settings.runs_dir, "base")
+    model, metrics = train_causal_lm(
+        model, tokenizer, {"text": texts}, config, run_dir, "base", packing=True
+    )
+    metrics["heldout_ppl"] = response_perplexity(model, tokenizer, split.heldout, preset.seq_len)
+    metrics["parameters"] = n_params
+
+    return register_model(
+        registry,
+        "base",
+        model,
+        tokenizer,
+        parents=[],
+        config={
+            "preset": preset.name,
+            "architecture": preset.architecture,
+            "stage": config_dict(config),
+        },
+        metrics=metrics,
+        data_fingerprint=fingerprint(texts),
+    )
+
+
+def train_sft(settings: Settings, registry: Registry, base_ref: str, config: SftConfig) -> Manifest:
+    """SFT of a base LM (alias, version or directory) on the seed SFT data; register the result."""
+    base_dir = registry.resolve(base_ref)
+    model, tokenizer = load_causal_lm(base_dir)
+    model.train()
+    split = load_sft_split(
+        settings.data_dir,
+        heldout_fraction=config.heldout_fraction,
+        exclude_eval_prompts=config.exclude_eval_prompts,
+        max_records=config.max_records,
+    )
+    logger.info(
+        "sft: %d train / %d held-out records (%d evaluation prompts left out)",
+        len(split.train),
+        len(split.heldout),
+        split.excluded_eval,
+    )
+    ppl_before = response_perplexity(model, tokenizer, split.heldout, config.max_length)
+    run_dir = new_run_dir(settings.runs_dir, "sft")
+    model, metrics = train_causal_lm(
+        model, tokenizer, prompt_completion_columns(split.train, tokenizer), config, run_dir, "sft"
+    )
+    ppl_after = response_perplexity(model, tokenizer, split.heldout, config.max_length)
+    metrics.update(
+        heldout_ppl_before=ppl_before, heldout_ppl=ppl_after, train_records=len(split.train)
+    )
+    logger.info("sft: held-out perplexity %.2f -> %.2f", ppl_before, ppl_after)
+    return register_model(
+        registry,
+        "sft",
+        model,
+        tokenizer,
+        parents=[registry.version_of(base_ref)],
+        config={"stage": config_dict(config), "base": str(base_ref)},
+        metrics=metrics,
+        data_fingerprint=fingerprint(split.train),
+    )

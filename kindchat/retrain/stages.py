@@ -1,7 +1,8 @@
-"""Registered stages: tokenizer + base LM, SFT, reward models, and the evaluations.
+"""Registered stages: reward models, and the evaluations.
 
 Each training stage registers a version (`common.register_model`) and returns its manifest.
-The preference methods' stages live in their own modules: `ppo.train_ppo`, `dpo.train_dpo`.
+The causal-LM stages (tokenizer + base LM, SFT) live in `sft`, the preference methods' in their
+own modules: `ppo.train_ppo`, `dpo.train_dpo`.
 """
 
 from __future__ import annotations
@@ -9,22 +10,12 @@ from __future__ import annotations
 import json
 import logging
 
-from datasets import Dataset
-from transformers import AutoModelForCausalLM, set_seed
-
 from kindchat.config import Settings
-from kindchat.models.loading import load_causal_lm, load_reward_model
-from kindchat.models.presets import Preset
+from kindchat.models.loading import load_reward_model
 from kindchat.models.registry import Manifest, Registry
-from kindchat.models.tokenizer import load_tokenizer, train_tokenizer
+from kindchat.models.tokenizer import load_tokenizer
 from kindchat.retrain.common import config_dict, new_run_dir, register_model
-from kindchat.retrain.data import (
-    base_corpus,
-    load_sft_split,
-    prompt_completion_dataset,
-    without_eval_prompts,
-)
-from kindchat.retrain.evaluate import response_perplexity
+from kindchat.retrain.data import without_eval_prompts
 from kindchat.retrain.policy_eval import (
     PolicyEvalConfig,
     PolicySetResult,
@@ -33,7 +24,6 @@ from kindchat.retrain.policy_eval import (
 )
 from kindchat.retrain.reward import RmConfig, reward_model_from_lm, train_reward_model
 from kindchat.retrain.rm_eval import RmSetResult, accuracy_metrics, evaluate_reward_model
-from kindchat.retrain.sft import SftConfig, train_causal_lm
 from kindchat.seed import (
     GevalRecord,
     RmPair,
@@ -45,96 +35,6 @@ from kindchat.seed import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-def train_base(settings: Settings, registry: Registry, preset: Preset) -> Manifest:
-    """Train the BPE tokenizer and a base LM of the preset's architecture on the seed text."""
-    budget = preset.base
-    # Leave out every held-out SFT record (the full split), report perplexity on the sliced one.
-    texts = base_corpus(settings.data_dir, load_sft_split(settings.data_dir))
-    split = load_sft_split(settings.data_dir, max_records=preset.sft.max_records)
-    if budget.max_records is not None:
-        texts = texts[: budget.max_records]
-    logger.info(
-        "tokenizer: training a %d-token byte-level BPE on %d texts", preset.vocab_size, len(texts)
-    )
-    tokenizer = train_tokenizer(texts, preset.vocab_size)
-    model_config = preset.model_config(
-        len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id
-    )
-    set_seed(budget.seed)  # the initial weights too: one preset, one base model, every run
-    model = AutoModelForCausalLM.from_config(model_config)
-    n_params = sum(p.numel() for p in model.parameters())
-    logger.info("base LM: %.2fM parameters, preset %s", n_params / 1e6, preset.name)
-    config = SftConfig(
-        epochs=budget.epochs,
-        max_steps=budget.max_steps,
-        batch_size=budget.batch_size,
-        learning_rate=budget.learning_rate,
-        max_length=preset.seq_len,
-        completion_only_loss=False,
-        exclude_eval_prompts=True,
-    )
-    run_dir = new_run_dir(settings.runs_dir, "base")
-    model, metrics = train_causal_lm(
-        model, tokenizer, Dataset.from_dict({"text": texts}), config, run_dir, "base", packing=True
-    )
-    metrics["heldout_ppl"] = response_perplexity(model, tokenizer, split.heldout, preset.seq_len)
-    metrics["parameters"] = n_params
-
-    return register_model(
-        registry,
-        "base",
-        model,
-        tokenizer,
-        parents=[],
-        config={
-            "preset": preset.name,
-            "architecture": preset.architecture,
-            "stage": config_dict(config),
-        },
-        metrics=metrics,
-        data_fingerprint=fingerprint(texts),
-    )
-
-
-def train_sft(settings: Settings, registry: Registry, base_ref: str, config: SftConfig) -> Manifest:
-    """SFT of a base LM (alias, version or directory) on the seed SFT data; register the result."""
-    base_dir = registry.resolve(base_ref)
-    model, tokenizer = load_causal_lm(base_dir)
-    model.train()
-    split = load_sft_split(
-        settings.data_dir,
-        heldout_fraction=config.heldout_fraction,
-        exclude_eval_prompts=config.exclude_eval_prompts,
-        max_records=config.max_records,
-    )
-    logger.info(
-        "sft: %d train / %d held-out records (%d evaluation prompts left out)",
-        len(split.train),
-        len(split.heldout),
-        split.excluded_eval,
-    )
-    ppl_before = response_perplexity(model, tokenizer, split.heldout, config.max_length)
-    run_dir = new_run_dir(settings.runs_dir, "sft")
-    model, metrics = train_causal_lm(
-        model, tokenizer, prompt_completion_dataset(split.train, tokenizer), config, run_dir, "sft"
-    )
-    ppl_after = response_perplexity(model, tokenizer, split.heldout, config.max_length)
-    metrics.update(
-        heldout_ppl_before=ppl_before, heldout_ppl=ppl_after, train_records=len(split.train)
-    )
-    logger.info("sft: held-out perplexity %.2f -> %.2f", ppl_before, ppl_after)
-    return register_model(
-        registry,
-        "sft",
-        model,
-        tokenizer,
-        parents=[registry.version_of(base_ref)],
-        config={"stage": config_dict(config), "base": str(base_ref)},
-        metrics=metrics,
-        data_fingerprint=fingerprint(split.train),
-    )
 
 
 def rm_training_pairs(settings: Settings, config: RmConfig, gold: bool = False) -> list[RmPair]:

@@ -116,7 +116,7 @@ def test_a_foreign_chat_template_is_used_everywhere(
     from kindchat.models.presets import get_preset
     from kindchat.models.template import prompt_format
     from kindchat.models.tokenizer import load_tokenizer
-    from kindchat.retrain.data import example_prompt, prompt_completion_dataset
+    from kindchat.retrain.data import example_prompt, prompt_completion_columns
     from kindchat.seed import SftRecord, corpus_texts
 
     texts = corpus_texts(micro_llama_settings.data_dir)[:500]
@@ -136,9 +136,9 @@ def test_a_foreign_chat_template_is_used_everywhere(
     assert short.startswith("### System:") and "첫 질문" not in short and "둘째 질문" in short
     # Training data in the same format as serving.
     record = SftRecord(id="1", subset="t", instruction="오늘 날씨 어때?", input="", output="맑아요")
-    dataset = prompt_completion_dataset([record], tokenizer)
+    columns = prompt_completion_columns([record], tokenizer)
     assert (
-        dataset["prompt"]
+        columns["prompt"]
         == [fmt.single(record.prompt)]
         == ["### User:\n오늘 날씨 어때?\n\n### Assistant:\n"]
     )

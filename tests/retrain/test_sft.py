@@ -12,8 +12,7 @@ from kindchat.config import Settings
 from kindchat.models.registry import Registry
 from kindchat.retrain.common import LoraOptions
 from kindchat.retrain.data import base_corpus, load_sft_split
-from kindchat.retrain.sft import SftConfig
-from kindchat.retrain.stages import train_sft
+from kindchat.retrain.sft import SftConfig, train_sft
 from kindchat.seed import eval_prompt_keys, normalize_prompt
 
 
