@@ -69,6 +69,13 @@ def serve(
         settings.ensure_dirs()
         background = BackgroundBootstrap(settings, settings.background_preset)
         background.start()
+        if background.training_first():
+            # A fresh install compiles each module's bytecode at its first import, and the child
+            # begins with torch and transformers (~10 s cold). Import the web stack first (~8 s
+            # cold, no torch in it): torch and transformers then load from the child's .pyc
+            # instead of being compiled a second time, on the core the child trains on.
+            import gradio  # noqa: F401
+            import sqlmodel  # noqa: F401
     try:
         import uvicorn
 
