@@ -60,7 +60,8 @@ def completion_examples(
     completions: Sequence[str],
     max_length: int,
 ) -> list[Example]:
-    """Prompt + completion + EOS, the loss on the completion's tokens (and its EOS)."""
+    """Prompt + completion + EOS, the loss on the completion's tokens (and its EOS); an example
+    whose prompt fills `max_length` has nothing to learn from and is dropped (as TRL does)."""
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
     joined = [p + c for p, c in zip(prompts, completions, strict=True)]
@@ -72,8 +73,8 @@ def completion_examples(
         while start < min(len(prompt), len(full)) and prompt[start] == full[start]:
             start += 1
         ids = [*full, tokenizer.eos_token_id][:max_length]
-        labels = [-100] * min(start, len(ids)) + ids[start:]
-        examples.append((ids, labels))
+        if start < len(ids):
+            examples.append((ids, [-100] * start + ids[start:]))
     return examples
 
 

@@ -6,16 +6,13 @@ trains with TRL (every stage but the first visit's, see `lean`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
 from trl import SFTConfig, SFTTrainer
 
 from kindchat.retrain.hf_trainer import LogToFile, run_trainer, trainer_arguments
-
-if TYPE_CHECKING:
-    from kindchat.retrain.sft import SftConfig
 
 
 class CausalLmTrainer(SFTTrainer):
@@ -44,13 +41,14 @@ def train_with_trl(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     columns: dict[str, list[str]],
-    config: SftConfig,
+    config: Any,
     run_dir: Path,
     stage: str,
     packing: bool,
 ) -> tuple[PreTrainedModel, dict[str, Any]]:
-    """SFTTrainer on `columns` (`text`, or `prompt` and `completion`); the trained model (LoRA
-    merged in, if used) and the train metrics."""
+    """SFTTrainer on `columns` (`text`, or `prompt` and `completion`) with `config` (an
+    `sft.SftConfig`, read by its fields as every stage config is: `hf_trainer.trainer_arguments`);
+    the trained model (LoRA merged in, if used) and the train metrics."""
     args = SFTConfig(
         **trainer_arguments(run_dir, config),
         max_length=config.max_length,

@@ -34,6 +34,7 @@ def test_examples_mask_the_prompt_and_end_with_the_eos(micro_settings: Settings)
     cut = len(masked) + 5  # a long answer is cut at max_length, its first tokens kept
     [(short_ids, short_labels)] = completion_examples(tokenizer, [prompt], [answer * 40], cut)
     assert short_ids == ids[:cut] and short_labels == labels[:cut]
+    assert completion_examples(tokenizer, [prompt], [answer], len(masked)) == []  # no answer left
     with pytest.raises(ValueError, match="prompts"):
         completion_examples(tokenizer, [prompt], [], 256)
 
