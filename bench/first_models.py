@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def one(seed: int, trainer: Trainer, data_dir: Path) -> dict[str, float]:
     preset = get_preset("micro")
-    preset = replace(preset, base=replace(preset.base, seed=seed))
+    preset = replace(preset, base=replace(preset.base, seed=seed))  # the initial weights
     with tempfile.TemporaryDirectory(prefix="kindchat-first-models-") as home:
         settings = Settings(home=Path(home), data_dir=data_dir)
         settings.ensure_dirs()
@@ -41,16 +41,7 @@ def one(seed: int, trainer: Trainer, data_dir: Path) -> dict[str, float]:
         start = time.perf_counter()
         base = train_base(settings, registry, preset, trainer)
         base_s = time.perf_counter() - start
-        budget = preset.sft
-        config = SftConfig(
-            max_steps=budget.max_steps,
-            batch_size=budget.batch_size,
-            learning_rate=budget.learning_rate,
-            max_length=preset.seq_len,
-            max_records=budget.max_records,
-            seed=seed,
-            trainer=trainer,
-        )
+        config = SftConfig.for_preset(preset, seed=seed, trainer=trainer)
         start = time.perf_counter()
         sft = train_sft(settings, registry, base.version, config)
         return {

@@ -73,15 +73,7 @@ def run_bootstrap(
         logger.info("bootstrap %s: resuming after %s", preset.name, ", ".join(state.seconds))
     ref = state.versions.get  # this run's versions, stage by stage
 
-    sft = SftConfig(
-        epochs=preset.sft.epochs,
-        max_steps=preset.sft.max_steps,
-        batch_size=preset.sft.batch_size,
-        learning_rate=preset.sft.learning_rate,
-        max_length=preset.seq_len,
-        max_records=preset.sft.max_records,
-        trainer=trainer,
-    )
+    sft = SftConfig.for_preset(preset, trainer=trainer)
     builds: dict[str, tuple[list[str], Callable[[], Manifest | None]]] = {
         "base": (["base"], lambda: train_base(settings, registry, preset, trainer)),
         "sft": (["sft"], lambda: train_sft(settings, registry, ref("base", "base"), sft)),

@@ -16,6 +16,22 @@ from kindchat.seed import SftRecord
 
 
 @torch.no_grad()
+def padded_batch(
+    rows: Sequence[tuple[list[int], list[int]]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input ids, labels) rows padded on the right: input ids, labels (-100 on padding) and the
+    attention mask, as tensors."""
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (ids, targets) in enumerate(rows):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, : len(targets)] = torch.tensor(targets)
+        attention[i, : len(ids)] = 1
+    return input_ids, labels, attention
+
+
 def response_perplexity(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -43,14 +59,7 @@ def response_perplexity(
                 rows.append((ids, labels))
         if not rows:
             continue
-        width = max(len(ids) for ids, _ in rows)
-        input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-        label_t = torch.full((len(rows), width), -100, dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, (ids, labels) in enumerate(rows):
-            input_ids[i, : len(ids)] = torch.tensor(ids)
-            label_t[i, : len(labels)] = torch.tensor(labels)
-            attention[i, : len(ids)] = 1
+        input_ids, label_t, attention = padded_batch(rows, tokenizer.pad_token_id)
         logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
         shift_logits = logits[:, :-1].float()
         shift_labels = label_t[:, 1:].to(device)

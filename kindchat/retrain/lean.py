@@ -35,6 +35,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from kindchat.logs import STEPS_LOGGER
 from kindchat.retrain.common import check_finite, logging_steps
+from kindchat.retrain.evaluate import padded_batch
 
 logger = logging.getLogger(__name__)
 steps_logger = logging.getLogger(STEPS_LOGGER)
@@ -92,18 +93,6 @@ def cosine_with_warmup(total: int, warmup_ratio: float = 0.05) -> Callable[[int]
     return factor
 
 
-def _batch(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(ids) for ids, _ in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, (ids, targets) in enumerate(examples):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, : len(targets)] = torch.tensor(targets)
-        mask[row, : len(ids)] = 1
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
-
-
 def fit_causal_lm(
     model: PreTrainedModel,
     examples: Sequence[Example],
@@ -135,8 +124,8 @@ def fit_causal_lm(
                 batches = [
                     perm[i : i + config.batch_size] for i in range(0, len(perm), config.batch_size)
                 ]
-            inputs = _batch([examples[i] for i in batches.pop(0)], pad_id)
-            loss = model(**inputs, use_cache=False).loss
+            ids, labels, mask = padded_batch([examples[i] for i in batches.pop(0)], pad_id)
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False).loss
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()

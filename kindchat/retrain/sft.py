@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 
 from kindchat.config import Settings
 from kindchat.models.loading import load_causal_lm
-from kindchat.models.presets import Preset
+from kindchat.models.presets import Preset, StageBudget
 from kindchat.models.registry import Manifest, Registry
 from kindchat.models.tokenizer import train_tokenizer
 from kindchat.retrain.common import (
@@ -57,6 +57,21 @@ class SftConfig:
     # "trl": TRL's SFTTrainer; "torch": the lean loop (`lean`), for the first visit's models:
     # no LoRA, DeepSpeed or activation checkpointing there
     trainer: Trainer = "trl"
+
+    @classmethod
+    def for_preset(cls, preset: Preset, stage: str = "sft", **fields: Any) -> SftConfig:
+        """The config of a preset's `base` or `sft` stage: its budget and sequence length."""
+        budget: StageBudget = getattr(preset, stage)
+        return cls(
+            epochs=budget.epochs,
+            max_steps=budget.max_steps,
+            batch_size=budget.batch_size,
+            learning_rate=budget.learning_rate,
+            max_length=preset.seq_len,
+            max_records=budget.max_records,
+            seed=budget.seed,
+            **fields,
+        )
 
     def __post_init__(self) -> None:
         check_trainer_fields(self, min_length=16)
@@ -119,16 +134,8 @@ def train_base(
     model = AutoModelForCausalLM.from_config(model_config)
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("base LM: %.2fM parameters, preset %s", n_params / 1e6, preset.name)
-    config = SftConfig(
-        epochs=budget.epochs,
-        max_steps=budget.max_steps,
-        batch_size=budget.batch_size,
-        learning_rate=budget.learning_rate,
-        max_length=preset.seq_len,
-        completion_only_loss=False,
-        exclude_eval_prompts=True,
-        trainer=trainer,
-    )
+    # the base reads `budget.max_records` texts itself (above): the config records them
+    config = SftConfig.for_preset(preset, "base", completion_only_loss=False, trainer=trainer)
     run_dir = new_run_dir(settings.runs_dir, "base")
     model, metrics = train_causal_lm(
         model, tokenizer, {"text": texts}, config, run_dir, "base", packing=True

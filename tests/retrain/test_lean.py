@@ -93,23 +93,12 @@ def test_the_lean_loop_trains_as_well_as_trl(micro_copy: Settings) -> None:
     assert lean_base.metrics["heldout_ppl"] == pytest.approx(
         trl_base.metrics["heldout_ppl"], rel=0.03
     )
-    budget = preset.sft
     sft = {
         trainer: train_sft(
-            micro_copy,
-            registry,
-            trl_base.version,
-            SftConfig(
-                max_steps=budget.max_steps,
-                batch_size=budget.batch_size,
-                learning_rate=budget.learning_rate,
-                max_length=preset.seq_len,
-                max_records=budget.max_records,
-                trainer=trainer,
-            ),
+            micro_copy, registry, trl_base.version, SftConfig.for_preset(preset, trainer=trainer)
         ).metrics
         for trainer in ("trl", "torch")
     }
     assert sft["torch"]["heldout_ppl"] < sft["torch"]["heldout_ppl_before"]
     assert sft["torch"]["heldout_ppl"] == pytest.approx(sft["trl"]["heldout_ppl"], rel=0.03)
-    assert sft["torch"]["train_steps"] == sft["trl"]["train_steps"] == budget.max_steps
+    assert sft["torch"]["train_steps"] == sft["trl"]["train_steps"] == preset.sft.max_steps
