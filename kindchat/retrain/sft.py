@@ -60,18 +60,19 @@ class SftConfig:
 
     @classmethod
     def for_preset(cls, preset: Preset, stage: str = "sft", **fields: Any) -> SftConfig:
-        """The config of a preset's `base` or `sft` stage: its budget and sequence length."""
+        """The config of a preset's `base` or `sft` stage: its budget and sequence length;
+        `fields` set the rest, or override the budget's."""
         budget: StageBudget = getattr(preset, stage)
-        return cls(
-            epochs=budget.epochs,
-            max_steps=budget.max_steps,
-            batch_size=budget.batch_size,
-            learning_rate=budget.learning_rate,
-            max_length=preset.seq_len,
-            max_records=budget.max_records,
-            seed=budget.seed,
-            **fields,
-        )
+        from_budget = {
+            "epochs": budget.epochs,
+            "max_steps": budget.max_steps,
+            "batch_size": budget.batch_size,
+            "learning_rate": budget.learning_rate,
+            "max_length": preset.seq_len,
+            "max_records": budget.max_records,
+            "seed": budget.seed,
+        }
+        return cls(**(from_budget | fields))
 
     def __post_init__(self) -> None:
         check_trainer_fields(self, min_length=16)
