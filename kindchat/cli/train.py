@@ -61,11 +61,9 @@ def bootstrap(
     ] = None,
 ) -> None:
     """Train the embedded models from the seed data: tokenizer, base LM, SFT, RM, gold RM, PPO."""
-    import os
-
     from kindchat.models.presets import get_preset
     from kindchat.retrain.bootstrap import run_bootstrap
-    from kindchat.retrain.bootstrap_state import read_state
+    from kindchat.retrain.bootstrap_state import lower_priority, read_state
 
     settings: Settings = ctx.obj
     chosen = get_preset(preset)
@@ -80,7 +78,7 @@ def bootstrap(
         # the lean loop: no TRL import nor trainer setup before the first answer (`lean`)
         print_report(run_bootstrap(settings, starter, "sft", serve_sft_first=True, trainer="torch"))
     if nice:
-        os.nice(nice)
+        lower_priority(nice)  # every thread: the first models' training started some
     report = run_bootstrap(
         settings,
         chosen,

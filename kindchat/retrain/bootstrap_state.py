@@ -136,3 +136,26 @@ def process_alive(pid: int | None) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def lower_priority(increment: int) -> None:
+    """`os.nice(increment)` for the whole process, every thread it has.
+
+    On Linux a priority belongs to a thread, and `os.nice` changes the calling thread's alone:
+    threads started before it (torch's intra-op pool, the tokenizers' pool, both started by the
+    first models' training) would go on training the next preset at full priority, beside the
+    server that answers people. Threads started afterwards inherit the caller's priority.
+    """
+    if increment <= 0:
+        return
+    os.nice(increment)
+    target = os.getpriority(os.PRIO_PROCESS, 0)
+    tasks = Path("/proc/self/task")
+    if not tasks.is_dir():  # not Linux: the priority is the process's
+        return
+    for task in tasks.iterdir():
+        try:
+            if os.getpriority(os.PRIO_PROCESS, int(task.name)) < target:
+                os.setpriority(os.PRIO_PROCESS, int(task.name), target)
+        except (ProcessLookupError, PermissionError):  # a thread that ended meanwhile
+            continue

@@ -21,6 +21,7 @@ from pydantic import SecretStr
 
 from kindchat.config import Settings
 from kindchat.logs import setup_logging
+from kindchat.retrain.bootstrap_state import lower_priority
 from kindchat.retrain.errors import RetrainBusyError, RetrainFailedError
 from kindchat.retrain.loop_config import RetrainConfig
 from kindchat.retrain.recorder import run_dir
@@ -64,7 +65,7 @@ def spawn_cycle(settings: Settings, config: RetrainConfig, run_id: str) -> subpr
 def main() -> int:
     request = json.loads(sys.stdin.read())
     settings = Settings(**request["settings"])
-    os.nice(settings.retrain_nice)
+    lower_priority(settings.retrain_nice)
 
     setup_logging(settings.logs_dir, settings.log_level)
     config = RetrainConfig.from_json(request["config"])

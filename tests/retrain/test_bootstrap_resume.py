@@ -51,3 +51,27 @@ def test_killed_bootstrap_resumes_after_its_last_stage(tmp_path: Path, data_dir:
     assert registry.manifest(report.versions["sft"]).parents == [base]
     done = read_state(settings, "micro")
     assert done is not None and done.status == "done" and done.eta_s() is None
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="per-thread priorities: Linux")
+def test_lowering_the_priority_reaches_threads_started_before() -> None:
+    """`bootstrap --first micro --nice 10` lowers its priority after the first models trained:
+    torch's intra-op threads, started by that training, must train the next preset niced too
+    (`os.nice` alone changes the calling thread's priority only)."""
+    code = (
+        "import os, threading, torch\n"
+        "from kindchat.retrain.bootstrap_state import lower_priority\n"
+        "torch.set_num_threads(2)\n"
+        "a = torch.randn(256, 256); (a @ a).sum()\n"
+        "done = threading.Event(); t = threading.Thread(target=done.wait); t.start()\n"
+        "before = os.getpriority(os.PRIO_PROCESS, 0)\n"
+        "lower_priority(7)\n"
+        "nices = [os.getpriority(os.PRIO_PROCESS, int(tid))"
+        " for tid in os.listdir('/proc/self/task')]\n"
+        "done.set(); t.join()\n"
+        "print(len(nices), min(nices) - before)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    threads, raised = map(int, out.stdout.split())
+    assert threads >= 3  # the main thread, ours, and torch's pool at least
+    assert raised == 7  # every one of them, not only the caller
