@@ -15,14 +15,12 @@ from typing import Any, TypeVar
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from kindchat.logs import STEPS_LOGGER
 from kindchat.models.loading import writer
 from kindchat.models.registry import Manifest, ModelKind, Registry
 
 T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
-steps_logger = logging.getLogger(STEPS_LOGGER)
 
 
 @dataclass
