@@ -21,15 +21,13 @@ import zlib
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import IO, Any
-
-from sqlalchemy import Connection, Engine, create_engine, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.pool import NullPool
+from typing import IO, TYPE_CHECKING, Any
 
 from kindchat.config import Settings
 from kindchat.errors import BusyError
+
+if TYPE_CHECKING:  # SQLAlchemy is imported where PostgreSQL is used: file locks need none of it
+    from sqlalchemy import Connection, Engine
 
 POLL_S = 0.05  # how often a waiting lock tries again
 
@@ -46,7 +44,11 @@ class LockBusyError(BusyError):
 def postgres_url(settings: Settings) -> str | None:
     """The database URL when it is PostgreSQL (advisory locks), else None (file locks only)."""
     url = settings.db_url
-    if url and make_url(url).get_backend_name() == "postgresql":
+    if not url:
+        return None
+    from sqlalchemy.engine import make_url
+
+    if make_url(url).get_backend_name() == "postgresql":
         return url
     return None
 
@@ -65,10 +67,15 @@ def _deadline(wait: float | None) -> float:
 
 
 def _engine(url: str) -> Engine:
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
     return create_engine(url, poolclass=NullPool, connect_args={"application_name": me()[:63]})
 
 
 def _holder(connection: Connection, key: int) -> str:
+    from sqlalchemy import text
+
     name = connection.execute(
         text(
             "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
@@ -80,6 +87,8 @@ def _holder(connection: Connection, key: int) -> str:
 
 
 def _try_advisory(connection: Connection, key: int) -> bool:
+    from sqlalchemy import text
+
     got = bool(connection.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
     connection.commit()
     return got
@@ -89,6 +98,8 @@ def _try_advisory(connection: Connection, key: int) -> bool:
 def advisory_lock(url: str, name: str, *, wait: float | None = 0.0) -> Iterator[None]:
     """PostgreSQL's session advisory lock `name` while the block runs; LockBusyError when it is
     still held by another session after `wait` seconds (None: wait as long as it takes)."""
+    from sqlalchemy import text
+
     key = advisory_key(name)
     engine = _engine(url)
     try:
@@ -168,6 +179,8 @@ class Lease:
         return self._stack is not None
 
     def acquire(self) -> bool:
+        from sqlalchemy.exc import SQLAlchemyError
+
         if self._stack is not None:
             return True
         stack = ExitStack()
@@ -193,6 +206,9 @@ class Lease:
             return False
         if self._connection is None:
             return True
+        from sqlalchemy import text
+        from sqlalchemy.exc import SQLAlchemyError
+
         try:
             self._connection.execute(text("SELECT 1"))
             self._connection.commit()
@@ -204,6 +220,8 @@ class Lease:
     def release(self) -> None:
         stack, self._stack, self._connection = self._stack, None, None
         if stack is not None:
+            from sqlalchemy.exc import SQLAlchemyError
+
             try:
                 stack.close()  # closing the connection ends the session: the lock goes with it
             except (SQLAlchemyError, OSError):

@@ -8,7 +8,6 @@ import typer
 
 from kindchat.cli.common import console, friendly
 from kindchat.config import Settings
-from kindchat.doctor import run_checks
 
 
 @friendly
@@ -20,6 +19,8 @@ def doctor(
 ) -> None:
     """Check torch, disk and memory, seed data, the database, the models, the browser tests'
     Chromium and font, the port, HF_HUB_OFFLINE; exit 0 when all is well, 1 otherwise."""
+    from kindchat.doctor import run_checks  # the database's libraries: not for every command
+
     settings: Settings = ctx.obj
     findings = run_checks(settings, preset)
     for finding in findings:

@@ -13,7 +13,6 @@ from rich.table import Table
 
 from kindchat.cli.common import console, friendly, registry_of
 from kindchat.config import Settings
-from kindchat.feedback import run_records
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +214,7 @@ def models_gc(
     An alias target is never removed; nor are the versions of the last --keep refused retrain
     runs and of runs still in progress.
     """
+    from kindchat.feedback import run_records
     from kindchat.feedback.db import init_db, session_scope
     from kindchat.models.gc import run_gc
 
