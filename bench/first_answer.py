@@ -3,14 +3,17 @@
     python bench/first_answer.py --runs 3                # uv, its cache warm (a second user)
     python bench/first_answer.py --runs 1 --cold         # uv with an empty cache
     python bench/first_answer.py --runs 1 --installer pip
+    python bench/first_answer.py --runs 3 --rev 3ab5e73  # an older commit, for before/after
 
-Each run: `git clone` this checkout into a temporary folder (with `../shared` beside it, as CI
-has), a fresh venv, then what `scripts/run` does, timed step by step — install
-(`scripts/setup`), then `kindchat serve --background-preset tiny` until
+Each run: `git clone` this checkout (its HEAD, or --rev) into a temporary folder (with
+`../shared` beside it, as CI has) and a fresh venv (the new user's Python: `venv`, timed apart,
+as `scripts/run` installs into the Python it is given), then what `scripts/run` does, timed step
+by step — install (`scripts/setup`), then `kindchat serve --background-preset tiny` until
 `POST /v1/chat/completions` answers (asked as soon as `GET /healthz` stops saying `starting`,
 watched every 0.1 s): the server starts while its child trains the micro base LM
-and SFT (their seconds, from the child's state file, are shown in brackets: they run inside
-"serve → answer", beside the server's own start). Prints one row per run and the median. Run by
+and SFT. In brackets, from the child's state file, inside "serve → answer": when the server
+had started the child and the child had imported what it trains with ("ready"), then the
+seconds of the base and SFT stages. Prints one row per run and the median. Run by
 hand on a quiet machine: it is a timing.
 """
 
@@ -35,10 +38,14 @@ from serve_load import free_port  # bench/ is the script's path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def one_run(installer: str, cold: bool, keep: bool, compile_bytecode: bool) -> dict[str, float]:
+def one_run(
+    installer: str, cold: bool, keep: bool, compile_bytecode: bool, rev: str | None
+) -> dict[str, float]:
     work = Path(tempfile.mkdtemp(prefix="kindchat-first-"))
     try:
         subprocess.run(["git", "clone", "--quiet", str(ROOT), str(work / "kindchat")], check=True)
+        if rev is not None:
+            subprocess.run(["git", "checkout", "--quiet", rev], cwd=work / "kindchat", check=True)
         (work / "shared").symlink_to((ROOT.parent / "shared").resolve())
         repo, venv = work / "kindchat", work / "venv"
         env = {
@@ -56,11 +63,13 @@ def one_run(installer: str, cold: bool, keep: bool, compile_bytecode: bool) -> d
         if cold:
             env["UV_CACHE_DIR"] = str(work / "uv-cache")
         phases: dict[str, float] = {}
-        start = time.perf_counter()
+        mark = time.perf_counter()
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        phases["venv"] = time.perf_counter() - mark
+        start = time.perf_counter()  # scripts/run from here: setup, then serve
         subprocess.run(["scripts/setup"], cwd=repo, env=env, check=True)
         phases["install"] = time.perf_counter() - start
-        mark = time.perf_counter()
+        mark, served_at = time.perf_counter(), time.time()
         port = free_port()
         server = subprocess.Popen(
             ["kindchat", "serve", "--port", str(port), "--background-preset",
@@ -93,8 +102,10 @@ def one_run(installer: str, cold: bool, keep: bool, compile_bytecode: bool) -> d
             server.terminate()
             server.wait(30)
         phases["serve → answer"] = time.perf_counter() - mark
-        phases["total"] = time.perf_counter() - start
+        phases["scripts/run"] = time.perf_counter() - start
+        phases["+ venv"] = phases["scripts/run"] + phases["venv"]
         state = json.loads((repo / "var" / "bootstrap" / "micro.json").read_text())
+        phases["(ready)"] = float(state["started_at"]) - served_at
         for stage in ("base", "sft"):  # inside serve → answer, beside the server's own start
             phases[f"({stage})"] = float(state["seconds"].get(stage, "nan"))
         return phases
@@ -112,11 +123,16 @@ def main() -> None:
         "--compile", action="store_true", help="KINDCHAT_COMPILE_BYTECODE=1: .pyc at install"
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folders")
+    parser.add_argument("--rev", help="clone this commit instead of HEAD")
     args = parser.parse_args()
-    rows = [one_run(args.installer, args.cold, args.keep, args.compile) for _ in range(args.runs)]
+    rows = [
+        one_run(args.installer, args.cold, args.keep, args.compile, args.rev)
+        for _ in range(args.runs)
+    ]
     columns = list(rows[0])
     table = Table(
-        title=f"fresh clone → first answer ({args.installer}{', cold cache' if args.cold else ''}"
+        title=f"fresh clone{' of ' + args.rev if args.rev else ''} → first answer "
+        f"({args.installer}{', cold cache' if args.cold else ''}"
         f"{', .pyc at install' if args.compile else ''})"
     )
     for column in ("run", *columns):
