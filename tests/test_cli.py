@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -77,3 +79,17 @@ def test_bad_data_dir_is_a_clear_error(micro_copy: Settings, tmp_path: Path) -> 
     assert str(empty / "sft") in error and "file not found" in error, result.output
     assert "Traceback" not in result.output
     assert [m.version for m in Registry(micro_copy.models_dir).versions("sft")] == before
+
+
+def test_the_command_line_starts_the_first_models_before_the_heavy_imports() -> None:
+    """`kindchat serve` starts its first-models child after importing the command line and the
+    background module: on a fresh install every module is compiled at its first import, so
+    neither may pull the database's libraries (~2 s cold) nor torch in before the child starts."""
+    code = (
+        "import sys\n"
+        "import kindchat.cli, kindchat.retrain.background\n"
+        "heavy = {'sqlalchemy', 'sqlmodel', 'alembic', 'torch', 'transformers', 'gradio'}\n"
+        "print(','.join(sorted({m.split('.')[0] for m in sys.modules} & heavy)) or 'none')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "none"
