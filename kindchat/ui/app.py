@@ -323,12 +323,10 @@ HEAD = """
   document.addEventListener("click", (event) => {
     if (popup && !popup.contains(event.target) && event.target !== popup.kcOpener) closeMenu(false);
   }, true);
-  // a new width moves the history (the drawer, the column): the menu would float elsewhere
-  let width = window.innerWidth;
-  window.addEventListener("resize", () => {
-    if (window.innerWidth !== width) closeMenu(false);
-    width = window.innerWidth;
-  });
+  // a new size moves the history (the drawer, the column): the menu follows its ⋯ and closes
+  // only when the ⋯ is out of sight. (It closed at every new width, which dropped a keyboard
+  // user's focus from the open menu to the page: a phone turned, a window resized.)
+  window.addEventListener("resize", () => { if (popup) placeMenu(); });
   const menus = () => {
     menuStale();
     // no menu while an answer streams (as no ‹k/n›): the chat would change under it

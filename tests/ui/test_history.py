@@ -185,6 +185,17 @@ def test_the_menu_of_a_conversation_opens_beside_it_in_the_history(
     assert items.all_inner_texts() == list(strings.HISTORY_MENU_ITEMS.values())
     assert page.evaluate("() => document.activeElement?.getAttribute('role')") == "menuitem"
     screenshot(page, f"history-menu-{width}")
+    # a new width (a phone turned, a window resized; a full-page screenshot resizes the page
+    # too): the menu stays open beside its ⋯, the focus in it
+    page.set_viewport_size({"width": width + 24, "height": viewport["height"]})
+    page.wait_for_timeout(200)
+    assert menu.is_visible()
+    assert page.evaluate("() => document.activeElement?.getAttribute('role')") == "menuitem"
+    opener = page.locator(HISTORY).filter(has_text=first).first.locator(".kc-menu").bounding_box()
+    box = menu.bounding_box()
+    assert opener is not None and box is not None
+    assert abs(box["x"] + box["width"] - (opener["x"] + opener["width"])) <= 8  # under/over it
+    page.set_viewport_size(viewport)
     page.keyboard.press("Escape")  # closes the menu, nothing else: the answer on screen stays
     menu.wait_for(state="detached")
     assert opened(page, second)
