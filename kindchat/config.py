@@ -98,6 +98,14 @@ class Settings(BaseSettings):
             "name for every alias (empty: the server's first model)."
         ),
     )
+    openai_stream_interval: int = Field(
+        4,
+        ge=1,
+        description="backend=openai on vLLM: tokens per streamed event to ask the engine for "
+        "(vLLM's `stream_interval`; the first token still comes alone, at once). The layer's "
+        "work is per event: 4 makes it about a quarter per token. 1: one event per token. "
+        "Other servers always stream per token.",
+    )
     openai_lora: bool = Field(
         False,
         description="backend=openai on a vLLM with --enable-lora and runtime LoRA updating: "

@@ -39,7 +39,13 @@ class VllmAdapterBackend(OpenAIBackend):
     """An adapter served by vLLM under its version id; closing it unloads it from vLLM."""
 
     def __init__(self, loader: VllmLoader, version: str, base_dir: Path) -> None:
-        super().__init__(loader.base_url, model=version, api_key=loader.api_key, model_dir=base_dir)
+        super().__init__(
+            loader.base_url,
+            model=version,
+            api_key=loader.api_key,
+            model_dir=base_dir,
+            stream_interval=loader.stream_interval,
+        )
         self._loader = loader
         self._version = version
 
@@ -58,6 +64,7 @@ class VllmLoader:
             )
         self.base_url = settings.openai_base_url.rstrip("/")
         self.api_key = settings.openai_api_key
+        self.stream_interval = settings.openai_stream_interval
         self.registry = registry or Registry.for_settings(settings)
         # where vLLM finds the registry (compose: the same volume, the same path)
         self.remote_root = Path(settings.openai_registry_dir or self.registry.root)
@@ -87,7 +94,13 @@ class VllmLoader:
         served, base_version = self.served_base()
         manifest = self.registry.manifest(version)
         if version == base_version:
-            return OpenAIBackend(self.base_url, model=served, api_key=self.api_key, model_dir=path)
+            return OpenAIBackend(
+                self.base_url,
+                model=served,
+                api_key=self.api_key,
+                model_dir=path,
+                stream_interval=self.stream_interval,
+            )
         if manifest.base is None:
             raise EngineRestartNeededError(
                 f"{version} is a full checkpoint and vLLM at {self.base_url} serves "

@@ -104,6 +104,7 @@ def remote_backend(settings: Settings) -> dict[str, GenerationBackend] | None:
                     model=name,
                     api_key=settings.openai_api_key,
                     model_dir=_local_dir(settings, alias),
+                    stream_interval=settings.openai_stream_interval,
                 )
             out[alias] = by_name[name]
         return out

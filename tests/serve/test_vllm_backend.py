@@ -76,6 +76,23 @@ def test_streams_with_usage_and_the_registered_template(vllm_server: VllmServer)
     assert stopped[-1].finish_reason == "stop"
 
 
+def test_vllm_streams_several_tokens_per_event_when_asked(vllm_server: VllmServer) -> None:
+    """With `stream_interval` 4 vLLM sends the first token alone and then 4 per event: the
+    same answer in fewer pieces, its tokens counted as they come and exactly at the end."""
+    greedy = SamplingParams(max_new_tokens=24, do_sample=False)
+    exact = GenerationOptions(min_tokens=24)
+    one = collect(backend_for(vllm_server), QUESTION, greedy, exact)
+    backend = backend_for(vllm_server, stream_interval=4)
+    four = collect(backend, QUESTION, greedy, exact)
+    assert backend._vllm  # the server said it is vLLM: the field went with the request
+    assert text_of(four) == text_of(one)
+    assert four[-1].completion_tokens == one[-1].completion_tokens == 24
+    pieces = [d for d in four if d.text]
+    assert len(pieces) <= 1 + 23 // 4 + 1 < len([d for d in one if d.text])
+    counts = [d.completion_tokens for d in pieces]
+    assert counts[0] == 1 and counts == sorted(counts) and counts[-1] <= 24
+
+
 def test_vllm_goes_on_with_an_answer_cut_by_length(vllm_server: VllmServer) -> None:
     """계속 생성: the answer so far goes as the last assistant message with
     continue_final_message; vLLM's prompt is kindchat's prompt followed by that answer (no
@@ -117,7 +134,14 @@ def test_leaving_the_stream_aborts_the_request_in_vllm(vllm_server: VllmServer) 
     most a request may ask): vLLM stops generating it (it never finishes by length, and far
     fewer than 128 tokens are generated)."""
     finished = ("vllm:request_success_total",)
-    length_before = metric(vllm_server, *finished, finished_reason="length")
+    # The earlier tests' requests (finished by length) reach vLLM's counters a moment after
+    # their answers: read the counts once they stand still, or one of them lands in this test.
+    length_before = -1.0
+    deadline = time.monotonic() + 20
+    while (now := metric(vllm_server, *finished, finished_reason="length")) != length_before:
+        assert time.monotonic() < deadline, "vLLM's counters did not settle"
+        length_before = now
+        time.sleep(1.0)
     tokens_before = metric(vllm_server, "vllm:generation_tokens_total")
     params = SamplingParams(max_new_tokens=128, temperature=1.0)
 

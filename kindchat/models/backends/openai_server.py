@@ -7,6 +7,11 @@ exactly as kindchat would. With the served model's tokenizer at hand (the regist
 directory), the oldest turns are dropped here until the conversation fits, as the local backends
 do; without it the server's own limit answers.
 
+On vLLM the engine is asked for `stream_interval` tokens per streamed event (vLLM's own request
+field; the first token still comes alone, at once): the layer's work is per event — an HTTP read,
+a JSON parse, a delta passed on — so fewer, larger events make it cheaper per token, as Open
+WebUI's delta chunk size does on its side. Other servers stream one event per token, as before.
+
 Streaming with usage (`stream_options.include_usage`), `seed`, `stop` (cut here too, since not
 every server honours it, and the stream closed at once), and cancellation: leaving the iteration
 closes the HTTP stream, and vLLM, SGLang and `transformers serve` abort the request. Errors map to
@@ -79,11 +84,17 @@ class OpenAIBackend(RemoteBackend):
         model_dir: Path | None = None,
         context_length: int | None = None,
         timeout: float = 120.0,
+        stream_interval: int = 1,
     ) -> None:
         """`model`: the served model name (None: the server's first model). `model_dir`: the
-        served model's directory here (the registry's copy), for its tokenizer and context."""
+        served model's directory here (the registry's copy), for its tokenizer and context.
+        `stream_interval`: tokens per streamed event to ask vLLM for (1: one per token)."""
+        if stream_interval < 1:
+            raise ValueError(f"stream_interval must be at least 1, got {stream_interval}")
         self.base_url = base_url.rstrip("/")
         self.model_id = model or ""
+        self.stream_interval = stream_interval
+        self._vllm = False  # set by start(): the server says it is vLLM (`owned_by`)
         if model_dir is not None:
             # lazy: transformers only when a local copy of the served model is there to count tokens
             from transformers import AutoConfig
@@ -137,6 +148,7 @@ class OpenAIBackend(RemoteBackend):
                 f"{', '.join(names) or 'nothing'}); set the served model name per alias"
             )
         card = next(m for m in served if m.id == self.model_id)
+        self._vllm = card.owned_by == "vllm"
         max_len = (card.model_extra or {}).get("max_model_len")  # vLLM and SGLang report it
         if not self._context_given and isinstance(max_len, int) and max_len > 0:
             self._context = max_len
@@ -190,6 +202,9 @@ class OpenAIBackend(RemoteBackend):
             extra["repetition_penalty"] = params.repetition_penalty
         if options.min_tokens > 0:  # at most the (capped) answer budget, as the local engines
             extra["min_tokens"] = min(options.min_tokens, params.max_new_tokens)
+        interval = self.stream_interval if self._vllm else 1
+        if interval > 1:  # vLLM's field: fewer, larger events (see the module's docstring)
+            extra["stream_interval"] = interval
         if options.prefix:  # go on with the last (assistant) message: vLLM's and SGLang's fields
             if not self._extras:
                 raise ContinueUnsupportedError(self.base_url)
@@ -257,7 +272,12 @@ class OpenAIBackend(RemoteBackend):
                         for choice in chunk.get("choices") or ():
                             piece = (choice.get("delta") or {}).get("content") or ""
                             if piece and not usage:
-                                completion += 1  # one token per delta until usage says
+                                # until usage says: the first token comes alone, then
+                                # `interval` tokens per event (the last may hold fewer)
+                                completion = min(
+                                    completion + (interval if completion else 1),
+                                    params.max_new_tokens,
+                                )
                             text += stop.feed(piece)
                             reason = choice.get("finish_reason")
                             if reason is not None:
