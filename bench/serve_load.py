@@ -303,7 +303,10 @@ def run_pairs(
             return engine
         servers.append(engine[0])
         env = front_env(engine[1], args.alias)
-        targets = {"vllm": (engine[1], "bench")}
+        targets = {"vllm": (engine[1], "bench", extra)}
+        if args.direct_interval > 1:  # vLLM direct, its clients asking for the layer's interval
+            direct = {**extra, "stream_interval": args.direct_interval}
+            targets[direct_mode(args.direct_interval)] = (engine[1], "bench", direct)
         fronts = [("kindchat → vllm", None)]
         if args.before is not None:
             fronts.append(("before → vllm", args.before))
@@ -318,14 +321,14 @@ def run_pairs(
             if isinstance(front, str):
                 return front
             servers.append(front[0])
-            targets[mode] = (front[1], kc_model)
+            targets[mode] = (front[1], kc_model, extra)
         modes = list(targets)
         for index in range(args.pairs):
             runs: dict[str, RunResult] = {}
             for mode in modes[index % len(modes) :] + modes[: index % len(modes)]:
-                url, model = targets[mode]
+                url, model, fields = targets[mode]
                 tokens, seconds, ttft = asyncio.run(
-                    load(url, model, args.clients, args.requests, args.max_tokens, extra)
+                    load(url, model, args.clients, args.requests, args.max_tokens, fields)
                 )
                 runs[mode] = RunResult(
                     mode, args.clients, args.clients * args.requests, tokens, seconds, ttft
@@ -342,6 +345,10 @@ def run_pairs(
         for server in reversed(servers):
             stop(server)
     return rounds
+
+
+def direct_mode(interval: int) -> str:
+    return f"vllm, {interval} per event"
 
 
 def print_pairs(console: Console, rounds: list[dict[str, RunResult]]) -> None:
@@ -373,8 +380,16 @@ def print_pairs(console: Console, rounds: list[dict[str, RunResult]]) -> None:
             f"{ttft:+.3f} s [{ttft_low:+.3f}, {ttft_high:+.3f}] against vLLM (mean of "
             f"{len(rounds)} rounds, 95% t intervals)"
         )
-    if len(fronts) == 2:
-        after, before = fronts
+    direct = next((mode for mode in fronts if mode.startswith("vllm, ")), None)
+    for mode in fronts:  # against vLLM direct with the same events per token as the layer's
+        if direct is None or mode == direct:
+            continue
+        ratio, low, high = mean_interval(
+            [runs[mode].tokens_per_s / runs[direct].tokens_per_s for runs in rounds]
+        )
+        console.print(f"{mode}: {ratio:.2f}× [{low:.2f}, {high:.2f}] the tokens/s of {direct}")
+    if "before → vllm" in fronts:
+        after, before = "kindchat → vllm", "before → vllm"
         diff = [a - b for a, b in zip(ratios[after], ratios[before], strict=True)]
         mean, low, high = mean_interval(diff)
         console.print(
@@ -476,6 +491,14 @@ def main() -> None:
         default=None,
         help="With --pairs: a second kindchat in front of the same vLLM, from this checkout "
         "(e.g. `git worktree add /tmp/before <commit>`), loaded in the same rounds.",
+    )
+    parser.add_argument(
+        "--direct-interval",
+        type=int,
+        default=0,
+        help="With --pairs: also load vLLM direct with clients asking for this many tokens per "
+        "event (vLLM's stream_interval, as kindchat's openai backend asks: "
+        "KINDCHAT_OPENAI_STREAM_INTERVAL), and compare the layer with that too.",
     )
     parser.add_argument(
         "--vllm",
