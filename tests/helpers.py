@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -26,6 +27,17 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def heavy_imports(imports: str, heavy: set[str]) -> list[str]:
+    """Which of the top-level packages `heavy` a fresh interpreter has loaded after running
+    `imports` (import statements): what a process pays for before its first real work."""
+    code = (
+        f"import sys\n{imports}\n"
+        f"print(','.join(sorted({{m.split('.')[0] for m in sys.modules}} & set({sorted(heavy)!r}))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return [name for name in out.stdout.strip().split(",") if name]
 
 
 def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 60.0) -> Any:

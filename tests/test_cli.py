@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -13,6 +11,7 @@ from typer.testing import CliRunner
 from kindchat.cli import app
 from kindchat.config import Settings
 from kindchat.models.registry import Registry
+from tests.helpers import heavy_imports
 
 runner = CliRunner()
 HANGUL = re.compile(r"[가-힣]")
@@ -85,11 +84,5 @@ def test_the_command_line_starts_the_first_models_before_the_heavy_imports() -> 
     """`kindchat serve` starts its first-models child after importing the command line and the
     background module: on a fresh install every module is compiled at its first import, so
     neither may pull the database's libraries (~2 s cold) nor torch in before the child starts."""
-    code = (
-        "import sys\n"
-        "import kindchat.cli, kindchat.retrain.background\n"
-        "heavy = {'sqlalchemy', 'sqlmodel', 'alembic', 'torch', 'transformers', 'gradio'}\n"
-        "print(','.join(sorted({m.split('.')[0] for m in sys.modules} & heavy)) or 'none')\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "none"
+    heavy = {"sqlalchemy", "sqlmodel", "alembic", "torch", "transformers", "gradio"}
+    assert heavy_imports("import kindchat.cli, kindchat.retrain.background", heavy) == []

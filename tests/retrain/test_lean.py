@@ -5,8 +5,6 @@ schedule is transformers', the process that trains the first models imports neit
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -19,6 +17,7 @@ from kindchat.models.registry import Registry
 from kindchat.models.template import prompt_format
 from kindchat.retrain.lean import completion_examples, cosine_with_warmup, packed_examples
 from kindchat.retrain.sft import SftConfig, train_base, train_sft
+from tests.helpers import heavy_imports
 
 
 def test_examples_mask_the_prompt_and_end_with_the_eos(micro_settings: Settings) -> None:
@@ -59,16 +58,12 @@ def test_the_schedule_is_transformers_cosine_with_warmup(total: int) -> None:
 def test_the_first_models_train_without_importing_trl_or_datasets(tmp_path, data_dir) -> None:
     """What `bootstrap --first` imports to train the first models: no TRL, no `datasets`
     (~10 s of a fresh install's first imports), no peft."""
-    code = (
-        "import sys\n"
+    imports = (
         "from kindchat.cli import app\n"
         "from kindchat.retrain.bootstrap import run_bootstrap\n"
-        "from kindchat.retrain import lean\n"
-        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'trl', 'datasets', 'peft'})\n"
-        "print(','.join(heavy) or 'none')\n"
+        "from kindchat.retrain import lean"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "none"
+    assert heavy_imports(imports, {"trl", "datasets", "peft"}) == []
 
 
 def test_a_config_for_the_lean_loop_refuses_what_only_trl_does() -> None:
