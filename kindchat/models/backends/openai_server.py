@@ -202,7 +202,8 @@ class OpenAIBackend(RemoteBackend):
             extra["repetition_penalty"] = params.repetition_penalty
         if options.min_tokens > 0:  # at most the (capped) answer budget, as the local engines
             extra["min_tokens"] = min(options.min_tokens, params.max_new_tokens)
-        interval = self.stream_interval if self._vllm else 1
+        # what is sent is what is counted by: a server that refused the extras gets none of them
+        interval = self.stream_interval if self._vllm and self._extras else 1
         if interval > 1:  # vLLM's field: fewer, larger events (see the module's docstring)
             extra["stream_interval"] = interval
         if options.prefix:  # go on with the last (assistant) message: vLLM's and SGLang's fields
@@ -235,6 +236,7 @@ class OpenAIBackend(RemoteBackend):
                 # without the extras, for this request and the next.
                 logger.warning("%s refuses %s; sending OpenAI fields only", self.base_url, extra)
                 self._extras = False
+                interval = 1  # one token per event, as without the field
                 opened = create(**request)
                 response = await opened.__aenter__()
             finish: FinishReason | None = None
